@@ -1,0 +1,58 @@
+# primia — every target sets itself up: `make demo` and `make test` work on a fresh clone.
+#
+# GPU users: override the torch pin and its index, e.g.
+#   make setup TORCH_VERSION=2.13.0 TORCH_PIP_ARGS="--index-url <your CUDA wheel index>"
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+TORCH_PIP_ARGS ?=
+CRYPTEN_VERSION ?= 0.4.1
+
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.primia-setup
+
+.PHONY: setup demo test unit lint typecheck bench proto clean help
+
+help:
+	@echo "make demo   - local private training on synthetic radiographs, end to end"
+	@echo "make test   - lint, type check and the whole test suite (what CI runs)"
+	@echo "make bench  - the benchmarks in benchmarks/, one script per figure"
+	@echo "make lint   - ruff and mypy on primia/"
+	@echo "make setup  - (re)create $(VENV); the other targets run it when needed"
+
+# The venv is rebuilt when the dependency list or this file changes.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	# torch first and pinned, so that nothing later resolves a (CUDA) build from the registry.
+	$(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
+	$(PIP) install -q -e ".[dev,inference]" "torch==$(TORCH_VERSION)"
+	$(PIP) install -q --no-deps "crypten==$(CRYPTEN_VERSION)"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/primia demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check primia tests benchmarks
+	$(BIN)/ruff format --check primia tests benchmarks
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	@for script in benchmarks/bench_*.py; do \
+		echo "== $$script"; $(PY) $$script || exit 1; \
+	done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

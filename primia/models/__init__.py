@@ -1,0 +1,21 @@
+"""Models for one-channel radiographs that DP-SGD and encrypted inference can both run.
+
+>>> from primia.models import build_model
+>>> model = build_model("resnet9", num_classes=4, width=8)
+>>> sum(p.numel() for p in model.parameters()) > 0
+True
+"""
+
+from primia.models import cnn as _cnn  # noqa: F401  (registers "cnn")
+from primia.models import resnet as _resnet  # noqa: F401  (registers "resnet9", "resnet18")
+from primia.models.compat import ALLOWED_LAYERS, check_model, incompatibilities
+from primia.models.registry import build_model, model_names, register_model
+
+__all__ = [
+    "ALLOWED_LAYERS",
+    "build_model",
+    "check_model",
+    "incompatibilities",
+    "model_names",
+    "register_model",
+]

@@ -1,0 +1,45 @@
+"""A name registry of model factories, so configs and CLIs name models by string."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from primia.errors import ModelError
+
+ModelFactory = Callable[..., nn.Module]
+_FACTORIES: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: make ``factory(*, num_classes, in_channels, width)`` buildable by name."""
+
+    def add(factory: ModelFactory) -> ModelFactory:
+        if name in _FACTORIES:
+            raise ValueError(f"model name {name!r} is registered twice")
+        _FACTORIES[name] = factory
+        return factory
+
+    return add
+
+
+def model_names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def build_model(
+    name: str, *, num_classes: int, in_channels: int = 1, width: int | None = None
+) -> nn.Module:
+    """Build a registered model; ``width`` scales the channel counts (None: the default)."""
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+    if num_classes < 1:
+        raise ModelError(f"num_classes must be at least 1, got {num_classes}")
+    if width is not None and width < 4:
+        raise ModelError(f"width must be at least 4 channels, got {width}")
+    kwargs: dict[str, int] = {"num_classes": num_classes, "in_channels": in_channels}
+    if width is not None:
+        kwargs["width"] = width
+    return factory(**kwargs)
