@@ -34,7 +34,9 @@ def incompatibilities(model: nn.Module) -> list[str]:
         if module is model and not isinstance(module, ALLOWED_LAYERS):
             continue  # the top-level model class composes allowed layers in its forward
         if not isinstance(module, ALLOWED_LAYERS):
-            problems.append(f"{where}: {type(module).__name__} is not supported by encrypted inference")
+            problems.append(
+                f"{where}: {type(module).__name__} is not supported by encrypted inference"
+            )
         if isinstance(module, nn.ReLU) and module.inplace:
             problems.append(f"{where}: in-place ReLU breaks Opacus hooks and CrypTen")
     problems.extend(f"Opacus: {error}" for error in ModuleValidator.validate(model, strict=False))

@@ -1,0 +1,5 @@
+import sys
+
+from primia.cli import main
+
+sys.exit(main())

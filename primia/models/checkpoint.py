@@ -1,0 +1,106 @@
+"""Model checkpoints as safetensors: weights plus a spec that rebuilds the model.
+
+A checkpoint is one ``.safetensors`` file. Its header metadata holds a :class:`ModelSpec`
+as JSON (architecture name, width, outputs, image size, task and label names), so any
+party can rebuild the exact module and load the weights without unpickling anything.
+Files are written atomically: a reader sees the old checkpoint or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from primia.config import atomic_write_bytes
+from primia.errors import ModelError
+from primia.models.registry import build_model
+
+SPEC_KEY = "primia.model_spec"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is public about a model: enough to rebuild it and read its outputs."""
+
+    architecture: str
+    num_outputs: int
+    width: int | None = None
+    in_channels: int = 1
+    image_size: int = 64
+    task: str = "multilabel"
+    label_names: tuple[str, ...] = ()
+
+    def build(self) -> nn.Module:
+        return build_model(
+            self.architecture,
+            num_classes=self.num_outputs,
+            in_channels=self.in_channels,
+            width=self.width,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        try:
+            values = json.loads(text)
+            values["label_names"] = tuple(values.get("label_names", ()))
+            return cls(**values)
+        except (json.JSONDecodeError, TypeError) as error:
+            raise ModelError(f"the checkpoint's model spec is not valid: {error}") from error
+
+
+def save_model(path: Path, model: nn.Module, spec: ModelSpec) -> None:
+    """Write ``model``'s weights and ``spec`` to ``path`` atomically."""
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    atomic_write_bytes(path, save_safetensors(tensors, metadata={SPEC_KEY: spec.to_json()}))
+
+
+def load_model(path: Path) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the model stored at ``path`` and load its weights (on the CPU)."""
+    try:
+        payload = path.read_bytes()
+    except FileNotFoundError as error:
+        raise ModelError(f"checkpoint {path} does not exist; check the path") from error
+    spec = read_spec(path, payload)
+    try:
+        weights = load_safetensors(payload)
+    except SafetensorError as error:
+        raise ModelError(f"checkpoint {path} is not a valid safetensors file: {error}") from error
+    model = spec.build()
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise ModelError(f"checkpoint {path} does not match its model spec: {error}") from error
+    return model, spec
+
+
+def read_spec(path: Path, payload: bytes | None = None) -> ModelSpec:
+    """The :class:`ModelSpec` in a checkpoint's header."""
+    data = path.read_bytes() if payload is None else payload
+    header_length = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if header_length <= 0 or header_length > len(data) - 8:
+        raise ModelError(f"checkpoint {path} is not a safetensors file")
+    try:
+        header = json.loads(data[8 : 8 + header_length])
+    except json.JSONDecodeError as error:
+        raise ModelError(f"checkpoint {path} has a corrupt safetensors header") from error
+    spec_text = header.get("__metadata__", {}).get(SPEC_KEY)
+    if spec_text is None:
+        raise ModelError(
+            f"checkpoint {path} has no primia model spec; it was not written by primia"
+        )
+    return ModelSpec.from_json(spec_text)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside an Opacus ``GradSampleModule`` (or the module itself)."""
+    inner = getattr(model, "_module", None)
+    return inner if isinstance(inner, nn.Module) else model

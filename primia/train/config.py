@@ -1,0 +1,100 @@
+"""Configuration of local training: what ``primia train-local`` and ``train_local`` take."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from primia.errors import ConfigError
+from primia.train.accounting import AccountantName
+
+GradSampleMode = Literal["hooks", "functorch", "ew", "ghost"]
+LEDGER_FILENAME = "privacy-ledger.jsonl"
+
+
+@dataclass
+class DPConfig:
+    """Differentially private SGD: per-sample clipping to ``max_grad_norm``, Gaussian noise
+    calibrated so the whole run spends ``epsilon`` at ``delta``, Poisson sampling."""
+
+    enabled: bool = False
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: AccountantName = "prv"
+    grad_sample_mode: GradSampleMode = "hooks"
+    epsilon_budget: float = 10.0
+    """The dataset's total budget, enforced by its privacy ledger across all runs."""
+    ledger: Path | None = None
+    """The ledger file; default: ``privacy-ledger.jsonl`` beside the data."""
+
+    def __post_init__(self) -> None:
+        if self.epsilon <= 0:
+            raise ConfigError(f"dp.epsilon must be positive, got {self.epsilon}")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"dp.delta must be in (0, 1), got {self.delta}; try 1e-5")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"dp.max_grad_norm must be positive, got {self.max_grad_norm}")
+        if self.epsilon_budget <= 0:
+            raise ConfigError(f"dp.epsilon_budget must be positive, got {self.epsilon_budget}")
+
+
+@dataclass
+class TrainConfig:
+    """One local training run: data, model, optimisation and (optionally) DP."""
+
+    data: Path
+    out: Path
+    model: str = "resnet9"
+    width: int | None = None
+    image_size: int = 64
+    label_columns: list[str] | None = None
+    epochs: int = 3
+    batch_size: int = 32
+    """The logical (expected) batch size; with DP, batches are Poisson-sampled around it."""
+    max_physical_batch_size: int = 32
+    """The most images in one forward pass; larger logical batches are accumulated."""
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    progress: bool = True
+    dp: DPConfig = field(default_factory=DPConfig)
+
+    def __post_init__(self) -> None:
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "max_physical_batch_size": self.max_physical_batch_size,
+            "image_size": self.image_size,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        for name, fraction in (
+            ("val_fraction", self.val_fraction),
+            ("test_fraction", self.test_fraction),
+        ):
+            if not 0 <= fraction < 0.9:
+                raise ConfigError(f"{name} must be in [0, 0.9), got {fraction}")
+        if self.val_fraction == 0:
+            raise ConfigError("val_fraction must be above 0: validation metrics need images")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    @property
+    def ledger_path(self) -> Path:
+        if self.dp.ledger is not None:
+            return self.dp.ledger
+        folder = self.data if self.data.is_dir() else self.data.parent
+        return folder / LEDGER_FILENAME

@@ -1,0 +1,364 @@
+"""Local training, private or not: the work a data-owner node does on its own images.
+
+>>> from primia.train import TrainConfig, DPConfig, train_local  # doctest: +SKIP
+>>> result = train_local(TrainConfig(data=Path("data/synth"), out=Path("runs/a"),
+...                                  dp=DPConfig(enabled=True, epsilon=3.0)))  # doctest: +SKIP
+>>> result.privacy.epsilon <= 3.0  # doctest: +SKIP
+True
+
+With ``dp.enabled`` the run is DP-SGD (Abadi et al., CCS 2016) through Opacus: batches
+are Poisson-sampled with rate q = 1 / (batches per epoch); each example's gradient is
+clipped to norm C (``max_grad_norm``); Gaussian noise N(0, σ²C²) is added to the sum;
+σ is the smallest noise multiplier whose composition over the planned steps spends at
+most the target ε at δ (see :mod:`primia.train.accounting`). The guarantee is
+example-level (ε, δ)-DP for the released weights; it holds for patient-level privacy only
+when each patient contributes one image (otherwise divide by the images per patient, or
+group the images).
+
+Before the first step the plan is reserved in the dataset's privacy ledger, which refuses
+it if the dataset's budget would be exceeded; after training the steps actually run are
+recorded (see :mod:`primia.train.ledger`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from opacus.utils.batch_memory_manager import BatchMemoryManager
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from primia.config import atomic_write_bytes, write_toml
+from primia.data import RadiographDataset, open_dataset, patient_split
+from primia.models import check_model
+from primia.models.checkpoint import ModelSpec, save_model, unwrap
+from primia.train.accounting import Mechanism, noise_for_target
+from primia.train.config import TrainConfig
+from primia.train.ledger import Budget, PrivacyLedger
+from primia.train.losses import criterion_for
+from primia.train.metrics import Metrics, classification_metrics
+from primia.train.progress import TrainingProgress
+from primia.train.runlog import RunLog
+
+
+@dataclass(frozen=True)
+class PrivacyReport:
+    """What a DP run spent, and what the dataset has spent in total."""
+
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    max_grad_norm: float
+    accountant: str
+    ledger: Path
+    release_id: str
+    dataset_spent_epsilon: float
+    dataset_budget_epsilon: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    model_path: Path
+    spec: ModelSpec
+    validation: Metrics
+    test: Metrics | None
+    privacy: PrivacyReport | None
+    epochs: list[dict[str, Any]]
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when a GPU is visible, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_local(config: TrainConfig) -> TrainResult:
+    """Train one model on one dataset as ``config`` says; see the module docstring."""
+    started = time.perf_counter()
+    _seed_everything(config.seed)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+
+    dataset = open_dataset(
+        config.data, image_size=config.image_size, label_columns=config.label_columns
+    )
+    splits = patient_split(
+        dataset,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+    )
+    spec = ModelSpec(
+        architecture=config.model,
+        num_outputs=dataset.num_outputs,
+        width=config.width,
+        image_size=config.image_size,
+        task=str(dataset.task),
+        label_names=dataset.label_names,
+    )
+    model = spec.build()
+    check_model(model)
+    model.to(device)
+    criterion = criterion_for(dataset.task)
+    optimizer = _make_optimizer(model, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = DataLoader(
+        TensorDataset(*_uint8_tensors(splits.train)),
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=generator,
+    )
+
+    config.out.mkdir(parents=True, exist_ok=True)
+    write_toml(config, config.out / "config.toml")
+
+    engine: PrivacyEngine | None = None
+    ledger: PrivacyLedger | None = None
+    release_id = ""
+    mechanism: Mechanism | None = None
+    if config.dp.enabled:
+        dp = config.dp
+        sample_rate = 1.0 / len(loader)
+        planned_steps = config.epochs * len(loader)
+        sigma = noise_for_target(
+            epsilon=dp.epsilon,
+            delta=dp.delta,
+            sample_rate=sample_rate,
+            steps=planned_steps,
+            accountant=dp.accountant,
+        )
+        mechanism = Mechanism(sigma, sample_rate, planned_steps)
+        ledger = PrivacyLedger.open(
+            config.ledger_path,
+            budget=Budget(epsilon=dp.epsilon_budget, delta=dp.delta),
+            accountant=dp.accountant,
+        )
+        release_id = ledger.reserve(
+            mechanism,
+            epsilon=dp.epsilon,
+            delta=dp.delta,
+            description=f"train-local {config.model} -> {config.out}",
+        )
+        engine = PrivacyEngine(accountant=dp.accountant)
+        private = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=sigma,
+            max_grad_norm=dp.max_grad_norm,
+            poisson_sampling=True,
+            grad_sample_mode=dp.grad_sample_mode,
+            criterion=criterion,
+        )
+        if dp.grad_sample_mode == "ghost":
+            model, optimizer, criterion, loader = private
+        else:
+            model, optimizer, loader = private
+
+    epochs: list[dict[str, Any]] = []
+    model_path = config.out / "model.safetensors"
+    try:
+        with (
+            RunLog(config.out) as log,
+            TrainingProgress(
+                enabled=config.progress, epochs=config.epochs, steps_per_epoch=len(loader)
+            ) as progress,
+        ):
+            for epoch in range(1, config.epochs + 1):
+                epoch_started = time.perf_counter()
+                train_loss = _train_epoch(
+                    model, loader, optimizer, criterion, config, device, progress
+                )
+                validation = evaluate(unwrap(model), splits.val, device=device)
+                epsilon = _spent(engine, config)
+                record: dict[str, Any] = {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "epsilon": epsilon,
+                    "delta": config.dp.delta if config.dp.enabled else None,
+                    "seconds": time.perf_counter() - epoch_started,
+                    **validation.as_dict("val_"),
+                }
+                epochs.append(record)
+                log.record(epoch, record)
+                progress.epoch_done(epoch, validation.mean_auroc, epsilon)
+                save_model(model_path, unwrap(model), spec)
+    finally:
+        if ledger is not None and engine is not None:
+            # Record what actually ran, also after an error: those steps were released.
+            ledger.complete(release_id, steps=_steps_taken(engine), epsilon=_spent(engine, config))
+
+    test = evaluate(unwrap(model), splits.test, device=device) if splits.test else None
+    privacy = None
+    if ledger is not None and engine is not None and mechanism is not None:
+        privacy = PrivacyReport(
+            epsilon=_spent(engine, config),
+            delta=config.dp.delta,
+            noise_multiplier=mechanism.noise_multiplier,
+            sample_rate=mechanism.sample_rate,
+            steps=_steps_taken(engine),
+            max_grad_norm=config.dp.max_grad_norm,
+            accountant=config.dp.accountant,
+            ledger=ledger.path,
+            release_id=release_id,
+            dataset_spent_epsilon=ledger.spent_epsilon(),
+            dataset_budget_epsilon=ledger.budget.epsilon,
+        )
+    result = TrainResult(
+        run_dir=config.out,
+        model_path=model_path,
+        spec=spec,
+        validation=evaluate(unwrap(model), splits.val, device=device),
+        test=test,
+        privacy=privacy,
+        epochs=epochs,
+        seconds=time.perf_counter() - started,
+    )
+    _write_result(result)
+    return result
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: RadiographDataset, *, device: torch.device, batch_size: int = 256
+) -> Metrics:
+    """Loss, accuracy and AUROC of ``model`` on ``dataset``."""
+    model.eval()
+    images, targets = _uint8_tensors(dataset)
+    criterion = criterion_for(dataset.task)
+    logits = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device).float().div_(255.0)
+        logits.append(model(batch).float().cpu())
+    all_logits = torch.cat(logits)
+    loss = float(criterion(all_logits, targets))
+    return classification_metrics(
+        all_logits.numpy(),
+        targets.numpy(),
+        task=dataset.task,
+        label_names=dataset.label_names,
+        loss=loss,
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    config: TrainConfig,
+    device: torch.device,
+    progress: TrainingProgress,
+) -> float:
+    model.train()
+    losses: list[float] = []
+    if config.dp.enabled:
+        with BatchMemoryManager(
+            data_loader=loader,
+            max_physical_batch_size=config.max_physical_batch_size,
+            optimizer=optimizer,
+        ) as physical_loader:
+            for images, targets in physical_loader:
+                optimizer.zero_grad(set_to_none=True)
+                loss = criterion(model(_to_float(images, device)), targets.to(device))
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                if not getattr(optimizer, "_is_last_step_skipped", False):
+                    progress.step(losses[-1])
+    else:
+        for images, targets in loader:
+            optimizer.zero_grad(set_to_none=True)
+            chunks = zip(
+                images.split(config.max_physical_batch_size),
+                targets.split(config.max_physical_batch_size),
+                strict=True,
+            )
+            batch_loss = 0.0
+            for chunk_images, chunk_targets in chunks:
+                weight = len(chunk_images) / len(images)
+                loss = criterion(model(_to_float(chunk_images, device)), chunk_targets.to(device))
+                (loss * weight).backward()
+                batch_loss += float(loss) * weight
+            optimizer.step()
+            losses.append(batch_loss)
+            progress.step(batch_loss)
+    return float(np.mean(losses)) if losses else math.nan
+
+
+def _to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device).float().div_(255.0)
+
+
+def _uint8_tensors(dataset: RadiographDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as ``uint8[N, 1, S, S]`` (a quarter of float32's memory) and targets."""
+    pixels = np.stack([dataset.image(i) for i in range(len(dataset))])
+    return torch.from_numpy(pixels).unsqueeze(1), torch.from_numpy(dataset.targets())
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _steps_taken(engine: PrivacyEngine) -> int:
+    return int(sum(steps for _, _, steps in engine.accountant.history))
+
+
+def _spent(engine: PrivacyEngine | None, config: TrainConfig) -> float:
+    if engine is None:
+        return math.inf
+    if not engine.accountant.history:
+        return 0.0
+    return float(engine.get_epsilon(config.dp.delta))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _write_result(result: TrainResult) -> None:
+    summary = {
+        "model_path": str(result.model_path),
+        "spec": json.loads(result.spec.to_json()),
+        "validation": result.validation.as_dict(),
+        "test": result.test.as_dict() if result.test else None,
+        "privacy": _privacy_dict(result.privacy),
+        "seconds": result.seconds,
+    }
+    payload = json.dumps(summary, indent=2, default=str) + "\n"
+    atomic_write_bytes(result.run_dir / "result.json", payload.encode())
+
+
+def _privacy_dict(privacy: PrivacyReport | None) -> dict[str, Any] | None:
+    if privacy is None:
+        return None
+    values = asdict(privacy)
+    values["ledger"] = str(privacy.ledger)
+    return values
+
+
+__all__ = ["PrivacyReport", "TrainResult", "evaluate", "resolve_device", "train_local"]

@@ -1,0 +1,56 @@
+"""What a training run leaves behind: ``metrics.jsonl`` and TensorBoard events.
+
+Each call to :meth:`RunLog.record` appends one JSON line (flushed and fsynced, so a crash
+loses at most the line being written) and the same scalars to ``tb/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+
+class RunLog:
+    def __init__(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self._writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    def record(self, step: int, values: dict[str, Any]) -> None:
+        line = json.dumps({key: _json_safe(value) for key, value in values.items()})
+        with open(self.metrics_path, "a") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        for key, value in values.items():
+            is_number = isinstance(value, int | float) and not isinstance(value, bool)
+            if is_number and math.isfinite(value):
+                self._writer.add_scalar(key, value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _json_safe(value: Any) -> Any:
+    """Infinite ε (non-private training) as the string "inf": JSON has no infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value

@@ -1,0 +1,92 @@
+"""Local training, private and not, with real Opacus on tiny synthetic radiographs."""
+
+import json
+import math
+import shutil
+
+import pytest
+from opacus.accountants import create_accountant
+
+from primia.errors import PrivacyBudgetExceeded
+from primia.models.checkpoint import load_model
+from primia.train import DPConfig, PrivacyLedger, TrainConfig, train_local
+
+
+def small_config(data, out, **overrides):
+    settings = {
+        "model": "cnn",
+        "width": 4,
+        "image_size": 32,
+        "epochs": 2,
+        "batch_size": 8,
+        "max_physical_batch_size": 8,
+        "progress": False,
+        "threads": 2,
+        "dp": DPConfig(),
+    }
+    return TrainConfig(data=data, out=out, **(settings | overrides))
+
+
+@pytest.fixture
+def data(synth_data, tmp_path):
+    """A private copy of the dataset, so each test has its own privacy ledger."""
+    copy = tmp_path / "data"
+    shutil.copytree(synth_data, copy)
+    return copy
+
+
+def test_dp_run_reports_the_epsilon_of_opacus_accountant(data, tmp_path):
+    dp = DPConfig(enabled=True, epsilon=2.0, delta=1e-5, epsilon_budget=5.0)
+    result = train_local(small_config(data, tmp_path / "run", dp=dp))
+    privacy = result.privacy
+    assert privacy is not None
+    # Recompute ε independently with Opacus for the plan that ran.
+    accountant = create_accountant(mechanism="prv")
+    accountant.history = [(privacy.noise_multiplier, privacy.sample_rate, privacy.steps)]
+    assert privacy.epsilon == pytest.approx(accountant.get_epsilon(delta=1e-5), rel=1e-6)
+    assert 1.5 < privacy.epsilon <= 2.0
+    # Poisson sampling: the steps are the planned ones, one per expected batch.
+    assert privacy.steps == 2 * round(1 / privacy.sample_rate)
+    ledger = PrivacyLedger.open(privacy.ledger)
+    (release,) = ledger.releases()
+    assert release.completed and release.mechanism.steps == privacy.steps
+    assert ledger.spent_epsilon() == pytest.approx(privacy.dataset_spent_epsilon)
+
+
+def test_run_directory_holds_config_metrics_events_and_checkpoint(data, tmp_path):
+    out = tmp_path / "run"
+    result = train_local(small_config(data, out, dp=DPConfig(enabled=True, epsilon=4.0)))
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert lines[-1]["epsilon"] <= 4.0
+    assert set(lines[0]) >= {"val_auroc_mean", "val_loss", "val_accuracy", "train_loss"}
+    assert any(f"val_auroc/{name}" in lines[0] for name in ("pneumonia", "effusion"))
+    assert (out / "config.toml").read_text().count("epsilon = 4.0") == 1
+    assert any((out / "tb").iterdir())
+    _, spec = load_model(result.model_path)
+    assert spec.architecture == "cnn" and spec.num_outputs == 4
+    assert json.loads((out / "result.json").read_text())["privacy"]["epsilon"] <= 4.0
+
+
+def test_budget_is_enforced_across_runs_before_any_step(data, tmp_path):
+    dp = DPConfig(enabled=True, epsilon=3.0, epsilon_budget=3.5)
+    train_local(small_config(data, tmp_path / "first", dp=dp))
+    with pytest.raises(PrivacyBudgetExceeded, match=r"budget is 3\.5"):
+        train_local(small_config(data, tmp_path / "second", dp=dp))
+    assert not (tmp_path / "second" / "metrics.jsonl").exists()
+
+
+def test_non_private_run_spends_no_ledger_and_reports_infinite_epsilon(data, tmp_path):
+    result = train_local(small_config(data, tmp_path / "plain"))
+    assert result.privacy is None
+    assert not (data / "privacy-ledger.jsonl").exists()
+    lines = (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["epsilon"] == "inf"
+    assert result.test is not None and not math.isnan(result.test.loss)
+
+
+@pytest.mark.parametrize("mode", ["ghost", "functorch"])
+def test_other_grad_sample_modes_train(data, tmp_path, mode):
+    dp = DPConfig(enabled=True, epsilon=3.0, grad_sample_mode=mode, epsilon_budget=1e6)
+    result = train_local(small_config(data, tmp_path / mode, epochs=1, dp=dp))
+    assert result.privacy is not None and result.privacy.epsilon <= 3.0

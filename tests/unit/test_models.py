@@ -1,0 +1,69 @@
+"""Every model passes Opacus' validator unchanged and uses only layers MPC can run."""
+
+import pytest
+import torch
+from opacus.validators import ModuleValidator
+from torch import nn
+
+from primia.errors import ModelError
+from primia.models import ALLOWED_LAYERS, build_model, check_model, incompatibilities, model_names
+from primia.models.checkpoint import ModelSpec, load_model, read_spec, save_model
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_model_is_dp_and_mpc_compatible(name):
+    model = build_model(name, num_classes=3, width=8)
+    assert ModuleValidator.validate(model, strict=False) == []
+    assert incompatibilities(model) == []
+    for module in model.modules():
+        if module is not model:
+            assert isinstance(module, ALLOWED_LAYERS), type(module)
+        assert not isinstance(module, nn.Identity | nn.BatchNorm2d)
+        if isinstance(module, nn.ReLU):
+            assert not module.inplace
+
+
+@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize("size", [32, 64])
+def test_model_output_shape(name, size):
+    model = build_model(name, num_classes=5, width=8)
+    assert model(torch.randn(2, 1, size, size)).shape == (2, 5)
+
+
+def test_registry_lists_the_three_models():
+    assert {"cnn", "resnet9", "resnet18"} <= set(model_names())
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ModelError, match="choose one of: cnn"):
+        build_model("vgg", num_classes=2)
+
+
+def test_incompatible_layers_are_named():
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Identity()
+    )
+    problems = " ".join(incompatibilities(model))
+    assert "BatchNorm2d" in problems and "Identity" in problems and "in-place" in problems
+    with pytest.raises(ModelError):
+        check_model(model)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    spec = ModelSpec(architecture="cnn", num_outputs=2, width=4, label_names=("a", "b"))
+    model = spec.build()
+    save_model(tmp_path / "m.safetensors", model, spec)
+    loaded, loaded_spec = load_model(tmp_path / "m.safetensors")
+    assert loaded_spec == spec
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "none.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 4)
+    with pytest.raises(ModelError, match="not a safetensors file"):
+        read_spec(tmp_path / "junk.safetensors")
