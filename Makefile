@@ -27,7 +27,7 @@ help:
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	# torch first and pinned, so that nothing later resolves a (CUDA) build from the registry.
+	@# torch first and pinned, so that nothing later resolves a (CUDA) build from the registry.
 	$(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
 	$(PIP) install -q -e ".[dev,inference]" "torch==$(TORCH_VERSION)"
 	$(PIP) install -q --no-deps "crypten==$(CRYPTEN_VERSION)"

@@ -20,7 +20,9 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,7 +58,8 @@ def epsilon_of(
         return 0.0
     engine = create_accountant(mechanism=accountant)
     engine.history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in history]
-    return float(engine.get_epsilon(delta=delta))
+    with _quiet_rdp_orders():
+        return float(engine.get_epsilon(delta=delta))
 
 
 def noise_for_target(
@@ -77,12 +80,24 @@ def noise_for_target(
         raise ConfigError(f"sample rate must be in (0, 1], got {sample_rate}")
     if steps < 1:
         raise ConfigError(f"a training plan needs at least one step, got {steps}")
-    return float(
-        get_noise_multiplier(
+    with _quiet_rdp_orders():
+        sigma = get_noise_multiplier(
             target_epsilon=epsilon,
             target_delta=delta,
             sample_rate=sample_rate,
             steps=steps,
             accountant=accountant,
         )
-    )
+    return float(sigma)
+
+
+@contextmanager
+def _quiet_rdp_orders() -> Iterator[None]:
+    """Silence Opacus' hint that the best RDP order is the largest one tried.
+
+    The bound stays valid (only possibly loose), and the PRV accountant triggers the hint
+    routinely when it uses RDP to bound its domain.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        yield

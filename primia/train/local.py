@@ -15,6 +15,13 @@ example-level (ε, δ)-DP for the released weights; it holds for patient-level p
 when each patient contributes one image (otherwise divide by the images per patient, or
 group the images).
 
+The configured ``seed`` fixes the splits, the initial weights and the order of
+non-private training. It never fixes DP noise or Poisson sampling: both draw from
+generators seeded by the operating system's CSPRNG, since noise that can be regenerated
+from a published seed can be subtracted. (The generators themselves are PyTorch's, not
+cryptographically secure; Opacus' ``secure_mode`` needs torchcsprng, which has no build
+for current PyTorch.)
+
 Before the first step the plan is reserved in the dataset's privacy ledger, which refuses
 it if the dataset's budget would be exceeded; after training the steps actually run are
 recorded (see :mod:`primia.train.ledger`).
@@ -24,8 +31,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +50,7 @@ from primia.config import atomic_write_bytes, write_toml
 from primia.data import RadiographDataset, open_dataset, patient_split
 from primia.models import check_model
 from primia.models.checkpoint import ModelSpec, save_model, unwrap
-from primia.train.accounting import Mechanism, noise_for_target
+from primia.train.accounting import Mechanism, epsilon_of, noise_for_target
 from primia.train.config import TrainConfig
 from primia.train.ledger import Budget, PrivacyLedger
 from primia.train.losses import criterion_for
@@ -88,6 +97,16 @@ def resolve_device(name: str) -> torch.device:
 
 def train_local(config: TrainConfig) -> TrainResult:
     """Train one model on one dataset as ``config`` says; see the module docstring."""
+    with warnings.catch_warnings():
+        # Opacus warns that its secure RNG is off (we seed noise from the OS instead, see
+        # above) and PyTorch that backward hooks fire on inputs without gradients (images
+        # never need them); both would only bury the progress output.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     _seed_everything(config.seed)
     if config.threads is not None:
@@ -155,10 +174,14 @@ def train_local(config: TrainConfig) -> TrainResult:
             description=f"train-local {config.model} -> {config.out}",
         )
         engine = PrivacyEngine(accountant=dp.accountant)
+        loader = DataLoader(
+            loader.dataset, batch_size=config.batch_size, generator=_unpredictable_generator()
+        )
         private = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
+            noise_generator=_unpredictable_generator(device),
             noise_multiplier=sigma,
             max_grad_norm=dp.max_grad_norm,
             poisson_sampling=True,
@@ -171,6 +194,7 @@ def train_local(config: TrainConfig) -> TrainResult:
             model, optimizer, loader = private
 
     epochs: list[dict[str, Any]] = []
+    validation: Metrics | None = None
     model_path = config.out / "model.safetensors"
     try:
         with (
@@ -203,6 +227,7 @@ def train_local(config: TrainConfig) -> TrainResult:
             # Record what actually ran, also after an error: those steps were released.
             ledger.complete(release_id, steps=_steps_taken(engine), epsilon=_spent(engine, config))
 
+    assert validation is not None  # epochs >= 1, checked by TrainConfig
     test = evaluate(unwrap(model), splits.test, device=device) if splits.test else None
     privacy = None
     if ledger is not None and engine is not None and mechanism is not None:
@@ -223,7 +248,7 @@ def train_local(config: TrainConfig) -> TrainResult:
         run_dir=config.out,
         model_path=model_path,
         spec=spec,
-        validation=evaluate(unwrap(model), splits.val, device=device),
+        validation=validation,
         test=test,
         privacy=privacy,
         epochs=epochs,
@@ -294,7 +319,7 @@ def _train_epoch(
                 weight = len(chunk_images) / len(images)
                 loss = criterion(model(_to_float(chunk_images, device)), chunk_targets.to(device))
                 (loss * weight).backward()
-                batch_loss += float(loss) * weight
+                batch_loss += loss.item() * weight
             optimizer.step()
             losses.append(batch_loss)
             progress.step(batch_loss)
@@ -329,9 +354,14 @@ def _steps_taken(engine: PrivacyEngine) -> int:
 def _spent(engine: PrivacyEngine | None, config: TrainConfig) -> float:
     if engine is None:
         return math.inf
-    if not engine.accountant.history:
-        return 0.0
-    return float(engine.get_epsilon(config.dp.delta))
+    history = [Mechanism(sigma, rate, steps) for sigma, rate, steps in engine.accountant.history]
+    return epsilon_of(history, delta=config.dp.delta, accountant=config.dp.accountant)
+
+
+def _unpredictable_generator(device: torch.device | None = None) -> torch.Generator:
+    """A generator seeded from the OS CSPRNG, for DP noise and Poisson sampling."""
+    generator = torch.Generator(device=device) if device is not None else torch.Generator()
+    return generator.manual_seed(int.from_bytes(os.urandom(8), "little"))
 
 
 def _seed_everything(seed: int) -> None:

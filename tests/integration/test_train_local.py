@@ -5,6 +5,7 @@ import math
 import shutil
 
 import pytest
+import torch
 from opacus.accountants import create_accountant
 
 from primia.errors import PrivacyBudgetExceeded
@@ -90,3 +91,15 @@ def test_other_grad_sample_modes_train(data, tmp_path, mode):
     dp = DPConfig(enabled=True, epsilon=3.0, grad_sample_mode=mode, epsilon_budget=1e6)
     result = train_local(small_config(data, tmp_path / mode, epochs=1, dp=dp))
     assert result.privacy is not None and result.privacy.epsilon <= 3.0
+
+
+def test_seed_fixes_plain_training_but_never_dp_noise(data, tmp_path):
+    def weights(out, dp):
+        result = train_local(small_config(data, out, epochs=1, dp=dp))
+        model, _ = load_model(result.model_path)
+        return torch.cat([p.flatten() for p in model.parameters()])
+
+    plain = DPConfig()
+    assert torch.equal(weights(tmp_path / "a", plain), weights(tmp_path / "b", plain))
+    private = DPConfig(enabled=True, epsilon=8.0, epsilon_budget=1e6)
+    assert not torch.equal(weights(tmp_path / "c", private), weights(tmp_path / "d", private))
