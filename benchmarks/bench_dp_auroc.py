@@ -3,7 +3,7 @@
 Both runs use the same data, splits, model, optimiser and epochs; only DP-SGD differs.
 Prints both AUROCs and their ratio. The DP model must learn: AUROC clearly above 0.5.
 
-    python benchmarks/bench_dp_auroc.py [--patients-per-site 100] [--size 128] [--epochs 8]
+    python benchmarks/bench_dp_auroc.py [--patients-per-site 100] [--size 128] [--epochs 12]
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ def main() -> None:
     parser.add_argument("--images-per-patient", type=int, default=4)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--width", type=int, default=16, help="ResNet-9 base width")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--epsilon", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -61,7 +62,8 @@ def main() -> None:
                     image_size=args.size,
                     epochs=args.epochs,
                     batch_size=args.batch_size,
-                    max_physical_batch_size=args.batch_size,
+                    max_physical_batch_size=64,
+                    lr=args.lr,
                     progress=False,
                     dp=dp,
                 )

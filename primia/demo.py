@@ -22,12 +22,14 @@ MARKER = ".primia-demo"
 class DemoSettings:
     out: Path = Path("runs/demo")
     sites: int = 3
-    patients_per_site: int = 60
+    patients_per_site: int = 150
     images_per_patient: int = 4
     image_size: int = 48
     model: str = "resnet9"
     width: int = 16
-    epochs: int = 6
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 3e-3
     epsilon: float = 3.0
     delta: float = 1e-5
     seed: int = 0
@@ -69,6 +71,9 @@ def run_demo(settings: DemoSettings) -> TrainResult:
             width=settings.width,
             image_size=settings.image_size,
             epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            max_physical_batch_size=64,
+            lr=settings.lr,
             seed=settings.seed,
             progress=settings.progress,
             dp=DPConfig(enabled=True, epsilon=settings.epsilon, delta=settings.delta),

@@ -21,6 +21,8 @@ HELP = {
     "model": "architecture: resnet9, resnet18 or cnn",
     "width": "base channel count of the model",
     "epochs": "training epochs",
+    "batch_size": "expected batch size of the Poisson-sampled DP batches",
+    "lr": "learning rate (Adam)",
     "epsilon": "target ε of the DP training",
     "delta": "target δ of the DP training",
     "seed": "seed of the data and the training",

@@ -68,7 +68,12 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--delta", "dp.delta", float, "target δ with --dp (default 1e-5)"),
     ("--max-grad-norm", "dp.max_grad_norm", float, "per-sample clipping norm C (default 1.0)"),
     ("--accountant", "dp.accountant", str, "prv (tight, default) or rdp"),
-    ("--grad-sample-mode", "dp.grad_sample_mode", str, "Opacus mode: hooks, functorch, ew, ghost"),
+    (
+        "--grad-sample-mode",
+        "dp.grad_sample_mode",
+        str,
+        "per-sample gradients: fast (default) or Opacus: hooks, functorch, ew, ghost",
+    ),
     ("--epsilon-budget", "dp.epsilon_budget", float, "the dataset's total ε budget (default 10)"),
     ("--ledger", "dp.ledger", Path, "privacy ledger file (default: beside the data)"),
 ]

@@ -9,7 +9,7 @@ from typing import Literal
 from primia.errors import ConfigError
 from primia.train.accounting import AccountantName
 
-GradSampleMode = Literal["hooks", "functorch", "ew", "ghost"]
+GradSampleMode = Literal["fast", "hooks", "functorch", "ew", "ghost"]
 LEDGER_FILENAME = "privacy-ledger.jsonl"
 
 
@@ -23,7 +23,7 @@ class DPConfig:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: AccountantName = "prv"
-    grad_sample_mode: GradSampleMode = "hooks"
+    grad_sample_mode: GradSampleMode = "fast"
     epsilon_budget: float = 10.0
     """The dataset's total budget, enforced by its privacy ledger across all runs."""
     ledger: Path | None = None

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 import warnings
@@ -41,21 +40,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
-from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from primia.config import atomic_write_bytes, write_toml
 from primia.data import RadiographDataset, open_dataset, patient_split
 from primia.models import check_model
-from primia.models.checkpoint import ModelSpec, save_model, unwrap
+from primia.models.checkpoint import ModelSpec, save_model
 from primia.train.accounting import Mechanism, epsilon_of, noise_for_target
 from primia.train.config import TrainConfig
 from primia.train.ledger import Budget, PrivacyLedger
+from primia.train.loops import EpochLoop, FastDPLoop, OpacusLoop, PlainLoop, to_float
 from primia.train.losses import criterion_for
 from primia.train.metrics import Metrics, classification_metrics
 from primia.train.progress import TrainingProgress
+from primia.train.randomness import os_seeded_generator
 from primia.train.runlog import RunLog
 
 
@@ -133,35 +132,21 @@ def _train(config: TrainConfig) -> TrainResult:
     model = spec.build()
     check_model(model)
     model.to(device)
-    criterion = criterion_for(dataset.task)
     optimizer = _make_optimizer(model, config)
-    generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(
-        TensorDataset(*_uint8_tensors(splits.train)),
-        batch_size=config.batch_size,
-        shuffle=True,
-        generator=generator,
-    )
+    train_set = TensorDataset(*_uint8_tensors(splits.train))
+    batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
 
     config.out.mkdir(parents=True, exist_ok=True)
     write_toml(config, config.out / "config.toml")
 
-    engine: PrivacyEngine | None = None
     ledger: PrivacyLedger | None = None
     release_id = ""
     mechanism: Mechanism | None = None
+    loop: EpochLoop
     if config.dp.enabled:
         dp = config.dp
-        sample_rate = 1.0 / len(loader)
-        planned_steps = config.epochs * len(loader)
-        sigma = noise_for_target(
-            epsilon=dp.epsilon,
-            delta=dp.delta,
-            sample_rate=sample_rate,
-            steps=planned_steps,
-            accountant=dp.accountant,
-        )
-        mechanism = Mechanism(sigma, sample_rate, planned_steps)
+        # Poisson sampling at the rate that makes one epoch `batches_per_epoch` steps.
+        mechanism = _plan(config, sample_rate=1.0 / batches_per_epoch)
         ledger = PrivacyLedger.open(
             config.ledger_path,
             budget=Budget(epsilon=dp.epsilon_budget, delta=dp.delta),
@@ -173,25 +158,22 @@ def _train(config: TrainConfig) -> TrainResult:
             delta=dp.delta,
             description=f"train-local {config.model} -> {config.out}",
         )
-        engine = PrivacyEngine(accountant=dp.accountant)
-        loader = DataLoader(
-            loader.dataset, batch_size=config.batch_size, generator=_unpredictable_generator()
+        loop_class = FastDPLoop if dp.grad_sample_mode == "fast" else OpacusLoop
+        loop = loop_class(
+            model,
+            optimizer,
+            train_set,
+            task=dataset.task,
+            config=config,
+            device=device,
+            noise_multiplier=mechanism.noise_multiplier,
+            sample_rate=mechanism.sample_rate,
+            generator=os_seeded_generator(),
         )
-        private = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_generator=_unpredictable_generator(device),
-            noise_multiplier=sigma,
-            max_grad_norm=dp.max_grad_norm,
-            poisson_sampling=True,
-            grad_sample_mode=dp.grad_sample_mode,
-            criterion=criterion,
+    else:
+        loop = PlainLoop(
+            model, optimizer, train_set, task=dataset.task, config=config, device=device
         )
-        if dp.grad_sample_mode == "ghost":
-            model, optimizer, criterion, loader = private
-        else:
-            model, optimizer, loader = private
 
     epochs: list[dict[str, Any]] = []
     validation: Metrics | None = None
@@ -200,16 +182,14 @@ def _train(config: TrainConfig) -> TrainResult:
         with (
             RunLog(config.out) as log,
             TrainingProgress(
-                enabled=config.progress, epochs=config.epochs, steps_per_epoch=len(loader)
+                enabled=config.progress, epochs=config.epochs, steps_per_epoch=batches_per_epoch
             ) as progress,
         ):
             for epoch in range(1, config.epochs + 1):
                 epoch_started = time.perf_counter()
-                train_loss = _train_epoch(
-                    model, loader, optimizer, criterion, config, device, progress
-                )
-                validation = evaluate(unwrap(model), splits.val, device=device)
-                epsilon = _spent(engine, config)
+                train_loss = loop.run_epoch(progress)
+                validation = evaluate(loop.model, splits.val, device=device)
+                epsilon = _spent(loop, config)
                 record: dict[str, Any] = {
                     "epoch": epoch,
                     "train_loss": train_loss,
@@ -221,22 +201,24 @@ def _train(config: TrainConfig) -> TrainResult:
                 epochs.append(record)
                 log.record(epoch, record)
                 progress.epoch_done(epoch, validation.mean_auroc, epsilon)
-                save_model(model_path, unwrap(model), spec)
+                save_model(model_path, loop.model, spec)
     finally:
-        if ledger is not None and engine is not None:
+        if ledger is not None:
             # Record what actually ran, also after an error: those steps were released.
-            ledger.complete(release_id, steps=_steps_taken(engine), epsilon=_spent(engine, config))
+            ledger.complete(release_id, steps=_steps(loop), epsilon=_spent(loop, config))
+        if isinstance(loop, FastDPLoop):
+            loop.close()
 
     assert validation is not None  # epochs >= 1, checked by TrainConfig
-    test = evaluate(unwrap(model), splits.test, device=device) if splits.test else None
+    test = evaluate(loop.model, splits.test, device=device) if splits.test else None
     privacy = None
-    if ledger is not None and engine is not None and mechanism is not None:
+    if ledger is not None and mechanism is not None:
         privacy = PrivacyReport(
-            epsilon=_spent(engine, config),
+            epsilon=_spent(loop, config),
             delta=config.dp.delta,
             noise_multiplier=mechanism.noise_multiplier,
             sample_rate=mechanism.sample_rate,
-            steps=_steps_taken(engine),
+            steps=_steps(loop),
             max_grad_norm=config.dp.max_grad_norm,
             accountant=config.dp.accountant,
             ledger=ledger.path,
@@ -268,7 +250,7 @@ def evaluate(
     criterion = criterion_for(dataset.task)
     logits = []
     for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device).float().div_(255.0)
+        batch = to_float(images[start : start + batch_size], device)
         logits.append(model(batch).float().cpu())
     all_logits = torch.cat(logits)
     loss = float(criterion(all_logits, targets))
@@ -279,55 +261,6 @@ def evaluate(
         label_names=dataset.label_names,
         loss=loss,
     )
-
-
-def _train_epoch(
-    model: nn.Module,
-    loader: DataLoader[Any],
-    optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
-    config: TrainConfig,
-    device: torch.device,
-    progress: TrainingProgress,
-) -> float:
-    model.train()
-    losses: list[float] = []
-    if config.dp.enabled:
-        with BatchMemoryManager(
-            data_loader=loader,
-            max_physical_batch_size=config.max_physical_batch_size,
-            optimizer=optimizer,
-        ) as physical_loader:
-            for images, targets in physical_loader:
-                optimizer.zero_grad(set_to_none=True)
-                loss = criterion(model(_to_float(images, device)), targets.to(device))
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                if not getattr(optimizer, "_is_last_step_skipped", False):
-                    progress.step(losses[-1])
-    else:
-        for images, targets in loader:
-            optimizer.zero_grad(set_to_none=True)
-            chunks = zip(
-                images.split(config.max_physical_batch_size),
-                targets.split(config.max_physical_batch_size),
-                strict=True,
-            )
-            batch_loss = 0.0
-            for chunk_images, chunk_targets in chunks:
-                weight = len(chunk_images) / len(images)
-                loss = criterion(model(_to_float(chunk_images, device)), chunk_targets.to(device))
-                (loss * weight).backward()
-                batch_loss += loss.item() * weight
-            optimizer.step()
-            losses.append(batch_loss)
-            progress.step(batch_loss)
-    return float(np.mean(losses)) if losses else math.nan
-
-
-def _to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return images.to(device).float().div_(255.0)
 
 
 def _uint8_tensors(dataset: RadiographDataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -347,21 +280,28 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _steps_taken(engine: PrivacyEngine) -> int:
-    return int(sum(steps for _, _, steps in engine.accountant.history))
+def _plan(config: TrainConfig, *, sample_rate: float) -> Mechanism:
+    """The DP mechanism of the whole run: σ calibrated to the target ε over all steps."""
+    steps = config.epochs * round(1 / sample_rate)
+    sigma = noise_for_target(
+        epsilon=config.dp.epsilon,
+        delta=config.dp.delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=config.dp.accountant,
+    )
+    return Mechanism(sigma, sample_rate, steps)
 
 
-def _spent(engine: PrivacyEngine | None, config: TrainConfig) -> float:
-    if engine is None:
+def _steps(loop: EpochLoop) -> int:
+    return sum(mechanism.steps for mechanism in loop.history())
+
+
+def _spent(loop: EpochLoop, config: TrainConfig) -> float:
+    """ε spent so far by ``loop``; infinite for non-private training."""
+    if not config.dp.enabled:
         return math.inf
-    history = [Mechanism(sigma, rate, steps) for sigma, rate, steps in engine.accountant.history]
-    return epsilon_of(history, delta=config.dp.delta, accountant=config.dp.accountant)
-
-
-def _unpredictable_generator(device: torch.device | None = None) -> torch.Generator:
-    """A generator seeded from the OS CSPRNG, for DP noise and Poisson sampling."""
-    generator = torch.Generator(device=device) if device is not None else torch.Generator()
-    return generator.manual_seed(int.from_bytes(os.urandom(8), "little"))
+    return epsilon_of(loop.history(), delta=config.dp.delta, accountant=config.dp.accountant)
 
 
 def _seed_everything(seed: int) -> None:

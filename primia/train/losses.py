@@ -33,8 +33,11 @@ class PerSampleBCEWithLogits(nn.Module):
         return per_sample.mean()
 
 
-def criterion_for(task: Task) -> nn.Module:
-    """The training loss of a task: cross-entropy for multiclass, BCE otherwise."""
+def criterion_for(task: Task, reduction: str = "mean") -> nn.Module:
+    """The training loss of a task: cross-entropy for multiclass, BCE otherwise.
+
+    ``reduction="none"`` gives one loss per sample, shape ``[B]``.
+    """
     if task is Task.MULTICLASS:
-        return nn.CrossEntropyLoss()
-    return PerSampleBCEWithLogits()
+        return nn.CrossEntropyLoss(reduction=reduction)
+    return PerSampleBCEWithLogits(reduction=reduction)

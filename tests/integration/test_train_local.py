@@ -86,7 +86,7 @@ def test_non_private_run_spends_no_ledger_and_reports_infinite_epsilon(data, tmp
     assert result.test is not None and not math.isnan(result.test.loss)
 
 
-@pytest.mark.parametrize("mode", ["ghost", "functorch"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
 def test_other_grad_sample_modes_train(data, tmp_path, mode):
     dp = DPConfig(enabled=True, epsilon=3.0, grad_sample_mode=mode, epsilon_budget=1e6)
     result = train_local(small_config(data, tmp_path / mode, epochs=1, dp=dp))

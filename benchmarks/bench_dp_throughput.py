@@ -1,0 +1,349 @@
+"""DP-SGD throughput against non-private training of the same model and data, in images/s.
+
+For each model (ResNet-9 at 64 px and ResNet-18 at 128 px by default) and each way of
+computing the clipped, noised gradient, the script times steady-state training steps on
+one fixed random batch (same data and same initial weights for every mode) and prints
+images/s and the ratio to non-private training. The loss is multi-label BCE over 4
+findings averaged per sample (``PerSampleBCEWithLogits``: shape [B] with reduction "none",
+as ghost clipping needs). Modes:
+
+* ``nonprivate``: ``loss.backward()`` and ``optimizer.step()``, the reference;
+* ``hooks``, ``functorch``, ``ew``: Opacus ``PrivacyEngine.make_private`` with that
+  ``grad_sample_mode`` (per-sample gradients by module hooks, by ``torch.func`` per layer,
+  by PyTorch's expanded weights), then Opacus' ``DPOptimizer``;
+* ``ghost``: Opacus' fast gradient / ghost clipping (per-sample norms, second backward);
+* ``vmap``: our whole-model ``torch.func`` path, ``vmap(grad(loss))`` over the batch, then
+  clipping, sum, Gaussian noise and a plain optimizer step
+  (:func:`primia.train.fast_dp.vmap_clipped_grad_sum`, chunks of 8 samples);
+* ``fast``: :class:`primia.train.fast_dp.FastDPSGD` (ghost norms where the spatial map is
+  small, per-sample weight gradients where it is large, no second backward).
+
+Every DP mode clips at C = 1 and adds noise with σ = 1. A step's time is wall-clock from
+zero_grad to the end of the optimizer step; images/s is the batch size over the *median*
+step time after warm-up. Each mode runs alone in a fresh process (on the 2-core VM this
+was measured on, a step that allocates gigabytes is up to 2x slower when another process
+merely holds a few GB, so modes sharing a process or running side by side skew each
+other). Steps during which other programs used more than 10% of the CPUs are discarded
+and rerun (up to twice the step count); the "kept" column says how many counted.
+
+    python benchmarks/bench_dp_throughput.py
+    python benchmarks/bench_dp_throughput.py --models resnet9:64 --modes nonprivate fast
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from primia.models import build_model
+from primia.train.fast_dp import FastDPSGD, vmap_clipped_grad_sum
+from primia.train.losses import PerSampleBCEWithLogits as PerSampleBCE
+
+MODES = ("nonprivate", "hooks", "functorch", "ew", "ghost", "vmap", "fast")
+OPACUS_MODES = ("hooks", "functorch", "ew", "ghost")
+DEFAULT_MODELS = ("resnet9:64", "resnet18:128")
+DEFAULT_STEPS = {"resnet9": 4, "resnet18": 6}  # ≤ ~20 s per mode for the slowest DP modes
+NUM_LABELS = 4
+NOISE_MULTIPLIER = 1.0
+MAX_GRAD_NORM = 1.0
+VMAP_CHUNK = 8
+MAX_FOREIGN_LOAD = 0.1  # share of all CPUs other processes may use during a kept step
+
+# Workers fork from a server that has imported torch once (fast, and single-threaded so
+# safe to fork); "spawn" where there is no fork.
+_FORKSERVER = "forkserver" in multiprocessing.get_all_start_methods()
+_CONTEXT: Any = multiprocessing.get_context("forkserver" if _FORKSERVER else "spawn")
+if _FORKSERVER:
+    multiprocessing.set_forkserver_preload(["torch", "opacus", "primia.train.fast_dp"])
+
+Step = Callable[[], None]
+
+
+@dataclass
+class Result:
+    mode: str
+    times: list[float] = field(default_factory=list)  # seconds per timed step
+    loaded: int = 0  # timed steps not kept: other programs were using the CPUs
+    all_loaded: bool = False  # no step was kept; ``times`` are the loaded ones
+    error: str = ""
+
+    @property
+    def kept(self) -> str:
+        if self.all_loaded:
+            return f"0/{len(self.times)}*"
+        return f"{len(self.times)}/{len(self.times) + self.loaded}"
+
+    def images_per_s(self, batch: int) -> float | None:
+        return batch / statistics.median(self.times) if self.times and not self.error else None
+
+
+def _fresh_model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, num_classes=NUM_LABELS)
+
+
+def _sgd(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+def make_step(mode: str, name: str, images: torch.Tensor, targets: torch.Tensor) -> Step:
+    """One training step of ``mode`` on the fixed batch, as a closure."""
+    model = _fresh_model(name)
+    optimizer = _sgd(model)
+    batch = images.shape[0]
+
+    if mode == "nonprivate":
+        criterion = PerSampleBCE()
+
+        def nonprivate() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            criterion(model(images), targets).backward()
+            optimizer.step()
+
+        return nonprivate
+
+    if mode in OPACUS_MODES:
+        from opacus import PrivacyEngine
+
+        loader = DataLoader(TensorDataset(images, targets), batch_size=batch)
+        private = PrivacyEngine().make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=NOISE_MULTIPLIER,
+            max_grad_norm=MAX_GRAD_NORM,
+            poisson_sampling=False,  # a fixed batch, to time exactly `batch` images a step
+            grad_sample_mode=mode,
+            criterion=PerSampleBCE(),
+        )
+        if mode == "ghost":
+            dp_model, dp_optimizer, dp_criterion, _ = private
+        else:
+            dp_model, dp_optimizer, _ = private
+            dp_criterion = PerSampleBCE()
+
+        def opacus() -> None:
+            dp_optimizer.zero_grad(set_to_none=True)
+            dp_criterion(dp_model(images), targets).backward()
+            dp_optimizer.step()
+
+        return opacus
+
+    if mode == "vmap":
+        per_sample = PerSampleBCE(reduction="none")
+        named = dict(model.named_parameters())
+
+        def vmap() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            sums = vmap_clipped_grad_sum(
+                model,
+                per_sample,
+                images,
+                targets,
+                max_grad_norm=MAX_GRAD_NORM,
+                chunk_size=VMAP_CHUNK,
+            )
+            for key, total in sums.items():
+                noise = torch.normal(0.0, NOISE_MULTIPLIER * MAX_GRAD_NORM, total.shape)
+                named[key].grad = (total + noise) / batch
+            optimizer.step()
+
+        return vmap
+
+    if mode == "fast":
+        dp = FastDPSGD(
+            model,
+            optimizer,
+            noise_multiplier=NOISE_MULTIPLIER,
+            max_grad_norm=MAX_GRAD_NORM,
+            expected_batch_size=batch,
+        )
+        per_sample = PerSampleBCE(reduction="none")
+
+        def fast() -> None:
+            dp.zero_grad()
+            dp.backward(per_sample(model(images), targets))
+            dp.step()
+
+        return fast
+
+    raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+
+
+def _failure(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0][:90]
+
+
+def _busy_seconds() -> float | None:
+    """CPU time all processes have used so far (Linux /proc/stat), or None elsewhere."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _worker(
+    conn: Connection,
+    mode: str,
+    name: str,
+    size: int,
+    batch: int,
+    threads: int,
+    warmup: int,
+    steps: int,
+) -> None:
+    """One mode in a fresh process: warm up, time ``steps`` steps, send the times back.
+
+    A step during which other processes used more than ``MAX_FOREIGN_LOAD`` of the CPUs
+    is timed but not kept, and another is run instead (up to ``steps`` more), so that
+    bursts of load from other programs on a shared machine do not skew the figure.
+    """
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")  # Opacus' secure-RNG and hook warnings
+    cpus = os.cpu_count() or 1
+    try:
+        gen = torch.Generator().manual_seed(1)  # the same batch in every process
+        images = torch.randn(batch, 1, size, size, generator=gen)
+        targets = (torch.rand(batch, NUM_LABELS, generator=gen) > 0.5).float()
+        step = make_step(mode, name, images, targets)
+        for _ in range(warmup):
+            step()
+        kept: list[float] = []
+        loaded: list[float] = []
+        while len(kept) < steps and len(kept) + len(loaded) < 2 * steps:
+            busy, own, start = _busy_seconds(), _own_seconds(), time.perf_counter()
+            step()
+            wall = time.perf_counter() - start
+            after = _busy_seconds()
+            foreign = 0.0
+            if busy is not None and after is not None:
+                foreign = (after - busy - (_own_seconds() - own)) / (wall * cpus)
+            (kept if foreign <= MAX_FOREIGN_LOAD else loaded).append(wall)
+    except Exception as error:  # a mode that cannot run this model is reported, not fatal
+        conn.send(("error", _failure(error)))
+        return
+    conn.send(("times", (kept, loaded)))
+
+
+def measure(
+    mode: str, name: str, size: int, batch: int, steps: int, warmup: int, threads: int
+) -> Result:
+    """Time one mode in a fresh process, alone.
+
+    A fresh process per mode keeps one mode's memory (Opacus' per-sample gradients, the
+    allocator's state) from slowing the next: on this VM a step that allocates gigabytes
+    slows down by up to 2x when another process merely holds a few GB.
+    """
+    parent, child = _CONTEXT.Pipe()
+    process = _CONTEXT.Process(
+        target=_worker, args=(child, mode, name, size, batch, threads, warmup, steps)
+    )
+    process.start()
+    try:
+        kind, value = parent.recv()
+    except EOFError:  # the process died (e.g. out of memory)
+        kind, value = "error", f"worker exited with code {process.exitcode}"
+    process.join()
+    if kind == "error":
+        return Result(mode, error=str(value))
+    kept, loaded = value
+    if not kept:
+        return Result(mode, times=list(loaded), all_loaded=True)
+    return Result(mode, times=list(kept), loaded=len(loaded))
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # not available on this platform
+        return "n/a"
+
+
+def _parse_model(spec: str) -> tuple[str, int]:
+    name, _, size = spec.partition(":")
+    return name, int(size) if size else {"resnet9": 64, "resnet18": 128}.get(name, 64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--models", nargs="+", default=list(DEFAULT_MODELS), help="name[:image size in px]"
+    )
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per mode")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first, per mode")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    modes = list(dict.fromkeys(["nonprivate", *args.modes]))  # the ratio needs the baseline
+    print(
+        f"DP-SGD throughput: {args.threads} threads, batch {args.batch_size}, torch "
+        f"{torch.__version__}, CPU only ({os.cpu_count()} cores), load average {_load()}.\n"
+        "images/s = batch / median step time, each mode alone in a fresh process; 'kept':\n"
+        f"timed steps during which other programs used <= {MAX_FOREIGN_LOAD:.0%} of the CPUs "
+        "(* = none were, all used)."
+    )
+    header = (
+        f"{'model':<9} {'size':>4} {'mode':<11} {'images/s':>8} {'ratio':>6} {'kept':>6} "
+        f"{'min ms':>7} {'max ms':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    best: list[str] = []
+    for spec in args.models:
+        name, size = _parse_model(spec)
+        steps = args.steps or DEFAULT_STEPS.get(name, 5)
+        results: list[Result] = []
+        for mode in modes:
+            result = measure(mode, name, size, args.batch_size, steps, args.warmup, args.threads)
+            results.append(result)
+            baseline = results[0].images_per_s(args.batch_size)
+            speed = result.images_per_s(args.batch_size)
+            if speed is None:
+                print(f"{name:<9} {size:>4} {mode:<11} {'failed':>8}  {result.error}")
+                continue
+            ratio = f"{speed / baseline:5.2f}x" if baseline else "     -"
+            print(
+                f"{name:<9} {size:>4} {mode:<11} {speed:8.1f} {ratio:>6} "
+                f"{result.kept:>6} {1000 * min(result.times):7.0f} "
+                f"{1000 * max(result.times):7.0f}",
+                flush=True,
+            )
+        baseline = results[0].images_per_s(args.batch_size)
+        private = [
+            (speed, r.mode)
+            for r in results[1:]
+            if (speed := r.images_per_s(args.batch_size)) is not None
+        ]
+        if private and baseline:
+            speed, mode = max(private)
+            best.append(f"{name} {size}px: {mode} ({speed / baseline:.2f}x non-private)")
+    print(f"Load average at end: {_load()}")
+    print("best DP mode per model: " + "; ".join(best))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
