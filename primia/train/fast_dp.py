@@ -63,7 +63,6 @@ A training loop (Poisson sampling and accounting stay Opacus')::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -74,6 +73,8 @@ from opacus.accountants import IAccountant
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional
+
+from primia.train.randomness import os_seeded_generator
 
 ConvStrategy = Literal["auto", "ghost", "per_sample"]
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear, nn.GroupNorm)
@@ -496,21 +497,17 @@ class _GaussianNoise:
             return []
         if not self.parallel:
             if self.generator is None:  # seeded from the OS, as on CPU
-                device = self.params[0].device
-                self.generator = torch.Generator(device).manual_seed(
-                    int.from_bytes(os.urandom(8), "little")
-                )
+                self.generator = os_seeded_generator(self.params[0].device)
             return [
                 torch.normal(0.0, std, p.shape, generator=self.generator, device=p.device)
                 for p in self.params
             ]
         if self._buffer is None:
             if self.generator is None:
-                seeds = [int.from_bytes(os.urandom(8), "little") for _ in range(_NOISE_STREAMS)]
+                self._streams = [os_seeded_generator() for _ in range(_NOISE_STREAMS)]
             else:
                 drawn = torch.randint(0, 2**62, (_NOISE_STREAMS,), generator=self.generator)
-                seeds = [int(seed) for seed in drawn]
-            self._streams = [torch.Generator().manual_seed(seed) for seed in seeds]
+                self._streams = [torch.Generator().manual_seed(int(seed)) for seed in drawn]
             self._buffer = torch.empty(sum(p.numel() for p in self.params))
             workers = min(_NOISE_STREAMS, torch.get_num_threads())
             self._pool = ThreadPoolExecutor(workers) if workers > 1 else None
