@@ -14,7 +14,7 @@ PY := $(BIN)/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.primia-setup
 
-.PHONY: setup demo test unit lint typecheck bench proto clean help
+.PHONY: setup demo test unit lint bench clean help
 
 help:
 	@echo "make demo   - local private training on synthetic radiographs, end to end"
