@@ -3,7 +3,9 @@
 Both runs use the same data, splits, model, optimiser and epochs; only DP-SGD differs.
 Prints both AUROCs and their ratio. The DP model must learn: AUROC clearly above 0.5.
 
-    python benchmarks/bench_dp_auroc.py [--patients-per-site 100] [--size 128] [--epochs 12]
+    python benchmarks/bench_dp_auroc.py [--patients-per-site 200] [--size 128] [--epochs 10]
+
+About 15 minutes on 2 CPU cores (two trainings of 1,680 images at 128 px).
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ from primia.train import DPConfig, TrainConfig, train_local
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, default=3)
-    parser.add_argument("--patients-per-site", type=int, default=100)
+    parser.add_argument("--patients-per-site", type=int, default=200)
     parser.add_argument("--images-per-patient", type=int, default=4)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--width", type=int, default=16, help="ResNet-9 base width")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--epsilon", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
