@@ -133,7 +133,7 @@ def _train(config: TrainConfig) -> TrainResult:
     check_model(model)
     model.to(device)
     optimizer = _make_optimizer(model, config)
-    train_set = TensorDataset(*_uint8_tensors(splits.train))
+    train_set = TensorDataset(*splits.train.uint8_tensors())
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
 
     config.out.mkdir(parents=True, exist_ok=True)
@@ -145,8 +145,7 @@ def _train(config: TrainConfig) -> TrainResult:
     loop: EpochLoop
     if config.dp.enabled:
         dp = config.dp
-        # Poisson sampling at the rate that makes one epoch `batches_per_epoch` steps.
-        mechanism = _plan(config, sample_rate=1.0 / batches_per_epoch)
+        mechanism = _plan(config, batches_per_epoch=batches_per_epoch)
         ledger = PrivacyLedger.open(
             config.ledger_path,
             budget=Budget(epsilon=dp.epsilon_budget, delta=dp.delta),
@@ -246,7 +245,7 @@ def evaluate(
 ) -> Metrics:
     """Loss, accuracy and AUROC of ``model`` on ``dataset``."""
     model.eval()
-    images, targets = _uint8_tensors(dataset)
+    images, targets = dataset.uint8_tensors()
     criterion = criterion_for(dataset.task)
     logits = []
     for start in range(0, len(images), batch_size):
@@ -263,12 +262,6 @@ def evaluate(
     )
 
 
-def _uint8_tensors(dataset: RadiographDataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images as ``uint8[N, 1, S, S]`` (a quarter of float32's memory) and targets."""
-    pixels = np.stack([dataset.image(i) for i in range(len(dataset))])
-    return torch.from_numpy(pixels).unsqueeze(1), torch.from_numpy(dataset.targets())
-
-
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(
@@ -280,9 +273,11 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _plan(config: TrainConfig, *, sample_rate: float) -> Mechanism:
-    """The DP mechanism of the whole run: σ calibrated to the target ε over all steps."""
-    steps = config.epochs * round(1 / sample_rate)
+def _plan(config: TrainConfig, *, batches_per_epoch: int) -> Mechanism:
+    """The DP mechanism of the whole run: Poisson sampling at the rate that makes an epoch
+    ``batches_per_epoch`` steps, σ calibrated to the target ε over all steps."""
+    sample_rate = 1.0 / batches_per_epoch
+    steps = config.epochs * batches_per_epoch
     sigma = noise_for_target(
         epsilon=config.dp.epsilon,
         delta=config.dp.delta,
