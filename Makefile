@@ -14,13 +14,14 @@ PY := $(BIN)/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.primia-setup
 
-.PHONY: setup demo test unit lint bench clean help
+.PHONY: setup demo test unit lint bench proto clean help
 
 help:
 	@echo "make demo   - local private training on synthetic radiographs, end to end"
 	@echo "make test   - lint, type check and the whole test suite (what CI runs)"
 	@echo "make bench  - the benchmarks in benchmarks/, one script per figure"
 	@echo "make lint   - ruff and mypy on primia/"
+	@echo "make proto  - regenerate the gRPC stubs from protos/"
 	@echo "make setup  - (re)create $(VENV); the other targets run it when needed"
 
 # The venv is rebuilt when the dependency list or this file changes.
@@ -39,8 +40,8 @@ demo: $(STAMP)
 	$(BIN)/primia demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check primia tests benchmarks
-	$(BIN)/ruff format --check primia tests benchmarks
+	$(BIN)/ruff check primia tests benchmarks tools
+	$(BIN)/ruff format --check primia tests benchmarks tools
 	$(BIN)/mypy
 
 unit: $(STAMP)
@@ -48,6 +49,9 @@ unit: $(STAMP)
 
 test: lint
 	$(BIN)/pytest -q
+
+proto: $(STAMP)
+	$(PY) tools/protogen.py
 
 bench: $(STAMP)
 	@for script in benchmarks/bench_*.py; do \

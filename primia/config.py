@@ -70,6 +70,21 @@ def load_toml(cls: type[T], path: Path, *, table: str | None = None) -> T:
     return from_mapping(cls, values, where=f"{path}" + (f"[{table}]" if table else ""))
 
 
+def rebase_paths(config: T, base: Path) -> T:
+    """``config`` with every relative path (also in nested dataclasses) taken from ``base``.
+
+    Paths in a config file mean the same wherever the command runs: relative to the file.
+    """
+    changes: dict[str, Any] = {}
+    for field in dataclasses.fields(config):  # type: ignore[arg-type]
+        value = getattr(config, field.name)
+        if isinstance(value, Path) and not value.is_absolute():
+            changes[field.name] = base / value
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            changes[field.name] = rebase_paths(value, base)
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
+
+
 def to_mapping(config: Any) -> dict[str, Any]:
     """The dataclass as TOML-ready values: paths as strings, ``None`` left out."""
     result: dict[str, Any] = {}

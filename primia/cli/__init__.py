@@ -27,7 +27,7 @@ Start with:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from primia.cli import data, demo, train
+    from primia.cli import certs, data, demo, train
 
     parser = argparse.ArgumentParser(
         prog="primia",
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"primia {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (demo, data, train):
+    for group in (demo, data, train, certs):
         group.register(subparsers)
     return parser
 

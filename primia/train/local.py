@@ -34,6 +34,7 @@ import math
 import random
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -130,14 +131,76 @@ def _train(config: TrainConfig) -> TrainResult:
         label_names=dataset.label_names,
     )
     model = spec.build()
+    config.out.mkdir(parents=True, exist_ok=True)
+    write_toml(config, config.out / "config.toml")
+
+    model_path = config.out / "model.safetensors"
+    with RunLog(config.out) as log:
+
+        def after_epoch(epoch: int, record: dict[str, Any], trained: nn.Module) -> None:
+            log.record(epoch, record)
+            save_model(model_path, trained, spec)
+
+        fitted = fit(
+            model,
+            splits.train,
+            config=config,
+            device=device,
+            description=f"train-local {config.model} -> {config.out}",
+            validation=splits.val,
+            after_epoch=after_epoch,
+        )
+
+    assert fitted.validation is not None  # a validation split is always given above
+    test = evaluate(fitted.model, splits.test, device=device) if splits.test else None
+    result = TrainResult(
+        run_dir=config.out,
+        model_path=model_path,
+        spec=spec,
+        validation=fitted.validation,
+        test=test,
+        privacy=fitted.privacy,
+        epochs=fitted.epochs,
+        seconds=time.perf_counter() - started,
+    )
+    _write_result(result)
+    return result
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` did to the model."""
+
+    model: nn.Module
+    epochs: list[dict[str, Any]]
+    train_loss: float
+    steps: int
+    validation: Metrics | None
+    privacy: PrivacyReport | None
+
+
+def fit(
+    model: nn.Module,
+    train: RadiographDataset,
+    *,
+    config: TrainConfig,
+    device: torch.device,
+    description: str,
+    validation: RadiographDataset | None = None,
+    after_epoch: Callable[[int, dict[str, Any], nn.Module], None] | None = None,
+) -> FitResult:
+    """Train ``model`` (in place, from its current weights) on ``train`` as ``config`` says.
+
+    With ``config.dp.enabled`` the run is reserved in the ledger before the first step and
+    completed after the last (also when training fails), and the result's ``privacy``
+    reports what it spent. ``after_epoch(epoch, record, model)`` is called after every
+    epoch with the epoch's loss, ε and (given ``validation``) validation metrics.
+    """
     check_model(model)
     model.to(device)
     optimizer = _make_optimizer(model, config)
-    train_set = TensorDataset(*splits.train.uint8_tensors())
+    train_set = TensorDataset(*train.uint8_tensors())
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
-
-    config.out.mkdir(parents=True, exist_ok=True)
-    write_toml(config, config.out / "config.toml")
 
     ledger: PrivacyLedger | None = None
     release_id = ""
@@ -152,17 +215,14 @@ def _train(config: TrainConfig) -> TrainResult:
             accountant=dp.accountant,
         )
         release_id = ledger.reserve(
-            mechanism,
-            epsilon=dp.epsilon,
-            delta=dp.delta,
-            description=f"train-local {config.model} -> {config.out}",
+            mechanism, epsilon=dp.epsilon, delta=dp.delta, description=description
         )
         loop_class = FastDPLoop if dp.grad_sample_mode == "fast" else OpacusLoop
         loop = loop_class(
             model,
             optimizer,
             train_set,
-            task=dataset.task,
+            task=train.task,
             config=config,
             device=device,
             noise_multiplier=mechanism.noise_multiplier,
@@ -170,24 +230,18 @@ def _train(config: TrainConfig) -> TrainResult:
             generator=os_seeded_generator(),
         )
     else:
-        loop = PlainLoop(
-            model, optimizer, train_set, task=dataset.task, config=config, device=device
-        )
+        loop = PlainLoop(model, optimizer, train_set, task=train.task, config=config, device=device)
 
     epochs: list[dict[str, Any]] = []
-    validation: Metrics | None = None
-    model_path = config.out / "model.safetensors"
+    metrics: Metrics | None = None
+    train_loss = math.nan
     try:
-        with (
-            RunLog(config.out) as log,
-            TrainingProgress(
-                enabled=config.progress, epochs=config.epochs, steps_per_epoch=batches_per_epoch
-            ) as progress,
-        ):
+        with TrainingProgress(
+            enabled=config.progress, epochs=config.epochs, steps_per_epoch=batches_per_epoch
+        ) as progress:
             for epoch in range(1, config.epochs + 1):
                 epoch_started = time.perf_counter()
                 train_loss = loop.run_epoch(progress)
-                validation = evaluate(loop.model, splits.val, device=device)
                 epsilon = _spent(loop, config)
                 record: dict[str, Any] = {
                     "epoch": epoch,
@@ -195,12 +249,14 @@ def _train(config: TrainConfig) -> TrainResult:
                     "epsilon": epsilon,
                     "delta": config.dp.delta if config.dp.enabled else None,
                     "seconds": time.perf_counter() - epoch_started,
-                    **validation.as_dict("val_"),
                 }
+                if validation is not None:
+                    metrics = evaluate(loop.model, validation, device=device)
+                    record.update(metrics.as_dict("val_"))
                 epochs.append(record)
-                log.record(epoch, record)
-                progress.epoch_done(epoch, validation.mean_auroc, epsilon)
-                save_model(model_path, loop.model, spec)
+                if after_epoch is not None:
+                    after_epoch(epoch, record, loop.model)
+                progress.epoch_done(epoch, metrics.mean_auroc if metrics else None, epsilon)
     finally:
         if ledger is not None:
             # Record what actually ran, also after an error: those steps were released.
@@ -208,8 +264,6 @@ def _train(config: TrainConfig) -> TrainResult:
         if isinstance(loop, FastDPLoop):
             loop.close()
 
-    assert validation is not None  # epochs >= 1, checked by TrainConfig
-    test = evaluate(loop.model, splits.test, device=device) if splits.test else None
     privacy = None
     if ledger is not None and mechanism is not None:
         privacy = PrivacyReport(
@@ -225,18 +279,14 @@ def _train(config: TrainConfig) -> TrainResult:
             dataset_spent_epsilon=ledger.spent_epsilon(),
             dataset_budget_epsilon=ledger.budget.epsilon,
         )
-    result = TrainResult(
-        run_dir=config.out,
-        model_path=model_path,
-        spec=spec,
-        validation=validation,
-        test=test,
-        privacy=privacy,
+    return FitResult(
+        model=loop.model,
         epochs=epochs,
-        seconds=time.perf_counter() - started,
+        train_loss=train_loss,
+        steps=_steps(loop),
+        validation=metrics,
+        privacy=privacy,
     )
-    _write_result(result)
-    return result
 
 
 @torch.no_grad()
@@ -326,4 +376,12 @@ def _privacy_dict(privacy: PrivacyReport | None) -> dict[str, Any] | None:
     return values
 
 
-__all__ = ["PrivacyReport", "TrainResult", "evaluate", "resolve_device", "train_local"]
+__all__ = [
+    "FitResult",
+    "PrivacyReport",
+    "TrainResult",
+    "evaluate",
+    "fit",
+    "resolve_device",
+    "train_local",
+]

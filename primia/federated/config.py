@@ -1,0 +1,125 @@
+"""The coordinator's configuration (``coordinator.toml``).
+
+Example::
+
+    run_dir = "runs/federation"
+    listen = "0.0.0.0:50051"
+    roster = ["hospital-a", "hospital-b", "hospital-c"]
+    rounds = 5
+    min_nodes = 2
+
+    [tls]
+    ca = "pki/ca.pem"
+    certificate = "pki/coordinator.pem"
+    key = "pki/coordinator.key"
+
+    [model]
+    architecture = "resnet9"
+    image_size = 64
+    labels = ["pneumonia", "effusion", "cardiomegaly", "nodule"]
+
+    [plan]
+    epochs = 2
+    batch_size = 64
+    lr = 0.003
+    [plan.dp]
+    epsilon = 1.0
+    delta = 1e-5
+
+Relative paths are taken from the file's folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from primia.config import load_toml, rebase_paths
+from primia.data.synth import FINDINGS
+from primia.errors import ConfigError
+from primia.federated.plan import TrainPlan, check_coordinator_plan
+from primia.models import model_names
+from primia.models.checkpoint import ModelSpec
+from primia.transport.pki import TLSFiles
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The global model; every node's data must have these labels."""
+
+    architecture: str = "resnet9"
+    width: int | None = None
+    image_size: int = 64
+    task: Literal["binary", "multilabel", "multiclass"] = "multilabel"
+    labels: list[str] = field(default_factory=lambda: list(FINDINGS))
+
+    def spec(self) -> ModelSpec:
+        if self.architecture not in model_names():
+            raise ConfigError(
+                f"model.architecture {self.architecture!r} is unknown; choose one of "
+                f"{', '.join(model_names())}"
+            )
+        if not self.labels:
+            raise ConfigError("model.labels is empty; list the labels the model predicts")
+        if self.task == "binary" and len(self.labels) != 1:
+            raise ConfigError("a binary model has exactly one label in model.labels")
+        return ModelSpec(
+            architecture=self.architecture,
+            num_outputs=1 if self.task == "binary" else len(self.labels),
+            width=self.width,
+            image_size=self.image_size,
+            task=self.task,
+            label_names=tuple(self.labels),
+        )
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    tls: TLSFiles
+    roster: list[str]
+    """The names (in node certificates) allowed to join."""
+    run_dir: Path = Path("runs/federation")
+    listen: str = "127.0.0.1:50051"
+    rounds: int = 3
+    min_nodes: int = 2
+    """A round needs updates from at least this many nodes, else it is tried again."""
+    node_wait_s: float = 600.0
+    """How long a round waits for ``min_nodes`` nodes to be connected."""
+    round_timeout_s: float = 3600.0
+    """A node that has not answered a task by then is a dropout."""
+    max_attempts: int = 3
+    """Tries per round before the federation stops with an error."""
+    seed: int = 0
+    """Fixes the initial global weights."""
+    aggregation: Literal["plaintext"] = "plaintext"
+    final_test: bool = True
+    """After the last round, evaluate on every node's test split."""
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    plan: TrainPlan = field(default_factory=TrainPlan)
+
+    def __post_init__(self) -> None:
+        if not self.roster:
+            raise ConfigError("roster is empty; list the node names allowed to join")
+        if len(set(self.roster)) != len(self.roster):
+            raise ConfigError("roster lists a name twice")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
+        if not 1 <= self.min_nodes <= len(self.roster):
+            raise ConfigError(
+                f"min_nodes={self.min_nodes} must be between 1 and the roster's "
+                f"{len(self.roster)} nodes"
+            )
+        for name in ("node_wait_s", "round_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
+        self.model.spec()
+        check_coordinator_plan(self.plan)
+
+
+def load_coordinator_config(path: Path) -> CoordinatorConfig:
+    config = load_toml(CoordinatorConfig, path)
+    return rebase_paths(config, path.parent)

@@ -1,0 +1,377 @@
+"""Federated rounds: the coordinator's side of a federation, free of transport.
+
+Round t (see ``docs/federation.md``):
+
+1. wait until at least ``min_nodes`` nodes are connected (up to ``node_wait_s``);
+2. send every connected node the global weights w_t and the plan; each trains locally
+   with DP-SGD and answers with its update, a refusal (e.g. its privacy budget) or not at
+   all (a dropout: disconnected, or no answer within ``round_timeout_s``);
+3. the aggregator returns Σ n_i Δ_i and Σ n_i over the nodes that finished; with fewer
+   than ``min_nodes`` of them the round is tried again (at most ``max_attempts`` times);
+4. w_{t+1} = w_t + Σ n_i Δ_i / Σ n_i (FedAvg), evaluated on every connected node's
+   validation split; metrics pooled (:mod:`primia.federated.evaluation`);
+5. checkpoint, then the round's line in ``rounds.jsonl`` (:mod:`primia.federated.rundir`).
+
+After the last round the model is evaluated on every node's test split, the report is
+written and the nodes are told the federation has finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from concurrent.futures import Future, wait
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from primia.errors import PrimiaError
+from primia.federated.aggregation import Aggregator, make_aggregator
+from primia.federated.config import CoordinatorConfig
+from primia.federated.evaluation import pool
+from primia.federated.registry import NodeLink, NodeRegistry, NodeStatus
+from primia.federated.rundir import RunDirectory
+from primia.federated.tasks import (
+    EvaluateTask,
+    EvaluationOutcome,
+    NodeDropped,
+    Split,
+    TaskRefused,
+    TrainTask,
+)
+from primia.federated.weights import encode
+from primia.transport.blobs import Blob
+
+log = logging.getLogger(__name__)
+
+
+class FederationFailed(PrimiaError):
+    """A round could not gather enough updates in ``max_attempts`` tries."""
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    round: int
+    contributors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    loss: float | None
+    mean_auroc: float | None
+    seconds: float
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> RoundSummary:
+        validation = record.get("validation") or {}
+        return cls(
+            round=int(record["round"]),
+            contributors=tuple(record.get("contributors", ())),
+            dropped=tuple(record.get("dropped", {})) + tuple(record.get("refused", {})),
+            loss=validation.get("loss"),
+            mean_auroc=validation.get("mean_auroc"),
+            seconds=float(record.get("seconds", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class FederationStatus:
+    run_id: str
+    state: str
+    round: int
+    rounds: int
+    min_nodes: int
+    nodes: list[NodeStatus]
+    history: list[RoundSummary]
+
+
+class Federation:
+    """Runs the configured rounds over the nodes in ``registry``; see the module docstring."""
+
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        registry: NodeRegistry,
+        *,
+        aggregator: Aggregator | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.spec = config.model.spec()
+        self.run_dir = RunDirectory(config.run_dir)
+        self.aggregator = aggregator or make_aggregator(config.aggregation)
+        self._resume = self.run_dir.open(config, self.spec)
+        self.run_id = self._resume.run_id
+        self._stop = stop or threading.Event()
+        self._state = "starting"
+        self._round = 0
+        self._history: list[RoundSummary] = []
+        self._lock = threading.Lock()
+
+    def status(self) -> FederationStatus:
+        with self._lock:
+            return FederationStatus(
+                run_id=self.run_id,
+                state=self._state,
+                round=self._round,
+                rounds=self.config.rounds,
+                min_nodes=self.config.min_nodes,
+                nodes=self.registry.statuses(),
+                history=list(self._history),
+            )
+
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) the federation; return the report written to ``report.json``."""
+        resume = self._resume
+        model = resume.model if resume.model is not None else self._initial_model()
+        records = list(resume.rounds)
+        self._history = [RoundSummary.of(record) for record in records]
+        self._restore_counts(records)
+        first = int(records[-1]["round"]) + 1 if records else 1
+        if records:
+            log.info("resuming run %s after round %d", self.run_id, first - 1)
+        writer = SummaryWriter(log_dir=str(self.run_dir.path / "tb"))
+        try:
+            for round_number in range(first, self.config.rounds + 1):
+                if self._stop.is_set():
+                    raise FederationFailed("stopped before round {round_number}")
+                record = self._run_round(round_number, model)
+                self.run_dir.record_round(record, model, self.spec)
+                records.append(record)
+                self._log_round(writer, record)
+            test = None
+            if self.config.final_test:
+                self._set_state(self.config.rounds, "final evaluation on test splits")
+                test = self._evaluate(self.config.rounds, model, "test", self._blob(model, "final"))
+            report = self._report(records, test)
+            self.run_dir.finish(report, model, self.spec)
+            self._set_state(self.config.rounds, "finished")
+            for link in self.registry.connected():
+                link.shutdown("the federation has finished", finished=True)
+            return report
+        except BaseException:
+            self._set_state(self._round, "failed")
+            raise
+        finally:
+            writer.close()
+
+    def _run_round(self, round_number: int, model: nn.Module) -> dict[str, Any]:
+        started = time.perf_counter()
+        reference = {name: t.detach().clone() for name, t in model.state_dict().items()}
+        weights = self._blob(model, f"r{round_number - 1}")
+        config = self.config
+        for attempt in range(1, config.max_attempts + 1):
+            self._set_state(round_number, "waiting for nodes")
+            links = self.registry.wait_for(
+                config.min_nodes, timeout=config.node_wait_s, stop=self._stop
+            )
+            if len(links) < config.min_nodes:
+                log.warning(
+                    "round %d, attempt %d: %d of the %d nodes needed are connected after %.0f s",
+                    round_number,
+                    attempt,
+                    len(links),
+                    config.min_nodes,
+                    config.node_wait_s,
+                )
+                continue
+            self._set_state(round_number, f"training on {len(links)} nodes")
+            for link in links:
+                self.registry.set_activity(link.name, "training")
+
+            def make_task(link: NodeLink, attempt: int = attempt) -> TrainTask:
+                return TrainTask(
+                    task_id=f"{self.run_id}-r{round_number}a{attempt}-{link.name}",
+                    round=round_number,
+                    spec=self.spec,
+                    weights=weights,
+                    plan=config.plan,
+                )
+
+            contributions = self.aggregator.collect(
+                links, make_task, reference=reference, timeout=config.round_timeout_s
+            )
+            for name, reason in contributions.refused.items():
+                log.warning("round %d: %s refused: %s", round_number, name, reason)
+                self.registry.set_activity(name, "refused: " + reason.split(":")[0])
+            for name, reason in contributions.dropped.items():
+                log.warning("round %d: %s dropped out: %s", round_number, name, reason)
+            if len(contributions.contributors) >= config.min_nodes:
+                break
+            log.warning(
+                "round %d, attempt %d: %d updates, %d needed; trying again",
+                round_number,
+                attempt,
+                len(contributions.contributors),
+                config.min_nodes,
+            )
+        else:
+            raise FederationFailed(
+                f"round {round_number} gathered fewer than min_nodes={config.min_nodes} "
+                f"updates in {config.max_attempts} attempts; check that the nodes are running "
+                "and have privacy budget left (see the log above)"
+            )
+        mean_update = contributions.mean_update()
+        model.load_state_dict({name: reference[name] + mean_update[name] for name in reference})
+        for name, outcome in contributions.outcomes.items():
+            self.registry.record_privacy(name, outcome.privacy)
+            self.registry.record_contribution(name)
+        train_seconds = max(o.seconds for o in contributions.outcomes.values())
+        validation = self._evaluate(
+            round_number, model, "validation", self._blob(model, f"r{round_number}")
+        )
+        seconds = time.perf_counter() - started
+        return {
+            "round": round_number,
+            "attempts": attempt,
+            "aggregation": self.aggregator.name,
+            "contributors": contributions.contributors,
+            "dropped": contributions.dropped,
+            "refused": contributions.refused,
+            "train": {
+                name: {
+                    "examples": o.num_examples,
+                    "loss": o.train_loss,
+                    "steps": o.steps,
+                    "seconds": o.seconds,
+                    "epsilon": o.release.epsilon if o.release else math.inf,
+                    "epsilon_spent": o.privacy.epsilon_spent,
+                    "epsilon_budget": o.privacy.epsilon_budget,
+                    "delta": o.privacy.delta,
+                    "noise_multiplier": o.release.noise_multiplier if o.release else 0.0,
+                }
+                for name, o in sorted(contributions.outcomes.items())
+            },
+            "validation": validation,
+            "seconds": seconds,
+            "train_seconds": train_seconds,
+            "evaluate_seconds": validation.get("seconds", 0.0),
+        }
+
+    def _evaluate(
+        self, round_number: int, model: nn.Module, split: Split, weights: Blob
+    ) -> dict[str, Any]:
+        links = self.registry.connected()
+        pending: dict[Future[EvaluationOutcome], NodeLink] = {}
+        for link in links:
+            self.registry.set_activity(link.name, f"evaluating ({split})")
+            task = EvaluateTask(
+                task_id=f"{self.run_id}-r{round_number}-{split}-{link.name}",
+                round=round_number,
+                spec=self.spec,
+                weights=weights,
+                split=split,
+            )
+            pending[link.evaluate(task)] = link
+        done, not_done = wait(pending, timeout=self.config.round_timeout_s)
+        outcomes: dict[str, EvaluationOutcome] = {}
+        for future in done:
+            name = pending[future].name
+            try:
+                outcomes[name] = future.result()
+            except (TaskRefused, NodeDropped) as error:
+                log.warning("round %d: %s did not evaluate: %s", round_number, name, error)
+            self.registry.set_activity(name, "idle")
+        for future in not_done:
+            future.cancel()
+            log.warning("round %d: %s did not evaluate in time", round_number, pending[future].name)
+        pooled = pool(outcomes)
+        pooled["seconds"] = max((o.seconds for o in outcomes.values()), default=0.0)
+        return pooled
+
+    def _initial_model(self) -> nn.Module:
+        torch.manual_seed(self.config.seed)
+        return self.spec.build()
+
+    def _blob(self, model: nn.Module, label: str) -> Blob:
+        return Blob.of(f"{self.run_id}-global-{label}", encode(model.state_dict()))
+
+    def _set_state(self, round_number: int, state: str) -> None:
+        with self._lock:
+            self._round = round_number
+            self._state = state
+
+    def _restore_counts(self, records: list[dict[str, Any]]) -> None:
+        counts: dict[str, int] = {}
+        spent: dict[str, tuple[float, float]] = {}
+        for record in records:
+            for name in record.get("contributors", ()):
+                counts[name] = counts.get(name, 0) + 1
+            for name, train in record.get("train", {}).items():
+                spent[name] = (
+                    train.get("epsilon_spent") or 0.0,
+                    train.get("epsilon_budget") or 0.0,
+                )
+        self.registry.restore(
+            [
+                NodeStatus(
+                    name,
+                    rounds_contributed=counts.get(name, 0),
+                    epsilon_spent=spent.get(name, (0.0, 0.0))[0],
+                    epsilon_budget=spent.get(name, (0.0, 0.0))[1],
+                )
+                for name in self.registry.roster
+            ]
+        )
+
+    def _log_round(self, writer: SummaryWriter, record: dict[str, Any]) -> None:
+        round_number = int(record["round"])
+        validation = record["validation"]
+        summary = RoundSummary.of(record)
+        with self._lock:
+            self._history.append(summary)
+        auroc = "n/a" if summary.mean_auroc is None else f"{summary.mean_auroc:.3f}"
+        log.info(
+            "round %d/%d done in %.1f s: %d nodes, validation AUROC %s, loss %s",
+            round_number,
+            self.config.rounds,
+            record["seconds"],
+            len(record["contributors"]),
+            auroc,
+            "n/a" if summary.loss is None else f"{summary.loss:.4f}",
+        )
+        scalars: dict[str, float | None] = {
+            "validation/loss": validation.get("loss"),
+            "validation/accuracy": validation.get("accuracy"),
+            "validation/mean_auroc": validation.get("mean_auroc"),
+            "round/seconds": record["seconds"],
+            "round/contributors": len(record["contributors"]),
+        }
+        for label, value in validation.get("auroc", {}).items():
+            scalars[f"validation/auroc/{label}"] = value
+        for name, train in record["train"].items():
+            scalars[f"epsilon_spent/{name}"] = train["epsilon_spent"]
+        for key, value in scalars.items():
+            if value is not None and math.isfinite(value):
+                writer.add_scalar(key, value, round_number)
+        writer.flush()
+
+    def _report(self, records: list[dict[str, Any]], test: dict[str, Any] | None) -> dict[str, Any]:
+        nodes = {status.name: status for status in self.registry.statuses()}
+        return {
+            "run_id": self.run_id,
+            "rounds": [
+                {
+                    "round": r["round"],
+                    "contributors": r["contributors"],
+                    "dropped": sorted(r["dropped"]) + sorted(r["refused"]),
+                    "validation_loss": r["validation"].get("loss"),
+                    "validation_mean_auroc": r["validation"].get("mean_auroc"),
+                    "seconds": r["seconds"],
+                }
+                for r in records
+            ],
+            "test": test,
+            "nodes": {
+                name: {
+                    "rounds_contributed": status.rounds_contributed,
+                    "epsilon_spent": status.epsilon_spent,
+                    "epsilon_budget": status.epsilon_budget,
+                }
+                for name, status in nodes.items()
+            },
+            "model": str(self.run_dir.path / "model.safetensors"),
+        }

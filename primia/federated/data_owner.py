@@ -1,0 +1,340 @@
+"""The data owner's side of a federation: train and evaluate the global model locally.
+
+A :class:`DataOwner` holds one institution's dataset and privacy ledger. For a training
+task it checks, before touching any image, that
+
+* the model fits its data (task, label names, input channels) and its limits,
+* the plan is within the node's :class:`~primia.federated.plan.PlanLimits`,
+* the weights are exactly the model's tensors (names, shapes, dtypes, finite values),
+* the plan's DP release fits the node's budget — the ledger reserves it before the first
+  step (see :meth:`primia.train.ledger.PrivacyLedger.reserve`),
+
+and refuses with :class:`~primia.federated.tasks.TaskRefused` otherwise. It then trains
+with DP-SGD from the global weights (:func:`primia.train.local.fit`) and returns the
+update Δ = w_local − w_global. The update is the DP release: (ε, δ)-DP per round
+example-level for this node's data, composed over rounds by the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from primia import __version__
+from primia.data import RadiographDataset, Splits, open_dataset, patient_split
+from primia.errors import DataError, PrivacyBudgetExceeded
+from primia.federated.plan import PlanLimits, plan_problems
+from primia.federated.tasks import (
+    DatasetSummary,
+    EvaluateTask,
+    EvaluationOutcome,
+    LabelMetrics,
+    NodeInfo,
+    PrivacyRelease,
+    PrivacyState,
+    Refusal,
+    TaskRefused,
+    TrainOutcome,
+    TrainTask,
+)
+from primia.federated.weights import WeightsError, decode_like, encode
+from primia.models import model_names
+from primia.models.checkpoint import ModelSpec
+from primia.train.accounting import AccountantName
+from primia.train.config import LEDGER_FILENAME, DPConfig, GradSampleMode, TrainConfig
+from primia.train.ledger import Budget, PrivacyLedger
+from primia.train.local import evaluate, fit, resolve_device
+from primia.transport.blobs import Blob
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    path: Path
+    label_columns: list[str] | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    """Fixes the patient split, so a restarted node keeps its held-out patients held out."""
+    site: str | None = None
+    """Use only the images of this site (a manifest with a ``site`` column shared by
+    several simulated nodes, as in the demo)."""
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    epsilon_budget: float = 10.0
+    delta: float = 1e-5
+    accountant: AccountantName = "prv"
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    device: str = "auto"
+    threads: int | None = None
+    max_physical_batch_size: int = 64
+    grad_sample_mode: GradSampleMode = "fast"
+
+
+class DataOwner:
+    """One institution's data, ledger and limits; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        data: DataSettings,
+        privacy: PrivacySettings,
+        limits: PlanLimits,
+        compute: ComputeSettings,
+        state_dir: Path,
+        default_image_size: int = 64,
+    ) -> None:
+        self._data = data
+        self._privacy = privacy
+        self._limits = limits
+        self._compute = compute
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = PrivacyLedger.open(
+            state_dir / LEDGER_FILENAME,
+            budget=Budget(epsilon=privacy.epsilon_budget, delta=privacy.delta),
+            accountant=privacy.accountant,
+        )
+        if compute.threads is not None:
+            torch.set_num_threads(compute.threads)
+        self.device = resolve_device(compute.device)
+        self._splits: dict[int, Splits] = {}
+        self._default_image_size = default_image_size
+        self._splits_at(default_image_size)  # fail at start-up, not mid-round, on bad data
+
+    def info(self) -> NodeInfo:
+        splits = self._splits_at(self._default_image_size)
+        train = splits.train
+        return NodeInfo(
+            dataset=DatasetSummary(
+                task=str(train.task),
+                label_names=train.label_names,
+                train_examples=len(train),
+                validation_examples=len(splits.val),
+                test_examples=len(splits.test) if splits.test else 0,
+            ),
+            privacy=self.privacy_state(),
+            device=_describe(self.device),
+            software_version=__version__,
+        )
+
+    def privacy_state(self) -> PrivacyState:
+        budget = self.ledger.budget
+        return PrivacyState(
+            epsilon_spent=self.ledger.spent_epsilon(),
+            epsilon_budget=budget.epsilon,
+            delta=budget.delta,
+            accountant=self.ledger.accountant,
+        )
+
+    def train(self, task: TrainTask, on_progress: ProgressCallback | None = None) -> TrainOutcome:
+        """Train from the task's weights under its plan; return the update (see above)."""
+        started = time.perf_counter()
+        problems = plan_problems(task.plan, self._limits, delta_budget=self._privacy.delta)
+        if problems:
+            raise TaskRefused(Refusal.INVALID_PLAN, "; ".join(problems))
+        splits = self._splits_for(task.spec)
+        model = task.spec.build()
+        global_state = self._load(model, task.weights)
+        plan = task.plan
+        config = TrainConfig(
+            data=self._data.path,
+            out=Path("."),
+            model=task.spec.architecture,
+            width=task.spec.width,
+            image_size=task.spec.image_size,
+            epochs=plan.epochs,
+            batch_size=plan.batch_size,
+            max_physical_batch_size=self._compute.max_physical_batch_size,
+            optimizer=plan.optimizer,
+            lr=plan.lr,
+            momentum=plan.momentum,
+            weight_decay=plan.weight_decay,
+            device=str(self.device),
+            progress=False,
+            dp=DPConfig(
+                enabled=plan.dp.enabled,
+                epsilon=plan.dp.epsilon,
+                delta=plan.dp.delta,
+                max_grad_norm=plan.dp.max_grad_norm,
+                accountant=self._privacy.accountant,
+                grad_sample_mode=self._compute.grad_sample_mode,
+                epsilon_budget=self._privacy.epsilon_budget,
+                ledger=self.ledger.path,
+            ),
+        )
+
+        def after_epoch(epoch: int, record: dict[str, object], _: torch.nn.Module) -> None:
+            log.info(
+                "round %d: epoch %d/%d, loss %.4f",
+                task.round,
+                epoch,
+                plan.epochs,
+                record["train_loss"],
+            )
+            if on_progress is not None:
+                on_progress(epoch / plan.epochs, f"training, epoch {epoch}/{plan.epochs}")
+
+        try:
+            fitted = fit(
+                model,
+                splits.train,
+                config=config,
+                device=self.device,
+                description=f"federated round {task.round} ({task.task_id})",
+                after_epoch=after_epoch,
+            )
+        except PrivacyBudgetExceeded as error:
+            raise TaskRefused(Refusal.BUDGET_EXCEEDED, str(error)) from error
+        # The ledger changed under fit(); read it again for the state we report.
+        self.ledger = PrivacyLedger.open(self.ledger.path, accountant=self._privacy.accountant)
+        local_state = fitted.model.state_dict()
+        update = {
+            name: local_state[name].detach().cpu() - global_state[name] for name in global_state
+        }
+        release = None
+        if fitted.privacy is not None:
+            report = fitted.privacy
+            release = PrivacyRelease(
+                epsilon=report.epsilon,
+                delta=report.delta,
+                noise_multiplier=report.noise_multiplier,
+                sample_rate=report.sample_rate,
+                steps=report.steps,
+                max_grad_norm=report.max_grad_norm,
+            )
+        return TrainOutcome(
+            update=Blob.of(f"{task.task_id}-update", encode(update)),
+            num_examples=len(splits.train),
+            train_loss=fitted.train_loss,
+            steps=fitted.steps,
+            seconds=time.perf_counter() - started,
+            release=release,
+            privacy=self.privacy_state(),
+        )
+
+    def evaluate(self, task: EvaluateTask) -> EvaluationOutcome:
+        """Metrics of the task's weights on this node's validation or test split."""
+        started = time.perf_counter()
+        splits = self._splits_for(task.spec)
+        dataset: RadiographDataset | None = (
+            splits.val if task.split == "validation" else splits.test
+        )
+        if dataset is None:
+            raise TaskRefused(
+                Refusal.INVALID_PLAN,
+                f"this node has no {task.split} split; set data.test_fraction above 0",
+            )
+        model = task.spec.build()
+        self._load(model, task.weights)
+        metrics = evaluate(model.to(self.device), dataset, device=self.device)
+        targets = dataset.targets()
+        positives = _positives(targets, dataset.label_names, task.spec.task)
+        return EvaluationOutcome(
+            num_examples=len(dataset),
+            loss=metrics.loss,
+            accuracy=metrics.accuracy,
+            labels={
+                name: LabelMetrics(auroc=metrics.auroc.get(name), positives=positives[name])
+                for name in dataset.label_names
+            },
+            seconds=time.perf_counter() - started,
+        )
+
+    def _splits_for(self, spec: ModelSpec) -> Splits:
+        """The splits at the model's image size, after checking the model fits the data."""
+        problems = []
+        if spec.architecture not in model_names():
+            problems.append(
+                f"unknown architecture {spec.architecture!r} (this node has "
+                f"{', '.join(model_names())}); update primia on this node"
+            )
+        if spec.in_channels != 1:
+            problems.append(f"the model takes {spec.in_channels} channels, radiographs have 1")
+        if not 8 <= spec.image_size <= self._limits.max_image_size:
+            problems.append(
+                f"image_size={spec.image_size} is outside [8, {self._limits.max_image_size}]"
+            )
+        if problems:
+            raise TaskRefused(Refusal.INCOMPATIBLE_MODEL, "; ".join(problems))
+        splits = self._splits_at(spec.image_size)
+        train = splits.train
+        if spec.task != str(train.task) or tuple(spec.label_names) != train.label_names:
+            raise TaskRefused(
+                Refusal.INCOMPATIBLE_MODEL,
+                f"the model predicts {spec.task} {list(spec.label_names)}, this node's data "
+                f"is {train.task} {list(train.label_names)}; align data.label_columns with "
+                "the coordinator's model.labels",
+            )
+        if spec.num_outputs != train.num_outputs:
+            raise TaskRefused(
+                Refusal.INCOMPATIBLE_MODEL,
+                f"the model has {spec.num_outputs} outputs, this node's data needs "
+                f"{train.num_outputs}",
+            )
+        return splits
+
+    def _splits_at(self, image_size: int) -> Splits:
+        if image_size not in self._splits:
+            dataset = open_dataset(
+                self._data.path, image_size=image_size, label_columns=self._data.label_columns
+            )
+            if self._data.site is not None:
+                dataset = _only_site(dataset, self._data.site)
+            self._splits[image_size] = patient_split(
+                dataset,
+                val_fraction=self._data.val_fraction,
+                test_fraction=self._data.test_fraction,
+                seed=self._data.seed,
+            )
+        return self._splits[image_size]
+
+    def _load(self, model: torch.nn.Module, weights: Blob) -> dict[str, torch.Tensor]:
+        """Load ``weights`` into ``model``; return them (CPU tensors, detached)."""
+        reference = model.state_dict()
+        try:
+            state = decode_like(weights.data, reference, what="global weights")
+        except WeightsError as error:
+            raise TaskRefused(Refusal.INVALID_WEIGHTS, str(error)) from error
+        model.load_state_dict(state)
+        return {name: tensor.clone() for name, tensor in state.items()}
+
+
+def _only_site(dataset: RadiographDataset, site: str) -> RadiographDataset:
+    indices = [i for i, name in enumerate(dataset.sites) if name == site]
+    if not indices:
+        sites = ", ".join(sorted(set(dataset.sites)))
+        raise DataError(
+            f"no images of site {site!r} in {dataset.records[0].source}; sites: {sites}"
+        )
+    return dataset.subset(indices)
+
+
+def _positives(targets: np.ndarray, label_names: tuple[str, ...], task: str) -> dict[str, int]:
+    values = np.asarray(targets)
+    if task == "multiclass":
+        return {name: int((values == k).sum()) for k, name in enumerate(label_names)}
+    values = values.reshape(len(values), -1)
+    return {name: int(values[:, k].sum()) for k, name in enumerate(label_names)}
+
+
+def _describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+__all__ = ["ComputeSettings", "DataOwner", "DataSettings", "PrivacySettings"]

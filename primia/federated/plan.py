@@ -1,0 +1,98 @@
+"""The training plan a coordinator sends, and the limits a data owner holds it to.
+
+A plan is public: every node sees it. A node checks it against its own
+:class:`PlanLimits` before it touches its data, and refuses, with the reason, a plan that
+would train without DP when DP is required, for too long, or with absurd parameters.
+Whether the plan fits the node's privacy budget is its ledger's decision
+(:meth:`primia.train.ledger.PrivacyLedger.reserve`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from primia.errors import ConfigError
+
+Optimizer = Literal["adam", "sgd"]
+
+
+@dataclass(frozen=True)
+class DPPlan:
+    """DP-SGD for one round: the release's target ε at δ, per-example clipping norm."""
+
+    enabled: bool = True
+    epsilon: float = 1.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What every selected node does in one round, from the global weights."""
+
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: Optimizer = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    dp: DPPlan = field(default_factory=DPPlan)
+
+
+@dataclass(frozen=True)
+class PlanLimits:
+    """The most a node accepts from a coordinator (its operator sets them)."""
+
+    require_dp: bool = True
+    max_epochs: int = 20
+    max_batch_size: int = 1024
+    max_epsilon_per_round: float = 10.0
+    max_lr: float = 1.0
+    max_grad_norm: float = 100.0
+    max_image_size: int = 1024
+
+
+def plan_problems(plan: TrainPlan, limits: PlanLimits, *, delta_budget: float) -> list[str]:
+    """Why ``plan`` is unacceptable under ``limits`` (empty when it is acceptable)."""
+    problems = []
+    if not 1 <= plan.epochs <= limits.max_epochs:
+        problems.append(f"epochs={plan.epochs} is outside [1, {limits.max_epochs}]")
+    if not 1 <= plan.batch_size <= limits.max_batch_size:
+        problems.append(f"batch_size={plan.batch_size} is outside [1, {limits.max_batch_size}]")
+    if not (math.isfinite(plan.lr) and 0 < plan.lr <= limits.max_lr):
+        problems.append(f"lr={plan.lr} is outside (0, {limits.max_lr}]")
+    if plan.optimizer not in ("adam", "sgd"):
+        problems.append(f"optimizer={plan.optimizer!r} is not adam or sgd")
+    if not (math.isfinite(plan.momentum) and 0 <= plan.momentum < 1):
+        problems.append(f"momentum={plan.momentum} is outside [0, 1)")
+    if not (math.isfinite(plan.weight_decay) and 0 <= plan.weight_decay < 1):
+        problems.append(f"weight_decay={plan.weight_decay} is outside [0, 1)")
+    dp = plan.dp
+    if not dp.enabled:
+        if limits.require_dp:
+            problems.append("the plan trains without DP and this node requires DP")
+        return problems
+    if not (math.isfinite(dp.epsilon) and 0 < dp.epsilon <= limits.max_epsilon_per_round):
+        problems.append(
+            f"dp.epsilon={dp.epsilon} is outside (0, {limits.max_epsilon_per_round}] per round"
+        )
+    if not 0 < dp.delta <= delta_budget:
+        problems.append(f"dp.delta={dp.delta} is outside (0, {delta_budget}], the node's delta")
+    if not (math.isfinite(dp.max_grad_norm) and 0 < dp.max_grad_norm <= limits.max_grad_norm):
+        problems.append(
+            f"dp.max_grad_norm={dp.max_grad_norm} is outside (0, {limits.max_grad_norm}]"
+        )
+    return problems
+
+
+def check_coordinator_plan(plan: TrainPlan) -> None:
+    """A coordinator's own sanity check of its configured plan (limits at their widest)."""
+    problems = plan_problems(
+        plan,
+        PlanLimits(require_dp=False, max_epochs=1000, max_batch_size=1 << 20, max_lr=10.0),
+        delta_budget=1.0,
+    )
+    if problems:
+        raise ConfigError("the training plan is not valid: " + "; ".join(problems))

@@ -1,0 +1,138 @@
+"""Who is connected: the coordinator's view of its nodes, shared by the rounds and the UI.
+
+A :class:`NodeLink` is one node's live session, whatever carries it (the gRPC servicer
+implements it). The :class:`NodeRegistry` admits a link only for a name on the roster,
+replaces an older link of the same name (a node that reconnected), and keeps per-node
+status (activity, ε spent) for the progress display and ``primia status``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from primia.federated.tasks import (
+    EvaluateTask,
+    EvaluationOutcome,
+    NodeInfo,
+    PrivacyState,
+    TrainOutcome,
+    TrainTask,
+)
+
+
+class NodeLink(Protocol):
+    """One connected node. Futures fail with ``NodeDropped`` or ``TaskRefused``."""
+
+    name: str
+    info: NodeInfo
+
+    def train(self, task: TrainTask) -> Future[TrainOutcome]: ...
+
+    def evaluate(self, task: EvaluateTask) -> Future[EvaluationOutcome]: ...
+
+    def shutdown(self, reason: str, *, finished: bool) -> None: ...
+
+    def close(self, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    connected: bool = False
+    activity: str = "not connected"
+    epsilon_spent: float = 0.0
+    epsilon_budget: float = 0.0
+    rounds_contributed: int = 0
+    device: str = ""
+
+
+class NodeRegistry:
+    """The roster's nodes, connected or not; thread-safe."""
+
+    def __init__(self, roster: Sequence[str]) -> None:
+        self.roster = tuple(roster)
+        self._links: dict[str, NodeLink] = {}
+        self._status = {name: NodeStatus(name) for name in self.roster}
+        self._changed = threading.Condition()
+
+    def admit(self, link: NodeLink) -> None:
+        """Register ``link``; a previous link of the same node is closed (it reconnected)."""
+        with self._changed:
+            previous = self._links.get(link.name)
+            self._links[link.name] = link
+            self._update(
+                link.name,
+                connected=True,
+                activity="idle",
+                device=link.info.device,
+                epsilon_spent=link.info.privacy.epsilon_spent,
+                epsilon_budget=link.info.privacy.epsilon_budget,
+            )
+            self._changed.notify_all()
+        if previous is not None:
+            previous.close("the node connected again")
+
+    def leave(self, link: NodeLink) -> None:
+        """Forget ``link`` if it is still the node's current one."""
+        with self._changed:
+            if self._links.get(link.name) is link:
+                del self._links[link.name]
+                self._update(link.name, connected=False, activity="disconnected")
+            self._changed.notify_all()
+
+    def connected(self) -> list[NodeLink]:
+        with self._changed:
+            return [self._links[name] for name in self.roster if name in self._links]
+
+    def wait_for(
+        self, count: int, *, timeout: float, stop: threading.Event | None = None
+    ) -> list[NodeLink]:
+        """The connected links once at least ``count`` are connected, or after ``timeout``
+        seconds (or ``stop``) with however many there are."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(self._links) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (stop is not None and stop.is_set()):
+                    break
+                self._changed.wait(min(remaining, 0.5))
+        return self.connected()
+
+    def set_activity(self, name: str, activity: str) -> None:
+        with self._changed:
+            if name in self._links:
+                self._update(name, activity=activity)
+
+    def record_privacy(self, name: str, privacy: PrivacyState) -> None:
+        with self._changed:
+            self._update(
+                name, epsilon_spent=privacy.epsilon_spent, epsilon_budget=privacy.epsilon_budget
+            )
+
+    def record_contribution(self, name: str) -> None:
+        with self._changed:
+            self._update(name, rounds_contributed=self._status[name].rounds_contributed + 1)
+
+    def restore(self, statuses: Sequence[NodeStatus]) -> None:
+        """Carry counts from a resumed run (they are shown as not connected)."""
+        with self._changed:
+            for status in statuses:
+                if status.name in self._status:
+                    self._update(
+                        status.name,
+                        rounds_contributed=status.rounds_contributed,
+                        epsilon_spent=status.epsilon_spent,
+                        epsilon_budget=status.epsilon_budget,
+                    )
+
+    def statuses(self) -> list[NodeStatus]:
+        with self._changed:
+            return [self._status[name] for name in self.roster]
+
+    def _update(self, name: str, **changes: object) -> None:
+        self._status[name] = replace(self._status[name], **changes)  # type: ignore[arg-type]

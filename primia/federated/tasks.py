@@ -1,0 +1,126 @@
+"""What a coordinator asks of a node, and what comes back, free of any transport.
+
+Weights travel as :class:`~primia.transport.blobs.Blob` (safetensors bytes with their
+SHA-256); the gRPC layer moves them as chunks and these objects as protobuf messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+from primia.errors import PrimiaError
+from primia.federated.plan import TrainPlan
+from primia.models.checkpoint import ModelSpec
+from primia.transport.blobs import Blob
+
+Split = Literal["validation", "test"]
+
+
+class Refusal(StrEnum):
+    BUDGET_EXCEEDED = "budget_exceeded"
+    INVALID_PLAN = "invalid_plan"
+    INVALID_WEIGHTS = "invalid_weights"
+    INCOMPATIBLE_MODEL = "incompatible_model"
+    FAILED = "failed"
+
+
+class TaskRefused(PrimiaError):
+    """A node declined a task (or failed it); ``detail`` says why and what would fix it."""
+
+    def __init__(self, reason: Refusal, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class NodeDropped(PrimiaError):
+    """The node disconnected or timed out before it answered."""
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    task_id: str
+    round: int
+    spec: ModelSpec
+    weights: Blob
+    plan: TrainPlan
+
+
+@dataclass(frozen=True)
+class EvaluateTask:
+    task_id: str
+    round: int
+    spec: ModelSpec
+    weights: Blob
+    split: Split
+
+
+@dataclass(frozen=True)
+class PrivacyState:
+    """A node's ledger: ε spent of its budget, at δ."""
+
+    epsilon_spent: float
+    epsilon_budget: float
+    delta: float
+    accountant: str
+
+
+@dataclass(frozen=True)
+class PrivacyRelease:
+    """One round's DP release by one node."""
+
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    max_grad_norm: float
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    update: Blob
+    """Local weights minus the task's global weights, as safetensors bytes."""
+    num_examples: int
+    train_loss: float
+    steps: int
+    seconds: float
+    release: PrivacyRelease | None
+    privacy: PrivacyState
+
+
+@dataclass(frozen=True)
+class LabelMetrics:
+    auroc: float | None
+    """None when the split holds only one class of this label."""
+    positives: int
+
+
+@dataclass(frozen=True)
+class EvaluationOutcome:
+    num_examples: int
+    loss: float
+    accuracy: float
+    labels: dict[str, LabelMetrics] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    task: str
+    label_names: tuple[str, ...]
+    train_examples: int
+    validation_examples: int
+    test_examples: int
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a node says of itself when it joins."""
+
+    dataset: DatasetSummary
+    privacy: PrivacyState
+    device: str
+    software_version: str

@@ -1,0 +1,176 @@
+"""The coordinator's gRPC service: a thin layer of authentication and message plumbing.
+
+Who may call what (the role and name come from the peer's verified certificate):
+
+* ``Join``      — role ``node`` and a name on the roster;
+* ``Probe``     — role ``node`` on the roster, or ``coordinator``;
+* ``GetStatus`` — any certificate of the consortium.
+
+Every refusal is logged with its reason and answered with UNAUTHENTICATED or
+PERMISSION_DENIED. A peer's bad message is answered with a ProtocolError (or
+INVALID_ARGUMENT before a session exists); it never takes the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn
+
+import grpc
+
+from primia.federated.coordinator import FederationStatus
+from primia.federated.registry import NodeRegistry
+from primia.nodes import codec
+from primia.nodes.session import NodeSession
+from primia.transport.blobs import MIB, BlobAssembler, BlobError
+from primia.transport.generated import federation_pb2 as pb
+from primia.transport.generated import federation_pb2_grpc as pb_grpc
+from primia.transport.pki import CertificateRejected, Identity, Role
+from primia.transport.tls import peer_identity
+
+log = logging.getLogger(__name__)
+
+MAX_PROBE_SIZE = 1024 * MIB
+
+
+class CoordinatorService(pb_grpc.CoordinatorServicer):
+    def __init__(
+        self,
+        *,
+        registry: NodeRegistry,
+        ca_pem: bytes,
+        status: Callable[[], FederationStatus],
+    ) -> None:
+        self._registry = registry
+        self._ca_pem = ca_pem
+        self._status = status
+
+    def Join(
+        self, request_iterator: Iterator[pb.NodeMessage], context: grpc.ServicerContext
+    ) -> Iterator[pb.CoordinatorMessage]:
+        identity = self._authorize(context, "Join", roles=("node",), roster=True)
+        try:
+            first = next(request_iterator)
+        except StopIteration:
+            return
+        if first.WhichOneof("kind") != "hello":
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
+        try:
+            info = codec.info_from_proto(first.hello)
+        except codec.MessageError as error:
+            log.warning("refused %s: %s", identity.name, error)
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        session = NodeSession(identity.name, info, self._registry)
+        context.add_callback(lambda: session.close("the stream ended"))
+        reader = threading.Thread(
+            target=self._read, args=(session, request_iterator), name=f"read-{identity.name}"
+        )
+        reader.daemon = True
+        self._registry.admit(session)
+        dataset = info.dataset
+        log.info(
+            "%s joined from %s: %d training examples, %s, eps %.2f of %.2f",
+            identity.name,
+            context.peer(),
+            dataset.train_examples,
+            info.device,
+            info.privacy.epsilon_spent,
+            info.privacy.epsilon_budget,
+        )
+        reader.start()
+        welcome = pb.Welcome(
+            protocol_version=codec.PROTOCOL_VERSION,
+            node_name=identity.name,
+            run_id=self._status().run_id,
+        )
+        yield from session.outbound(welcome)
+
+    def _read(self, session: NodeSession, messages: Iterator[pb.NodeMessage]) -> None:
+        try:
+            for message in messages:
+                session.handle(message)
+        except grpc.RpcError:
+            pass  # the node went away; the session's close below says so
+        finally:
+            session.close("disconnected")
+            self._registry.leave(session)
+            log.info("%s left", session.name)
+
+    def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
+        self._authorize(context, "GetStatus", roles=("coordinator", "node", "inference"))
+        status = self._status()
+        return pb.StatusReply(
+            run_id=status.run_id,
+            state=status.state,
+            round=status.round,
+            rounds=status.rounds,
+            min_nodes=status.min_nodes,
+            nodes=[codec.status_to_proto(node) for node in status.nodes],
+            history=[
+                pb.RoundSummary(
+                    round=summary.round,
+                    contributors=list(summary.contributors),
+                    dropped=list(summary.dropped),
+                    loss=_or_nan(summary.loss),
+                    mean_auroc=_or_nan(summary.mean_auroc),
+                    seconds=summary.seconds,
+                )
+                for summary in status.history
+            ],
+        )
+
+    def Probe(
+        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+    ) -> pb.ProbeReceipt:
+        identity = self._authorize(context, "Probe", roles=("node", "coordinator"), roster=True)
+        assembler = BlobAssembler(max_size=MAX_PROBE_SIZE, max_in_flight=1)
+        started = time.perf_counter()
+        try:
+            for chunk in request_iterator:
+                blob = assembler.add(chunk)
+                if blob is not None:
+                    return pb.ProbeReceipt(
+                        size=len(blob.data),
+                        sha256=blob.sha256,
+                        seconds=time.perf_counter() - started,
+                    )
+        except BlobError as error:
+            log.warning("probe from %s failed: %s", identity.name, error)
+            _abort(context, grpc.StatusCode.DATA_LOSS, str(error))
+        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the probe ended before its blob")
+
+    def _authorize(
+        self,
+        context: grpc.ServicerContext,
+        call: str,
+        *,
+        roles: Sequence[Role],
+        roster: bool = False,
+    ) -> Identity:
+        try:
+            identity = peer_identity(context, self._ca_pem)
+        except CertificateRejected as error:
+            log.warning("refused %s from %s: %s", call, context.peer(), error)
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(error))
+        if identity.role not in roles:
+            reason = f"{identity.name} has role {identity.role}; {call} needs {' or '.join(roles)}"
+            log.warning("refused %s from %s: %s", call, context.peer(), reason)
+            _abort(context, grpc.StatusCode.PERMISSION_DENIED, reason)
+        on_roster = identity.name in self._registry.roster or identity.role == "coordinator"
+        if roster and not on_roster:
+            reason = f"{identity.name} is not on the coordinator's roster"
+            log.warning("refused %s from %s: %s", call, context.peer(), reason)
+            _abort(context, grpc.StatusCode.PERMISSION_DENIED, reason)
+        return identity
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, detail: str) -> NoReturn:
+    context.abort(code, detail)
+    raise AssertionError("unreachable: context.abort raises")
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value

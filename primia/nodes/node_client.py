@@ -1,0 +1,245 @@
+"""The data-owner node: dial out to the coordinator, keep one stream, do what it asks.
+
+The node opens a mutual-TLS channel (it accepts only a coordinator whose certificate
+carries ``coordinator_name``), sends Hello on a ``Join`` stream, and then answers every
+task pushed down the stream: global weights arrive as chunks, a training task is run by
+the :class:`~primia.federated.data_owner.DataOwner` (which may refuse it), and the update
+goes back as chunks followed by the result. Anything it cannot use is answered with a
+refusal that says why; nothing the coordinator sends can crash the node.
+
+When the coordinator is gone the node tries again, waiting 1, 2, 4 … up to
+``reconnect_max_s`` seconds (with jitter, so a consortium's nodes do not all return at
+once). Its privacy ledger is on disk and written before any release, so a lost
+connection never loses a spent ε.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import grpc
+
+from primia.errors import PrimiaError
+from primia.federated.data_owner import DataOwner
+from primia.federated.tasks import EvaluateTask, Refusal, TaskRefused, TrainTask
+from primia.nodes import codec
+from primia.nodes.config import NodeConfig
+from primia.transport.blobs import Blob, BlobAssembler, BlobError, chunks_of
+from primia.transport.generated import federation_pb2 as pb
+from primia.transport.generated import federation_pb2_grpc as pb_grpc
+from primia.transport.tls import secure_channel
+
+log = logging.getLogger(__name__)
+
+_END = object()
+BLOBS_KEPT = 3
+"""Recent blobs a node keeps: the weights of round t serve its evaluation and round t+1."""
+_FATAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+class JoinRefused(PrimiaError):
+    """The coordinator refused this node (certificate, role or roster); retrying won't help."""
+
+
+class NodeClient:
+    """One node's connection to its coordinator; :meth:`serve` runs until told to stop."""
+
+    def __init__(self, config: NodeConfig, owner: DataOwner) -> None:
+        self.config = config
+        self.owner = owner
+        self.stop_event = threading.Event()
+
+    def serve(self) -> None:
+        """Stay connected (reconnecting with back-off) until stopped or, with
+        ``exit_when_done``, until a federation finishes."""
+        delay = 1.0
+        while not self.stop_event.is_set():
+            try:
+                finished = self._session()
+                delay = 1.0
+                if finished and self.config.exit_when_done:
+                    return
+            except grpc.RpcError as error:
+                code, details = error.code(), error.details()
+                if code in _FATAL_CODES:
+                    raise JoinRefused(f"the coordinator refused this node: {details}") from error
+                log.warning(
+                    "coordinator %s unreachable (%s: %s)",
+                    self.config.coordinator,
+                    code.name,
+                    details,
+                )
+            wait = delay * random.uniform(0.8, 1.2)
+            log.info("connecting again in %.1f s", wait)
+            if self.stop_event.wait(wait):
+                return
+            delay = min(delay * 2, self.config.reconnect_max_s)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _session(self) -> bool:
+        """One connection; True if it ended with the federation finished."""
+        outbound: queue.Queue[object] = queue.Queue()
+        outbound.put(pb.NodeMessage(hello=codec.info_to_proto(self.owner.info())))
+        config = self.config
+        with secure_channel(
+            config.coordinator, config.tls, server_name=config.coordinator_name
+        ) as channel:
+            stub = pb_grpc.CoordinatorStub(channel)
+            responses = stub.Join(_drain(outbound))
+            stopper = threading.Thread(target=self._cancel_on_stop, args=(responses,), daemon=True)
+            stopper.start()
+            try:
+                return _Session(self.owner, outbound).run(responses)
+            finally:
+                outbound.put(_END)
+
+    def _cancel_on_stop(self, call: grpc.RpcContext) -> None:
+        self.stop_event.wait()
+        call.cancel()
+
+
+class _Session:
+    def __init__(self, owner: DataOwner, outbound: queue.Queue[object]) -> None:
+        self._owner = owner
+        self._outbound = outbound
+        self._assembler = BlobAssembler()
+        self._blobs: OrderedDict[str, Blob] = OrderedDict()
+
+    def run(self, responses: Iterator[pb.CoordinatorMessage]) -> bool:
+        for message in responses:
+            kind = message.WhichOneof("kind")
+            if kind == "welcome":
+                log.info(
+                    "joined the federation as %s (run %s)",
+                    message.welcome.node_name,
+                    message.welcome.run_id,
+                )
+            elif kind == "chunk":
+                self._chunk(message.chunk)
+            elif kind == "train":
+                self._train(message.train)
+            elif kind == "evaluate":
+                self._evaluate(message.evaluate)
+            elif kind == "shutdown":
+                log.info("the coordinator ended the session: %s", message.shutdown.reason)
+                return message.shutdown.finished
+            elif kind == "error":
+                log.warning("the coordinator could not use a message: %s", message.error.detail)
+        log.warning("the coordinator closed the stream")
+        return False
+
+    def _chunk(self, chunk: pb.Chunk) -> None:
+        try:
+            blob = self._assembler.add(chunk)
+        except BlobError as error:
+            log.warning("dropped a blob from the coordinator: %s", error)
+            return
+        if blob is not None:
+            self._blobs[blob.blob_id] = blob
+            while len(self._blobs) > BLOBS_KEPT:
+                self._blobs.popitem(last=False)
+
+    def _train(self, message: pb.TrainTask) -> None:
+        task_id = message.task_id
+        try:
+            task = TrainTask(
+                task_id=task_id,
+                round=message.round,
+                spec=codec.spec_from_proto(message.model),
+                weights=self._weights(message.weights_blob),
+                plan=codec.plan_from_proto(message.plan),
+            )
+            log.info("round %d: training (%s)", task.round, task_id)
+
+            def progress(fraction: float, stage: str) -> None:
+                self._send(
+                    pb.NodeMessage(
+                        progress=pb.TaskProgress(task_id=task_id, fraction=fraction, stage=stage)
+                    )
+                )
+
+            outcome = self._owner.train(task, on_progress=progress)
+        except Exception as error:  # any failure is an answer to this task, not a crash
+            self._refuse(task_id, error)
+            return
+        self._outbound.put(outcome.update)
+        result = pb.TrainResult(
+            task_id=task_id,
+            update_blob=outcome.update.blob_id,
+            num_examples=outcome.num_examples,
+            train_loss=outcome.train_loss,
+            steps=outcome.steps,
+            seconds=outcome.seconds,
+            privacy=codec.privacy_to_proto(outcome.privacy),
+        )
+        if outcome.release is not None:
+            result.release.CopyFrom(codec.release_to_proto(outcome.release))
+            log.info(
+                "round %d: released an update at eps %.2f (sigma %.2f); spent %.2f of %.2f",
+                task.round,
+                outcome.release.epsilon,
+                outcome.release.noise_multiplier,
+                outcome.privacy.epsilon_spent,
+                outcome.privacy.epsilon_budget,
+            )
+        self._send(pb.NodeMessage(train_result=result))
+
+    def _evaluate(self, message: pb.EvaluateTask) -> None:
+        task_id = message.task_id
+        try:
+            task = EvaluateTask(
+                task_id=task_id,
+                round=message.round,
+                spec=codec.spec_from_proto(message.model),
+                weights=self._weights(message.weights_blob),
+                split="test" if codec.split_from_proto(message.split) == "test" else "validation",
+            )
+            outcome = self._owner.evaluate(task)
+        except Exception as error:
+            self._refuse(task_id, error)
+            return
+        self._send(pb.NodeMessage(evaluate_result=codec.evaluation_to_proto(task_id, outcome)))
+
+    def _weights(self, blob_id: str) -> Blob:
+        blob = self._blobs.get(blob_id)
+        if blob is None:
+            raise TaskRefused(
+                Refusal.INVALID_WEIGHTS, f"weights blob {blob_id!r} was not received in full"
+            )
+        return blob
+
+    def _refuse(self, task_id: str, error: Exception) -> None:
+        if isinstance(error, TaskRefused):
+            refusal = error
+            log.warning("refused task %s: %s", task_id, error)
+        elif isinstance(error, codec.MessageError):
+            refusal = TaskRefused(Refusal.INVALID_PLAN, str(error))
+            log.warning("refused task %s: %s", task_id, error)
+        else:
+            refusal = TaskRefused(Refusal.FAILED, f"{type(error).__name__}: {error}")
+            log.exception("task %s failed", task_id)
+        self._send(pb.NodeMessage(refused=codec.refusal_to_proto(task_id, refusal)))
+
+    def _send(self, message: pb.NodeMessage) -> None:
+        self._outbound.put(message)
+
+
+def _drain(outbound: queue.Queue[object]) -> Iterator[pb.NodeMessage]:
+    """The request stream: queued messages, blobs cut into chunks as they are sent."""
+    while True:
+        item = outbound.get()
+        if item is _END:
+            return
+        if isinstance(item, Blob):
+            for chunk in chunks_of(item):
+                yield pb.NodeMessage(chunk=chunk)
+        else:
+            assert isinstance(item, pb.NodeMessage)
+            yield item

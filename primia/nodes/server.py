@@ -1,0 +1,76 @@
+"""Start a coordinator: the gRPC server, the node registry, and the federation's rounds.
+
+>>> server = CoordinatorServer(config)        # doctest: +SKIP
+>>> report = server.run()                     # serves until the last round is done
+
+:meth:`CoordinatorServer.start` only opens the port (tests and the status display use
+it to run the rounds on their own thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+from primia.errors import ConfigError
+from primia.federated.config import CoordinatorConfig
+from primia.federated.coordinator import Federation
+from primia.federated.registry import NodeRegistry
+from primia.nodes.coordinator_service import CoordinatorService
+from primia.transport.generated import federation_pb2_grpc as pb_grpc
+from primia.transport.tls import server_credentials, server_options
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorServer:
+    def __init__(self, config: CoordinatorConfig, *, stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.registry = NodeRegistry(config.roster)
+        self.federation = Federation(config, self.registry, stop=stop)
+        ca_pem, _, _ = config.tls.read()
+        self._service = CoordinatorService(
+            registry=self.registry, ca_pem=ca_pem, status=self.federation.status
+        )
+        self._server: grpc.Server | None = None
+        self.port = 0
+
+    def start(self) -> int:
+        """Listen on ``config.listen``; return the port (useful with port 0)."""
+        # Two threads per node (its stream and its reader) plus status and probe calls.
+        workers = 2 * len(self.config.roster) + 8
+        server = grpc.server(ThreadPoolExecutor(max_workers=workers), options=server_options())
+        pb_grpc.add_CoordinatorServicer_to_server(self._service, server)
+        try:
+            port = server.add_secure_port(self.config.listen, server_credentials(self.config.tls))
+        except RuntimeError as error:
+            raise ConfigError(f"cannot listen on {self.config.listen}: {error}") from error
+        if port == 0:
+            raise ConfigError(
+                f"cannot listen on {self.config.listen}; is another coordinator using the port?"
+            )
+        server.start()
+        self._server = server
+        self.port = port
+        log.info("coordinator listening on %s (port %d)", self.config.listen, port)
+        return port
+
+    def run(self) -> dict[str, Any]:
+        """Serve and run the federation to its end; return its report."""
+        if self._server is None:
+            self.start()
+        try:
+            return self.federation.run()
+        finally:
+            self.stop()
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._server is not None:
+            for link in self.registry.connected():
+                link.close("the coordinator is shutting down")
+            self._server.stop(grace).wait()
+            self._server = None
