@@ -1,59 +1,92 @@
-"""The demo: private training on synthetic radiographs, end to end, on a laptop.
+"""The demo: a federation of three hospitals on synthetic radiographs, on one machine.
 
-It synthesizes a small multi-site chest radiograph dataset, trains a ResNet-9 on it with
-DP-SGD at the target ε, and returns the training result (AUROC per finding, ε spent, the
-dataset's ledger). ``primia demo`` prints it; ``make demo`` runs ``primia demo``.
+It synthesizes a multi-site chest radiograph dataset, makes a consortium (a CA and a
+certificate per participant), writes a ``coordinator.toml`` and one ``node-<site>.toml``
+per hospital, starts the coordinator and one node per site as separate processes on
+loopback (mutual TLS, as in production), shows the federation's live status over the
+same ``GetStatus`` call ``primia status`` uses, and shuts everything down when the rounds
+are done. Each node reads only its own site's images and trains with DP-SGD; the
+coordinator only ever sees updates. ``make demo`` runs ``primia demo``.
+
+Everything stays in ``settings.out``: the data, ``pki/``, the configuration files (run
+them yourself with ``primia coordinator serve`` / ``primia node serve``), ``logs/``, the
+nodes' ledgers in ``state-<site>/`` and the coordinator's run directory ``run/``.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import tomli_w
 
 from primia.data.synth import SynthConfig, write_dataset
-from primia.errors import ConfigError
-from primia.train import DPConfig, TrainConfig, TrainResult, train_local
+from primia.errors import ConfigError, PrimiaError
+from primia.federated.coordinator import FederationStatus
+from primia.federated.registry import NodeStatus
+from primia.nodes.status import StatusUnavailable, fetch_status
+from primia.transport import pki
 
 MARKER = ".primia-demo"
+COORDINATOR = "coordinator"
+
+
+class DemoFailed(PrimiaError):
+    """A process of the demo failed; the message points at its log."""
 
 
 @dataclass(frozen=True)
 class DemoSettings:
     out: Path = Path("runs/demo")
     sites: int = 3
-    patients_per_site: int = 150
+    patients_per_site: int = 300
     images_per_patient: int = 4
     image_size: int = 48
     model: str = "resnet9"
     width: int = 16
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 3e-3
-    epsilon: float = 3.0
+    rounds: int = 6
+    epochs_per_round: int = 3
+    batch_size: int = 256
+    lr: float = 5e-3
+    epsilon_per_round: float = 0.8
+    epsilon_budget: float = 10.0
     delta: float = 1e-5
+    min_nodes: int = 2
     seed: int = 0
+    timeout_s: float = 1800.0
     progress: bool = True
 
 
-def run_demo(settings: DemoSettings) -> TrainResult:
-    """Synthesize data into ``settings.out/data`` and train privately into ``.../run``.
+@dataclass(frozen=True)
+class DemoResult:
+    out: Path
+    report: dict[str, Any]
+    seconds: float
+
+
+def run_demo(
+    settings: DemoSettings, *, on_status: Callable[[FederationStatus], None] | None = None
+) -> DemoResult:
+    """Run the demo (see the module docstring); ``on_status`` sees the live status.
 
     ``settings.out`` is emptied first, but only if an earlier demo made it (it holds the
     marker file); any other non-empty folder is refused rather than deleted.
     """
-    out = settings.out
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).exists():
-            raise ConfigError(
-                f"{out} is not empty and was not made by primia demo; choose another --out"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / MARKER).touch()
-    data_dir = out / "data"
+    started = time.perf_counter()
+    out = _fresh_folder(settings.out)
+    sites = [f"site{k}" for k in range(settings.sites)]
     write_dataset(
-        data_dir,
+        out / "data",
         SynthConfig(
             sites=settings.sites,
             patients_per_site=settings.patients_per_site,
@@ -63,19 +96,176 @@ def run_demo(settings: DemoSettings) -> TrainResult:
         ),
         progress=settings.progress,
     )
-    return train_local(
-        TrainConfig(
-            data=data_dir,
-            out=out / "run",
-            model=settings.model,
-            width=settings.width,
-            image_size=settings.image_size,
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            max_physical_batch_size=64,
-            lr=settings.lr,
-            seed=settings.seed,
-            progress=settings.progress,
-            dp=DPConfig(enabled=True, epsilon=settings.epsilon, delta=settings.delta),
+    pki.init_ca(out / "pki", "primia-demo")
+    coordinator_tls = pki.issue(out / "pki", COORDINATOR, "coordinator")
+    for site in sites:
+        pki.issue(out / "pki", site, "node")
+    port = _free_port()
+    _write_configs(out, settings, sites, port)
+
+    logs = out / "logs"
+    logs.mkdir()
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        processes[COORDINATOR] = _start(
+            COORDINATOR,
+            ["coordinator", "serve", "--config", "coordinator.toml", "--no-progress"],
+            out,
+            logs,
         )
-    )
+        for site in sites:
+            processes[site] = _start(
+                site,
+                ["node", "serve", "--config", f"node-{site}.toml", "--exit-when-done"],
+                out,
+                logs,
+            )
+        _wait_for_coordinator(
+            processes, f"127.0.0.1:{port}", coordinator_tls, settings.timeout_s, on_status, logs
+        )
+        _wait_for_nodes(processes, sites)
+    finally:
+        _stop_all(processes)
+    report = json.loads((out / "run" / "report.json").read_text())
+    return DemoResult(out=out, report=report, seconds=time.perf_counter() - started)
+
+
+def _fresh_folder(out: Path) -> Path:
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise ConfigError(
+                f"{out} is not empty and was not made by primia demo; choose another --out"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).touch()
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _write_configs(out: Path, settings: DemoSettings, sites: list[str], port: int) -> None:
+    coordinator = {
+        "run_dir": "run",
+        "listen": f"127.0.0.1:{port}",
+        "roster": sites,
+        "rounds": settings.rounds,
+        "min_nodes": min(settings.min_nodes, len(sites)),
+        "node_wait_s": 300.0,
+        "seed": settings.seed,
+        "tls": {
+            "ca": "pki/ca.pem",
+            "certificate": "pki/coordinator.pem",
+            "key": "pki/coordinator.key",
+        },
+        "model": {
+            "architecture": settings.model,
+            "width": settings.width,
+            "image_size": settings.image_size,
+        },
+        "plan": {
+            "epochs": settings.epochs_per_round,
+            "batch_size": settings.batch_size,
+            "lr": settings.lr,
+            "dp": {"enabled": True, "epsilon": settings.epsilon_per_round, "delta": settings.delta},
+        },
+    }
+    (out / "coordinator.toml").write_text(tomli_w.dumps(coordinator))
+    for site in sites:
+        node = {
+            "coordinator": f"127.0.0.1:{port}",
+            "coordinator_name": COORDINATOR,
+            "state_dir": f"state-{site}",
+            "reconnect_max_s": 5.0,
+            "tls": {"ca": "pki/ca.pem", "certificate": f"pki/{site}.pem", "key": f"pki/{site}.key"},
+            # The demo's sites share one synthetic manifest; each node reads only its own.
+            "data": {"path": "data", "site": site, "seed": settings.seed},
+            "privacy": {"epsilon_budget": settings.epsilon_budget, "delta": settings.delta},
+            # Three nodes and a coordinator share the machine's cores: one thread each.
+            "compute": {"threads": 1, "max_physical_batch_size": 64},
+        }
+        (out / f"node-{site}.toml").write_text(tomli_w.dumps(node))
+
+
+def _start(name: str, arguments: list[str], out: Path, logs: Path) -> subprocess.Popen[bytes]:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with open(logs / f"{name}.log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "primia", *arguments],
+            cwd=out,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            start_new_session=True,  # Ctrl-C reaches the demo, which stops the children
+        )
+
+
+def _wait_for_coordinator(
+    processes: dict[str, subprocess.Popen[bytes]],
+    address: str,
+    tls: pki.TLSFiles,
+    timeout: float,
+    on_status: Callable[[FederationStatus], None] | None,
+    logs: Path,
+) -> None:
+    deadline = time.monotonic() + timeout
+    coordinator = processes[COORDINATOR]
+    while coordinator.poll() is None:
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"the federation did not finish in {timeout:.0f} s; see {logs}")
+        if on_status is not None:
+            on_status(_status_or_placeholder(address, tls, processes))
+        time.sleep(0.5)
+    if coordinator.returncode != 0:
+        log = logs / f"{COORDINATOR}.log"
+        raise DemoFailed(
+            f"the coordinator failed (exit {coordinator.returncode}); the end of {log}:\n"
+            + _tail(log)
+        )
+
+
+def _status_or_placeholder(
+    address: str, tls: pki.TLSFiles, processes: dict[str, subprocess.Popen[bytes]]
+) -> FederationStatus:
+    try:
+        return fetch_status(address, tls, server_name=COORDINATOR, timeout=2.0)
+    except StatusUnavailable:
+        names = [name for name in processes if name != COORDINATOR]
+        return FederationStatus(
+            run_id="",
+            state="starting",
+            round=0,
+            rounds=0,
+            min_nodes=0,
+            nodes=[NodeStatus(name, activity="starting") for name in names],
+            history=[],
+        )
+
+
+def _wait_for_nodes(processes: dict[str, subprocess.Popen[bytes]], sites: list[str]) -> None:
+    for site in sites:
+        try:
+            processes[site].wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            continue  # stopped below; the federation itself has finished
+
+
+def _stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    for process in processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes.values():
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])

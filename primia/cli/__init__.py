@@ -20,14 +20,15 @@ primia trains models on medical images that stay where they are: each institutio
 locally with differential privacy, and only protected updates leave it.
 
 Start with:
-  primia demo                         a private training run on synthetic radiographs
+  primia demo                         a federation of three hospitals on synthetic data
   primia data synth --out data/synth  make a synthetic multi-site radiograph dataset
   primia train-local --data data/synth --dp --epsilon 3 --out runs/local
+  primia certs init --dir pki --consortium NAME     then: coordinator serve, node serve
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from primia.cli import certs, data, demo, train
+    from primia.cli import certs, check, data, demo, federation, train
 
     parser = argparse.ArgumentParser(
         prog="primia",
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"primia {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (demo, data, train, certs):
+    for group in (demo, data, train, certs, federation, check):
         group.register(subparsers)
     return parser
 
@@ -48,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # Opacus configures the root logger when imported
     )
     handler = getattr(args, "handler", None)
     if handler is None:

@@ -1,40 +1,55 @@
-"""``primia demo``: private training on synthetic radiographs, end to end."""
+"""``primia demo``: a federation of three hospitals on synthetic radiographs, end to end."""
 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
-from primia.cli.train import print_summary
-from primia.demo import DemoSettings, run_demo
+from primia.demo import DemoResult, DemoSettings, run_demo
+from primia.federated.display import render
 
 HELP = {
-    "out": "folder for the synthetic data and the run (emptied if an earlier demo made it)",
-    "sites": "synthetic hospitals",
+    "out": "folder for everything the demo makes (emptied if an earlier demo made it)",
+    "sites": "synthetic hospitals, one node process each",
     "patients_per_site": "patients per hospital",
     "images_per_patient": "radiographs per patient",
     "image_size": "image size in pixels",
     "model": "architecture: resnet9, resnet18 or cnn",
     "width": "base channel count of the model",
-    "epochs": "training epochs",
+    "rounds": "federated rounds",
+    "epochs_per_round": "local epochs at each node per round",
     "batch_size": "expected batch size of the Poisson-sampled DP batches",
     "lr": "learning rate (Adam)",
-    "epsilon": "target ε of the DP training",
-    "delta": "target δ of the DP training",
-    "seed": "seed of the data and the training",
+    "epsilon_per_round": "target ε of each node's release per round (composed by its ledger)",
+    "epsilon_budget": "each node's total privacy budget",
+    "delta": "δ of the DP guarantee",
+    "min_nodes": "updates a round needs to complete",
+    "seed": "seed of the data and the initial model",
+    "timeout_s": "give up after this many seconds",
 }
+
+DESCRIPTION = """\
+Synthesize a multi-site chest radiograph dataset, issue a consortium's certificates, and
+run a federation on this machine: a coordinator and one data-owner node per site, each a
+separate process, talking gRPC over mutual TLS on loopback. Every node trains with DP-SGD
+on its own site's images only; the coordinator averages the updates (FedAvg), evaluates
+on every node's held-out patients, and checkpoints each round. Ends with AUROC per round
+and the ε each node spent.
+"""
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="synthesize radiographs and train a model on them with differential privacy",
-        description="Synthesize a multi-site chest radiograph dataset, train a ResNet-9 on "
-        "it with DP-SGD, and print AUROC per finding and the ε spent.",
+        help="run a federation of three synthetic hospitals on this machine, with DP",
+        description=DESCRIPTION,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     defaults = DemoSettings()
@@ -48,14 +63,70 @@ def register(subparsers: Any) -> None:
             default=default,
             help=HELP[field.name],
         )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no live status")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in fields(DemoSettings) if f.name != "progress"}
+    settings = DemoSettings(**values, progress=not args.no_progress)
     console = Console()
-    console.print("[bold]primia demo[/]: synthetic radiographs, DP-SGD, privacy ledger")
-    result = run_demo(DemoSettings(**values, progress=not args.no_progress))
+    console.print(
+        f"[bold]primia demo[/]: {settings.sites} hospitals, {settings.rounds} federated "
+        "rounds, DP-SGD at every node, mutual TLS on loopback"
+    )
+    if settings.progress and console.is_terminal:
+        with Live(console=console, refresh_per_second=2, transient=True) as live:
+            result = run_demo(settings, on_status=lambda status: live.update(render(status)))
+    else:
+        result = run_demo(settings)
     print_summary(result, console)
     return 0
+
+
+def print_summary(result: DemoResult, console: Console) -> None:
+    report = result.report
+    rounds = Table(title="rounds (validation, pooled over the nodes)")
+    for column in ("round", "AUROC", "loss", "nodes", "left out", "seconds"):
+        rounds.add_column(column)
+    for entry in report["rounds"]:
+        rounds.add_row(
+            str(entry["round"]),
+            _number(entry["validation_mean_auroc"], 3),
+            _number(entry["validation_loss"], 4),
+            str(len(entry["contributors"])),
+            ", ".join(entry["dropped"]) or "-",
+            f"{entry['seconds']:.1f}",
+        )
+    console.print(rounds)
+    nodes = Table(title="privacy spent per node (ε at δ, composed over rounds by its ledger)")
+    for column in ("node", "rounds", "ε spent", "ε budget"):
+        nodes.add_column(column)
+    for name, entry in report["nodes"].items():
+        nodes.add_row(
+            name,
+            str(entry["rounds_contributed"]),
+            _number(entry["epsilon_spent"], 2),
+            _number(entry["epsilon_budget"], 2),
+        )
+    console.print(nodes)
+    test = report.get("test") or {}
+    per_label = ", ".join(
+        f"{label} {_number(value, 3)}" for label, value in (test.get("auroc") or {}).items()
+    )
+    console.print(
+        f"test AUROC (held-out patients of every node): [bold]{_number(test.get('mean_auroc'), 3)}"
+        f"[/] ({per_label})"
+    )
+    console.print(
+        f"model: {result.out / 'run' / 'model.safetensors'}\n"
+        f"run directory: {result.out / 'run'} (rounds.jsonl, checkpoints/, tb/, report.json); "
+        f"logs: {result.out / 'logs'}\n"
+        f"finished in {result.seconds:.0f} s"
+    )
+
+
+def _number(value: float | None, digits: int) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"

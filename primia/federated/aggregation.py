@@ -37,7 +37,10 @@ class RoundContributions:
     """The sums a round produced, and what happened at each node."""
 
     weighted_sum: State
+    """Σ n_i Δ_i in float64 (float32 sums of many large updates lose precision)."""
     total_weight: float
+    dtypes: dict[str, torch.dtype] = field(default_factory=dict)
+    """Each tensor's dtype in the model, which :meth:`mean_update` returns."""
     outcomes: dict[str, TrainOutcome] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
@@ -47,8 +50,11 @@ class RoundContributions:
         return sorted(self.outcomes)
 
     def mean_update(self) -> State:
-        """Σ n_i Δ_i / Σ n_i, in the reference's dtypes."""
-        return {name: total / self.total_weight for name, total in self.weighted_sum.items()}
+        """Σ n_i Δ_i / Σ n_i, in the model's dtypes."""
+        return {
+            name: (total / self.total_weight).to(self.dtypes.get(name, total.dtype))
+            for name, total in self.weighted_sum.items()
+        }
 
 
 class Aggregator(Protocol):
@@ -86,10 +92,11 @@ class PlaintextAggregator:
                 name: torch.zeros_like(t, dtype=torch.float64) for name, t in reference.items()
             },
             total_weight=0.0,
+            dtypes={name: tensor.dtype for name, tensor in reference.items()},
         )
         for future in not_done:
             future.cancel()
-            result.dropped[pending[future].name] = f"no answer within {timeout:.0f} s"
+            result.dropped[pending[future].name] = f"no answer within {timeout:g} s"
         for future in done:
             name = pending[future].name
             try:
@@ -99,6 +106,10 @@ class PlaintextAggregator:
                 continue
             except NodeDropped as error:
                 result.dropped[name] = str(error)
+                continue
+            except Exception as error:  # a broken link must not end the round for the rest
+                log.exception("leaving %s out of the round", name)
+                result.dropped[name] = f"{type(error).__name__}: {error}"
                 continue
             try:
                 update = decode_like(outcome.update.data, reference, what=f"update of {name}")
@@ -113,9 +124,6 @@ class PlaintextAggregator:
                 result.weighted_sum[tensor_name] += outcome.num_examples * delta.double()
             result.total_weight += outcome.num_examples
             result.outcomes[name] = outcome
-        result.weighted_sum = {
-            name: total.to(reference[name].dtype) for name, total in result.weighted_sum.items()
-        }
         return result
 
 

@@ -86,6 +86,9 @@ class CoordinatorConfig:
     """A round needs updates from at least this many nodes, else it is tried again."""
     node_wait_s: float = 600.0
     """How long a round waits for ``min_nodes`` nodes to be connected."""
+    startup_wait_s: float = 60.0
+    """Before its first round, the coordinator waits this long for the whole roster (then
+    starts with whoever is there, if at least ``min_nodes``)."""
     round_timeout_s: float = 3600.0
     """A node that has not answered a task by then is a dropout."""
     max_attempts: int = 3
@@ -111,7 +114,7 @@ class CoordinatorConfig:
                 f"min_nodes={self.min_nodes} must be between 1 and the roster's "
                 f"{len(self.roster)} nodes"
             )
-        for name in ("node_wait_s", "round_timeout_s"):
+        for name in ("node_wait_s", "startup_wait_s", "round_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.max_attempts < 1:

@@ -2,7 +2,8 @@
 
 Round t (see ``docs/federation.md``):
 
-1. wait until at least ``min_nodes`` nodes are connected (up to ``node_wait_s``);
+1. wait until at least ``min_nodes`` nodes are connected (up to ``node_wait_s``; before
+   the first round, up to ``startup_wait_s`` for the whole roster);
 2. send every connected node the global weights w_t and the plan; each trains locally
    with DP-SGD and answers with its update, a refusal (e.g. its privacy budget) or not at
    all (a dropout: disconnected, or no answer within ``round_timeout_s``);
@@ -134,6 +135,10 @@ class Federation:
         if records:
             log.info("resuming run %s after round %d", self.run_id, first - 1)
         writer = SummaryWriter(log_dir=str(self.run_dir.path / "tb"))
+        self._set_state(first, "waiting for the roster")
+        self.registry.wait_for(
+            len(self.registry.roster), timeout=self.config.startup_wait_s, stop=self._stop
+        )
         try:
             for round_number in range(first, self.config.rounds + 1):
                 if self._stop.is_set():

@@ -16,7 +16,9 @@ from primia.federated.tasks import EvaluationOutcome
 
 
 def pool(outcomes: Mapping[str, EvaluationOutcome]) -> dict[str, Any]:
-    """Pooled metrics, with ``per_node`` holding each node's own."""
+    """Pooled metrics, with ``per_node`` holding each node's own (nodes that evaluated no
+    example are left out: their loss is undefined)."""
+    outcomes = {name: o for name, o in outcomes.items() if o.num_examples > 0}
     total = sum(outcome.num_examples for outcome in outcomes.values())
     if total == 0:
         return {"examples": 0, "loss": None, "accuracy": None, "auroc": {}, "mean_auroc": None}

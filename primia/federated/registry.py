@@ -62,6 +62,8 @@ class NodeRegistry:
 
     def admit(self, link: NodeLink) -> None:
         """Register ``link``; a previous link of the same node is closed (it reconnected)."""
+        if link.name not in self._status:
+            raise ValueError(f"{link.name} is not on the roster")
         with self._changed:
             previous = self._links.get(link.name)
             self._links[link.name] = link
@@ -116,7 +118,8 @@ class NodeRegistry:
 
     def record_contribution(self, name: str) -> None:
         with self._changed:
-            self._update(name, rounds_contributed=self._status[name].rounds_contributed + 1)
+            if name in self._status:
+                self._update(name, rounds_contributed=self._status[name].rounds_contributed + 1)
 
     def restore(self, statuses: Sequence[NodeStatus]) -> None:
         """Carry counts from a resumed run (they are shown as not connected)."""
@@ -135,4 +138,6 @@ class NodeRegistry:
             return [self._status[name] for name in self.roster]
 
     def _update(self, name: str, **changes: object) -> None:
+        if name not in self._status:
+            return  # not on the roster: nothing to show
         self._status[name] = replace(self._status[name], **changes)  # type: ignore[arg-type]

@@ -71,6 +71,7 @@ class RunDirectory:
             atomic_write_bytes(run_file, (json.dumps(info, indent=2) + "\n").encode())
         write_toml(config, self.path / "config.toml")
         rounds = self._completed_rounds()
+        self._drop_unfinished_lines(rounds)
         model = None
         if rounds:
             model, _ = load_model(self.checkpoint_path(int(rounds[-1]["round"])))
@@ -92,6 +93,15 @@ class RunDirectory:
         save_model(self.path / "model.safetensors", model, spec)
         payload = json.dumps(_json_safe(report), indent=2) + "\n"
         atomic_write_bytes(self.path / "report.json", payload.encode())
+
+    def _drop_unfinished_lines(self, rounds: list[dict[str, Any]]) -> None:
+        """Keep only the resumable rounds' lines, so a redone round's line follows them
+        (not a line cut short by a crash)."""
+        if not self.rounds_path.exists():
+            return
+        if len(self.rounds_path.read_text().splitlines()) != len(rounds):
+            kept = "".join(json.dumps(_json_safe(record)) + "\n" for record in rounds)
+            atomic_write_bytes(self.rounds_path, kept.encode())
 
     def _completed_rounds(self) -> list[dict[str, Any]]:
         if not self.rounds_path.exists():

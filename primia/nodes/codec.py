@@ -131,6 +131,7 @@ def privacy_to_proto(state: PrivacyState) -> pb.PrivacyState:
 
 
 def privacy_from_proto(message: pb.PrivacyState) -> PrivacyState:
+    _check_privacy(message.epsilon_spent, message.delta, "the node's spent epsilon")
     return PrivacyState(
         epsilon_spent=message.epsilon_spent,
         epsilon_budget=message.epsilon_budget,
@@ -151,6 +152,7 @@ def release_to_proto(release: PrivacyRelease) -> pb.PrivacyRelease:
 
 
 def release_from_proto(message: pb.PrivacyRelease) -> PrivacyRelease:
+    _check_privacy(message.epsilon, message.delta, "the release's epsilon")
     return PrivacyRelease(
         epsilon=message.epsilon,
         delta=message.delta,
@@ -159,6 +161,13 @@ def release_from_proto(message: pb.PrivacyRelease) -> PrivacyRelease:
         steps=message.steps,
         max_grad_norm=message.max_grad_norm,
     )
+
+
+def _check_privacy(epsilon: float, delta: float, what: str) -> None:
+    if not (epsilon >= 0 and not math.isnan(epsilon)):
+        raise MessageError(f"{what} is {epsilon}, not a non-negative number")
+    if not 0 <= delta < 1:
+        raise MessageError(f"delta {delta} is outside [0, 1)")
 
 
 def info_to_proto(info: NodeInfo) -> pb.Hello:
@@ -227,6 +236,8 @@ def evaluation_from_proto(message: pb.EvaluateResult) -> EvaluationOutcome:
         )
     if not (math.isfinite(message.loss) or message.num_examples == 0):
         raise MessageError(f"evaluation loss {message.loss} is not finite")
+    if not (0.0 <= message.accuracy <= 1.0 or message.num_examples == 0):
+        raise MessageError(f"accuracy {message.accuracy} is outside [0, 1]")
     return EvaluationOutcome(
         num_examples=message.num_examples,
         loss=message.loss,

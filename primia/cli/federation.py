@@ -1,0 +1,216 @@
+"""``primia coordinator``, ``primia node`` and ``primia status``: run a federation."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from primia.federated.data_owner import DataOwner
+from primia.federated.display import LiveStatus, render
+from primia.nodes.config import NodeConfig, load_node_config
+from primia.nodes.node_client import NodeClient
+from primia.nodes.server import CoordinatorServer
+from primia.nodes.status import fetch_status
+from primia.transport.pki import TLSFiles
+
+COORDINATOR_EPILOG = """\
+A consortium, step by step:
+  primia certs init --dir pki --consortium chest-xray
+  primia certs issue --dir pki --name coordinator --role coordinator
+  primia certs issue --dir pki --name hospital-a --role node   (one per hospital)
+  primia coordinator serve --config coordinator.toml          (docs/federation.md has a
+                                                               commented example file)
+  primia node serve --config node.toml                        (at each hospital)
+  primia status --coordinator HOST:PORT --ca pki/ca.pem --cert pki/hospital-a.pem \\
+      --key pki/hospital-a.key
+
+Restarted on the same run_dir, the coordinator resumes after the last completed round.
+"""
+
+NODE_EPILOG = """\
+The node dials out to the coordinator (no inbound port is needed at the hospital), keeps
+one stream open, and trains when asked. It refuses plans outside its [limits] and any
+release that would exceed its [privacy] budget; its privacy ledger is
+STATE_DIR/privacy-ledger.jsonl. It reconnects with back-off when the coordinator is gone.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    coordinator = subparsers.add_parser(
+        "coordinator",
+        help="run a federation's coordinator",
+        description="Run a federation's coordinator. See 'primia coordinator serve --help'.",
+    )
+    coordinator.set_defaults(handler=lambda _: _help(coordinator))
+    commands = coordinator.add_subparsers(title="coordinator commands", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="serve nodes and run the configured rounds",
+        description="Listen for nodes, run the federated rounds of coordinator.toml, write "
+        "the run directory (rounds.jsonl, checkpoints, TensorBoard, report.json) and exit.",
+        epilog=COORDINATOR_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="TOML",
+        help="the coordinator's configuration file (required)",
+    )
+    serve.add_argument("--rounds", type=int, metavar="N", help="override `rounds`")
+    serve.add_argument("--run-dir", type=Path, metavar="DIR", help="override `run_dir`")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="override `listen`")
+    serve.add_argument(
+        "--no-progress", action="store_true", help="log lines instead of the live status table"
+    )
+    serve.set_defaults(handler=_serve_coordinator)
+
+    node = subparsers.add_parser(
+        "node",
+        help="run a data-owner node",
+        description="Run a data-owner node. See 'primia node serve --help'.",
+    )
+    node.set_defaults(handler=lambda _: _help(node))
+    node_commands = node.add_subparsers(title="node commands", metavar="COMMAND")
+    node_serve = node_commands.add_parser(
+        "serve",
+        help="join the coordinator and train on this institution's data when asked",
+        description="Join the coordinator named in node.toml and serve its tasks.",
+        epilog=NODE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    node_serve.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="TOML",
+        help="the node's configuration file (required)",
+    )
+    node_serve.add_argument("--coordinator", metavar="HOST:PORT", help="override `coordinator`")
+    node_serve.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="exit when the federation finishes instead of waiting for the next",
+    )
+    node_serve.set_defaults(handler=_serve_node)
+
+    status = subparsers.add_parser(
+        "status",
+        help="show a running federation's rounds, nodes and privacy spent",
+        description="Ask a running coordinator for its state, with any certificate of the "
+        "consortium.",
+    )
+    status.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    status.add_argument("--ca", type=Path, required=True, help="the consortium's ca.pem")
+    status.add_argument("--cert", type=Path, required=True, help="your certificate")
+    status.add_argument("--key", type=Path, required=True, help="your private key")
+    status.add_argument(
+        "--server-name",
+        default="coordinator",
+        help="the name in the coordinator's certificate (default coordinator)",
+    )
+    status.set_defaults(handler=_status)
+
+
+def _serve_coordinator(args: argparse.Namespace) -> int:
+    from primia.federated.config import load_coordinator_config
+
+    config = load_coordinator_config(args.config)
+    overrides = {
+        key: value
+        for key, value in (
+            ("rounds", args.rounds),
+            ("run_dir", args.run_dir),
+            ("listen", args.listen),
+        )
+        if value is not None
+    }
+    config = dataclasses.replace(config, **overrides)
+    console = Console(stderr=True)
+    live = config.progress and not args.no_progress and console.is_terminal
+    if live:
+        _log_through(console)
+    _stop_on_sigterm()
+    server = CoordinatorServer(config)
+    server.start()
+    with LiveStatus(server.federation.status, console=console, enabled=live):
+        report = server.run()
+    test = report.get("test") or {}
+    auroc = test.get("mean_auroc")
+    print(
+        f"federation {report['run_id']} finished: {len(report['rounds'])} rounds, test AUROC "
+        f"{'n/a' if auroc is None else f'{auroc:.3f}'}; report in "
+        f"{config.run_dir / 'report.json'}"
+    )
+    return 0
+
+
+def _serve_node(args: argparse.Namespace) -> int:
+    config: NodeConfig = load_node_config(args.config)
+    if args.coordinator:
+        config = dataclasses.replace(config, coordinator=args.coordinator)
+    if args.exit_when_done:
+        config = dataclasses.replace(config, exit_when_done=True)
+    owner = DataOwner(
+        data=config.data,
+        privacy=config.privacy,
+        limits=config.limits,
+        compute=config.compute,
+        state_dir=config.state_dir,
+    )
+    info = owner.info()
+    logging.getLogger("primia.node").info(
+        "node ready: %d training examples, %s; eps spent %.2f of %.2f; joining %s",
+        info.dataset.train_examples,
+        info.device,
+        info.privacy.epsilon_spent,
+        info.privacy.epsilon_budget,
+        config.coordinator,
+    )
+    _stop_on_sigterm()
+    NodeClient(config, owner).serve()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = fetch_status(
+        args.coordinator,
+        TLSFiles(ca=args.ca, certificate=args.cert, key=args.key),
+        server_name=args.server_name,
+    )
+    Console().print(render(status))
+    return 0
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends the process like Ctrl-C: training stops and the ledger records the
+    steps that ran (see primia.train.local.fit)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _log_through(console: Console) -> None:
+    """Route log lines through the live display's console, so they scroll above it."""
+    root = logging.getLogger()
+    level = root.level
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(RichHandler(console=console, show_path=False))
+    root.setLevel(level)
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2

@@ -1,0 +1,93 @@
+"""The federation on a terminal: rounds, nodes, what each is doing, ε each has spent.
+
+:func:`render` draws a :class:`~primia.federated.coordinator.FederationStatus`; the
+coordinator shows it live while it runs (:class:`LiveStatus`), ``primia status`` prints it
+once from another terminal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from primia.federated.coordinator import FederationStatus
+
+RECENT_ROUNDS = 5
+
+
+def render(status: FederationStatus) -> RenderableType:
+    connected = sum(node.connected for node in status.nodes)
+    header = Text.assemble(
+        ("federation ", "bold"),
+        (status.run_id or "-", "cyan"),
+        f"  round {status.round}/{status.rounds}  ·  {status.state}  ·  ",
+        (f"{connected}/{len(status.nodes)} nodes connected", "green" if connected else "red"),
+        f" (a round needs {status.min_nodes})",
+    )
+    nodes = Table(title=None, expand=False, show_edge=False, pad_edge=False)
+    for column in ("node", "status", "ε spent / budget", "rounds", "device"):
+        nodes.add_column(column)
+    for node in status.nodes:
+        budget = (
+            f"{node.epsilon_spent:.2f} / {node.epsilon_budget:.2f}" if node.epsilon_budget else "-"
+        )
+        nodes.add_row(
+            node.name,
+            Text(node.activity, style="green" if node.connected else "dim"),
+            budget,
+            str(node.rounds_contributed),
+            node.device or "-",
+        )
+    parts: list[RenderableType] = [header, nodes]
+    if status.history:
+        rounds = Table(show_edge=False, pad_edge=False)
+        for column in ("round", "val. AUROC", "val. loss", "nodes", "left out", "seconds"):
+            rounds.add_column(column)
+        for summary in status.history[-RECENT_ROUNDS:]:
+            rounds.add_row(
+                str(summary.round),
+                "n/a" if summary.mean_auroc is None else f"{summary.mean_auroc:.3f}",
+                "n/a" if summary.loss is None else f"{summary.loss:.4f}",
+                str(len(summary.contributors)),
+                ", ".join(summary.dropped) or "-",
+                f"{summary.seconds:.1f}",
+            )
+        parts.append(rounds)
+    return Group(*parts)
+
+
+class LiveStatus:
+    """Redraws ``status()`` twice a second on stderr while in its ``with`` block."""
+
+    def __init__(
+        self, status: Callable[[], FederationStatus], *, console: Console, enabled: bool
+    ) -> None:
+        self._live = (
+            Live(
+                get_renderable=lambda: render(status()),
+                console=console,
+                refresh_per_second=2,
+                transient=False,
+            )
+            if enabled
+            else None
+        )
+
+    def __enter__(self) -> LiveStatus:
+        if self._live is not None:
+            self._live.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._live is not None:
+            self._live.stop()

@@ -1,0 +1,51 @@
+"""Ask a running coordinator for its state (``primia status``)."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+
+from primia.errors import PrimiaError
+from primia.federated.coordinator import FederationStatus, RoundSummary
+from primia.nodes import codec
+from primia.transport.generated import federation_pb2 as pb
+from primia.transport.generated import federation_pb2_grpc as pb_grpc
+from primia.transport.pki import TLSFiles
+from primia.transport.tls import secure_channel
+
+
+class StatusUnavailable(PrimiaError):
+    """The coordinator could not be asked."""
+
+
+def fetch_status(
+    address: str, files: TLSFiles, *, server_name: str = "coordinator", timeout: float = 10.0
+) -> FederationStatus:
+    with secure_channel(address, files, server_name=server_name) as channel:
+        try:
+            reply = pb_grpc.CoordinatorStub(channel).GetStatus(pb.StatusRequest(), timeout=timeout)
+        except grpc.RpcError as error:
+            raise StatusUnavailable(
+                f"cannot get the status from {address} ({error.code().name}: {error.details()}); "
+                "check that the coordinator runs there and that your certificate is from its CA"
+            ) from error
+    return FederationStatus(
+        run_id=reply.run_id,
+        state=reply.state,
+        round=reply.round,
+        rounds=reply.rounds,
+        min_nodes=reply.min_nodes,
+        nodes=[codec.status_from_proto(node) for node in reply.nodes],
+        history=[
+            RoundSummary(
+                round=summary.round,
+                contributors=tuple(summary.contributors),
+                dropped=tuple(summary.dropped),
+                loss=None if math.isnan(summary.loss) else summary.loss,
+                mean_auroc=None if math.isnan(summary.mean_auroc) else summary.mean_auroc,
+                seconds=summary.seconds,
+            )
+            for summary in reply.history
+        ],
+    )

@@ -1,0 +1,100 @@
+"""A data owner refuses what it must not do, before it touches an image, and says why."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from primia.federated.data_owner import ComputeSettings, DataOwner, DataSettings, PrivacySettings
+from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
+from primia.federated.tasks import EvaluateTask, Refusal, TaskRefused, TrainTask
+from primia.federated.weights import decode_like, encode
+from primia.models.checkpoint import ModelSpec
+from primia.transport.blobs import Blob
+
+SPEC = ModelSpec(
+    architecture="cnn",
+    num_outputs=4,
+    image_size=32,
+    task="multilabel",
+    label_names=("pneumonia", "effusion", "cardiomegaly", "nodule"),
+)
+PLAN = TrainPlan(epochs=1, batch_size=8, dp=DPPlan(epsilon=1.0))
+
+
+@pytest.fixture
+def owner(synth_data: Path, tmp_path: Path) -> DataOwner:
+    return DataOwner(
+        data=DataSettings(path=synth_data, site="site1"),
+        privacy=PrivacySettings(epsilon_budget=3.0, accountant="rdp"),
+        limits=PlanLimits(max_epochs=5),
+        compute=ComputeSettings(threads=1),
+        state_dir=tmp_path / "state",
+        default_image_size=32,
+    )
+
+
+def _weights(spec: ModelSpec = SPEC) -> Blob:
+    torch.manual_seed(0)
+    return Blob.of("w", encode(spec.build().state_dict()))
+
+
+def _refusal(owner: DataOwner, task: TrainTask) -> TaskRefused:
+    with pytest.raises(TaskRefused) as refused:
+        owner.train(task)
+    assert owner.ledger.releases() == []  # nothing was reserved, nothing trained
+    return refused.value
+
+
+def test_trains_and_returns_an_update_that_fits_the_model(owner: DataOwner) -> None:
+    weights = _weights()
+    outcome = owner.train(TrainTask("t1", 1, SPEC, weights, PLAN))
+    update = decode_like(outcome.update.data, SPEC.build().state_dict())
+    assert any(bool(delta.abs().sum() > 0) for delta in update.values())
+    assert outcome.num_examples == owner.info().dataset.train_examples
+    assert outcome.release is not None and outcome.release.epsilon <= 1.0 + 1e-6
+    assert outcome.privacy.epsilon_spent == pytest.approx(owner.ledger.spent_epsilon())
+    evaluation = owner.evaluate(EvaluateTask("e1", 1, SPEC, weights, "validation"))
+    assert evaluation.num_examples == owner.info().dataset.validation_examples
+    assert set(evaluation.labels) == set(SPEC.label_names)
+
+
+def test_refuses_plans_outside_its_limits(owner: DataOwner) -> None:
+    too_long = dataclasses.replace(PLAN, epochs=50)
+    assert "epochs=50" in _refusal(owner, TrainTask("t", 1, SPEC, _weights(), too_long)).detail
+    no_dp = dataclasses.replace(PLAN, dp=DPPlan(enabled=False))
+    refusal = _refusal(owner, TrainTask("t", 1, SPEC, _weights(), no_dp))
+    assert refusal.reason is Refusal.INVALID_PLAN and "requires DP" in refusal.detail
+    nan_lr = dataclasses.replace(PLAN, lr=float("nan"))
+    assert "lr=nan" in _refusal(owner, TrainTask("t", 1, SPEC, _weights(), nan_lr)).detail
+
+
+def test_refuses_weights_that_do_not_fit(owner: DataOwner) -> None:
+    other = dataclasses.replace(SPEC, architecture="resnet9", width=8)
+    refusal = _refusal(owner, TrainTask("t", 1, SPEC, _weights(other), PLAN))
+    assert refusal.reason is Refusal.INVALID_WEIGHTS
+    garbage = Blob.of("g", b"\x80\x04not safetensors")
+    refusal = _refusal(owner, TrainTask("t", 1, SPEC, garbage, PLAN))
+    assert refusal.reason is Refusal.INVALID_WEIGHTS and "safetensors" in refusal.detail
+    state = SPEC.build().state_dict()
+    state[next(iter(state))] = torch.full_like(next(iter(state.values())), float("nan"))
+    poisoned = Blob.of("p", encode(state))
+    assert "NaN" in _refusal(owner, TrainTask("t", 1, SPEC, poisoned, PLAN)).detail
+
+
+def test_refuses_a_model_for_other_labels(owner: DataOwner) -> None:
+    other = dataclasses.replace(SPEC, num_outputs=1, task="binary", label_names=("covid",))
+    refusal = _refusal(owner, TrainTask("t", 1, other, _weights(other), PLAN))
+    assert refusal.reason is Refusal.INCOMPATIBLE_MODEL and "covid" in refusal.detail
+    unknown = dataclasses.replace(SPEC, architecture="vit-huge")
+    refusal = _refusal(owner, TrainTask("t", 1, unknown, _weights(), PLAN))
+    assert refusal.reason is Refusal.INCOMPATIBLE_MODEL
+
+
+def test_refuses_a_release_beyond_its_budget(owner: DataOwner) -> None:
+    greedy = dataclasses.replace(PLAN, dp=DPPlan(epsilon=5.0))
+    refusal = _refusal(owner, TrainTask("t", 1, SPEC, _weights(), greedy))
+    assert refusal.reason is Refusal.BUDGET_EXCEEDED and "budget" in refusal.detail

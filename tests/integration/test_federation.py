@@ -1,0 +1,115 @@
+"""Federations over real gRPC with mutual TLS, real DP-SGD at every node."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from conftest import SITES, Consortium
+
+from primia.federated.data_owner import PrivacySettings
+from primia.federated.plan import DPPlan, TrainPlan
+from primia.models.checkpoint import load_model
+from primia.nodes.server import CoordinatorServer
+from primia.nodes.status import fetch_status
+from primia.train.ledger import PrivacyLedger
+
+
+def _rounds(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+
+
+def test_two_round_federation(consortium: Consortium, tmp_path: Path) -> None:
+    server = CoordinatorServer(consortium.coordinator_config(tmp_path / "run"))
+    port = server.start()
+    for site in SITES:
+        consortium.start_node(consortium.node_config(site, port, tmp_path / f"state-{site}"))
+
+    statuses = []
+    watcher = threading.Thread(
+        target=lambda: statuses.append(
+            fetch_status(f"127.0.0.1:{port}", consortium.nodes["site0"], timeout=5)
+        )
+    )
+    report: dict = {}
+
+    def run() -> None:
+        report.update(server.run())
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    watcher.start()
+    runner.join(timeout=240)
+    watcher.join(timeout=10)
+    assert not runner.is_alive(), "the federation did not finish"
+
+    rounds = _rounds(tmp_path / "run")
+    assert [r["round"] for r in rounds] == [1, 2]
+    for record in rounds:
+        assert record["contributors"] == list(SITES)
+        assert record["validation"]["examples"] > 0
+        assert set(record["validation"]["per_node"]) == set(SITES)
+    assert (tmp_path / "run" / "checkpoints" / "round-0002.safetensors").exists()
+    _, spec = load_model(tmp_path / "run" / "model.safetensors")
+    assert spec.architecture == "cnn"
+    assert report["test"]["examples"] > 0
+    assert list(report["nodes"]) == list(SITES)
+    for site in SITES:
+        ledger = PrivacyLedger.open(
+            tmp_path / f"state-{site}" / "privacy-ledger.jsonl", accountant="rdp"
+        )
+        releases = ledger.releases()
+        assert len(releases) == 2 and all(release.completed for release in releases)
+        assert 1.0 < ledger.spent_epsilon() <= 2.0 + 1e-6  # two releases of ε ≤ 1, composed
+        assert report["nodes"][site]["epsilon_spent"] == ledger.spent_epsilon()
+        assert report["nodes"][site]["rounds_contributed"] == 2
+    assert statuses and statuses[0].rounds == 2 and statuses[0].run_id == report["run_id"]
+
+
+def test_a_node_out_of_budget_is_left_out(consortium: Consortium, tmp_path: Path) -> None:
+    server = CoordinatorServer(consortium.coordinator_config(tmp_path / "run"))
+    port = server.start()
+    for site in SITES:
+        budget = 1.1 if site == "site2" else 10.0  # enough for one round of ε = 1, not two
+        config = consortium.node_config(
+            site,
+            port,
+            tmp_path / f"state-{site}",
+            privacy=PrivacySettings(epsilon_budget=budget, accountant="rdp"),
+        )
+        consortium.start_node(config)
+    report = server.run()
+
+    first, second = _rounds(tmp_path / "run")
+    assert first["contributors"] == list(SITES)
+    assert second["contributors"] == ["site0", "site1"]
+    assert "budget" in second["refused"]["site2"]
+    ledger = PrivacyLedger.open(tmp_path / "state-site2" / "privacy-ledger.jsonl", accountant="rdp")
+    assert len(ledger.releases()) == 1 and ledger.spent_epsilon() <= 1.1
+    assert report["nodes"]["site2"]["rounds_contributed"] == 1
+
+
+def test_too_few_nodes_fails_the_round_with_a_clear_error(
+    consortium: Consortium, tmp_path: Path
+) -> None:
+    config = consortium.coordinator_config(
+        tmp_path / "run",
+        min_nodes=2,
+        startup_wait_s=0.5,
+        node_wait_s=0.5,
+        max_attempts=2,
+        plan=TrainPlan(epochs=1, batch_size=8, dp=DPPlan(epsilon=1.0)),
+    )
+    server = CoordinatorServer(config)
+    port = server.start()
+    consortium.start_node(consortium.node_config("site0", port, tmp_path / "state-site0"))
+    started = time.monotonic()
+    try:
+        server.run()
+    except Exception as error:  # FederationFailed
+        assert "min_nodes=2" in str(error)
+    else:
+        raise AssertionError("a round with one node of the two needed completed")
+    assert time.monotonic() - started < 60
