@@ -17,7 +17,7 @@ STAMP := $(VENV)/.primia-setup
 .PHONY: setup demo test unit lint bench proto clean help
 
 help:
-	@echo "make demo   - local private training on synthetic radiographs, end to end"
+	@echo "make demo   - a federation of 3 synthetic hospitals with DP-SGD, end to end"
 	@echo "make test   - lint, type check and the whole test suite (what CI runs)"
 	@echo "make bench  - the benchmarks in benchmarks/, one script per figure"
 	@echo "make lint   - ruff and mypy on primia/"
