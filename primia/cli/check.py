@@ -32,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    parser.add_argument(
+        "--coordinator", required=True, metavar="HOST:PORT", help="the coordinator's address"
+    )
     parser.add_argument("--ca", type=Path, required=True, help="the consortium's ca.pem")
     parser.add_argument("--cert", type=Path, required=True, help="your certificate")
     parser.add_argument("--key", type=Path, required=True, help="your private key")

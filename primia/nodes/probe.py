@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import grpc
 
 from primia.errors import PrimiaError
-from primia.transport.blobs import CHUNK_SIZE, MIB, Blob, chunks_of
+from primia.transport.blobs import CHUNK_SIZE, MAX_CHUNK_SIZE, MIB, Blob, chunks_of
 from primia.transport.generated import federation_pb2_grpc as pb_grpc
 from primia.transport.pki import TLSFiles
 from primia.transport.tls import secure_channel
@@ -66,10 +66,16 @@ def probe(
     of our certificate and roster entry), so the timing covers the upload alone. Raises
     :class:`ProbeFailed`, naming the gRPC status and what to check, when either call fails.
     """
-    data = payload if payload is not None else _random_bytes(_required(size))
-    if size is not None and size != len(data):
-        raise ValueError(f"size={size} but the payload holds {len(data)} bytes")
-    blob = Blob.of("probe", data)
+    if payload is None:
+        if size is None or size < 0:
+            raise ValueError(f"give a payload, or a size of at least 0 bytes (got {size})")
+        payload = _random_bytes(size)
+    elif size is not None and size != len(payload):
+        raise ValueError(f"size={size} but the payload holds {len(payload)} bytes")
+    # chunks_of checks this too, but only once gRPC pulls the first chunk on its own thread.
+    if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be in (0, {MAX_CHUNK_SIZE}], got {chunk_size}")
+    blob = Blob.of("probe", payload)
     with secure_channel(address, files, server_name=server_name) as channel:
         upload = pb_grpc.CoordinatorStub(channel).Probe
         try:
@@ -82,17 +88,11 @@ def probe(
         except grpc.RpcError as error:
             raise _failure(address, error) from error
     return ProbeResult(
-        size=len(data),
+        size=len(payload),
         seconds=seconds,
-        megabytes_per_second=len(data) / MEGABYTE / seconds,
-        verified=receipt.size == len(data) and receipt.sha256 == blob.sha256,
+        megabytes_per_second=len(payload) / MEGABYTE / seconds,
+        verified=receipt.size == len(payload) and receipt.sha256 == blob.sha256,
     )
-
-
-def _required(size: int | None) -> int:
-    if size is None or size < 0:
-        raise ValueError(f"give a payload or a size of at least 0 bytes, got size={size}")
-    return size
 
 
 def _random_bytes(size: int) -> bytes:
