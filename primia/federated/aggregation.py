@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, TimeoutError, as_completed
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -86,7 +86,6 @@ class PlaintextAggregator:
         pending: dict[Future[TrainOutcome], NodeLink] = {
             link.train(make_task(link)): link for link in links
         }
-        done, not_done = wait(pending, timeout=timeout)
         result = RoundContributions(
             weighted_sum={
                 name: torch.zeros_like(t, dtype=torch.float64) for name, t in reference.items()
@@ -94,37 +93,46 @@ class PlaintextAggregator:
             total_weight=0.0,
             dtypes={name: tensor.dtype for name, tensor in reference.items()},
         )
-        for future in not_done:
-            future.cancel()
-            result.dropped[pending[future].name] = f"no answer within {timeout:g} s"
-        for future in done:
-            name = pending[future].name
-            try:
-                outcome = future.result()
-            except TaskRefused as refusal:
-                result.refused[name] = str(refusal)
-                continue
-            except NodeDropped as error:
-                result.dropped[name] = str(error)
-                continue
-            except Exception as error:  # a broken link must not end the round for the rest
-                log.exception("leaving %s out of the round", name)
-                result.dropped[name] = f"{type(error).__name__}: {error}"
-                continue
-            try:
-                update = decode_like(outcome.update.data, reference, what=f"update of {name}")
-            except WeightsError as error:
-                log.warning("leaving %s out of the round: %s", name, error)
-                result.dropped[name] = str(error)
-                continue
-            if outcome.num_examples < 1:
-                result.dropped[name] = "the update claims no training examples"
-                continue
-            for tensor_name, delta in update.items():
-                result.weighted_sum[tensor_name] += outcome.num_examples * delta.double()
-            result.total_weight += outcome.num_examples
-            result.outcomes[name] = outcome
+        # Each update is checked and added as it arrives, while other nodes still upload.
+        try:
+            for future in as_completed(pending, timeout=timeout):
+                self._add(result, pending[future].name, future, reference)
+        except TimeoutError:
+            for future, link in pending.items():
+                if not future.done():
+                    future.cancel()
+                    result.dropped[link.name] = f"no answer within {timeout:g} s"
         return result
+
+    @staticmethod
+    def _add(
+        result: RoundContributions, name: str, future: Future[TrainOutcome], reference: State
+    ) -> None:
+        try:
+            outcome = future.result()
+        except TaskRefused as refusal:
+            result.refused[name] = str(refusal)
+            return
+        except NodeDropped as error:
+            result.dropped[name] = str(error)
+            return
+        except Exception as error:  # a broken link must not end the round for the rest
+            log.exception("leaving %s out of the round", name)
+            result.dropped[name] = f"{type(error).__name__}: {error}"
+            return
+        try:
+            update = decode_like(outcome.update.data, reference, what=f"update of {name}")
+        except WeightsError as error:
+            log.warning("leaving %s out of the round: %s", name, error)
+            result.dropped[name] = str(error)
+            return
+        if outcome.num_examples < 1:
+            result.dropped[name] = "the update claims no training examples"
+            return
+        for tensor_name, delta in update.items():
+            result.weighted_sum[tensor_name].add_(delta, alpha=outcome.num_examples)
+        result.total_weight += outcome.num_examples
+        result.outcomes[name] = outcome
 
 
 def make_aggregator(name: str) -> Aggregator:

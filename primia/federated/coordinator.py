@@ -111,6 +111,7 @@ class Federation:
         self._round = 0
         self._history: list[RoundSummary] = []
         self._lock = threading.Lock()
+        self._last_blob: Blob | None = None
 
     def status(self) -> FederationStatus:
         with self._lock:
@@ -150,7 +151,9 @@ class Federation:
             test = None
             if self.config.final_test:
                 self._set_state(self.config.rounds, "final evaluation on test splits")
-                test = self._evaluate(self.config.rounds, model, "test", self._blob(model, "final"))
+                test = self._evaluate(
+                    self.config.rounds, model, "test", self._blob(model, f"r{self.config.rounds}")
+                )
             report = self._report(records, test)
             self.run_dir.finish(report, model, self.spec)
             self._set_state(self.config.rounds, "finished")
@@ -292,7 +295,12 @@ class Federation:
         return self.spec.build()
 
     def _blob(self, model: nn.Module, label: str) -> Blob:
-        return Blob.of(f"{self.run_id}-global-{label}", encode(model.state_dict()))
+        """The model's weights as a blob; the evaluation's blob of round t is reused as
+        round t+1's training weights (same label), not encoded and hashed again."""
+        blob_id = f"{self.run_id}-global-{label}"
+        if self._last_blob is None or self._last_blob.blob_id != blob_id:
+            self._last_blob = Blob.of(blob_id, encode(model.state_dict()))
+        return self._last_blob
 
     def _set_state(self, round_number: int, state: str) -> None:
         with self._lock:

@@ -40,6 +40,21 @@ MAX_UPDATE_SIZE = 8 * 1024 * 1024 * 1024
 """Bytes a node's update may announce; a bigger one is refused before it is buffered."""
 
 
+_chunk_cache: tuple[str, list[pb.CoordinatorMessage]] | None = None
+_chunk_cache_lock = threading.Lock()
+
+
+def _chunk_messages(blob: Blob) -> list[pb.CoordinatorMessage]:
+    """The messages carrying ``blob``, cut once and shared by every session (all nodes get
+    the same global weights in a round)."""
+    global _chunk_cache
+    with _chunk_cache_lock:
+        if _chunk_cache is None or _chunk_cache[0] != blob.blob_id:
+            messages = [pb.CoordinatorMessage(chunk=chunk) for chunk in chunks_of(blob)]
+            _chunk_cache = (blob.blob_id, messages)
+        return _chunk_cache[1]
+
+
 def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
     """Resolve ``future`` unless it is already done (e.g. cancelled on a timeout)."""
     try:
@@ -120,8 +135,7 @@ class NodeSession:
             if item is _END:
                 return
             if isinstance(item, Blob):
-                for chunk in chunks_of(item):
-                    yield pb.CoordinatorMessage(chunk=chunk)
+                yield from _chunk_messages(item)
             else:
                 assert isinstance(item, pb.CoordinatorMessage)
                 yield item
