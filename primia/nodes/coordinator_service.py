@@ -47,6 +47,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self._registry = registry
         self._ca_pem = ca_pem
         self._status = status
+        self._readers: list[threading.Thread] = []
 
     def Join(
         self, request_iterator: Iterator[pb.NodeMessage], context: grpc.ServicerContext
@@ -69,6 +70,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             target=self._read, args=(session, request_iterator), name=f"read-{identity.name}"
         )
         reader.daemon = True
+        self._readers = [thread for thread in self._readers if thread.is_alive()] + [reader]
         self._registry.admit(session)
         dataset = info.dataset
         log.info(
@@ -86,7 +88,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             node_name=identity.name,
             run_id=self._status().run_id,
         )
-        yield from session.outbound(welcome)
+        yield from session.outbound(welcome, context.is_active)
 
     def _read(self, session: NodeSession, messages: Iterator[pb.NodeMessage]) -> None:
         try:
@@ -98,6 +100,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             session.close("disconnected")
             self._registry.leave(session)
             log.info("%s left", session.name)
+
+    def join_readers(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` each) for the sessions' reader threads to finish."""
+        for reader in list(self._readers):
+            reader.join(timeout)
 
     def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
         self._authorize(context, "GetStatus", roles=("coordinator", "node", "inference"))

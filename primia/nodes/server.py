@@ -1,7 +1,7 @@
 """Start a coordinator: the gRPC server, the node registry, and the federation's rounds.
 
 >>> server = CoordinatorServer(config)        # doctest: +SKIP
->>> report = server.run()                     # serves until the last round is done
+>>> report = server.run()  # serves until the last round is done  # doctest: +SKIP
 
 :meth:`CoordinatorServer.start` only opens the port (tests and the status display use
 it to run the rounds on their own thread).
@@ -72,5 +72,7 @@ class CoordinatorServer:
         if self._server is not None:
             for link in self.registry.connected():
                 link.close("the coordinator is shutting down")
-            self._server.stop(grace).wait()
+            # Handlers end within a second of their stream (NodeSession.outbound).
+            self._server.stop(grace).wait(timeout=grace + 10)
+            self._service.join_readers(timeout=5)
             self._server = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
@@ -127,11 +127,20 @@ class NodeSession:
 
     # ---- the stream -----------------------------------------------------------------
 
-    def outbound(self, welcome: pb.Welcome) -> Iterator[pb.CoordinatorMessage]:
-        """The messages to send, until the session closes; chunks are cut here, lazily."""
+    def outbound(
+        self, welcome: pb.Welcome, active: Callable[[], bool]
+    ) -> Iterator[pb.CoordinatorMessage]:
+        """The messages to send, until the session closes or the stream stops being
+        ``active`` (checked every second, so a handler never outlives its stream)."""
         yield pb.CoordinatorMessage(welcome=welcome)
         while True:
-            item = self._outbound.get()
+            try:
+                item = self._outbound.get(timeout=1.0)
+            except queue.Empty:
+                if not active():
+                    self.close("the stream ended")
+                    return
+                continue
             if item is _END:
                 return
             if isinstance(item, Blob):
