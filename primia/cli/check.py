@@ -4,10 +4,9 @@ integrity, throughput) before a federation depends on it."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from primia.cli.connection import add_connection_arguments, tls_files_of
 from primia.nodes.probe import MEGABYTE, probe
-from primia.transport.pki import TLSFiles
 
 DESCRIPTION = """\
 Upload random bytes to a running coordinator exactly as weights travel (mutual TLS,
@@ -32,17 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--coordinator", required=True, metavar="HOST:PORT", help="the coordinator's address"
-    )
-    parser.add_argument("--ca", type=Path, required=True, help="the consortium's ca.pem")
-    parser.add_argument("--cert", type=Path, required=True, help="your certificate")
-    parser.add_argument("--key", type=Path, required=True, help="your private key")
-    parser.add_argument(
-        "--server-name",
-        default="coordinator",
-        help="the name in the coordinator's certificate (default coordinator)",
-    )
+    add_connection_arguments(parser)
     parser.add_argument(
         "--megabytes",
         type=_megabytes,
@@ -64,7 +53,7 @@ def _megabytes(text: str) -> int:
 def _check(args: argparse.Namespace) -> int:
     result = probe(
         args.coordinator,
-        TLSFiles(ca=args.ca, certificate=args.cert, key=args.key),
+        tls_files_of(args),
         server_name=args.server_name,
         size=args.megabytes * MEGABYTE,
     )

@@ -13,13 +13,13 @@ from types import FrameType
 from rich.console import Console
 from rich.logging import RichHandler
 
+from primia.cli.connection import add_connection_arguments, tls_files_of
 from primia.federated.data_owner import DataOwner
 from primia.federated.display import LiveStatus, render
 from primia.nodes.config import NodeConfig, load_node_config
 from primia.nodes.node_client import NodeClient
 from primia.nodes.server import CoordinatorServer
 from primia.nodes.status import fetch_status
-from primia.transport.pki import TLSFiles
 
 COORDINATOR_EPILOG = """\
 A consortium, step by step:
@@ -109,15 +109,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Ask a running coordinator for its state, with any certificate of the "
         "consortium.",
     )
-    status.add_argument("--coordinator", required=True, metavar="HOST:PORT")
-    status.add_argument("--ca", type=Path, required=True, help="the consortium's ca.pem")
-    status.add_argument("--cert", type=Path, required=True, help="your certificate")
-    status.add_argument("--key", type=Path, required=True, help="your private key")
-    status.add_argument(
-        "--server-name",
-        default="coordinator",
-        help="the name in the coordinator's certificate (default coordinator)",
-    )
+    add_connection_arguments(status)
     status.set_defaults(handler=_status)
 
 
@@ -184,7 +176,7 @@ def _serve_node(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     status = fetch_status(
         args.coordinator,
-        TLSFiles(ca=args.ca, certificate=args.cert, key=args.key),
+        tls_files_of(args),
         server_name=args.server_name,
     )
     Console().print(render(status))

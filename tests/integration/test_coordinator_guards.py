@@ -12,6 +12,7 @@ import grpc
 import pytest
 from conftest import Consortium
 
+from primia.cli import main
 from primia.nodes.server import CoordinatorServer
 from primia.nodes.status import fetch_status
 from primia.transport import pki
@@ -157,3 +158,25 @@ def test_bad_messages_get_clear_errors_and_the_server_lives(
         with pytest.raises(grpc.RpcError):
             next(raw(iter([b"\xff\xfe not protobuf \x00"]), timeout=10))
     _alive(server, consortium)
+
+
+def test_primia_status_prints_the_federation(
+    server: CoordinatorServer, consortium: Consortium, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = consortium.nodes["site2"]
+    code = main(
+        [
+            "status",
+            "--coordinator",
+            f"127.0.0.1:{server.port}",
+            "--ca",
+            str(files.ca),
+            "--cert",
+            str(files.certificate),
+            "--key",
+            str(files.key),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert server.federation.run_id in out and "site0" in out and "not connected" in out
