@@ -24,7 +24,7 @@ import grpc
 from primia.federated.coordinator import FederationStatus
 from primia.federated.registry import NodeRegistry
 from primia.nodes import codec
-from primia.nodes.session import NodeSession
+from primia.nodes.session import ChunkMessages, NodeSession
 from primia.transport.blobs import MIB, BlobAssembler, BlobError
 from primia.transport.generated import federation_pb2 as pb
 from primia.transport.generated import federation_pb2_grpc as pb_grpc
@@ -48,6 +48,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self._ca_pem = ca_pem
         self._status = status
         self._readers: list[threading.Thread] = []
+        self._chunk_messages = ChunkMessages()
 
     def Join(
         self, request_iterator: Iterator[pb.NodeMessage], context: grpc.ServicerContext
@@ -64,7 +65,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         except codec.MessageError as error:
             log.warning("refused %s: %s", identity.name, error)
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(error))
-        session = NodeSession(identity.name, info, self._registry)
+        session = NodeSession(identity.name, info, self._registry, self._chunk_messages)
         context.add_callback(lambda: session.close("the stream ended"))
         reader = threading.Thread(
             target=self._read, args=(session, request_iterator), name=f"read-{identity.name}"

@@ -40,19 +40,20 @@ MAX_UPDATE_SIZE = 8 * 1024 * 1024 * 1024
 """Bytes a node's update may announce; a bigger one is refused before it is buffered."""
 
 
-_chunk_cache: tuple[str, list[pb.CoordinatorMessage]] | None = None
-_chunk_cache_lock = threading.Lock()
+class ChunkMessages:
+    """The messages carrying the latest blob, cut once and shared by every session of one
+    coordinator (all nodes get the same global weights in a round)."""
 
+    def __init__(self) -> None:
+        self._latest: tuple[str, list[pb.CoordinatorMessage]] | None = None
+        self._lock = threading.Lock()
 
-def _chunk_messages(blob: Blob) -> list[pb.CoordinatorMessage]:
-    """The messages carrying ``blob``, cut once and shared by every session (all nodes get
-    the same global weights in a round)."""
-    global _chunk_cache
-    with _chunk_cache_lock:
-        if _chunk_cache is None or _chunk_cache[0] != blob.blob_id:
-            messages = [pb.CoordinatorMessage(chunk=chunk) for chunk in chunks_of(blob)]
-            _chunk_cache = (blob.blob_id, messages)
-        return _chunk_cache[1]
+    def of(self, blob: Blob) -> list[pb.CoordinatorMessage]:
+        with self._lock:
+            if self._latest is None or self._latest[0] != blob.blob_id:
+                messages = [pb.CoordinatorMessage(chunk=chunk) for chunk in chunks_of(blob)]
+                self._latest = (blob.blob_id, messages)
+            return self._latest[1]
 
 
 def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
@@ -69,8 +70,15 @@ def _settle(future: Future[Any], *, result: Any = None, error: BaseException | N
 class NodeSession:
     """A connected node as the rounds see it; see the module docstring."""
 
-    def __init__(self, name: str, info: NodeInfo, registry: NodeRegistry) -> None:
+    def __init__(
+        self,
+        name: str,
+        info: NodeInfo,
+        registry: NodeRegistry,
+        chunk_messages: ChunkMessages | None = None,
+    ) -> None:
         self.name = name
+        self._chunk_messages = chunk_messages or ChunkMessages()
         self.info = info
         self._registry = registry
         self._outbound: queue.Queue[object] = queue.Queue()
@@ -144,7 +152,7 @@ class NodeSession:
             if item is _END:
                 return
             if isinstance(item, Blob):
-                yield from _chunk_messages(item)
+                yield from self._chunk_messages.of(item)
             else:
                 assert isinstance(item, pb.CoordinatorMessage)
                 yield item
