@@ -2,8 +2,9 @@
 that the rounds use, carried by the node's ``Join`` stream.
 
 Outbound, tasks become messages on a queue that the stream's response generator drains
-(blobs are cut into chunks only as they are sent, and a blob goes down a stream once:
-the evaluation of round t and the training of round t+1 share the weights). Inbound, the
+(a blob is cut into chunk messages once for all sessions, when the first sends it, and
+goes down a stream once: the evaluation of round t and the training of round t+1 share
+the weights). Inbound, the
 stream's reader thread hands each message to :meth:`NodeSession.handle`, which settles
 the task's future. When the stream ends, every pending future fails with
 :class:`~primia.federated.tasks.NodeDropped`.
