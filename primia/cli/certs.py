@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from primia.cli.groups import print_help
 from primia.errors import ConfigError
 from primia.transport.pki import (
     DEFAULT_CA_DAYS,
@@ -69,12 +70,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-
-    def show_help(args: argparse.Namespace) -> int:
-        parser.print_help()
-        return 2
-
-    parser.set_defaults(handler=show_help)
+    parser.set_defaults(handler=print_help(parser))
     commands = parser.add_subparsers(title="certs commands", metavar="COMMAND")
 
     init = commands.add_parser(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from primia.cli.groups import print_help
 from primia.data.synth import FINDINGS, SynthConfig, SynthSummary, write_dataset
 
 SYNTH_DESCRIPTION = """\
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="make datasets (synthetic radiographs)",
         description="Make datasets. Run 'primia data synth --help' for the options.",
     )
-    parser.set_defaults(handler=_print_help(parser))
+    parser.set_defaults(handler=print_help(parser))
     commands = parser.add_subparsers(title="data commands", metavar="COMMAND")
 
     defaults = SynthConfig()
@@ -99,16 +99,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.set_defaults(handler=run_synth)
-
-
-def _print_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    """A handler for a command group run without a subcommand: its help, exit status 2."""
-
-    def handler(args: argparse.Namespace) -> int:
-        parser.print_help()
-        return 2
-
-    return handler
 
 
 def run_synth(args: argparse.Namespace) -> int:

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import logging
 import signal
-import sys
 from pathlib import Path
 from types import FrameType
 
@@ -14,7 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from primia.cli.connection import add_connection_arguments, tls_files_of
-from primia.federated.data_owner import DataOwner
+from primia.cli.groups import print_help
 from primia.federated.display import LiveStatus, render
 from primia.nodes.config import NodeConfig, load_node_config
 from primia.nodes.node_client import NodeClient
@@ -49,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run a federation's coordinator",
         description="Run a federation's coordinator. See 'primia coordinator serve --help'.",
     )
-    coordinator.set_defaults(handler=lambda _: _help(coordinator))
+    coordinator.set_defaults(handler=print_help(coordinator))
     commands = coordinator.add_subparsers(title="coordinator commands", metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
@@ -79,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run a data-owner node",
         description="Run a data-owner node. See 'primia node serve --help'.",
     )
-    node.set_defaults(handler=lambda _: _help(node))
+    node.set_defaults(handler=print_help(node))
     node_commands = node.add_subparsers(title="node commands", metavar="COMMAND")
     node_serve = node_commands.add_parser(
         "serve",
@@ -152,14 +151,8 @@ def _serve_node(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, coordinator=args.coordinator)
     if args.exit_when_done:
         config = dataclasses.replace(config, exit_when_done=True)
-    owner = DataOwner(
-        data=config.data,
-        privacy=config.privacy,
-        limits=config.limits,
-        compute=config.compute,
-        state_dir=config.state_dir,
-    )
-    info = owner.info()
+    client = NodeClient.from_config(config)
+    info = client.owner.info()
     logging.getLogger("primia.node").info(
         "node ready: %d training examples, %s; eps spent %.2f of %.2f; joining %s",
         info.dataset.train_examples,
@@ -169,7 +162,7 @@ def _serve_node(args: argparse.Namespace) -> int:
         config.coordinator,
     )
     _stop_on_sigterm()
-    NodeClient(config, owner).serve()
+    client.serve()
     return 0
 
 
@@ -201,8 +194,3 @@ def _log_through(console: Console) -> None:
         root.removeHandler(handler)
     root.addHandler(RichHandler(console=console, show_path=False))
     root.setLevel(level)
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2

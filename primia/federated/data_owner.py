@@ -172,8 +172,6 @@ class DataOwner:
                 max_grad_norm=plan.dp.max_grad_norm,
                 accountant=self._privacy.accountant,
                 grad_sample_mode=self._compute.grad_sample_mode,
-                epsilon_budget=self._privacy.epsilon_budget,
-                ledger=self.ledger.path,
             ),
         )
 
@@ -196,11 +194,10 @@ class DataOwner:
                 device=self.device,
                 description=f"federated round {task.round} ({task.task_id})",
                 after_epoch=after_epoch,
+                ledger=self.ledger,
             )
         except PrivacyBudgetExceeded as error:
             raise TaskRefused(Refusal.BUDGET_EXCEEDED, str(error)) from error
-        # The ledger changed under fit(); read it again for the state we report.
-        self.ledger = PrivacyLedger.open(self.ledger.path, accountant=self._privacy.accountant)
         local_state = fitted.model.state_dict()
         update = {
             name: local_state[name].detach().cpu() - global_state[name] for name in global_state

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from primia.errors import PrimiaError
+from primia.federated.coordinator import FederationStatus, RoundSummary
 from primia.federated.plan import DPPlan, Optimizer, TrainPlan
 from primia.federated.registry import NodeStatus
 from primia.federated.tasks import (
@@ -19,6 +20,7 @@ from primia.federated.tasks import (
     PrivacyRelease,
     PrivacyState,
     Refusal,
+    Split,
     TaskRefused,
 )
 from primia.models.checkpoint import ModelSpec
@@ -33,7 +35,7 @@ _REFUSALS = {
     Refusal.INCOMPATIBLE_MODEL: pb.REFUSAL_REASON_INCOMPATIBLE_MODEL,
     Refusal.FAILED: pb.REFUSAL_REASON_FAILED,
 }
-_SPLITS = {"validation": pb.SPLIT_VALIDATION, "test": pb.SPLIT_TEST}
+_SPLITS: dict[Split, pb.Split] = {"validation": pb.SPLIT_VALIDATION, "test": pb.SPLIT_TEST}
 
 
 class MessageError(PrimiaError):
@@ -110,11 +112,11 @@ def plan_from_proto(message: pb.TrainPlan) -> TrainPlan:
     )
 
 
-def split_to_proto(split: str) -> pb.Split:
+def split_to_proto(split: Split) -> pb.Split:
     return _SPLITS[split]
 
 
-def split_from_proto(value: int) -> str:
+def split_from_proto(value: int) -> Split:
     for name, number in _SPLITS.items():
         if number == value:
             return name
@@ -279,4 +281,48 @@ def status_from_proto(message: pb.NodeStatus) -> NodeStatus:
         epsilon_budget=message.epsilon_budget,
         rounds_contributed=message.rounds_contributed,
         device=message.device,
+    )
+
+
+def reply_of(status: FederationStatus) -> pb.StatusReply:
+    return pb.StatusReply(
+        run_id=status.run_id,
+        state=status.state,
+        round=status.round,
+        rounds=status.rounds,
+        min_nodes=status.min_nodes,
+        nodes=[status_to_proto(node) for node in status.nodes],
+        history=[
+            pb.RoundSummary(
+                round=summary.round,
+                contributors=list(summary.contributors),
+                dropped=list(summary.dropped),
+                loss=math.nan if summary.loss is None else summary.loss,
+                mean_auroc=math.nan if summary.mean_auroc is None else summary.mean_auroc,
+                seconds=summary.seconds,
+            )
+            for summary in status.history
+        ],
+    )
+
+
+def status_of(reply: pb.StatusReply) -> FederationStatus:
+    return FederationStatus(
+        run_id=reply.run_id,
+        state=reply.state,
+        round=reply.round,
+        rounds=reply.rounds,
+        min_nodes=reply.min_nodes,
+        nodes=[status_from_proto(node) for node in reply.nodes],
+        history=[
+            RoundSummary(
+                round=summary.round,
+                contributors=tuple(summary.contributors),
+                dropped=tuple(summary.dropped),
+                loss=None if math.isnan(summary.loss) else summary.loss,
+                mean_auroc=None if math.isnan(summary.mean_auroc) else summary.mean_auroc,
+                seconds=summary.seconds,
+            )
+            for summary in reply.history
+        ],
     )

@@ -109,26 +109,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
         self._authorize(context, "GetStatus", roles=("coordinator", "node", "inference"))
-        status = self._status()
-        return pb.StatusReply(
-            run_id=status.run_id,
-            state=status.state,
-            round=status.round,
-            rounds=status.rounds,
-            min_nodes=status.min_nodes,
-            nodes=[codec.status_to_proto(node) for node in status.nodes],
-            history=[
-                pb.RoundSummary(
-                    round=summary.round,
-                    contributors=list(summary.contributors),
-                    dropped=list(summary.dropped),
-                    loss=_or_nan(summary.loss),
-                    mean_auroc=_or_nan(summary.mean_auroc),
-                    seconds=summary.seconds,
-                )
-                for summary in status.history
-            ],
-        )
+        return codec.reply_of(self._status())
 
     def Probe(
         self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
@@ -178,7 +159,3 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, detail: str) -> NoReturn:
     context.abort(code, detail)
     raise AssertionError("unreachable: context.abort raises")
-
-
-def _or_nan(value: float | None) -> float:
-    return float("nan") if value is None else value

@@ -54,6 +54,19 @@ class NodeClient:
         self.owner = owner
         self.stop_event = threading.Event()
 
+    @classmethod
+    def from_config(cls, config: NodeConfig, *, default_image_size: int = 64) -> NodeClient:
+        """The node ``config`` describes: its data owner (data, ledger, limits) and link."""
+        owner = DataOwner(
+            data=config.data,
+            privacy=config.privacy,
+            limits=config.limits,
+            compute=config.compute,
+            state_dir=config.state_dir,
+            default_image_size=default_image_size,
+        )
+        return cls(config, owner)
+
     def serve(self) -> None:
         """Stay connected (reconnecting with back-off) until stopped or, with
         ``exit_when_done``, until a federation finishes."""
@@ -199,7 +212,7 @@ class _Session:
                 round=message.round,
                 spec=codec.spec_from_proto(message.model),
                 weights=self._weights(message.weights_blob),
-                split="test" if codec.split_from_proto(message.split) == "test" else "validation",
+                split=codec.split_from_proto(message.split),
             )
             outcome = self._owner.evaluate(task)
         except Exception as error:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import grpc
 
 from primia.errors import PrimiaError
-from primia.federated.coordinator import FederationStatus, RoundSummary
+from primia.federated.coordinator import FederationStatus
 from primia.nodes import codec
 from primia.transport.generated import federation_pb2 as pb
 from primia.transport.generated import federation_pb2_grpc as pb_grpc
@@ -30,22 +28,4 @@ def fetch_status(
                 f"cannot get the status from {address} ({error.code().name}: {error.details()}); "
                 "check that the coordinator runs there and that your certificate is from its CA"
             ) from error
-    return FederationStatus(
-        run_id=reply.run_id,
-        state=reply.state,
-        round=reply.round,
-        rounds=reply.rounds,
-        min_nodes=reply.min_nodes,
-        nodes=[codec.status_from_proto(node) for node in reply.nodes],
-        history=[
-            RoundSummary(
-                round=summary.round,
-                contributors=tuple(summary.contributors),
-                dropped=tuple(summary.dropped),
-                loss=None if math.isnan(summary.loss) else summary.loss,
-                mean_auroc=None if math.isnan(summary.mean_auroc) else summary.mean_auroc,
-                seconds=summary.seconds,
-            )
-            for summary in reply.history
-        ],
-    )
+    return codec.status_of(reply)

@@ -188,13 +188,16 @@ def fit(
     description: str,
     validation: RadiographDataset | None = None,
     after_epoch: Callable[[int, dict[str, Any], nn.Module], None] | None = None,
+    ledger: PrivacyLedger | None = None,
 ) -> FitResult:
     """Train ``model`` (in place, from its current weights) on ``train`` as ``config`` says.
 
     With ``config.dp.enabled`` the run is reserved in the ledger before the first step and
     completed after the last (also when training fails), and the result's ``privacy``
     reports what it spent. ``after_epoch(epoch, record, model)`` is called after every
-    epoch with the epoch's loss, ε and (given ``validation``) validation metrics.
+    epoch with the epoch's loss, ε and (given ``validation``) validation metrics. A caller
+    that holds the dataset's ledger open passes it as ``ledger``; otherwise the one at
+    ``config.ledger_path`` is opened (created with ``config.dp``'s budget).
     """
     check_model(model)
     model.to(device)
@@ -202,18 +205,20 @@ def fit(
     train_set = TensorDataset(*train.uint8_tensors())
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
 
-    ledger: PrivacyLedger | None = None
     release_id = ""
     mechanism: Mechanism | None = None
     loop: EpochLoop
-    if config.dp.enabled:
-        dp = config.dp
-        mechanism = _plan(config, batches_per_epoch=batches_per_epoch)
+    if not config.dp.enabled:
+        ledger = None
+    elif ledger is None:
         ledger = PrivacyLedger.open(
             config.ledger_path,
-            budget=Budget(epsilon=dp.epsilon_budget, delta=dp.delta),
-            accountant=dp.accountant,
+            budget=Budget(epsilon=config.dp.epsilon_budget, delta=config.dp.delta),
+            accountant=config.dp.accountant,
         )
+    if ledger is not None:
+        dp = config.dp
+        mechanism = _plan(config, batches_per_epoch=batches_per_epoch)
         release_id = ledger.reserve(
             mechanism, epsilon=dp.epsilon, delta=dp.delta, description=description
         )

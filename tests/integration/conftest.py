@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from primia.federated.config import CoordinatorConfig, ModelConfig
-from primia.federated.data_owner import ComputeSettings, DataOwner, DataSettings, PrivacySettings
+from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, TrainPlan
 from primia.nodes.config import NodeConfig
 from primia.nodes.node_client import NodeClient
@@ -69,15 +69,7 @@ class Consortium:
         return NodeConfig(**values)
 
     def start_node(self, config: NodeConfig) -> NodeClient:
-        owner = DataOwner(
-            data=config.data,
-            privacy=config.privacy,
-            limits=config.limits,
-            compute=config.compute,
-            state_dir=config.state_dir,
-            default_image_size=32,
-        )
-        client = NodeClient(config, owner)
+        client = NodeClient.from_config(config, default_image_size=32)
         thread = threading.Thread(target=client.serve, name=config.data.site, daemon=True)
         thread.start()
         self.clients.append(client)

@@ -143,10 +143,13 @@ def test_bad_messages_get_clear_errors_and_the_server_lives(
         assert "unknown blob" in errors[1]
         assert "no-such-task" in errors[2] and "nor-this" in errors[3]
         assert "unexpected hello" in errors[4]
-        # After all that, a well-formed blob still arrives (no error comes back for it).
+        # After all that, a well-formed blob is taken without complaint: the next error
+        # that comes back is the one for the bad chunk sent after it.
         good = pb.Chunk(blob_id="w", offset=0, data=b"ok", total_size=2)
         good.sha256 = hashlib.sha256(b"ok").digest()
         outbound.put(pb.NodeMessage(chunk=good))
+        outbound.put(pb.NodeMessage(chunk=pb.Chunk(blob_id="late", offset=1, data=b"x")))
+        assert "'late'" in next(responses).error.detail
         outbound.put(None)
     # Bytes that are not a protobuf message at all.
     with secure_channel(f"127.0.0.1:{server.port}", site0, server_name="coordinator") as channel:
