@@ -45,6 +45,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
+from machine import CpuWatch, load_average
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -187,22 +188,6 @@ def _failure(error: Exception) -> str:
     return f"{type(error).__name__}: {error}".splitlines()[0][:90]
 
 
-def _busy_seconds() -> float | None:
-    """CPU time all processes have used so far (Linux /proc/stat), or None elsewhere."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = [int(x) for x in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
 def _worker(
     conn: Connection,
     mode: str,
@@ -221,7 +206,6 @@ def _worker(
     """
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore")  # Opacus' secure-RNG and hook warnings
-    cpus = os.cpu_count() or 1
     try:
         gen = torch.Generator().manual_seed(1)  # the same batch in every process
         images = torch.randn(batch, 1, size, size, generator=gen)
@@ -232,13 +216,10 @@ def _worker(
         kept: list[float] = []
         loaded: list[float] = []
         while len(kept) < steps and len(kept) + len(loaded) < 2 * steps:
-            busy, own, start = _busy_seconds(), _own_seconds(), time.perf_counter()
+            watch, start = CpuWatch(), time.perf_counter()
             step()
             wall = time.perf_counter() - start
-            after = _busy_seconds()
-            foreign = 0.0
-            if busy is not None and after is not None:
-                foreign = (after - busy - (_own_seconds() - own)) / (wall * cpus)
+            foreign = watch.foreign_share() or 0.0
             (kept if foreign <= MAX_FOREIGN_LOAD else loaded).append(wall)
     except Exception as error:  # a mode that cannot run this model is reported, not fatal
         conn.send(("error", _failure(error)))
@@ -273,13 +254,6 @@ def measure(
     return Result(mode, times=list(kept), loaded=len(loaded))
 
 
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # not available on this platform
-        return "n/a"
-
-
 def _parse_model(spec: str) -> tuple[str, int]:
     name, _, size = spec.partition(":")
     return name, int(size) if size else {"resnet9": 64, "resnet18": 128}.get(name, 64)
@@ -300,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = list(dict.fromkeys(["nonprivate", *args.modes]))  # the ratio needs the baseline
     print(
         f"DP-SGD throughput: {args.threads} threads, batch {args.batch_size}, torch "
-        f"{torch.__version__}, CPU only ({os.cpu_count()} cores), load average {_load()}.\n"
+        f"{torch.__version__}, CPU only ({os.cpu_count()} cores), load average {load_average()}.\n"
         "images/s = batch / median step time, each mode alone in a fresh process; 'kept':\n"
         f"timed steps during which other programs used <= {MAX_FOREIGN_LOAD:.0%} of the CPUs "
         "(* = none were, all used)."
@@ -340,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         if private and baseline:
             speed, mode = max(private)
             best.append(f"{name} {size}px: {mode} ({speed / baseline:.2f}x non-private)")
-    print(f"Load average at end: {_load()}")
+    print(f"Load average at end: {load_average()}")
     print("best DP mode per model: " + "; ".join(best))
     return 0
 

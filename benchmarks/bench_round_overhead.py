@@ -48,9 +48,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomli_w
+from machine import CpuWatch, load_average
 
 from primia.data.synth import SynthConfig, write_dataset
 from primia.federated.config import CoordinatorConfig, ModelConfig
@@ -58,6 +59,7 @@ from primia.federated.plan import DPPlan, TrainPlan
 from primia.nodes.server import CoordinatorServer
 from primia.transport import pki
 
+Aggregation = Literal["secure", "plaintext"]
 GOAL_S = 2.0
 COORDINATOR = "coordinator"
 IMAGE_SIZE = 32
@@ -90,30 +92,6 @@ class RunResult:
     weights_mb: float = 0.0
     foreign_load: float | None = None  # share of all CPUs used by other programs
     seconds: float = 0.0
-
-
-def _busy_seconds() -> float | None:
-    """CPU time all processes have used so far (Linux /proc/stat), or None elsewhere."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = [int(x) for x in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_seconds() -> float:
-    """CPU time of this process and of its children that have been waited for."""
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # not available on this platform
-        return "n/a"
 
 
 def _prepare(work: Path, sites: list[str], patients: int) -> pki.TLSFiles:
@@ -184,7 +162,9 @@ def _tail(path: Path, lines: int = 10) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def run_federation(work: Path, nodes: int, rounds: int, patients: int) -> RunResult:
+def run_federation(
+    work: Path, nodes: int, rounds: int, patients: int, aggregation: Aggregation = "secure"
+) -> RunResult:
     """One federation of ``nodes`` node processes in ``work``; the rounds' times."""
     sites = [f"site{k}" for k in range(nodes)]
     coordinator_tls = _prepare(work, sites, patients)
@@ -199,6 +179,7 @@ def run_federation(work: Path, nodes: int, rounds: int, patients: int) -> RunRes
         node_wait_s=START_TIMEOUT_S,
         round_timeout_s=1800.0,
         max_attempts=1,
+        aggregation=aggregation,
         final_test=False,
         progress=False,
         model=ModelConfig(architecture="resnet18", image_size=IMAGE_SIZE),
@@ -220,7 +201,7 @@ def run_federation(work: Path, nodes: int, rounds: int, patients: int) -> RunRes
     log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(log_file)
     port = server.start()
-    busy, own, started = _busy_seconds(), _own_seconds(), time.perf_counter()
+    watch, started = CpuWatch(), time.perf_counter()
     processes: dict[str, subprocess.Popen[bytes]] = {}
     failure: list[BaseException] = []
 
@@ -250,17 +231,14 @@ def run_federation(work: Path, nodes: int, rounds: int, patients: int) -> RunRes
         logging.getLogger().removeHandler(log_file)
         log_file.close()
     seconds = time.perf_counter() - started
-    after = _busy_seconds()
-    foreign = None
-    if busy is not None and after is not None:
-        foreign = (after - busy - (_own_seconds() - own)) / (seconds * (os.cpu_count() or 1))
+    foreign = watch.foreign_share()
     lines = (work / "run" / "rounds.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     checkpoint = run_dir.checkpoint_path(rounds)
     result = RunResult(
         nodes=nodes,
         weights_mb=checkpoint.stat().st_size / 1e6,
-        foreign_load=max(0.0, foreign) if foreign is not None else None,
+        foreign_load=foreign,
         seconds=seconds,
     )
     for record in records:
@@ -292,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--patients-per-site", type=int, default=10, help="2 images each")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work files in DIR")
+    parser.add_argument(
+        "--aggregation",
+        choices=["secure", "plaintext"],
+        default="secure",
+        help="how updates are combined (default: secure, the federation's default)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: round 1 is warm-up and not reported")
@@ -302,14 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     cpus = os.cpu_count() or 1
     print(
         f"Round overhead, ResNet-18 at {IMAGE_SIZE} px, coordinator and nodes on loopback "
-        f"with mutual TLS; {cpus} CPU cores, load average {_load()}.\n"
+        f"with mutual TLS; {cpus} CPU cores, load average {load_average()}.\n"
         f"Each federation: N node processes (1 torch thread each) and the coordinator share "
         f"the {cpus} cores,\nso node-side times are inflated by contention; 'train s' is the "
         "slowest node's training task\n(decode weights + DP-SGD 1 epoch + encode update), "
         "'eval s' the slowest evaluation.\n"
         "overhead = round s - train s (the issue's figure; goal < 2 s); "
         "coord = overhead - eval s;\nckpt = checkpoint write after the round's clock stops "
-        f"(in neither). Rounds 2..{args.rounds} (round 1 is warm-up)."
+        f"(in neither). Rounds 2..{args.rounds} (round 1 is warm-up); "
+        f"{args.aggregation} aggregation."
     )
     header = (
         f"{'nodes':>5} {'round':>5} {'round s':>8} {'train s':>8} {'eval s':>7} "
@@ -325,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
             if work.exists():
                 shutil.rmtree(work)
             work.mkdir(parents=True)
-            result = run_federation(work, nodes, args.rounds, args.patients_per_site)
+            result = run_federation(
+                work, nodes, args.rounds, args.patients_per_site, args.aggregation
+            )
             results.append(result)
             for times in result.rounds[1:]:
                 print(_row(nodes, times), flush=True)
@@ -352,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"overhead at {result.nodes} nodes / at {results[0].nodes} nodes: "
                 f"{mean / base:.2f}x ({result.nodes / results[0].nodes:.2f}x the nodes)"
             )
-    print(f"Load average at end: {_load()}")
+    print(f"Load average at end: {load_average()}")
     return 0
 
 

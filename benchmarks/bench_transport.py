@@ -39,6 +39,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
+from machine import load_average
 
 from primia.federated.config import CoordinatorConfig, ModelConfig
 from primia.federated.weights import encode
@@ -78,6 +79,7 @@ def _serve(pki: Path, run_dir: Path, conn: Connection) -> None:
         run_dir=run_dir,
         listen="127.0.0.1:0",
         min_nodes=1,
+        aggregation="plaintext",
         model=ModelConfig(architecture="cnn", image_size=32),  # never built: no rounds run
     )
     server = CoordinatorServer(config)
@@ -152,13 +154,6 @@ def _resnet18() -> bytes:
     return encode(build_model("resnet18", num_classes=4).state_dict())
 
 
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # not available on this platform
-        return "n/a"
-
-
 def _row(measurement: Measurement, ceiling: float | None) -> str:
     cpu = "n/a" if measurement.coordinator_cpu is None else f"{measurement.coordinator_cpu:.2f} s"
     ratio = f"{measurement.best / ceiling:6.1%}" if ceiling else "   n/a"
@@ -225,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"Transport throughput over loopback with mutual TLS, {os.cpu_count()} cores, load "
-        f"average {_load()}.\nMB = 10^6 bytes; best and median of {args.repeats} uploads; "
+        f"average {load_average()}.\nMB = 10^6 bytes; best and median of {args.repeats} uploads; "
         f"chunks of {CHUNK_SIZE // MIB} MiB unless stated.\n'of AES': best / AES-128-GCM "
         "speed; 'coord CPU': the coordinator's CPU seconds per 100 MB received."
     )

@@ -6,7 +6,8 @@ per hospital, starts the coordinator and one node per site as separate processes
 loopback (mutual TLS, as in production), shows the federation's live status over the
 same ``GetStatus`` call ``primia status`` uses, and shuts everything down when the rounds
 are done. Each node reads only its own site's images and trains with DP-SGD; the
-coordinator only ever sees updates. ``make demo`` runs ``primia demo``.
+coordinator combines the updates by secure aggregation, so it learns only their sum
+(``aggregation="plaintext"`` to compare). ``make demo`` runs ``primia demo``.
 
 Everything stays in ``settings.out``: the data, ``pki/``, the configuration files (run
 them yourself with ``primia coordinator serve`` / ``primia node serve``), ``logs/``, the
@@ -62,6 +63,7 @@ class DemoSettings:
     epsilon_budget: float = 10.0
     delta: float = 1e-5
     min_nodes: int = 2
+    aggregation: str = "secure"
     seed: int = 0
     timeout_s: float = 1800.0
     progress: bool = True
@@ -82,6 +84,11 @@ def run_demo(
     ``settings.out`` is emptied first, but only if an earlier demo made it (it holds the
     marker file); any other non-empty folder is refused rather than deleted.
     """
+    if settings.aggregation not in ("secure", "plaintext"):
+        raise ConfigError(
+            f"aggregation {settings.aggregation!r} is unknown; use secure (the default) or "
+            "plaintext"
+        )
     started = time.perf_counter()
     out = _fresh_folder(settings.out)
     sites = [f"site{k}" for k in range(settings.sites)]
@@ -155,6 +162,7 @@ def _write_configs(out: Path, settings: DemoSettings, sites: list[str], port: in
         "roster": sites,
         "rounds": settings.rounds,
         "min_nodes": min(settings.min_nodes, len(sites)),
+        "aggregation": settings.aggregation,
         "node_wait_s": 300.0,
         "seed": settings.seed,
         "tls": {

@@ -31,6 +31,7 @@ HELP = {
     "epsilon_budget": "each node's total privacy budget",
     "delta": "δ of the DP guarantee",
     "min_nodes": "updates a round needs to complete",
+    "aggregation": "secure (the coordinator learns only the sum of the updates) or plaintext",
     "seed": "seed of the data and the initial model",
     "timeout_s": "give up after this many seconds",
 }
@@ -39,9 +40,10 @@ DESCRIPTION = """\
 Synthesize a multi-site chest radiograph dataset, issue a consortium's certificates, and
 run a federation on this machine: a coordinator and one data-owner node per site, each a
 separate process, talking gRPC over mutual TLS on loopback. Every node trains with DP-SGD
-on its own site's images only; the coordinator averages the updates (FedAvg), evaluates
-on every node's held-out patients, and checkpoints each round. Ends with AUROC per round
-and the ε each node spent.
+on its own site's images only; the coordinator combines the updates by secure
+aggregation (it learns their weighted sum, never one node's update: FedAvg), evaluates on
+every node's held-out patients, and checkpoints each round. Ends with AUROC per round and
+the ε each node spent.
 """
 
 
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     console.print(
         f"[bold]primia demo[/]: {settings.sites} hospitals, {settings.rounds} federated "
-        "rounds, DP-SGD at every node, mutual TLS on loopback"
+        f"rounds, DP-SGD at every node, {settings.aggregation} aggregation, mutual TLS on "
+        "loopback"
     )
     if settings.progress and console.is_terminal:
         with Live(console=console, refresh_per_second=2, transient=True) as live:

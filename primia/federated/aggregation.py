@@ -9,7 +9,8 @@ training on the selected nodes and returns Σ n_i Δ_i and Σ n_i over the nodes
 finished; how much the coordinator learns on the way is the aggregator's business:
 
 * :class:`PlaintextAggregator` sees every node's update (for comparison and debugging);
-* secure aggregation (next in line) returns the same sums and reveals nothing else.
+* :class:`~primia.federated.secure.SecureAggregator` returns the same sums (weights
+  normalised to at most 1) and reveals nothing else.
 
 A node that refuses, disconnects, times out or sends an update that does not fit the
 model is left out of the sums and reported; the round decides whether enough remain.
@@ -44,6 +45,9 @@ class RoundContributions:
     outcomes: dict[str, TrainOutcome] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
+    failure: str | None = None
+    """Why the round produced no sum at all (e.g. secure aggregation fell below its
+    threshold); the contributors are then empty."""
 
     @property
     def contributors(self) -> list[str]:
@@ -133,9 +137,3 @@ class PlaintextAggregator:
             result.weighted_sum[tensor_name].add_(delta, alpha=outcome.num_examples)
         result.total_weight += outcome.num_examples
         result.outcomes[name] = outcome
-
-
-def make_aggregator(name: str) -> Aggregator:
-    if name == "plaintext":
-        return PlaintextAggregator()
-    raise ValueError(f"unknown aggregation {name!r}")

@@ -7,6 +7,12 @@ Example::
     roster = ["hospital-a", "hospital-b", "hospital-c"]
     rounds = 5
     min_nodes = 2
+    aggregation = "secure"            # the default; "plaintext" only for comparison
+
+    [secure_aggregation]              # all optional
+    ring_bits = 32
+    clip = 8.0
+    threshold = 0                     # 0: a majority of the round's nodes
 
     [tls]
     ca = "pki/ca.pem"
@@ -75,6 +81,37 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class SecureAggregationConfig:
+    """Parameters of secure aggregation (see :mod:`primia.crypto.secagg`)."""
+
+    ring_bits: int = 32
+    """k of the ring Z_2^k: 32 uploads as much as float32; 64 for finer resolution."""
+    clip: float = 8.0
+    """Each value of a weighted update is clipped to [-clip, clip]; clipped values are
+    counted in ``rounds.jsonl``. The resolution is clip·n/2^(k-1) for n nodes."""
+    threshold: int = 0
+    """Nodes needed to finish (and to collude to learn anything); 0: a majority."""
+    step_timeout_s: float = 120.0
+    """How long each step after training waits for the nodes (they are small messages,
+    and the masked upload)."""
+
+    def __post_init__(self) -> None:
+        if self.ring_bits not in (32, 64):
+            raise ConfigError(
+                f"secure_aggregation.ring_bits must be 32 or 64, not {self.ring_bits}"
+            )
+        if not self.clip > 0:
+            raise ConfigError(f"secure_aggregation.clip must be positive, not {self.clip}")
+        if self.threshold < 0 or self.threshold == 1:
+            raise ConfigError(
+                "secure_aggregation.threshold must be 0 (a majority) or at least 2, "
+                f"not {self.threshold}"
+            )
+        if self.step_timeout_s <= 0:
+            raise ConfigError("secure_aggregation.step_timeout_s must be positive")
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     tls: TLSFiles
     roster: list[str]
@@ -95,7 +132,10 @@ class CoordinatorConfig:
     """Tries per round before the federation stops with an error."""
     seed: int = 0
     """Fixes the initial global weights."""
-    aggregation: Literal["plaintext"] = "plaintext"
+    aggregation: Literal["secure", "plaintext"] = "secure"
+    """``secure``: the coordinator learns only the sum of the updates (the default);
+    ``plaintext``: it sees every node's update (for comparison and debugging only)."""
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     final_test: bool = True
     """After the last round, evaluate on every node's test split."""
     progress: bool = True
@@ -112,6 +152,22 @@ class CoordinatorConfig:
         if not 1 <= self.min_nodes <= len(self.roster):
             raise ConfigError(
                 f"min_nodes={self.min_nodes} must be between 1 and the roster's "
+                f"{len(self.roster)} nodes"
+            )
+        if self.aggregation not in ("secure", "plaintext"):
+            raise ConfigError(
+                f"aggregation {self.aggregation!r} is unknown; use 'secure' (the default) or "
+                "'plaintext'"
+            )
+        if self.aggregation == "secure" and self.min_nodes < 2:
+            raise ConfigError(
+                "secure aggregation needs min_nodes of at least 2 (the sum of one node's "
+                "update is that update); raise min_nodes or set aggregation = 'plaintext'"
+            )
+        threshold = self.secure_aggregation.threshold
+        if self.aggregation == "secure" and threshold > len(self.roster):
+            raise ConfigError(
+                f"secure_aggregation.threshold={threshold} exceeds the roster's "
                 f"{len(self.roster)} nodes"
             )
         for name in ("node_wait_s", "startup_wait_s", "round_timeout_s"):

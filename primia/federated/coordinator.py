@@ -7,8 +7,10 @@ Round t (see ``docs/federation.md``):
 2. send every connected node the global weights w_t and the plan; each trains locally
    with DP-SGD and answers with its update, a refusal (e.g. its privacy budget) or not at
    all (a dropout: disconnected, or no answer within ``round_timeout_s``);
-3. the aggregator returns Σ n_i Δ_i and Σ n_i over the nodes that finished; with fewer
-   than ``min_nodes`` of them the round is tried again (at most ``max_attempts`` times);
+3. the aggregator returns Σ n_i Δ_i and Σ n_i over the nodes that finished — by secure
+   aggregation (:mod:`primia.federated.secure`, the default), which reveals these sums
+   and nothing else; with fewer than ``min_nodes`` of them the round is tried again (at
+   most ``max_attempts`` times);
 4. w_{t+1} = w_t + Σ n_i Δ_i / Σ n_i (FedAvg), evaluated on every connected node's
    validation split; metrics pooled (:mod:`primia.federated.evaluation`);
 5. checkpoint, then the round's line in ``rounds.jsonl`` (:mod:`primia.federated.rundir`).
@@ -32,11 +34,12 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from primia.errors import PrimiaError
-from primia.federated.aggregation import Aggregator, make_aggregator
+from primia.federated.aggregation import Aggregator, PlaintextAggregator
 from primia.federated.config import CoordinatorConfig
 from primia.federated.evaluation import pool
 from primia.federated.registry import NodeLink, NodeRegistry, NodeStatus
 from primia.federated.rundir import RunDirectory
+from primia.federated.secure import SecureAggregator
 from primia.federated.tasks import (
     EvaluateTask,
     EvaluationOutcome,
@@ -103,7 +106,7 @@ class Federation:
         self.registry = registry
         self.spec = config.model.spec()
         self.run_dir = RunDirectory(config.run_dir)
-        self.aggregator = aggregator or make_aggregator(config.aggregation)
+        self.aggregator = aggregator or make_aggregator(config)
         self._resume = self.run_dir.open(config, self.spec)
         self.run_id = self._resume.run_id
         self._stop = stop or threading.Event()
@@ -207,6 +210,8 @@ class Federation:
                 self.registry.set_activity(name, "refused: " + reason.split(":")[0])
             for name, reason in contributions.dropped.items():
                 log.warning("round %d: %s dropped out: %s", round_number, name, reason)
+            if contributions.failure is not None:
+                log.warning("round %d: no aggregate: %s", round_number, contributions.failure)
             if len(contributions.contributors) >= config.min_nodes:
                 break
             log.warning(
@@ -250,6 +255,7 @@ class Federation:
                     "epsilon_budget": o.privacy.epsilon_budget,
                     "delta": o.privacy.delta,
                     "noise_multiplier": o.release.noise_multiplier if o.release else 0.0,
+                    "clipped": o.clipped,
                 }
                 for name, o in sorted(contributions.outcomes.items())
             },
@@ -388,3 +394,15 @@ class Federation:
             },
             "model": str(self.run_dir.path / "model.safetensors"),
         }
+
+
+def make_aggregator(config: CoordinatorConfig) -> Aggregator:
+    """The aggregator ``config`` names; plaintext is logged, as it reveals every update."""
+    if config.aggregation == "plaintext":
+        log.warning(
+            "aggregation = 'plaintext': the coordinator sees every node's update; use it only "
+            "for comparison or debugging"
+        )
+        return PlaintextAggregator()
+    ca_pem, _, _ = config.tls.read()
+    return SecureAggregator(config.secure_aggregation, ca_pem=ca_pem)

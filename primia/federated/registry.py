@@ -15,6 +15,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from primia.crypto.secagg import (
+    KeyAdvertisement,
+    KeyRoster,
+    ShareBundle,
+    ShareDelivery,
+    UnmaskRequest,
+    UnmaskShares,
+)
 from primia.federated.tasks import (
     EvaluateTask,
     EvaluationOutcome,
@@ -26,12 +34,30 @@ from primia.federated.tasks import (
 
 
 class NodeLink(Protocol):
-    """One connected node. Futures fail with ``NodeDropped`` or ``TaskRefused``."""
+    """One connected node. Futures fail with ``NodeDropped`` or ``TaskRefused``.
+
+    A training task with ``secure`` set is answered in the steps of secure aggregation:
+    the node's keys (:meth:`advertised_keys`, available once :meth:`train` was called), its
+    shares (the answer to :meth:`send_roster`), its masked input (the outcome of
+    :meth:`train`, after :meth:`deliver_shares`) and its revealed shares (the answer to
+    :meth:`request_unmask`). A refusal at any step fails every future of the task.
+    """
 
     name: str
     info: NodeInfo
 
     def train(self, task: TrainTask) -> Future[TrainOutcome]: ...
+
+    def advertised_keys(self, task_id: str) -> Future[KeyAdvertisement]: ...
+
+    def send_roster(self, task_id: str, roster: KeyRoster) -> Future[ShareBundle]: ...
+
+    def deliver_shares(self, task_id: str, delivery: ShareDelivery) -> None: ...
+
+    def request_unmask(self, task_id: str, request: UnmaskRequest) -> Future[UnmaskShares]: ...
+
+    def report_error(self, detail: str) -> None:
+        """Tell the node that a message of its was refused, and why."""
 
     def evaluate(self, task: EvaluateTask) -> Future[EvaluationOutcome]: ...
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
+from primia.crypto.secagg import Setup
 from primia.errors import PrimiaError
 from primia.federated.plan import TrainPlan
 from primia.models.checkpoint import ModelSpec
@@ -24,6 +25,7 @@ class Refusal(StrEnum):
     INVALID_WEIGHTS = "invalid_weights"
     INCOMPATIBLE_MODEL = "incompatible_model"
     FAILED = "failed"
+    PROTOCOL_VIOLATION = "protocol_violation"
 
 
 class TaskRefused(PrimiaError):
@@ -40,12 +42,23 @@ class NodeDropped(PrimiaError):
 
 
 @dataclass(frozen=True)
+class SecureTask:
+    """How this round's update is securely aggregated (:mod:`primia.crypto.secagg`)."""
+
+    setup: Setup
+    weight_unit: float
+    """A node's FedAvg weight is min(1, examples / weight_unit), so it fits the ring."""
+
+
+@dataclass(frozen=True)
 class TrainTask:
     task_id: str
     round: int
     spec: ModelSpec
     weights: Blob
     plan: TrainPlan
+    secure: SecureTask | None = None
+    """None: the update is sent in the clear (plaintext aggregation)."""
 
 
 @dataclass(frozen=True)
@@ -82,13 +95,16 @@ class PrivacyRelease:
 @dataclass(frozen=True)
 class TrainOutcome:
     update: Blob
-    """Local weights minus the task's global weights, as safetensors bytes."""
+    """Local weights minus the task's global weights, as safetensors bytes; with secure
+    aggregation, the masked input instead (raw ring elements)."""
     num_examples: int
     train_loss: float
     steps: int
     seconds: float
     release: PrivacyRelease | None
     privacy: PrivacyState
+    clipped: int = 0
+    """Values clipped to the secure-aggregation range (0 in plaintext)."""
 
 
 @dataclass(frozen=True)

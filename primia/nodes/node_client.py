@@ -4,8 +4,11 @@ The node opens a mutual-TLS channel (it accepts only a coordinator whose certifi
 carries ``coordinator_name``), sends Hello on a ``Join`` stream, and then answers every
 task pushed down the stream: global weights arrive as chunks, a training task is run by
 the :class:`~primia.federated.data_owner.DataOwner` (which may refuse it), and the update
-goes back as chunks followed by the result. Anything it cannot use is answered with a
-refusal that says why; nothing the coordinator sends can crash the node.
+goes back as chunks followed by the result — or, when the task asks for secure
+aggregation, through the protocol's steps (keys, shares, masked input, revealed shares;
+:class:`~primia.federated.secure.SecureContribution`), so the coordinator never sees it.
+Anything it cannot use is answered with a refusal that says why; nothing the coordinator
+sends can crash the node.
 
 When the coordinator is gone the node tries again, waiting 1, 2, 4 … up to
 ``reconnect_max_s`` seconds (with jitter, so a consortium's nodes do not all return at
@@ -24,10 +27,13 @@ from collections.abc import Iterator
 
 import grpc
 
+from primia.crypto.ring import ring_bytes
+from primia.crypto.secagg import AggregationFailed, ProtocolViolation
 from primia.errors import PrimiaError
 from primia.federated.data_owner import DataOwner
-from primia.federated.tasks import EvaluateTask, Refusal, TaskRefused, TrainTask
-from primia.nodes import codec
+from primia.federated.secure import SecureContribution
+from primia.federated.tasks import EvaluateTask, Refusal, TaskRefused, TrainOutcome, TrainTask
+from primia.nodes import codec, secure_codec
 from primia.nodes.config import NodeConfig
 from primia.transport.blobs import Blob, BlobAssembler, BlobError, chunks_of
 from primia.transport.generated import federation_pb2 as pb
@@ -109,7 +115,7 @@ class NodeClient:
             stopper = threading.Thread(target=self._cancel_on_stop, args=(responses,), daemon=True)
             stopper.start()
             try:
-                return _Session(self.owner, outbound).run(responses)
+                return _Session(self.owner, outbound, config.tls.read()).run(responses)
             finally:
                 outbound.put(_END)
 
@@ -119,16 +125,23 @@ class NodeClient:
 
 
 class _Session:
-    def __init__(self, owner: DataOwner, outbound: queue.Queue[object]) -> None:
+    def __init__(
+        self, owner: DataOwner, outbound: queue.Queue[object], tls: tuple[bytes, bytes, bytes]
+    ) -> None:
         self._owner = owner
         self._outbound = outbound
+        self._ca, self._certificate, self._key = tls
         self._assembler = BlobAssembler()
         self._blobs: OrderedDict[str, Blob] = OrderedDict()
+        self._name = ""
+        self._secure: dict[str, SecureContribution] = {}
+        """The round in secure aggregation, by task id (one at a time)."""
 
     def run(self, responses: Iterator[pb.CoordinatorMessage]) -> bool:
         for message in responses:
             kind = message.WhichOneof("kind")
             if kind == "welcome":
+                self._name = message.welcome.node_name
                 log.info(
                     "joined the federation as %s (run %s)",
                     message.welcome.node_name,
@@ -140,6 +153,8 @@ class _Session:
                 self._train(message.train)
             elif kind == "evaluate":
                 self._evaluate(message.evaluate)
+            elif kind in ("key_roster", "share_delivery", "unmask_request"):
+                self._secure_step(kind, getattr(message, kind))
             elif kind == "shutdown":
                 log.info("the coordinator ended the session: %s", message.shutdown.reason)
                 return message.shutdown.finished
@@ -168,6 +183,11 @@ class _Session:
                 spec=codec.spec_from_proto(message.model),
                 weights=self._weights(message.weights_blob),
                 plan=codec.plan_from_proto(message.plan),
+                secure=secure_codec.secure_task_from_proto(
+                    message.secure_aggregation, message.round
+                )
+                if message.HasField("secure_aggregation")
+                else None,
             )
             log.info("round %d: training (%s)", task.round, task_id)
 
@@ -179,21 +199,22 @@ class _Session:
                 )
 
             outcome = self._owner.train(task, on_progress=progress)
+            if task.secure is not None:
+                self._secure.clear()  # an unfinished earlier round is abandoned
+                contribution = SecureContribution(
+                    task.secure,
+                    self._name,
+                    outcome,
+                    certificate_pem=self._certificate,
+                    key_pem=self._key,
+                    ca_pem=self._ca,
+                )
+                keys = contribution.client.advertise()
+                self._secure[task_id] = contribution
         except Exception as error:  # any failure is an answer to this task, not a crash
             self._refuse(task_id, error)
             return
-        self._outbound.put(outcome.update)
-        result = pb.TrainResult(
-            task_id=task_id,
-            update_blob=outcome.update.blob_id,
-            num_examples=outcome.num_examples,
-            train_loss=outcome.train_loss,
-            steps=outcome.steps,
-            seconds=outcome.seconds,
-            privacy=codec.privacy_to_proto(outcome.privacy),
-        )
         if outcome.release is not None:
-            result.release.CopyFrom(codec.release_to_proto(outcome.release))
             log.info(
                 "round %d: released an update at eps %.2f (sigma %.2f); spent %.2f of %.2f",
                 task.round,
@@ -202,7 +223,58 @@ class _Session:
                 outcome.privacy.epsilon_spent,
                 outcome.privacy.epsilon_budget,
             )
+        if task.secure is not None:
+            self._send(pb.NodeMessage(keys=secure_codec.keys_to_proto(task_id, keys)))
+            return
+        self._outbound.put(outcome.update)
+        result = _result_of(outcome)
+        result.task_id = task_id
+        result.update_blob = outcome.update.blob_id
         self._send(pb.NodeMessage(train_result=result))
+
+    def _secure_step(
+        self, kind: str, message: pb.KeyRoster | pb.ShareDelivery | pb.UnmaskRequest
+    ) -> None:
+        """One step of secure aggregation for the task the message names; a message that
+        fails a check abandons the round (the node reveals nothing more)."""
+        task_id = message.task_id
+        contribution = self._secure.get(task_id)
+        try:
+            if contribution is None:
+                raise TaskRefused(
+                    Refusal.PROTOCOL_VIOLATION,
+                    f"no secure aggregation of task {task_id!r} is under way at this node",
+                )
+            client = contribution.client
+            if isinstance(message, pb.KeyRoster):
+                bundle = client.share(secure_codec.roster_from_proto(message))
+                self._send(pb.NodeMessage(shares=secure_codec.bundle_to_proto(task_id, bundle)))
+            elif isinstance(message, pb.ShareDelivery):
+                delivery = secure_codec.delivery_from_proto(message, self._name)
+                masked = contribution.masked_input(delivery)
+                blob = Blob.of(f"{task_id}-masked", ring_bytes(masked.values))
+                self._outbound.put(blob)
+                upload = pb.MaskedInput(
+                    task_id=task_id,
+                    session_id=masked.session,
+                    vector_blob=blob.blob_id,
+                    clipped=masked.clipped,
+                    result=_result_of(contribution.outcome),
+                )
+                self._send(pb.NodeMessage(masked_input=upload))
+            else:
+                revealed = client.unmask(secure_codec.request_from_proto(message))
+                del self._secure[task_id]
+                self._send(
+                    pb.NodeMessage(unmask_shares=secure_codec.unmask_to_proto(task_id, revealed))
+                )
+        except (ProtocolViolation, AggregationFailed) as error:
+            self._secure.pop(task_id, None)
+            log.warning("abandoned secure aggregation of %s: %s", task_id, error)
+            self._refuse(task_id, TaskRefused(Refusal.PROTOCOL_VIOLATION, str(error)))
+        except Exception as error:
+            self._secure.pop(task_id, None)
+            self._refuse(task_id, error)
 
     def _evaluate(self, message: pb.EvaluateTask) -> None:
         task_id = message.task_id
@@ -242,6 +314,20 @@ class _Session:
 
     def _send(self, message: pb.NodeMessage) -> None:
         self._outbound.put(message)
+
+
+def _result_of(outcome: TrainOutcome) -> pb.TrainResult:
+    """What a node reports of its training (the update travels separately)."""
+    result = pb.TrainResult(
+        num_examples=outcome.num_examples,
+        train_loss=outcome.train_loss,
+        steps=outcome.steps,
+        seconds=outcome.seconds,
+        privacy=codec.privacy_to_proto(outcome.privacy),
+    )
+    if outcome.release is not None:
+        result.release.CopyFrom(codec.release_to_proto(outcome.release))
+    return result
 
 
 def _drain(outbound: queue.Queue[object]) -> Iterator[pb.NodeMessage]:

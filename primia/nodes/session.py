@@ -19,6 +19,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
+from primia.crypto.secagg import (
+    KeyAdvertisement,
+    KeyRoster,
+    ShareBundle,
+    ShareDelivery,
+    UnmaskRequest,
+    UnmaskShares,
+)
 from primia.federated.registry import NodeRegistry
 from primia.federated.tasks import (
     EvaluateTask,
@@ -30,7 +38,7 @@ from primia.federated.tasks import (
     TrainOutcome,
     TrainTask,
 )
-from primia.nodes import codec
+from primia.nodes import codec, secure_codec
 from primia.transport.blobs import Blob, BlobAssembler, BlobError, chunks_of
 from primia.transport.generated import federation_pb2 as pb
 
@@ -83,7 +91,8 @@ class NodeSession:
         self.info = info
         self._registry = registry
         self._outbound: queue.Queue[object] = queue.Queue()
-        self._pending: dict[str, tuple[str, Future[Any]]] = {}
+        self._pending: dict[tuple[str, str], Future[Any]] = {}
+        """Futures by (task id, what answer they wait for)."""
         self._sent_blobs: set[str] = set()
         self._received: dict[str, Blob] = {}
         self._assembler = BlobAssembler(max_size=MAX_UPDATE_SIZE)
@@ -102,7 +111,37 @@ class NodeSession:
                 plan=codec.plan_to_proto(task.plan),
             )
         )
-        return self._submit(task.task_id, "train", task.weights, message)
+        answers = ["train"]
+        if task.secure is not None:
+            message.train.secure_aggregation.CopyFrom(
+                secure_codec.secure_task_to_proto(task.secure)
+            )
+            answers.append("keys")
+        return self._submit(task.task_id, answers, message, task.weights)[0]
+
+    def advertised_keys(self, task_id: str) -> Future[KeyAdvertisement]:
+        with self._lock:
+            future = self._pending.get((task_id, "keys"))
+        if future is None:
+            future = Future()
+            _settle(future, error=NodeDropped(f"{self.name} has no secure task {task_id!r}"))
+        return future
+
+    def send_roster(self, task_id: str, roster: KeyRoster) -> Future[ShareBundle]:
+        message = pb.CoordinatorMessage(key_roster=secure_codec.roster_to_proto(task_id, roster))
+        return self._submit(task_id, ["shares"], message)[0]
+
+    def deliver_shares(self, task_id: str, delivery: ShareDelivery) -> None:
+        message = pb.CoordinatorMessage(
+            share_delivery=secure_codec.delivery_to_proto(task_id, delivery)
+        )
+        self._submit(task_id, [], message)
+
+    def request_unmask(self, task_id: str, request: UnmaskRequest) -> Future[UnmaskShares]:
+        message = pb.CoordinatorMessage(
+            unmask_request=secure_codec.request_to_proto(task_id, request)
+        )
+        return self._submit(task_id, ["unmask"], message)[0]
 
     def evaluate(self, task: EvaluateTask) -> Future[EvaluationOutcome]:
         message = pb.CoordinatorMessage(
@@ -114,7 +153,7 @@ class NodeSession:
                 split=codec.split_to_proto(task.split),
             )
         )
-        return self._submit(task.task_id, "evaluate", task.weights, message)
+        return self._submit(task.task_id, ["evaluate"], message, task.weights)[0]
 
     def shutdown(self, reason: str, *, finished: bool) -> None:
         self._outbound.put(
@@ -129,7 +168,7 @@ class NodeSession:
             self._closed = True
             pending = list(self._pending.values())
             self._pending.clear()
-        for _, future in pending:
+        for future in pending:
             _settle(future, error=NodeDropped(f"{self.name}: {reason}"))
         self._assembler.discard()
         self._outbound.put(_END)
@@ -176,25 +215,42 @@ class NodeSession:
             if blob is not None:
                 self._received[blob.blob_id] = blob
         elif kind == "train_result":
-            self._train_result(message.train_result)
+            trained = message.train_result
+            self._train_result(trained, trained.update_blob, clipped=0)
         elif kind == "evaluate_result":
             result = message.evaluate_result
             future = self._take(result.task_id, "evaluate")
             _settle(future, result=codec.evaluation_from_proto(result))
         elif kind == "refused":
-            future = self._take(message.refused.task_id, None)
-            _settle(future, error=codec.refusal_from_proto(message.refused))
+            refusal = codec.refusal_from_proto(message.refused)
+            for future in self._take_all(message.refused.task_id):
+                _settle(future, error=refusal)
+        elif kind == "keys":
+            future = self._take(message.keys.task_id, "keys")
+            _settle(future, result=secure_codec.keys_from_proto(message.keys))
+        elif kind == "shares":
+            future = self._take(message.shares.task_id, "shares")
+            _settle(future, result=secure_codec.bundle_from_proto(message.shares, self.name))
+        elif kind == "masked_input":
+            masked = message.masked_input
+            masked.result.task_id = masked.task_id
+            self._train_result(masked.result, masked.vector_blob, clipped=masked.clipped)
+        elif kind == "unmask_shares":
+            revealed = message.unmask_shares
+            future = self._take(revealed.task_id, "unmask")
+            _settle(future, result=secure_codec.unmask_from_proto(revealed, self.name))
         elif kind == "progress":
             progress = message.progress
             self._registry.set_activity(self.name, f"{progress.stage} ({progress.fraction:.0%})")
         else:
             raise codec.MessageError(f"unexpected {kind or 'empty'} message in a session")
 
-    def _train_result(self, result: pb.TrainResult) -> None:
+    def _train_result(self, result: pb.TrainResult, blob_id: str, *, clipped: int) -> None:
+        """Settle a training task with its update (or, securely aggregated, masked input)."""
         future = self._take(result.task_id, "train")
-        update = self._received.pop(result.update_blob, None)
+        update = self._received.pop(blob_id, None)
         if update is None:
-            error = TaskRefused(Refusal.FAILED, f"update blob {result.update_blob!r} never arrived")
+            error = TaskRefused(Refusal.FAILED, f"update blob {blob_id!r} never arrived")
             _settle(future, error=error)
             raise codec.MessageError(error.detail)
         _settle(
@@ -209,28 +265,44 @@ class NodeSession:
                 if result.HasField("release")
                 else None,
                 privacy=codec.privacy_from_proto(result.privacy),
+                clipped=clipped,
             ),
         )
 
-    def _take(self, task_id: str, kind: str | None) -> Future[Any]:
+    def _take(self, task_id: str, kind: str) -> Future[Any]:
         with self._lock:
-            entry = self._pending.get(task_id)
-            if entry is None or (kind is not None and entry[0] != kind):
-                raise codec.MessageError(f"no {kind or ''} task {task_id!r} is pending")
-            del self._pending[task_id]
-        return entry[1]
+            future = self._pending.pop((task_id, kind), None)
+        if future is None:
+            raise codec.MessageError(f"no task {task_id!r} waits for {kind}")
+        return future
+
+    def _take_all(self, task_id: str) -> list[Future[Any]]:
+        with self._lock:
+            keys = [key for key in self._pending if key[0] == task_id]
+            futures = [self._pending.pop(key) for key in keys]
+        if not futures:
+            raise codec.MessageError(f"no task {task_id!r} is pending")
+        return futures
 
     def _submit(
-        self, task_id: str, kind: str, weights: Blob, message: pb.CoordinatorMessage
-    ) -> Future[Any]:
-        future: Future[Any] = Future()
+        self,
+        task_id: str,
+        answers: list[str],
+        message: pb.CoordinatorMessage,
+        weights: Blob | None = None,
+    ) -> list[Future[Any]]:
+        """Queue ``message`` (after ``weights``, unless this stream has them) and one future
+        per answer it expects."""
+        futures: list[Future[Any]] = [Future() for _ in answers]
         with self._lock:
             if self._closed:
-                _settle(future, error=NodeDropped(f"{self.name} is not connected"))
-                return future
-            self._pending[task_id] = (kind, future)
-            if weights.blob_id not in self._sent_blobs:
+                for future in futures:
+                    _settle(future, error=NodeDropped(f"{self.name} is not connected"))
+                return futures
+            for answer, future in zip(answers, futures, strict=True):
+                self._pending[(task_id, answer)] = future
+            if weights is not None and weights.blob_id not in self._sent_blobs:
                 self._sent_blobs.add(weights.blob_id)
                 self._outbound.put(weights)
             self._outbound.put(message)
-        return future
+        return futures

@@ -41,6 +41,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         run_dir=root / "run",
         listen="127.0.0.1:0",
         min_nodes=1,
+        aggregation="plaintext",
         model=ModelConfig(architecture="cnn", image_size=32),
     )
     issue(pki, "hospital-a", "node")

@@ -2,10 +2,9 @@
 
 from concurrent.futures import Future
 
-import pytest
 import torch
 
-from primia.federated.aggregation import PlaintextAggregator, make_aggregator
+from primia.federated.aggregation import PlaintextAggregator
 from primia.federated.plan import TrainPlan
 from primia.federated.tasks import (
     NodeDropped,
@@ -203,9 +202,3 @@ def test_no_links_gives_zero_sums():
     assert result.total_weight == 0
     assert all(torch.count_nonzero(t) == 0 for t in result.weighted_sum.values())
     assert result.contributors == []
-
-
-def test_make_aggregator_knows_plaintext_only():
-    assert isinstance(make_aggregator("plaintext"), PlaintextAggregator)
-    with pytest.raises(ValueError, match="unknown aggregation 'secure-ish'"):
-        make_aggregator("secure-ish")

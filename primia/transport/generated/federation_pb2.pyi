@@ -16,6 +16,7 @@ class RefusalReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REFUSAL_REASON_INVALID_WEIGHTS: _ClassVar[RefusalReason]
     REFUSAL_REASON_INCOMPATIBLE_MODEL: _ClassVar[RefusalReason]
     REFUSAL_REASON_FAILED: _ClassVar[RefusalReason]
+    REFUSAL_REASON_PROTOCOL_VIOLATION: _ClassVar[RefusalReason]
 
 class Split(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -28,6 +29,7 @@ REFUSAL_REASON_INVALID_PLAN: RefusalReason
 REFUSAL_REASON_INVALID_WEIGHTS: RefusalReason
 REFUSAL_REASON_INCOMPATIBLE_MODEL: RefusalReason
 REFUSAL_REASON_FAILED: RefusalReason
+REFUSAL_REASON_PROTOCOL_VIOLATION: RefusalReason
 SPLIT_UNSPECIFIED: Split
 SPLIT_VALIDATION: Split
 SPLIT_TEST: Split
@@ -47,20 +49,28 @@ class Chunk(_message.Message):
     def __init__(self, blob_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class NodeMessage(_message.Message):
-    __slots__ = ("hello", "chunk", "train_result", "evaluate_result", "refused", "progress")
+    __slots__ = ("hello", "chunk", "train_result", "evaluate_result", "refused", "progress", "keys", "shares", "masked_input", "unmask_shares")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     TRAIN_RESULT_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_RESULT_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
+    UNMASK_SHARES_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     chunk: Chunk
     train_result: TrainResult
     evaluate_result: EvaluateResult
     refused: TaskRefused
     progress: TaskProgress
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train_result: _Optional[_Union[TrainResult, _Mapping]] = ..., evaluate_result: _Optional[_Union[EvaluateResult, _Mapping]] = ..., refused: _Optional[_Union[TaskRefused, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ...) -> None: ...
+    keys: KeyAdvertisement
+    shares: ShareBundle
+    masked_input: MaskedInput
+    unmask_shares: UnmaskShares
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train_result: _Optional[_Union[TrainResult, _Mapping]] = ..., evaluate_result: _Optional[_Union[EvaluateResult, _Mapping]] = ..., refused: _Optional[_Union[TaskRefused, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., keys: _Optional[_Union[KeyAdvertisement, _Mapping]] = ..., shares: _Optional[_Union[ShareBundle, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_shares: _Optional[_Union[UnmaskShares, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("protocol_version", "software_version", "dataset", "privacy", "device")
@@ -185,20 +195,26 @@ class TaskProgress(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., fraction: _Optional[float] = ..., stage: _Optional[str] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "chunk", "train", "evaluate", "shutdown", "error")
+    __slots__ = ("welcome", "chunk", "train", "evaluate", "shutdown", "error", "key_roster", "share_delivery", "unmask_request")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    KEY_ROSTER_FIELD_NUMBER: _ClassVar[int]
+    SHARE_DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    UNMASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     chunk: Chunk
     train: TrainTask
     evaluate: EvaluateTask
     shutdown: Shutdown
     error: ProtocolError
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateTask, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ...) -> None: ...
+    key_roster: KeyRoster
+    share_delivery: ShareDelivery
+    unmask_request: UnmaskRequest
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateTask, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., key_roster: _Optional[_Union[KeyRoster, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("protocol_version", "node_name", "run_id")
@@ -259,18 +275,20 @@ class TrainPlan(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dp: _Optional[_Union[DPPlan, _Mapping]] = ...) -> None: ...
 
 class TrainTask(_message.Message):
-    __slots__ = ("task_id", "round", "model", "weights_blob", "plan")
+    __slots__ = ("task_id", "round", "model", "weights_blob", "plan", "secure_aggregation")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_BLOB_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     model: ModelSpec
     weights_blob: str
     plan: TrainPlan
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., weights_blob: _Optional[str] = ..., plan: _Optional[_Union[TrainPlan, _Mapping]] = ...) -> None: ...
+    secure_aggregation: SecureAggregation
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., weights_blob: _Optional[str] = ..., plan: _Optional[_Union[TrainPlan, _Mapping]] = ..., secure_aggregation: _Optional[_Union[SecureAggregation, _Mapping]] = ...) -> None: ...
 
 class EvaluateTask(_message.Message):
     __slots__ = ("task_id", "round", "model", "weights_blob", "split")
@@ -299,6 +317,130 @@ class ProtocolError(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     detail: str
     def __init__(self, detail: _Optional[str] = ...) -> None: ...
+
+class SecureAggregation(_message.Message):
+    __slots__ = ("session_id", "participants", "threshold", "ring_bits", "clip", "vector_length", "weight_unit")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    RING_BITS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_UNIT_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    threshold: int
+    ring_bits: int
+    clip: float
+    vector_length: int
+    weight_unit: float
+    def __init__(self, session_id: _Optional[bytes] = ..., participants: _Optional[_Iterable[str]] = ..., threshold: _Optional[int] = ..., ring_bits: _Optional[int] = ..., clip: _Optional[float] = ..., vector_length: _Optional[int] = ..., weight_unit: _Optional[float] = ...) -> None: ...
+
+class KeyAdvertisement(_message.Message):
+    __slots__ = ("task_id", "session_id", "node", "cipher_public_key", "mask_public_key", "certificate", "signature")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CIPHER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    MASK_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    session_id: bytes
+    node: str
+    cipher_public_key: bytes
+    mask_public_key: bytes
+    certificate: bytes
+    signature: bytes
+    def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., node: _Optional[str] = ..., cipher_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., certificate: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class KeyRoster(_message.Message):
+    __slots__ = ("task_id", "session_id", "keys")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    session_id: bytes
+    keys: _containers.RepeatedCompositeFieldContainer[KeyAdvertisement]
+    def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., keys: _Optional[_Iterable[_Union[KeyAdvertisement, _Mapping]]] = ...) -> None: ...
+
+class EncryptedShare(_message.Message):
+    __slots__ = ("sender", "recipient", "nonce", "ciphertext")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    sender: str
+    recipient: str
+    nonce: bytes
+    ciphertext: bytes
+    def __init__(self, sender: _Optional[str] = ..., recipient: _Optional[str] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class ShareBundle(_message.Message):
+    __slots__ = ("task_id", "session_id", "shares")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    session_id: bytes
+    shares: _containers.RepeatedCompositeFieldContainer[EncryptedShare]
+    def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., shares: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ...) -> None: ...
+
+class ShareDelivery(_message.Message):
+    __slots__ = ("task_id", "session_id", "shares")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    session_id: bytes
+    shares: _containers.RepeatedCompositeFieldContainer[EncryptedShare]
+    def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., shares: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ...) -> None: ...
+
+class MaskedInput(_message.Message):
+    __slots__ = ("task_id", "session_id", "vector_blob", "clipped", "result")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_BLOB_FIELD_NUMBER: _ClassVar[int]
+    CLIPPED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    session_id: bytes
+    vector_blob: str
+    clipped: int
+    result: TrainResult
+    def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., vector_blob: _Optional[str] = ..., clipped: _Optional[int] = ..., result: _Optional[_Union[TrainResult, _Mapping]] = ...) -> None: ...
+
+class UnmaskRequest(_message.Message):
+    __slots__ = ("task_id", "session_id", "survivors", "dropped")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    session_id: bytes
+    survivors: _containers.RepeatedScalarFieldContainer[str]
+    dropped: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RevealedShare(_message.Message):
+    __slots__ = ("owner", "kind", "share")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    kind: str
+    share: bytes
+    def __init__(self, owner: _Optional[str] = ..., kind: _Optional[str] = ..., share: _Optional[bytes] = ...) -> None: ...
+
+class UnmaskShares(_message.Message):
+    __slots__ = ("task_id", "session_id", "shares")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    session_id: bytes
+    shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
+    def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,110 @@
+"""Fixed-point encoding of real vectors into the ring Z_2^k, so that sums can be masked.
+
+A value x is clipped to [-c, c], scaled by s and rounded stochastically,
+
+    enc(x) = ⌊s·clip(x) + u⌋ mod 2^k,   u ~ U[0, 1),
+
+so E[enc(x)] = s·clip(x) (unbiased) and |enc(x)| ≤ s·c + 1 as a signed integer. With
+n summands and s ≤ ((2^(k-1) − 1)/n − 1)/c (:meth:`FixedPoint.for_sum`) the sum of any n
+encodings lies in (−2^(k-1), 2^(k-1)), so reading the k-bit sum back as a two's-complement
+integer and dividing by s gives Σ clip(x_i) up to rounding: the ring never wraps.
+Arithmetic mod 2^k is numpy's native unsigned overflow, vectorised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from primia.errors import ConfigError
+
+RING_BITS = (32, 64)
+_UNSIGNED = {32: np.uint32, 64: np.uint64}
+_SIGNED = {32: np.int32, 64: np.int64}
+_LITTLE_ENDIAN: dict[int, np.dtype[np.unsignedinteger]] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    values: npt.NDArray[np.unsignedinteger]
+    clipped: int
+    """How many inputs lay outside [-c, c] and were clipped."""
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """The encoding Z_2^bits ∋ enc(x) of the module docstring."""
+
+    bits: int
+    scale: float
+    clip: float
+
+    def __post_init__(self) -> None:
+        if self.bits not in RING_BITS:
+            raise ConfigError(f"ring bits must be 32 or 64, not {self.bits}")
+        if not (self.clip > 0 and np.isfinite(self.clip)):
+            raise ConfigError(f"the clipping range must be a positive number, not {self.clip}")
+        if not self.scale >= 1:
+            raise ConfigError(
+                f"a scale of {self.scale} leaves no precision: raise the ring bits to 64 or "
+                "lower the clipping range"
+            )
+
+    @classmethod
+    def for_sum(cls, *, summands: int, clip: float, bits: int = 32) -> FixedPoint:
+        """The largest scale at which ``summands`` encodings of values in [-clip, clip]
+        cannot wrap."""
+        if summands < 1:
+            raise ConfigError(f"a sum needs at least one summand, not {summands}")
+        if not (clip > 0 and np.isfinite(clip)):
+            raise ConfigError(f"the clipping range must be a positive number, not {clip}")
+        largest = (2 ** (bits - 1) - 1) / summands - 1
+        # float64 holds 53 bits: near 2^63, s·c + u may round up past the bound, so keep a
+        # margin far above its rounding error (and negligible at 32 bits).
+        largest *= 1 - 2.0**-30
+        return cls(bits=bits, scale=float(np.floor(largest / clip)), clip=clip)
+
+    @property
+    def dtype(self) -> type[np.unsignedinteger]:
+        return _UNSIGNED[self.bits]  # type: ignore[return-value]
+
+    @property
+    def resolution(self) -> float:
+        """The value of one unit in the last place, 1/s."""
+        return 1.0 / self.scale
+
+    def encode(self, values: npt.ArrayLike, rng: np.random.Generator) -> Encoded:
+        """enc(values) with fresh rounding noise from ``rng``; NaN is refused."""
+        real = np.asarray(values, dtype=np.float64).ravel()
+        if np.isnan(real).any():
+            raise ValueError("cannot encode NaN: the update holds NaN values")
+        clipped = int(np.count_nonzero(np.abs(real) > self.clip))
+        scaled = np.clip(real, -self.clip, self.clip)
+        scaled *= self.scale
+        scaled += rng.random(scaled.shape)
+        np.floor(scaled, out=scaled)
+        signed = scaled.astype(_SIGNED[self.bits])
+        return Encoded(values=signed.view(self.dtype), clipped=clipped)
+
+    def decode(self, total: npt.NDArray[np.unsignedinteger]) -> npt.NDArray[np.float64]:
+        """The real value of a ring element (a sum of encodings), as float64."""
+        if total.dtype != self.dtype:
+            raise ValueError(f"expected a {np.dtype(self.dtype).name} vector, got {total.dtype}")
+        return total.view(_SIGNED[self.bits]).astype(np.float64) / self.scale
+
+
+def ring_bytes(values: npt.NDArray[np.unsignedinteger]) -> bytes:
+    """Ring elements as little-endian bytes (what crosses the network), whatever this
+    machine's byte order."""
+    bits = values.dtype.itemsize * 8
+    return values.astype(_LITTLE_ENDIAN[bits], copy=False).tobytes()
+
+
+def ring_values(data: bytes, bits: int) -> npt.NDArray[np.unsignedinteger]:
+    """Ring elements from little-endian bytes (read-only, without a copy where possible)."""
+    dtype = _LITTLE_ENDIAN[bits]
+    if len(data) % dtype.itemsize:
+        raise ValueError(f"{len(data)} bytes are not a whole number of {bits}-bit values")
+    return np.frombuffer(data, dtype=dtype).astype(_UNSIGNED[bits], copy=False)

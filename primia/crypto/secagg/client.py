@@ -1,0 +1,277 @@
+"""The node's side of secure aggregation: a state machine, one instance per round.
+
+    NEW ──advertise──▶ ADVERTISED ──share──▶ SHARED ──mask──▶ MASKED ──unmask──▶ DONE
+
+Any step out of order, any message of another session and any check that fails raises
+:class:`ProtocolViolation` (or :class:`AggregationFailed` when too few parties remain)
+and moves the client to ABORTED, from which it answers nothing more: a node never
+reveals a share after it has seen the protocol misbehave.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+
+import numpy as np
+import numpy.typing as npt
+
+from primia.crypto import keys, shamir
+from primia.crypto.prg import SEED_BYTES, MaskGenerator
+from primia.crypto.secagg.messages import (
+    AggregationFailed,
+    EncryptedShare,
+    KeyAdvertisement,
+    KeyRoster,
+    MaskedInput,
+    ProtocolViolation,
+    RevealedShare,
+    SecretKind,
+    Setup,
+    ShareBundle,
+    ShareDelivery,
+    UnmaskRequest,
+    UnmaskShares,
+    pair_sign,
+    share_associated_data,
+    verify_keys,
+)
+
+CIPHER_PURPOSE = b"primia share cipher"
+MASK_PURPOSE = b"primia pairwise mask"
+
+
+class ClientState(Enum):
+    NEW = "new"
+    ADVERTISED = "advertised"
+    SHARED = "shared"
+    MASKED = "masked"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+class AggregationClient:
+    """Node ``node``'s run of one round's protocol (see the module docstring).
+
+    ``certificate_pem``/``key_pem`` are the node's TLS certificate and key, which sign its
+    public keys; ``ca_pem`` is the consortium's CA, against which the others' are checked.
+    """
+
+    def __init__(
+        self, setup: Setup, node: str, *, certificate_pem: bytes, key_pem: bytes, ca_pem: bytes
+    ) -> None:
+        problems = setup.problems()
+        if problems:
+            raise ProtocolViolation("unusable secure-aggregation setup: " + "; ".join(problems))
+        if node not in setup.participants:
+            raise ProtocolViolation(f"{node!r} is not among the round's participants")
+        self.setup = setup
+        self.node = node
+        self.state = ClientState.NEW
+        self._certificate = certificate_pem
+        self._key_pem = key_pem
+        self._ca = ca_pem
+        self._cipher_keys = keys.KeyPair.generate()
+        self._mask_keys = keys.KeyPair.generate()
+        self._self_seed = os.urandom(SEED_BYTES)
+        self._roster: dict[str, KeyAdvertisement] = {}
+        self._own_shares: dict[SecretKind, bytes] = {}
+        self._held: dict[str, dict[SecretKind, bytes]] = {}
+        """Shares this node holds of each peer's secrets (and of its own)."""
+        self._contributors: tuple[str, ...] = ()
+
+    # ---- the four steps -------------------------------------------------------------
+
+    def advertise(self) -> KeyAdvertisement:
+        self._expect(ClientState.NEW, "advertise keys")
+        payload = keys.signed_payload(
+            self.setup.session, self.node, self._cipher_keys.public, self._mask_keys.public
+        )
+        advertisement = KeyAdvertisement(
+            session=self.setup.session,
+            node=self.node,
+            cipher_public=self._cipher_keys.public,
+            mask_public=self._mask_keys.public,
+            certificate=self._certificate,
+            signature=keys.sign(self._key_pem, payload),
+        )
+        self.state = ClientState.ADVERTISED
+        return advertisement
+
+    def share(self, roster: KeyRoster) -> ShareBundle:
+        """Verify every advertised key, then seal shares of b_u and s_u for each peer."""
+        self._expect(ClientState.ADVERTISED, "share secrets")
+        with self._aborting():
+            self.setup.check_session(roster.session, "the key roster")
+            self._roster = self._verified(roster)
+            roster_names = sorted(self._roster)
+            indices = [self.setup.index(name) for name in roster_names]
+            threshold = self.setup.threshold
+            seed_shares = shamir.split(self._self_seed, indices, threshold)
+            key_shares = shamir.split(self._mask_keys.private_bytes(), indices, threshold)
+            sealed = []
+            for name, index in zip(roster_names, indices, strict=True):
+                plaintext = seed_shares[index] + key_shares[index]
+                if name == self.node:
+                    self._held[name] = {
+                        SecretKind.SELF_MASK: seed_shares[index],
+                        SecretKind.MASK_KEY: key_shares[index],
+                    }
+                    continue
+                key = self._pair_key(name, CIPHER_PURPOSE)
+                nonce, ciphertext = keys.seal(
+                    key, plaintext, share_associated_data(self.setup.session, self.node, name)
+                )
+                sealed.append(EncryptedShare(self.node, name, nonce, ciphertext))
+            self.state = ClientState.SHARED
+            return ShareBundle(self.setup.session, self.node, tuple(sealed))
+
+    def mask(
+        self, delivery: ShareDelivery, encoded: npt.NDArray[np.unsignedinteger]
+    ) -> MaskedInput:
+        """Open the shares the others sent, then mask ``encoded`` (this node's input,
+        already in the ring) with the self mask and a pairwise mask per contributor."""
+        self._expect(ClientState.SHARED, "mask the input")
+        with self._aborting():
+            self.setup.check_session(delivery.session, "the share delivery")
+            if delivery.recipient != self.node:
+                raise ProtocolViolation(
+                    f"a share delivery for {delivery.recipient!r} reached {self.node!r}"
+                )
+            fixed_point = self.setup.fixed_point()
+            if encoded.shape != (self.setup.vector_length,) or encoded.dtype != fixed_point.dtype:
+                raise ProtocolViolation(
+                    f"the input is {encoded.shape} {encoded.dtype}; the round aggregates "
+                    f"{self.setup.vector_length} values of {np.dtype(fixed_point.dtype).name}"
+                )
+            for sealed in delivery.shares:
+                self._open(sealed)
+            self._contributors = tuple(sorted(self._held))
+            self._need(len(self._contributors), "nodes shared their secrets")
+            masks = MaskGenerator(self.setup.vector_length, fixed_point.dtype)
+            masked = encoded.copy()
+            masks.add(masked, self._self_seed)
+            for peer in self._contributors:
+                if peer != self.node:
+                    seed = self._pair_key(peer, MASK_PURPOSE)
+                    masks.add(masked, seed, pair_sign(self.node, peer))
+            self.state = ClientState.MASKED
+            return MaskedInput(self.setup.session, self.node, masked)
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskShares:
+        """Reveal shares of b_v for the survivors and of s_v for the dropped."""
+        self._expect(ClientState.MASKED, "reveal shares")
+        with self._aborting():
+            self.setup.check_session(request.session, "the unmask request")
+            survivors, dropped = set(request.survivors), set(request.dropped)
+            contributors = set(self._contributors)
+            if survivors & dropped:
+                raise ProtocolViolation(
+                    "the unmask request calls "
+                    f"{sorted(survivors & dropped)} both survivors and dropped: revealing both "
+                    "secrets of a node would unmask its input"
+                )
+            if survivors | dropped != contributors:
+                raise ProtocolViolation(
+                    f"the unmask request accounts for {sorted(survivors | dropped)}, but the "
+                    f"nodes that shared secrets are {sorted(contributors)}"
+                )
+            if self.node not in survivors:
+                raise ProtocolViolation(
+                    f"the unmask request does not count {self.node!r} a survivor"
+                )
+            self._need(len(survivors), "nodes uploaded masked inputs")
+            revealed = [
+                RevealedShare(name, SecretKind.SELF_MASK, self._held[name][SecretKind.SELF_MASK])
+                for name in sorted(survivors)
+            ] + [
+                RevealedShare(name, SecretKind.MASK_KEY, self._held[name][SecretKind.MASK_KEY])
+                for name in sorted(dropped)
+            ]
+            self.state = ClientState.DONE
+            return UnmaskShares(self.setup.session, self.node, tuple(revealed))
+
+    # ---- checks ---------------------------------------------------------------------
+
+    def _verified(self, roster: KeyRoster) -> dict[str, KeyAdvertisement]:
+        by_name: dict[str, KeyAdvertisement] = {}
+        for advertisement in roster.keys:
+            name = advertisement.node
+            if name not in self.setup.participants:
+                raise ProtocolViolation(f"the key roster lists {name!r}, not a participant")
+            if name in by_name:
+                raise ProtocolViolation(f"the key roster lists {name!r} twice")
+            self.setup.check_session(advertisement.session, f"the keys of {name!r}")
+            verify_keys(advertisement, self.setup.session, self._ca)
+            by_name[name] = advertisement
+        own = by_name.get(self.node)
+        if own is None or (own.cipher_public, own.mask_public) != (
+            self._cipher_keys.public,
+            self._mask_keys.public,
+        ):
+            raise ProtocolViolation(f"the key roster does not hold {self.node!r}'s own keys")
+        self._need(len(by_name), "nodes advertised keys")
+        return by_name
+
+    def _open(self, sealed: EncryptedShare) -> None:
+        if sealed.recipient != self.node:
+            raise ProtocolViolation(
+                f"a share from {sealed.sender!r} addressed to {sealed.recipient!r} was "
+                f"delivered to {self.node!r}"
+            )
+        if sealed.sender not in self._roster or sealed.sender == self.node:
+            raise ProtocolViolation(f"a share from {sealed.sender!r}, who is not on the key roster")
+        if sealed.sender in self._held:
+            raise ProtocolViolation(f"two shares from {sealed.sender!r}")
+        key = self._pair_key(sealed.sender, CIPHER_PURPOSE)
+        associated = share_associated_data(self.setup.session, sealed.sender, self.node)
+        try:
+            plaintext = keys.open_sealed(key, sealed.nonce, sealed.ciphertext, associated)
+        except keys.UndecryptableShare as error:
+            raise ProtocolViolation(
+                f"the share from {sealed.sender!r} does not decrypt: it was altered, replayed "
+                "or meant for another node"
+            ) from error
+        size = shamir.SHARE_BYTES
+        if len(plaintext) != 2 * size:
+            raise ProtocolViolation(f"the share from {sealed.sender!r} has the wrong length")
+        self._held[sealed.sender] = {
+            SecretKind.SELF_MASK: plaintext[:size],
+            SecretKind.MASK_KEY: plaintext[size:],
+        }
+
+    def _pair_key(self, peer: str, purpose: bytes) -> bytes:
+        advertisement = self._roster[peer]
+        if purpose == CIPHER_PURPOSE:
+            own, public = self._cipher_keys, advertisement.cipher_public
+        else:
+            own, public = self._mask_keys, advertisement.mask_public
+        try:
+            return keys.agree(own.private, public, purpose=purpose, session=self.setup.session)
+        except ValueError as error:
+            raise ProtocolViolation(f"the public key of {peer!r} is unusable: {error}") from error
+
+    def _need(self, count: int, what: str) -> None:
+        if count < self.setup.threshold:
+            raise AggregationFailed(
+                f"only {count} {what}; secure aggregation needs {self.setup.threshold} "
+                "(the threshold): the round is abandoned and nothing was revealed"
+            )
+
+    def _expect(self, state: ClientState, action: str) -> None:
+        if self.state is not state:
+            raise ProtocolViolation(
+                f"{self.node!r} cannot {action} now: its protocol is {self.state.value}, "
+                f"not {state.value}"
+            )
+
+    @contextmanager
+    def _aborting(self) -> Iterator[None]:
+        """Move to ABORTED when a step fails, whatever the error."""
+        try:
+            yield
+        except BaseException:
+            self.state = ClientState.ABORTED
+            raise

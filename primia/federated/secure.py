@@ -1,0 +1,308 @@
+"""Secure aggregation of a round's updates: the coordinator learns Σ w_i Δ_i and Σ w_i only.
+
+Each node flattens its update Δ_i (tensors in sorted name order) and appends its weight
+w_i = min(1, n_i / weight_unit), with weight_unit the largest training set on the
+roster; it multiplies the update by w_i, encodes the vector into Z_2^k
+(:mod:`primia.crypto.ring`) and takes part in the protocol of :mod:`primia.crypto.secagg`.
+The coordinator decodes the sum and divides, so federated averaging keeps its weights:
+
+    Σ w_i Δ_i / Σ w_i = Σ n_i Δ_i / Σ n_i   (when no node exceeds weight_unit).
+
+:class:`SecureAggregator` drives the coordinator's state machine over the round's
+:class:`~primia.federated.registry.NodeLink` s: keys, shares, masked inputs, unmasking,
+each step a barrier that waits for the nodes still in the round. A node that refuses,
+drops, times out or sends a message that fails a check leaves the round at that step; the
+protocol recovers as long as the threshold of nodes remains, and otherwise the round
+fails (the coordinator tries it again) having revealed nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, as_completed
+from concurrent.futures import TimeoutError as FuturesTimeout
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from safetensors.torch import load as load_safetensors
+
+from primia.crypto.ring import ring_values
+from primia.crypto.secagg import (
+    AggregationClient,
+    AggregationFailed,
+    AggregationServer,
+    MaskedInput,
+    ProtocolViolation,
+    Setup,
+    ShareDelivery,
+)
+from primia.crypto.secagg.messages import SESSION_BYTES, majority
+from primia.federated.aggregation import RoundContributions
+from primia.federated.config import SecureAggregationConfig
+from primia.federated.registry import NodeLink
+from primia.federated.tasks import NodeDropped, SecureTask, TaskRefused, TrainOutcome, TrainTask
+from primia.federated.weights import State
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class VectorLayout:
+    """Where each tensor of a state lies in the flat vector: sorted names, then the weight."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+
+    @classmethod
+    def of(cls, state: State) -> VectorLayout:
+        names = tuple(sorted(state))
+        for name in names:
+            if not state[name].is_floating_point():
+                raise ValueError(
+                    f"tensor {name} is {state[name].dtype}; secure aggregation sums floating "
+                    "point tensors only"
+                )
+        return cls(names, tuple(state[name].shape for name in names))
+
+    @property
+    def length(self) -> int:
+        """Values in the vector: every tensor's, plus one for the weight."""
+        return sum(shape.numel() for shape in self.shapes) + 1
+
+    def flatten(self, state: State, weight: float) -> npt.NDArray[np.float64]:
+        """[w·Δ (tensors in order), w] as float64."""
+        vector = torch.cat(
+            [state[name].detach().to("cpu", torch.float64).reshape(-1) for name in self.names]
+            + [torch.ones(1, dtype=torch.float64)]
+        )
+        vector *= weight
+        return vector.numpy()
+
+    def unflatten(self, vector: npt.NDArray[np.float64]) -> tuple[State, float]:
+        """The tensors and the weight of a (summed) vector."""
+        if vector.shape != (self.length,):
+            raise ValueError(f"expected {self.length} values, got {vector.shape}")
+        tensors: State = {}
+        offset = 0
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            size = shape.numel()
+            tensors[name] = torch.from_numpy(vector[offset : offset + size].copy()).reshape(shape)
+            offset += size
+        return tensors, float(vector[-1])
+
+
+def node_weight(examples: int, weight_unit: float) -> float:
+    return min(1.0, examples / weight_unit)
+
+
+class SecureAggregator:
+    """The :class:`~primia.federated.aggregation.Aggregator` by secure aggregation."""
+
+    name = "secure"
+
+    def __init__(self, settings: SecureAggregationConfig, *, ca_pem: bytes) -> None:
+        self.settings = settings
+        self._ca = ca_pem
+
+    def collect(
+        self,
+        links: Sequence[NodeLink],
+        make_task: Callable[[NodeLink], TrainTask],
+        *,
+        reference: State,
+        timeout: float,
+    ) -> RoundContributions:
+        layout = VectorLayout.of(reference)
+        result = RoundContributions(
+            weighted_sum={},
+            total_weight=0.0,
+            dtypes={name: tensor.dtype for name, tensor in reference.items()},
+        )
+        by_name = {link.name: link for link in links}
+        tasks = {link.name: make_task(link) for link in links}
+        participants = tuple(sorted(by_name))
+        threshold = self.settings.threshold or majority(len(participants))
+        if len(participants) < 2 or threshold > len(participants):
+            result.failure = (
+                f"secure aggregation needs at least {max(2, threshold)} nodes in the round, "
+                f"{len(participants)} are connected"
+            )
+            return result
+        some_task = next(iter(tasks.values()))
+        setup = Setup(
+            session=os.urandom(SESSION_BYTES),
+            round=some_task.round,
+            participants=participants,
+            threshold=threshold,
+            bits=self.settings.ring_bits,
+            clip=self.settings.clip,
+            vector_length=layout.length,
+        )
+        weight_unit = float(max(1, *(link.info.dataset.train_examples for link in links)))
+        secure = SecureTask(setup, weight_unit)
+        server = AggregationServer(setup, ca_pem=self._ca)
+        round_ = _Round(server, by_name, result)
+        outcomes = {
+            name: by_name[name].train(replace(task, secure=secure)) for name, task in tasks.items()
+        }
+        try:
+            keys = {name: by_name[name].advertised_keys(tasks[name].task_id) for name in tasks}
+            round_.gather(keys, timeout, "advertise keys", server.receive_keys)
+            roster = server.close_keys()
+
+            bundles = {
+                name: by_name[name].send_roster(tasks[name].task_id, roster)
+                for name in round_.active(keys.node for keys in roster.keys)
+            }
+            step = self.settings.step_timeout_s
+            round_.gather(bundles, step, "share secrets", server.receive_shares)
+            deliveries = server.close_shares()
+
+            for name, delivery in deliveries.items():
+                by_name[name].deliver_shares(tasks[name].task_id, delivery)
+            masked = {name: outcomes[name] for name in deliveries}
+            round_.gather(masked, step, "upload a masked input", round_.receive_masked)
+            request = server.close_masked()
+
+            reveals = {
+                name: by_name[name].request_unmask(tasks[name].task_id, request)
+                for name in request.survivors
+            }
+            round_.gather(reveals, step, "reveal shares", server.receive_unmask)
+            aggregate = server.finish()
+        except AggregationFailed as error:
+            log.warning("round %d: secure aggregation failed: %s", setup.round, error)
+            result.failure = str(error)
+            result.outcomes.clear()
+            return result
+        finally:
+            for future in outcomes.values():
+                future.cancel()  # a node that stalled is not waited for in later rounds
+        total = setup.fixed_point().decode(aggregate.total)
+        result.weighted_sum, result.total_weight = layout.unflatten(total)
+        if result.total_weight <= 0:
+            result.failure = "the aggregated weight is not positive"
+            result.outcomes.clear()
+            return result
+        for name in aggregate.survivors:
+            result.outcomes[name] = replace(
+                round_.outcomes[name], clipped=aggregate.clipped.get(name, 0)
+            )
+        for name in aggregate.dropped:
+            result.dropped.setdefault(name, "dropped before uploading its masked input")
+        return result
+
+
+class _Round:
+    """The bookkeeping of one round: who is still in, and why the others left."""
+
+    def __init__(
+        self,
+        server: AggregationServer,
+        links: dict[str, NodeLink],
+        result: RoundContributions,
+    ) -> None:
+        self.server = server
+        self.links = links
+        self.result = result
+        self.outcomes: dict[str, TrainOutcome] = {}
+
+    def active(self, names: Iterable[str]) -> list[str]:
+        left = self.result.dropped.keys() | self.result.refused.keys()
+        return [name for name in names if name not in left]
+
+    def gather(
+        self,
+        futures: dict[str, Future[T]],
+        timeout: float,
+        step: str,
+        receive: Callable[[str, T], None],
+    ) -> None:
+        """Wait for each node's answer; hand it to ``receive``; leave out who fails."""
+        pending = {future: name for name, future in futures.items()}
+        try:
+            for future in as_completed(pending, timeout=timeout):
+                name = pending[future]
+                try:
+                    receive(name, future.result())
+                except TaskRefused as refusal:
+                    self.result.refused[name] = str(refusal)
+                except NodeDropped as error:
+                    self.result.dropped[name] = str(error)
+                except ProtocolViolation as error:
+                    log.warning("leaving %s out of the round: %s", name, error)
+                    self.result.dropped[name] = str(error)
+                    self.links[name].report_error(str(error))
+                except Exception as error:  # a broken link must not end the round for the rest
+                    log.exception("leaving %s out of the round", name)
+                    self.result.dropped[name] = f"{type(error).__name__}: {error}"
+        except FuturesTimeout:
+            for future, name in pending.items():
+                if not future.done():
+                    future.cancel()
+                    self.result.dropped[name] = f"did not {step} within {timeout:g} s"
+
+    def receive_masked(self, name: str, outcome: TrainOutcome) -> None:
+        try:
+            values = ring_values(outcome.update.data, self.server.setup.bits)
+        except ValueError as error:
+            raise ProtocolViolation(
+                f"the masked input of {name!r} is unreadable: {error}"
+            ) from error
+        self.server.receive_masked(
+            name, MaskedInput(self.server.setup.session, name, values, outcome.clipped)
+        )
+        self.outcomes[name] = outcome
+
+
+class SecureContribution:
+    """A node's part in one round's secure aggregation, after it trained: its update
+    becomes [w·Δ, w] in the ring and goes through the client's four steps."""
+
+    def __init__(
+        self,
+        secure: SecureTask,
+        node: str,
+        outcome: TrainOutcome,
+        *,
+        certificate_pem: bytes,
+        key_pem: bytes,
+        ca_pem: bytes,
+    ) -> None:
+        self.secure = secure
+        self.outcome = outcome
+        self.client = AggregationClient(
+            secure.setup, node, certificate_pem=certificate_pem, key_pem=key_pem, ca_pem=ca_pem
+        )
+
+    def masked_input(self, delivery: ShareDelivery) -> MaskedInput:
+        """Encode the update (own data: parsing it is safe) and mask it."""
+        setup = self.secure.setup
+        update = load_safetensors(self.outcome.update.data)
+        layout = VectorLayout.of(update)
+        if layout.length != setup.vector_length:
+            raise ProtocolViolation(
+                f"this node's update has {layout.length} values, the round aggregates "
+                f"{setup.vector_length}: the coordinator's model differs from the task's"
+            )
+        weight = node_weight(self.outcome.num_examples, self.secure.weight_unit)
+        encoded = setup.fixed_point().encode(
+            layout.flatten(update, weight), np.random.default_rng()
+        )
+        if encoded.clipped:
+            log.warning(
+                "round %d: %d values of the update lay outside [-%g, %g] and were clipped",
+                setup.round,
+                encoded.clipped,
+                setup.clip,
+                setup.clip,
+            )
+        masked = self.client.mask(delivery, encoded.values)
+        return replace(masked, clipped=encoded.clipped)
