@@ -49,7 +49,7 @@ def _means(result: RunResult) -> tuple[float, float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=10, help="nodes in the federation")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; round 1 is warm-up")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds; round 1 is warm-up")
     parser.add_argument("--patients-per-site", type=int, default=10, help="2 images each")
     args = parser.parse_args(argv)
     if args.rounds < 2:

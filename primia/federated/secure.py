@@ -9,8 +9,10 @@ The coordinator decodes the sum and divides, so federated averaging keeps its we
     Σ w_i Δ_i / Σ w_i = Σ n_i Δ_i / Σ n_i   (when no node exceeds weight_unit).
 
 :class:`SecureAggregator` drives the coordinator's state machine over the round's
-:class:`~primia.federated.registry.NodeLink` s: keys, shares, masked inputs, unmasking,
-each step a barrier that waits for the nodes still in the round. A node that refuses,
+:class:`~primia.federated.registry.NodeLink` s: keys and shares (small messages, before
+the nodes train), then the masked inputs (each node masks and uploads as soon as its
+training ends, while others still train), then unmasking; each step is a barrier that
+waits for the nodes still in the round. A node that refuses,
 drops, times out or sends a message that fails a check leaves the round at that step; the
 protocol recovers as long as the threshold of nodes remains, and otherwise the round
 fails (the coordinator tries it again) having revealed nothing.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, as_completed
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -39,7 +42,6 @@ from primia.crypto.secagg import (
     MaskedInput,
     ProtocolViolation,
     Setup,
-    ShareDelivery,
 )
 from primia.crypto.secagg.messages import SESSION_BYTES, majority
 from primia.federated.aggregation import RoundContributions
@@ -76,11 +78,12 @@ class VectorLayout:
         """Values in the vector: every tensor's, plus one for the weight."""
         return sum(shape.numel() for shape in self.shapes) + 1
 
-    def flatten(self, state: State, weight: float) -> npt.NDArray[np.float64]:
-        """[w·Δ (tensors in order), w] as float64."""
+    def flatten(self, state: State, weight: float) -> npt.NDArray[np.float32]:
+        """[w·Δ (tensors in order), w] as float32, the precision updates are trained in
+        (the ring encoding carries it to float64 a block at a time)."""
         vector = torch.cat(
-            [state[name].detach().to("cpu", torch.float64).reshape(-1) for name in self.names]
-            + [torch.ones(1, dtype=torch.float64)]
+            [state[name].detach().to("cpu", torch.float32).reshape(-1) for name in self.names]
+            + [torch.ones(1)]
         )
         vector *= weight
         return vector.numpy()
@@ -152,24 +155,29 @@ class SecureAggregator:
         outcomes = {
             name: by_name[name].train(replace(task, secure=secure)) for name, task in tasks.items()
         }
+        clock = _StepClock()
         try:
             keys = {name: by_name[name].advertised_keys(tasks[name].task_id) for name in tasks}
-            round_.gather(keys, timeout, "advertise keys", server.receive_keys)
+            step = self.settings.step_timeout_s
+            round_.gather(keys, step, "advertise keys", server.receive_keys)
             roster = server.close_keys()
+            clock.mark("keys")
 
             bundles = {
                 name: by_name[name].send_roster(tasks[name].task_id, roster)
                 for name in round_.active(keys.node for keys in roster.keys)
             }
-            step = self.settings.step_timeout_s
             round_.gather(bundles, step, "share secrets", server.receive_shares)
             deliveries = server.close_shares()
+            clock.mark("shares")
 
             for name, delivery in deliveries.items():
                 by_name[name].deliver_shares(tasks[name].task_id, delivery)
             masked = {name: outcomes[name] for name in deliveries}
-            round_.gather(masked, step, "upload a masked input", round_.receive_masked)
+            # the nodes train now, and upload as soon as they finish
+            round_.gather(masked, timeout, "train and upload", round_.receive_masked)
             request = server.close_masked()
+            clock.mark("training and masked upload")
 
             reveals = {
                 name: by_name[name].request_unmask(tasks[name].task_id, request)
@@ -177,6 +185,7 @@ class SecureAggregator:
             }
             round_.gather(reveals, step, "reveal shares", server.receive_unmask)
             aggregate = server.finish()
+            clock.mark("unmasking")
         except AggregationFailed as error:
             log.warning("round %d: secure aggregation failed: %s", setup.round, error)
             result.failure = str(error)
@@ -187,6 +196,15 @@ class SecureAggregator:
                 future.cancel()  # a node that stalled is not waited for in later rounds
         total = setup.fixed_point().decode(aggregate.total)
         result.weighted_sum, result.total_weight = layout.unflatten(total)
+        clock.mark("decoding")
+        log.info(
+            "round %d: secure aggregation of %d of %d nodes (threshold %d): %s",
+            setup.round,
+            len(aggregate.survivors),
+            len(participants),
+            threshold,
+            clock,
+        )
         if result.total_weight <= 0:
             result.failure = "the aggregated weight is not positive"
             result.outcomes.clear()
@@ -198,6 +216,22 @@ class SecureAggregator:
         for name in aggregate.dropped:
             result.dropped.setdefault(name, "dropped before uploading its masked input")
         return result
+
+
+class _StepClock:
+    """How long each step of a round took, for the log."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self._steps: list[tuple[str, float]] = []
+
+    def mark(self, step: str) -> None:
+        now = time.perf_counter()
+        self._steps.append((step, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds:.2f} s" for step, seconds in self._steps)
 
 
 class _Round:
@@ -263,36 +297,41 @@ class _Round:
 
 
 class SecureContribution:
-    """A node's part in one round's secure aggregation, after it trained: its update
-    becomes [w·Δ, w] in the ring and goes through the client's four steps."""
+    """A node's part in one round's secure aggregation: it exchanges keys and shares
+    before training, then its update becomes [w·Δ, w] in the ring and is masked."""
 
     def __init__(
         self,
-        secure: SecureTask,
+        task: TrainTask,
         node: str,
-        outcome: TrainOutcome,
         *,
         certificate_pem: bytes,
         key_pem: bytes,
         ca_pem: bytes,
     ) -> None:
-        self.secure = secure
-        self.outcome = outcome
+        if task.secure is None:
+            raise ValueError(f"task {task.task_id} does not ask for secure aggregation")
+        self.task = task
+        self.secure = task.secure
         self.client = AggregationClient(
-            secure.setup, node, certificate_pem=certificate_pem, key_pem=key_pem, ca_pem=ca_pem
+            task.secure.setup,
+            node,
+            certificate_pem=certificate_pem,
+            key_pem=key_pem,
+            ca_pem=ca_pem,
         )
 
-    def masked_input(self, delivery: ShareDelivery) -> MaskedInput:
-        """Encode the update (own data: parsing it is safe) and mask it."""
+    def masked_input(self, outcome: TrainOutcome) -> MaskedInput:
+        """Encode the update of ``outcome`` (own data: parsing it is safe) and mask it."""
         setup = self.secure.setup
-        update = load_safetensors(self.outcome.update.data)
+        update = load_safetensors(outcome.update.data)
         layout = VectorLayout.of(update)
         if layout.length != setup.vector_length:
             raise ProtocolViolation(
                 f"this node's update has {layout.length} values, the round aggregates "
                 f"{setup.vector_length}: the coordinator's model differs from the task's"
             )
-        weight = node_weight(self.outcome.num_examples, self.secure.weight_unit)
+        weight = node_weight(outcome.num_examples, self.secure.weight_unit)
         encoded = setup.fixed_point().encode(
             layout.flatten(update, weight), np.random.default_rng()
         )
@@ -304,5 +343,5 @@ class SecureContribution:
                 setup.clip,
                 setup.clip,
             )
-        masked = self.client.mask(delivery, encoded.values)
+        masked = self.client.mask(encoded.values)
         return replace(masked, clipped=encoded.clipped)

@@ -175,6 +175,8 @@ class _Session:
                 self._blobs.popitem(last=False)
 
     def _train(self, message: pb.TrainTask) -> None:
+        """Train and send the update; with secure aggregation, only advertise keys now:
+        the node trains once the shares are exchanged (see :meth:`_secure_step`)."""
         task_id = message.task_id
         try:
             task = TrainTask(
@@ -189,31 +191,40 @@ class _Session:
                 if message.HasField("secure_aggregation")
                 else None,
             )
-            log.info("round %d: training (%s)", task.round, task_id)
-
-            def progress(fraction: float, stage: str) -> None:
-                self._send(
-                    pb.NodeMessage(
-                        progress=pb.TaskProgress(task_id=task_id, fraction=fraction, stage=stage)
-                    )
-                )
-
-            outcome = self._owner.train(task, on_progress=progress)
             if task.secure is not None:
                 self._secure.clear()  # an unfinished earlier round is abandoned
                 contribution = SecureContribution(
-                    task.secure,
+                    task,
                     self._name,
-                    outcome,
                     certificate_pem=self._certificate,
                     key_pem=self._key,
                     ca_pem=self._ca,
                 )
                 keys = contribution.client.advertise()
                 self._secure[task_id] = contribution
+                self._send(pb.NodeMessage(keys=secure_codec.keys_to_proto(task_id, keys)))
+                return
+            outcome = self._run_training(task)
         except Exception as error:  # any failure is an answer to this task, not a crash
             self._refuse(task_id, error)
             return
+        self._outbound.put(outcome.update)
+        result = _result_of(outcome)
+        result.task_id = task_id
+        result.update_blob = outcome.update.blob_id
+        self._send(pb.NodeMessage(train_result=result))
+
+    def _run_training(self, task: TrainTask) -> TrainOutcome:
+        log.info("round %d: training (%s)", task.round, task.task_id)
+
+        def progress(fraction: float, stage: str) -> None:
+            self._send(
+                pb.NodeMessage(
+                    progress=pb.TaskProgress(task_id=task.task_id, fraction=fraction, stage=stage)
+                )
+            )
+
+        outcome = self._owner.train(task, on_progress=progress)
         if outcome.release is not None:
             log.info(
                 "round %d: released an update at eps %.2f (sigma %.2f); spent %.2f of %.2f",
@@ -223,20 +234,14 @@ class _Session:
                 outcome.privacy.epsilon_spent,
                 outcome.privacy.epsilon_budget,
             )
-        if task.secure is not None:
-            self._send(pb.NodeMessage(keys=secure_codec.keys_to_proto(task_id, keys)))
-            return
-        self._outbound.put(outcome.update)
-        result = _result_of(outcome)
-        result.task_id = task_id
-        result.update_blob = outcome.update.blob_id
-        self._send(pb.NodeMessage(train_result=result))
+        return outcome
 
     def _secure_step(
         self, kind: str, message: pb.KeyRoster | pb.ShareDelivery | pb.UnmaskRequest
     ) -> None:
         """One step of secure aggregation for the task the message names; a message that
-        fails a check abandons the round (the node reveals nothing more)."""
+        fails a check abandons the round (the node reveals nothing more). Training runs
+        between the share delivery and the masked upload."""
         task_id = message.task_id
         contribution = self._secure.get(task_id)
         try:
@@ -250,8 +255,9 @@ class _Session:
                 bundle = client.share(secure_codec.roster_from_proto(message))
                 self._send(pb.NodeMessage(shares=secure_codec.bundle_to_proto(task_id, bundle)))
             elif isinstance(message, pb.ShareDelivery):
-                delivery = secure_codec.delivery_from_proto(message, self._name)
-                masked = contribution.masked_input(delivery)
+                client.receive_shares(secure_codec.delivery_from_proto(message, self._name))
+                outcome = self._run_training(contribution.task)
+                masked = contribution.masked_input(outcome)
                 blob = Blob.of(f"{task_id}-masked", ring_bytes(masked.values))
                 self._outbound.put(blob)
                 upload = pb.MaskedInput(
@@ -259,7 +265,7 @@ class _Session:
                     session_id=masked.session,
                     vector_blob=blob.blob_id,
                     clipped=masked.clipped,
-                    result=_result_of(contribution.outcome),
+                    result=_result_of(outcome),
                 )
                 self._send(pb.NodeMessage(masked_input=upload))
             else:

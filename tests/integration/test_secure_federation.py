@@ -13,9 +13,10 @@ import pytest
 from conftest import SITES, Consortium
 
 from primia.crypto.keys import KeyPair
-from primia.crypto.secagg import AggregationServer, KeyRoster, MaskedInput, ShareDelivery
+from primia.crypto.secagg import AggregationServer, KeyRoster, MaskedInput
 from primia.federated.coordinator import FederationFailed
 from primia.federated.secure import SecureContribution
+from primia.federated.tasks import TrainOutcome
 from primia.nodes.server import CoordinatorServer
 
 
@@ -44,8 +45,8 @@ def _run(server: CoordinatorServer) -> dict[str, Any]:
 def test_a_node_lost_after_sharing_its_secrets_is_unmasked_away(
     consortium: Consortium, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """site2 shares its secrets, then dies before uploading: the survivors' sum is still
-    recovered (its pairwise masks are rebuilt from the shares of its mask key)."""
+    """site2 shares its secrets and trains, then dies before uploading: the survivors' sum
+    is still recovered (its pairwise masks are rebuilt from the shares of its mask key)."""
     server = CoordinatorServer(consortium.coordinator_config(tmp_path / "run", rounds=1))
     port = server.start()
     clients = {
@@ -54,11 +55,11 @@ def test_a_node_lost_after_sharing_its_secrets_is_unmasked_away(
     }
     masked_input = SecureContribution.masked_input
 
-    def die_at_site2(self: SecureContribution, delivery: ShareDelivery) -> MaskedInput:
+    def die_at_site2(self: SecureContribution, outcome: TrainOutcome) -> MaskedInput:
         if self.client.node == "site2":
             clients["site2"].stop()  # cancels its stream, as a crash would
             raise ConnectionError("site2 lost power")
-        return masked_input(self, delivery)
+        return masked_input(self, outcome)
 
     monkeypatch.setattr(SecureContribution, "masked_input", die_at_site2)
     report = _run(server)

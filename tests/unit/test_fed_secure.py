@@ -101,11 +101,9 @@ class InProcessNode:
 
     def train(self, task: TrainTask) -> Future:
         assert task.secure is not None
-        outcome = self._outcome(Blob.of("update", encode(self.update)))
         self.contribution = SecureContribution(
-            task.secure,
+            task,
             self.name,
-            outcome,
             certificate_pem=self.certificate,
             key_pem=self.key,
             ca_pem=self.ca,
@@ -129,7 +127,9 @@ class InProcessNode:
         if self._gone("masked"):
             self.outcome.set_exception(NodeDropped(f"{self.name} left"))
             return
-        masked = self.contribution.masked_input(delivery)
+        self.contribution.client.receive_shares(delivery)
+        trained = self._outcome(Blob.of("update", encode(self.update)))
+        masked = self.contribution.masked_input(trained)
         upload = Blob.of("masked", ring_bytes(masked.values))
         self.outcome.set_result(self._outcome(upload, clipped=masked.clipped))
 
@@ -246,7 +246,8 @@ def test_vector_layout_round_trips_in_sorted_order():
     assert layout.names == ("a", "z") and layout.length == 8
     vector = layout.flatten(state, 0.5)
     np.testing.assert_array_equal(vector, [0, 0.5, 1, 1.5, 0, 0.5, 1, 0.5])
-    tensors, weight = layout.unflatten(vector / 0.5)
+    assert vector.dtype == np.float32
+    tensors, weight = layout.unflatten(vector.astype(np.float64) / 0.5)
     assert weight == 1.0
     assert torch.equal(tensors["a"], state["a"].double()) and torch.equal(
         tensors["z"], state["z"].double()

@@ -62,6 +62,12 @@ def consortium(tmp_path_factory: pytest.TempPathFactory) -> Consortium:
     return Consortium(ca, credentials)
 
 
+def _mask(client: AggregationClient, delivery: ShareDelivery, values: np.ndarray) -> MaskedInput:
+    """The node's third step as it runs in a round: take the shares, then mask."""
+    client.receive_shares(delivery)
+    return client.mask(values)
+
+
 def _setup(nodes: int, *, bits: int = 32, length: int = LENGTH) -> Setup:
     return Setup(
         session=os.urandom(16),
@@ -115,7 +121,7 @@ class Round:
 
     def masked(self, deliveries: Mapping[str, ShareDelivery]) -> UnmaskRequest:
         for name, client in self.clients.items():
-            self.server.receive_masked(name, client.mask(deliveries[name], self.inputs[name]))
+            self.server.receive_masked(name, _mask(client, deliveries[name], self.inputs[name]))
         return self.server.close_masked()
 
     def until_masked(self) -> dict[str, ShareDelivery]:
@@ -174,7 +180,7 @@ def test_aggregate_reports_what_each_survivor_clipped(consortium):
     run = Round(consortium, _setup(3))
     deliveries = run.until_masked()
     for count, (name, client) in enumerate(run.clients.items()):
-        masked = client.mask(deliveries[name], run.inputs[name])
+        masked = _mask(client, deliveries[name], run.inputs[name])
         run.server.receive_masked(name, replace(masked, clipped=count))
     request = run.server.close_masked()
     for name, client in run.clients.items():
@@ -220,7 +226,7 @@ def test_a_client_refuses_to_mask_with_fewer_than_the_threshold_of_shares(consor
     client = run.clients["node00"]
     short = replace(deliveries["node00"], shares=deliveries["node00"].shares[:1])
     with pytest.raises(AggregationFailed, match=r"only 2 nodes shared.*needs 3"):
-        client.mask(short, run.inputs["node00"])
+        _mask(client, short, run.inputs["node00"])
     assert client.state is ClientState.ABORTED
 
 
@@ -241,7 +247,7 @@ def test_an_altered_revealed_share_fails_the_round_instead_of_a_wrong_sum(consor
     deliveries = run.until_masked()
     for name, client in run.clients.items():
         if name != "node04":
-            run.server.receive_masked(name, client.mask(deliveries[name], run.inputs[name]))
+            run.server.receive_masked(name, _mask(client, deliveries[name], run.inputs[name]))
     request = run.server.close_masked()
     assert request.dropped == ("node04",)
     for name in request.survivors:
@@ -427,7 +433,9 @@ def test_messages_of_an_earlier_round_are_refused(consortium):
 def test_a_masked_input_of_an_earlier_round_is_refused(consortium):
     earlier = Round(consortium, _setup(3))
     old_deliveries = earlier.until_masked()
-    old_upload = earlier.clients["node00"].mask(old_deliveries["node00"], earlier.inputs["node00"])
+    old_upload = _mask(
+        earlier.clients["node00"], old_deliveries["node00"], earlier.inputs["node00"]
+    )
     current = Round(consortium, replace(earlier.setup, session=os.urandom(16), round=2))
     current.until_masked()
 
@@ -448,7 +456,7 @@ def test_a_share_addressed_to_another_node_is_refused(consortium):
         shares=(for_node02, _share(deliveries["node01"], "node02")),
     )
     with pytest.raises(ProtocolViolation, match="addressed to 'node02' was delivered to 'node01'"):
-        run.clients["node01"].mask(misrouted, run.inputs["node01"])
+        _mask(run.clients["node01"], misrouted, run.inputs["node01"])
     assert run.clients["node01"].state is ClientState.ABORTED
 
 
@@ -461,14 +469,14 @@ def test_a_share_readdressed_to_another_node_does_not_decrypt(consortium):
         shares=(readdressed, _share(deliveries["node01"], "node02")),
     )
     with pytest.raises(ProtocolViolation, match="from 'node00' does not decrypt"):
-        run.clients["node01"].mask(misrouted, run.inputs["node01"])
+        _mask(run.clients["node01"], misrouted, run.inputs["node01"])
 
 
 def test_a_delivery_for_another_node_is_refused(consortium):
     run = Round(consortium, _setup(3))
     deliveries = run.until_masked()
     with pytest.raises(ProtocolViolation, match="for 'node02' reached 'node01'"):
-        run.clients["node01"].mask(deliveries["node02"], run.inputs["node01"])
+        _mask(run.clients["node01"], deliveries["node02"], run.inputs["node01"])
 
 
 def test_the_same_share_twice_is_refused(consortium):
@@ -477,7 +485,7 @@ def test_the_same_share_twice_is_refused(consortium):
     twice = _share(deliveries["node01"], "node00")
     doubled = replace(deliveries["node01"], shares=(twice, twice))
     with pytest.raises(ProtocolViolation, match="two shares from 'node00'"):
-        run.clients["node01"].mask(doubled, run.inputs["node01"])
+        _mask(run.clients["node01"], doubled, run.inputs["node01"])
 
 
 @pytest.mark.parametrize(
@@ -496,7 +504,7 @@ def test_a_client_refuses_to_mask_an_input_of_the_wrong_length(consortium):
     run = Round(consortium, _setup(3))
     deliveries = run.until_masked()
     with pytest.raises(ProtocolViolation, match=f"aggregates {LENGTH} values of uint32"):
-        run.clients["node00"].mask(deliveries["node00"], np.zeros(LENGTH - 1, np.uint32))
+        _mask(run.clients["node00"], deliveries["node00"], np.zeros(LENGTH - 1, np.uint32))
 
 
 def test_an_unmask_request_calling_a_node_both_survivor_and_dropped_is_refused(consortium):
@@ -548,8 +556,8 @@ def test_a_client_refuses_steps_out_of_order(consortium):
     run = Round(consortium, _setup(3))
     client = run.clients["node00"]
     delivery = ShareDelivery(run.setup.session, "node00", ())
-    with pytest.raises(ProtocolViolation, match=r"cannot mask the input now: .* new, not shared"):
-        client.mask(delivery, run.inputs["node00"])
+    with pytest.raises(ProtocolViolation, match=r"cannot receive shares now: .* new, not shared"):
+        _mask(client, delivery, run.inputs["node00"])
     client.advertise()
     with pytest.raises(ProtocolViolation, match="cannot advertise keys now"):
         client.advertise()

@@ -1,6 +1,10 @@
 """The node's side of secure aggregation: a state machine, one instance per round.
 
-    NEW ──advertise──▶ ADVERTISED ──share──▶ SHARED ──mask──▶ MASKED ──unmask──▶ DONE
+    NEW ──advertise──▶ ADVERTISED ──share──▶ SHARED ──receive_shares──▶ READY
+        ──mask──▶ MASKED ──unmask──▶ DONE
+
+The input is needed only at ``mask``: a node exchanges keys and shares before it trains,
+so that it can mask and upload its update as soon as training ends.
 
 Any step out of order, any message of another session and any check that fails raises
 :class:`ProtocolViolation` (or :class:`AggregationFailed` when too few parties remain)
@@ -47,6 +51,7 @@ class ClientState(Enum):
     NEW = "new"
     ADVERTISED = "advertised"
     SHARED = "shared"
+    READY = "ready"
     MASKED = "masked"
     DONE = "done"
     ABORTED = "aborted"
@@ -128,28 +133,33 @@ class AggregationClient:
             self.state = ClientState.SHARED
             return ShareBundle(self.setup.session, self.node, tuple(sealed))
 
-    def mask(
-        self, delivery: ShareDelivery, encoded: npt.NDArray[np.unsignedinteger]
-    ) -> MaskedInput:
-        """Open the shares the others sent, then mask ``encoded`` (this node's input,
-        already in the ring) with the self mask and a pairwise mask per contributor."""
-        self._expect(ClientState.SHARED, "mask the input")
+    def receive_shares(self, delivery: ShareDelivery) -> None:
+        """Open the shares the others sealed for this node; their senders are the
+        contributors whose pairwise masks this node's input will carry."""
+        self._expect(ClientState.SHARED, "receive shares")
         with self._aborting():
             self.setup.check_session(delivery.session, "the share delivery")
             if delivery.recipient != self.node:
                 raise ProtocolViolation(
                     f"a share delivery for {delivery.recipient!r} reached {self.node!r}"
                 )
+            for sealed in delivery.shares:
+                self._open(sealed)
+            self._contributors = tuple(sorted(self._held))
+            self._need(len(self._contributors), "nodes shared their secrets")
+            self.state = ClientState.READY
+
+    def mask(self, encoded: npt.NDArray[np.unsignedinteger]) -> MaskedInput:
+        """Mask ``encoded`` (this node's input, already in the ring) with the self mask
+        and a pairwise mask per contributor."""
+        self._expect(ClientState.READY, "mask the input")
+        with self._aborting():
             fixed_point = self.setup.fixed_point()
             if encoded.shape != (self.setup.vector_length,) or encoded.dtype != fixed_point.dtype:
                 raise ProtocolViolation(
                     f"the input is {encoded.shape} {encoded.dtype}; the round aggregates "
                     f"{self.setup.vector_length} values of {np.dtype(fixed_point.dtype).name}"
                 )
-            for sealed in delivery.shares:
-                self._open(sealed)
-            self._contributors = tuple(sorted(self._held))
-            self._need(len(self._contributors), "nodes shared their secrets")
             masks = MaskGenerator(self.setup.vector_length, fixed_point.dtype)
             masked = encoded.copy()
             masks.add(masked, self._self_seed)

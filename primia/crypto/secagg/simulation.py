@@ -83,7 +83,7 @@ def simulate(
         timings.client_seconds[name] = timings.client_seconds.get(name, 0.0) + (
             time.perf_counter() - started
         )
-        if observe is not None:
+        if observe is not None and message is not None:
             observe(name, message)
         return message
 
@@ -111,7 +111,8 @@ def simulate(
     uploaded = []
     for name in shared:
         if alive(name, Step.MASKED):
-            upload = by_client(name, partial(clients[name].mask, deliveries[name], inputs[name]))
+            by_client(name, partial(clients[name].receive_shares, deliveries[name]))
+            upload = by_client(name, partial(clients[name].mask, inputs[name]))
             by_server(partial(server.receive_masked, name, upload))
             uploaded.append(name)
     request = by_server(server.close_masked)
