@@ -82,6 +82,14 @@ def agree(
     return derive(shared, purpose=purpose, session=session)
 
 
+def check_public_key(data: bytes) -> None:
+    """ValueError unless ``data`` is an X25519 public key usable for agreement (32 bytes,
+    not of low order: cryptography refuses an exchange whose result is all zeros)."""
+    if len(data) != PUBLIC_KEY_BYTES:
+        raise ValueError(f"an X25519 public key is {PUBLIC_KEY_BYTES} bytes, not {len(data)}")
+    X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(data))
+
+
 def derive(secret: bytes, *, purpose: bytes, session: bytes) -> bytes:
     """HKDF-SHA256 of ``secret`` to 32 bytes, bound to ``purpose`` and ``session``."""
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose + b"|" + session)

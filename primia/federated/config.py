@@ -92,8 +92,9 @@ class SecureAggregationConfig:
     threshold: int = 0
     """Nodes needed to finish (and to collude to learn anything); 0: a majority."""
     step_timeout_s: float = 120.0
-    """How long each step after training waits for the nodes (they are small messages,
-    and the masked upload)."""
+    """How long the share exchange and the unmasking wait for the nodes (small messages);
+    receiving the weights with advertising keys, and training with the masked upload,
+    each have ``round_timeout_s``."""
 
     def __post_init__(self) -> None:
         if self.ring_bits not in (32, 64):

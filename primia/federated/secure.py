@@ -158,8 +158,11 @@ class SecureAggregator:
         clock = _StepClock()
         try:
             keys = {name: by_name[name].advertised_keys(tasks[name].task_id) for name in tasks}
+            # the weights travel to each node before its keys come back: the round's timeout
+            round_.gather(
+                keys, timeout, "receive the weights and advertise keys", server.receive_keys
+            )
             step = self.settings.step_timeout_s
-            round_.gather(keys, step, "advertise keys", server.receive_keys)
             roster = server.close_keys()
             clock.mark("keys")
 

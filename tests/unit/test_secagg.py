@@ -672,3 +672,17 @@ def test_an_unknown_revealed_share_kind_is_refused():
     )
     with pytest.raises(MessageError, match="kind 'both'"):
         secure_codec.unmask_from_proto(message, "node02")
+
+
+@pytest.mark.parametrize("bad_key", [bytes(31), bytes(32)])
+def test_an_unusable_public_key_is_refused_by_the_server_before_others_see_it(consortium, bad_key):
+    """A node whose signed keys cannot be used (wrong size, low order) is left out at the
+    coordinator; otherwise every honest node would abandon the round on meeting it."""
+    run = Round(consortium, _setup(3))
+    client = run.clients["node00"]
+    honest = client.advertise()
+    credentials = consortium.credentials["node00"]
+    payload = keys.signed_payload(run.setup.session, "node00", honest.cipher_public, bad_key)
+    forged = replace(honest, mask_public=bad_key, signature=keys.sign(credentials.key_pem, payload))
+    with pytest.raises(ProtocolViolation, match="mask key of 'node00' is unusable"):
+        run.server.receive_keys("node00", forged)

@@ -104,7 +104,19 @@ class KeyAdvertisement:
 
 def verify_keys(advertisement: KeyAdvertisement, session: bytes, ca_pem: bytes) -> None:
     """Check that the node the advertisement names signed its keys for ``session`` with
-    the certificate this consortium's CA issued it; :class:`ProtocolViolation` if not."""
+    the certificate this consortium's CA issued it, and that the keys are usable (one
+    bad key would otherwise make every honest node abandon the round);
+    :class:`ProtocolViolation` if not."""
+    for what, public in (
+        ("cipher", advertisement.cipher_public),
+        ("mask", advertisement.mask_public),
+    ):
+        try:
+            keys.check_public_key(public)
+        except ValueError as error:
+            raise ProtocolViolation(
+                f"the {what} key of {advertisement.node!r} is unusable: {error}"
+            ) from error
     payload = keys.signed_payload(
         session, advertisement.node, advertisement.cipher_public, advertisement.mask_public
     )
