@@ -22,15 +22,18 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, TimeoutError, as_completed
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 
+from primia.errors import PrimiaError
 from primia.federated.registry import NodeLink
 from primia.federated.tasks import NodeDropped, TaskRefused, TrainOutcome, TrainTask
 from primia.federated.weights import State, WeightsError, decode_like
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -74,6 +77,44 @@ class Aggregator(Protocol):
     ) -> RoundContributions: ...
 
 
+def gather(
+    futures: dict[str, Future[T]],
+    receive: Callable[[str, T], None],
+    result: RoundContributions,
+    *,
+    timeout: float,
+    late: str,
+    report: Callable[[str, str], None] | None = None,
+) -> None:
+    """Hand each node's answer to ``receive`` as it arrives, leaving out (in ``result``)
+    the nodes that refuse, drop, send what ``receive`` rejects (a
+    :class:`~primia.errors.PrimiaError`, told to the node through ``report``), or have not
+    answered within ``timeout`` (``late`` says what they failed to do)."""
+    pending = {future: name for name, future in futures.items()}
+    try:
+        for future in as_completed(pending, timeout=timeout):
+            name = pending[future]
+            try:
+                receive(name, future.result())
+            except TaskRefused as refusal:
+                result.refused[name] = str(refusal)
+            except NodeDropped as error:
+                result.dropped[name] = str(error)
+            except PrimiaError as error:
+                log.warning("leaving %s out of the round: %s", name, error)
+                result.dropped[name] = str(error)
+                if report is not None:
+                    report(name, str(error))
+            except Exception as error:  # a broken link must not end the round for the rest
+                log.exception("leaving %s out of the round", name)
+                result.dropped[name] = f"{type(error).__name__}: {error}"
+    except TimeoutError:
+        for future, name in pending.items():
+            if not future.done():
+                future.cancel()
+                result.dropped[name] = f"{late} within {timeout:g} s"
+
+
 class PlaintextAggregator:
     """Collects every node's update in the clear and sums them (see the module docstring)."""
 
@@ -87,9 +128,7 @@ class PlaintextAggregator:
         reference: State,
         timeout: float,
     ) -> RoundContributions:
-        pending: dict[Future[TrainOutcome], NodeLink] = {
-            link.train(make_task(link)): link for link in links
-        }
+        futures = {link.name: link.train(make_task(link)) for link in links}
         result = RoundContributions(
             weighted_sum={
                 name: torch.zeros_like(t, dtype=torch.float64) for name, t in reference.items()
@@ -97,43 +136,16 @@ class PlaintextAggregator:
             total_weight=0.0,
             dtypes={name: tensor.dtype for name, tensor in reference.items()},
         )
-        # Each update is checked and added as it arrives, while other nodes still upload.
-        try:
-            for future in as_completed(pending, timeout=timeout):
-                self._add(result, pending[future].name, future, reference)
-        except TimeoutError:
-            for future, link in pending.items():
-                if not future.done():
-                    future.cancel()
-                    result.dropped[link.name] = f"no answer within {timeout:g} s"
-        return result
 
-    @staticmethod
-    def _add(
-        result: RoundContributions, name: str, future: Future[TrainOutcome], reference: State
-    ) -> None:
-        try:
-            outcome = future.result()
-        except TaskRefused as refusal:
-            result.refused[name] = str(refusal)
-            return
-        except NodeDropped as error:
-            result.dropped[name] = str(error)
-            return
-        except Exception as error:  # a broken link must not end the round for the rest
-            log.exception("leaving %s out of the round", name)
-            result.dropped[name] = f"{type(error).__name__}: {error}"
-            return
-        try:
+        def add(name: str, outcome: TrainOutcome) -> None:
             update = decode_like(outcome.update.data, reference, what=f"update of {name}")
-        except WeightsError as error:
-            log.warning("leaving %s out of the round: %s", name, error)
-            result.dropped[name] = str(error)
-            return
-        if outcome.num_examples < 1:
-            result.dropped[name] = "the update claims no training examples"
-            return
-        for tensor_name, delta in update.items():
-            result.weighted_sum[tensor_name].add_(delta, alpha=outcome.num_examples)
-        result.total_weight += outcome.num_examples
-        result.outcomes[name] = outcome
+            if outcome.num_examples < 1:
+                raise WeightsError("the update claims no training examples")
+            for tensor_name, delta in update.items():
+                result.weighted_sum[tensor_name].add_(delta, alpha=outcome.num_examples)
+            result.total_weight += outcome.num_examples
+            result.outcomes[name] = outcome
+
+        # Each update is checked and added as it arrives, while other nodes still upload.
+        gather(futures, add, result, timeout=timeout, late="no answer")
+        return result

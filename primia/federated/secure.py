@@ -24,8 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, as_completed
-from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -44,10 +43,10 @@ from primia.crypto.secagg import (
     Setup,
 )
 from primia.crypto.secagg.messages import SESSION_BYTES, majority
-from primia.federated.aggregation import RoundContributions
+from primia.federated.aggregation import RoundContributions, gather
 from primia.federated.config import SecureAggregationConfig
 from primia.federated.registry import NodeLink
-from primia.federated.tasks import NodeDropped, SecureTask, TaskRefused, TrainOutcome, TrainTask
+from primia.federated.tasks import SecureTask, TrainOutcome, TrainTask
 from primia.federated.weights import State
 
 log = logging.getLogger(__name__)
@@ -262,29 +261,16 @@ class _Round:
         step: str,
         receive: Callable[[str, T], None],
     ) -> None:
-        """Wait for each node's answer; hand it to ``receive``; leave out who fails."""
-        pending = {future: name for name, future in futures.items()}
-        try:
-            for future in as_completed(pending, timeout=timeout):
-                name = pending[future]
-                try:
-                    receive(name, future.result())
-                except TaskRefused as refusal:
-                    self.result.refused[name] = str(refusal)
-                except NodeDropped as error:
-                    self.result.dropped[name] = str(error)
-                except ProtocolViolation as error:
-                    log.warning("leaving %s out of the round: %s", name, error)
-                    self.result.dropped[name] = str(error)
-                    self.links[name].report_error(str(error))
-                except Exception as error:  # a broken link must not end the round for the rest
-                    log.exception("leaving %s out of the round", name)
-                    self.result.dropped[name] = f"{type(error).__name__}: {error}"
-        except FuturesTimeout:
-            for future, name in pending.items():
-                if not future.done():
-                    future.cancel()
-                    self.result.dropped[name] = f"did not {step} within {timeout:g} s"
+        """Wait for each node's answer to this step; a node whose message breaks the
+        protocol is told why."""
+        gather(
+            futures,
+            receive,
+            self.result,
+            timeout=timeout,
+            late=f"did not {step}",
+            report=lambda name, detail: self.links[name].report_error(detail),
+        )
 
     def receive_masked(self, name: str, outcome: TrainOutcome) -> None:
         try:
@@ -315,7 +301,6 @@ class SecureContribution:
         if task.secure is None:
             raise ValueError(f"task {task.task_id} does not ask for secure aggregation")
         self.task = task
-        self.secure = task.secure
         self.client = AggregationClient(
             task.secure.setup,
             node,
@@ -323,6 +308,11 @@ class SecureContribution:
             key_pem=key_pem,
             ca_pem=ca_pem,
         )
+
+    @property
+    def secure(self) -> SecureTask:
+        assert self.task.secure is not None  # checked when made
+        return self.task.secure
 
     def masked_input(self, outcome: TrainOutcome) -> MaskedInput:
         """Encode the update of ``outcome`` (own data: parsing it is safe) and mask it."""

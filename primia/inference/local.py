@@ -12,6 +12,7 @@ import socket
 from typing import Any
 
 import torch
+from safetensors.torch import load as load_safetensors
 
 from primia.errors import PrimiaError
 from primia.federated.weights import encode
@@ -76,10 +77,8 @@ def _crypto_provider(rendezvous: parties.Rendezvous) -> None:
 def _model_owner(
     rendezvous: parties.Rendezvous, spec: ModelSpec, weights: bytes, shape: tuple[int, ...]
 ) -> None:
-    from safetensors.torch import load
-
     torch.set_num_threads(1)
-    parties.model_owner(rendezvous, spec, load(weights), shape)
+    parties.model_owner(rendezvous, spec, load_safetensors(weights), shape)
 
 
 def _data_owner(

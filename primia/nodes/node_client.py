@@ -154,7 +154,7 @@ class _Session:
             elif kind == "evaluate":
                 self._evaluate(message.evaluate)
             elif kind in ("key_roster", "share_delivery", "unmask_request"):
-                self._secure_step(kind, getattr(message, kind))
+                self._secure_step(getattr(message, kind))
             elif kind == "shutdown":
                 log.info("the coordinator ended the session: %s", message.shutdown.reason)
                 return message.shutdown.finished
@@ -236,9 +236,7 @@ class _Session:
             )
         return outcome
 
-    def _secure_step(
-        self, kind: str, message: pb.KeyRoster | pb.ShareDelivery | pb.UnmaskRequest
-    ) -> None:
+    def _secure_step(self, message: pb.KeyRoster | pb.ShareDelivery | pb.UnmaskRequest) -> None:
         """One step of secure aggregation for the task the message names; a message that
         fails a check abandons the round (the node reveals nothing more). Training runs
         between the share delivery and the masked upload."""
