@@ -17,12 +17,9 @@ nodes' ledgers in ``state-<site>/`` and the coordinator's run directory ``run/``
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +32,7 @@ from primia.data.synth import SynthConfig, write_dataset
 from primia.errors import ConfigError, PrimiaError
 from primia.federated.coordinator import FederationStatus
 from primia.federated.registry import NodeStatus
+from primia.launch import start_primia, stop_all, tail
 from primia.nodes.status import StatusUnavailable, fetch_status
 from primia.transport import pki
 
@@ -114,14 +112,14 @@ def run_demo(
     logs.mkdir()
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        processes[COORDINATOR] = _start(
+        processes[COORDINATOR] = start_primia(
             COORDINATOR,
             ["coordinator", "serve", "--config", "coordinator.toml", "--no-progress"],
             out,
             logs,
         )
         for site in sites:
-            processes[site] = _start(
+            processes[site] = start_primia(
                 site,
                 ["node", "serve", "--config", f"node-{site}.toml", "--exit-when-done"],
                 out,
@@ -132,7 +130,7 @@ def run_demo(
         )
         _wait_for_nodes(processes, sites)
     finally:
-        _stop_all(processes)
+        stop_all(processes.values())
     report = json.loads((out / "run" / "report.json").read_text())
     return DemoResult(out=out, report=report, seconds=time.perf_counter() - started)
 
@@ -199,19 +197,6 @@ def _write_configs(out: Path, settings: DemoSettings, sites: list[str], port: in
         (out / f"node-{site}.toml").write_text(tomli_w.dumps(node))
 
 
-def _start(name: str, arguments: list[str], out: Path, logs: Path) -> subprocess.Popen[bytes]:
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    with open(logs / f"{name}.log", "wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "primia", *arguments],
-            cwd=out,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-            start_new_session=True,  # Ctrl-C reaches the demo, which stops the children
-        )
-
-
 def _wait_for_coordinator(
     processes: dict[str, subprocess.Popen[bytes]],
     address: str,
@@ -232,7 +217,7 @@ def _wait_for_coordinator(
         log = logs / f"{COORDINATOR}.log"
         raise DemoFailed(
             f"the coordinator failed (exit {coordinator.returncode}); the end of {log}:\n"
-            + _tail(log)
+            + tail(log)
         )
 
 
@@ -260,20 +245,3 @@ def _wait_for_nodes(processes: dict[str, subprocess.Popen[bytes]], sites: list[s
             processes[site].wait(timeout=30)
         except subprocess.TimeoutExpired:
             continue  # stopped below; the federation itself has finished
-
-
-def _stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> None:
-    for process in processes.values():
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes.values():
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _tail(log: Path, lines: int = 15) -> str:
-    text = log.read_text(errors="replace") if log.exists() else ""
-    return "\n".join(text.splitlines()[-lines:])

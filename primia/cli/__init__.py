@@ -24,11 +24,12 @@ Start with:
   primia data synth --out data/synth  make a synthetic multi-site radiograph dataset
   primia train-local --data data/synth --dp --epsilon 3 --out runs/local
   primia certs init --dir pki --consortium NAME     then: coordinator serve, node serve
+  primia infer demo                   encrypted inference with the demo's model
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from primia.cli import certs, check, data, demo, federation, train
+    from primia.cli import certs, check, data, demo, federation, infer, train
 
     parser = argparse.ArgumentParser(
         prog="primia",
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"primia {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (demo, data, train, certs, federation, check):
+    for group in (demo, data, train, certs, federation, check, infer):
         group.register(subparsers)
     return parser
 

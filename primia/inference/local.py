@@ -1,22 +1,22 @@
-"""All three parties on this machine, each a fresh process: for tests, demos and benchmarks.
+"""All three parties on this machine, each in its own process: for tests and benchmarks.
 
-Processes are spawned, never forked: a forked child whose parent had started PyTorch's
-OpenMP pool deadlocks in its first convolution. Each party runs with one torch thread.
+>>> run = run_local(spec, model.state_dict(), images)      # doctest: +SKIP
+>>> run.logits.shape, [party.peak_memory_bytes for party in run.parties]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import queue
 import socket
-from typing import Any
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
-from safetensors.torch import load as load_safetensors
 
 from primia.errors import PrimiaError
 from primia.federated.weights import encode
-from primia.inference import parties
+from primia.inference import parties, processes
 from primia.models.checkpoint import ModelSpec
 
 
@@ -24,9 +24,18 @@ class InferenceFailed(PrimiaError):
     """A party of an encrypted inference session failed or did not finish in time."""
 
 
-def free_port() -> int:
+@dataclass(frozen=True)
+class EncryptedRun:
+    logits: torch.Tensor
+    parties: tuple[parties.PartyStats, ...]
+    """Model owner, data owner, crypto provider."""
+    seconds: float
+    """Wall time from starting the processes to the data owner's result."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         return int(probe.getsockname()[1])
 
 
@@ -36,58 +45,60 @@ def run_local(
     images: torch.Tensor,
     *,
     timeout_s: float = 600.0,
-) -> torch.Tensor:
-    """The logits of ``images`` under encrypted inference, the three parties on loopback."""
+    threads: int = 1,
+    model_owner: Callable[..., parties.PartyStats] = processes.model_owner,
+    data_owner: Callable[..., tuple[np.ndarray, parties.PartyStats]] = processes.data_owner,
+) -> EncryptedRun:
+    """The logits of ``images`` under encrypted inference, the three parties on loopback.
+
+    Each party runs with ``threads`` torch threads (1: three processes share two cores).
+    ``model_owner`` and ``data_owner`` are the parties' functions, with the signatures of
+    :func:`processes.model_owner` and :func:`processes.data_owner` (the benchmark passes
+    plain CrypTen's to compare).
+    """
+    started = time.perf_counter()
     rendezvous = parties.Rendezvous("127.0.0.1", free_port())
-    context = multiprocessing.get_context("spawn")
-    results: multiprocessing.Queue[Any] = context.Queue()
-    weights = encode(state)
-    processes = [
-        context.Process(target=_crypto_provider, args=(rendezvous,), name="crypto-provider"),
-        context.Process(
-            target=_model_owner,
-            args=(rendezvous, spec, weights, tuple(images.shape)),
-            name="model-owner",
+    shape = tuple(images.shape)
+    party_processes = [
+        processes.PartyProcess(
+            "model owner",
+            model_owner,
+            (rendezvous, spec, encode(state), shape),
+            threads=threads,
         ),
-        context.Process(
-            target=_data_owner, args=(rendezvous, spec, images, results), name="data-owner"
+        processes.PartyProcess(
+            "data owner",
+            data_owner,
+            (rendezvous, spec, images.detach().cpu().float().numpy()),
+            threads=threads,
+        ),
+        processes.PartyProcess(
+            "crypto provider", processes.crypto_provider, (rendezvous,), threads=threads
         ),
     ]
-    for process in processes:
-        process.start()
+    for party in party_processes:
+        party.start()
+    deadline = started + timeout_s
     try:
-        outcome, value = results.get(timeout=timeout_s)
-    except queue.Empty:
-        raise InferenceFailed(f"no result within {timeout_s:g} s") from None
+        # the data owner first: its result is the latency; the others end right after it
+        data = _outcome(party_processes[1], deadline, timeout_s)
+        seconds = time.perf_counter() - started
+        model = _outcome(party_processes[0], deadline, timeout_s)
+        dealer = _outcome(party_processes[2], deadline, timeout_s)
     finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-    if outcome != "ok":
-        raise InferenceFailed(f"the data owner failed: {value}")
-    return torch.from_numpy(value)
+        for party in party_processes:
+            party.kill()
+    assert data.logits is not None
+    stats = tuple(o.stats for o in (model, data, dealer) if o.stats is not None)
+    return EncryptedRun(torch.from_numpy(data.logits), stats, seconds)
 
 
-def _crypto_provider(rendezvous: parties.Rendezvous) -> None:
-    torch.set_num_threads(1)
-    parties.crypto_provider(rendezvous)
-
-
-def _model_owner(
-    rendezvous: parties.Rendezvous, spec: ModelSpec, weights: bytes, shape: tuple[int, ...]
-) -> None:
-    torch.set_num_threads(1)
-    parties.model_owner(rendezvous, spec, load_safetensors(weights), shape)
-
-
-def _data_owner(
-    rendezvous: parties.Rendezvous, spec: ModelSpec, images: torch.Tensor, results: Any
-) -> None:
-    torch.set_num_threads(1)
-    try:
-        logits = parties.data_owner(rendezvous, spec, images)
-    except Exception as error:  # reported to the parent, which raises InferenceFailed
-        results.put(("error", f"{type(error).__name__}: {error}"))
-        raise
-    results.put(("ok", logits.numpy()))
+def _outcome(
+    party: processes.PartyProcess, deadline: float, timeout_s: float
+) -> processes.PartyOutcome:
+    outcome = party.wait(max(deadline - time.perf_counter(), 0.0))
+    if outcome is None:
+        raise InferenceFailed(f"the {party.name} did not finish within {timeout_s:g} s")
+    if outcome.error is not None:
+        raise InferenceFailed(outcome.error)
+    return outcome

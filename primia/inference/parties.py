@@ -10,6 +10,10 @@ it is never used: :func:`join` sets the TTP provider before CrypTen starts.
 from __future__ import annotations
 
 import os
+import resource
+import sys
+import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +32,13 @@ WORLD_SIZE = 2
 """The computing parties; the crypto provider joins as rank WORLD_SIZE."""
 
 
+def use_network_interface(name: str) -> None:
+    """Have gloo (in the party processes started from now on) use interface ``name``;
+    empty: the interface of the host name."""
+    if name:
+        os.environ["GLOO_SOCKET_IFNAME"] = name
+
+
 @dataclass(frozen=True)
 class Rendezvous:
     host: str
@@ -38,11 +49,50 @@ class Rendezvous:
         return f"tcp://{self.host}:{self.port}"
 
 
+ROLES = {MODEL_OWNER: "model owner", DATA_OWNER: "data owner", CRYPTO_PROVIDER: "crypto provider"}
+
+
+@dataclass(frozen=True)
+class PartyStats:
+    """What one party spent on a session, from CrypTen's communication statistics."""
+
+    role: str
+    rounds: int
+    """Messages this party sent or received (CrypTen counts each collective as one)."""
+    bytes_communicated: int
+    """Bytes of the tensors this party sent and received, as CrypTen counts them."""
+    seconds: float
+    """Wall time from joining the session to leaving it."""
+    peak_memory_bytes: int
+    """The process's peak resident memory."""
+
+
+@dataclass
+class _Session:
+    crypten: Any
+    rank: int
+    started: float
+
+    def stats(self) -> PartyStats:
+        counts = self.crypten.comm.get().get_communication_stats()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return PartyStats(
+            role=ROLES[self.rank],
+            rounds=int(counts["rounds"]),
+            bytes_communicated=int(counts["bytes"]),
+            seconds=time.perf_counter() - self.started,
+            # ru_maxrss is in KiB on Linux and in bytes on macOS
+            peak_memory_bytes=int(peak) * (1 if sys.platform == "darwin" else 1024),
+        )
+
+
 @contextmanager
-def join(rendezvous: Rendezvous, rank: int) -> Iterator[Any]:
-    """Start CrypTen as ``rank`` with the TTP provider; yields the ``crypten`` module."""
+def join(rendezvous: Rendezvous, rank: int) -> Iterator[_Session]:
+    """Start CrypTen as ``rank`` with the TTP provider, counting what it communicates."""
+    started = time.perf_counter()
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TTP"
+    crypten.cfg.communicator.verbose = True
     os.environ.update(
         {
             "WORLD_SIZE": str(WORLD_SIZE),
@@ -53,15 +103,30 @@ def join(rendezvous: Rendezvous, rank: int) -> Iterator[Any]:
     )
     crypten.init()
     try:
-        yield crypten
+        yield _Session(crypten, rank, started)
     finally:
         crypten.uninit()
 
 
-def crypto_provider(rendezvous: Rendezvous) -> None:
+def open_to(x: Any, rank: int) -> torch.Tensor | None:
+    """The plaintext of CrypTensor ``x`` at ``rank``, None elsewhere (a collective: every
+    party calls it).
+
+    CrypTen 0.4.1's ``get_plain_text`` decodes negative values by dividing by 2^16 − 1
+    instead of 2^16, which returns some values below −2 exactly 1 too low; the raw ring
+    elements are divided here instead.
+    """
+    raw: torch.Tensor | None = x.reveal(dst=rank)
+    return None if raw is None else (raw.double() / x.encoder.scale).float()
+
+
+def crypto_provider(rendezvous: Rendezvous) -> PartyStats:
     """Deal correlated randomness until the model owner ends the session."""
-    with join(rendezvous, CRYPTO_PROVIDER) as crypten:
-        crypten.mpc.provider.TTPServer()
+    with join(rendezvous, CRYPTO_PROVIDER) as session, warnings.catch_warnings():
+        # TTPServer calls crypten.init() again, which warns that CrypTen is initialised
+        warnings.filterwarnings("ignore", "CrypTen is already initialized")
+        session.crypten.mpc.provider.TTPServer()
+        return session.stats()
 
 
 def model_owner(
@@ -69,21 +134,27 @@ def model_owner(
     spec: ModelSpec,
     state: dict[str, torch.Tensor],
     input_shape: tuple[int, ...],
-) -> None:
+) -> PartyStats:
     """Share the weights, run the model on the data owner's shared images; learn nothing."""
     model = spec.build()
     model.load_state_dict(state)
-    with join(rendezvous, MODEL_OWNER) as crypten:
+    with join(rendezvous, MODEL_OWNER) as session:
+        crypten = session.crypten
         encrypted = EncryptedModel(model, src=MODEL_OWNER, crypten=crypten)
         images = crypten.cryptensor(torch.zeros(input_shape), src=DATA_OWNER)
-        encrypted(images).get_plain_text(dst=DATA_OWNER)
+        open_to(encrypted(images), DATA_OWNER)
+        return session.stats()
 
 
-def data_owner(rendezvous: Rendezvous, spec: ModelSpec, images: torch.Tensor) -> torch.Tensor:
+def data_owner(
+    rendezvous: Rendezvous, spec: ModelSpec, images: torch.Tensor
+) -> tuple[torch.Tensor, PartyStats]:
     """Share the images, run the model owner's shared model; return the logits (only here)."""
     model = spec.build()  # the architecture only: the weights come shared from the owner
-    with join(rendezvous, DATA_OWNER) as crypten:
+    with join(rendezvous, DATA_OWNER) as session:
+        crypten = session.crypten
         encrypted = EncryptedModel(model, src=MODEL_OWNER, crypten=crypten)
         shared = crypten.cryptensor(images, src=DATA_OWNER)
-        logits: torch.Tensor = encrypted(shared).get_plain_text(dst=DATA_OWNER)
-    return logits
+        logits = open_to(encrypted(shared), DATA_OWNER)
+        assert logits is not None  # this party is DATA_OWNER
+        return logits, session.stats()

@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn
 
 import grpc
 
@@ -28,8 +27,8 @@ from primia.nodes.session import ChunkMessages, NodeSession
 from primia.transport.blobs import MIB, BlobAssembler, BlobError
 from primia.transport.generated import federation_pb2 as pb
 from primia.transport.generated import federation_pb2_grpc as pb_grpc
-from primia.transport.pki import CertificateRejected, Identity, Role
-from primia.transport.tls import peer_identity
+from primia.transport.pki import Identity, Role
+from primia.transport.tls import abort, authorize
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +58,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         except StopIteration:
             return
         if first.WhichOneof("kind") != "hello":
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
         try:
             info = codec.info_from_proto(first.hello)
         except codec.MessageError as error:
             log.warning("refused %s: %s", identity.name, error)
-            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(error))
         session = NodeSession(identity.name, info, self._registry, self._chunk_messages)
         context.add_callback(lambda: session.close("the stream ended"))
         reader = threading.Thread(
@@ -128,8 +127,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     )
         except BlobError as error:
             log.warning("probe from %s failed: %s", identity.name, error)
-            _abort(context, grpc.StatusCode.DATA_LOSS, str(error))
-        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the probe ended before its blob")
+            abort(context, grpc.StatusCode.DATA_LOSS, str(error))
+        abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the probe ended before its blob")
 
     def _authorize(
         self,
@@ -139,23 +138,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         roles: Sequence[Role],
         roster: bool = False,
     ) -> Identity:
-        try:
-            identity = peer_identity(context, self._ca_pem)
-        except CertificateRejected as error:
-            log.warning("refused %s from %s: %s", call, context.peer(), error)
-            _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(error))
-        if identity.role not in roles:
-            reason = f"{identity.name} has role {identity.role}; {call} needs {' or '.join(roles)}"
-            log.warning("refused %s from %s: %s", call, context.peer(), reason)
-            _abort(context, grpc.StatusCode.PERMISSION_DENIED, reason)
+        identity = authorize(context, self._ca_pem, call, roles=roles)
         on_roster = identity.name in self._registry.roster or identity.role == "coordinator"
         if roster and not on_roster:
             reason = f"{identity.name} is not on the coordinator's roster"
             log.warning("refused %s from %s: %s", call, context.peer(), reason)
-            _abort(context, grpc.StatusCode.PERMISSION_DENIED, reason)
+            abort(context, grpc.StatusCode.PERMISSION_DENIED, reason)
         return identity
-
-
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, detail: str) -> NoReturn:
-    context.abort(code, detail)
-    raise AssertionError("unreachable: context.abort raises")

@@ -13,12 +13,16 @@ whatever address it dials.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Collection, Sequence
+from typing import NoReturn
 
 import grpc
 
 from primia.transport.blobs import MAX_MESSAGE_SIZE
-from primia.transport.pki import CertificateRejected, Identity, TLSFiles, verify_peer
+from primia.transport.pki import CertificateRejected, Identity, Role, TLSFiles, verify_peer
+
+log = logging.getLogger(__name__)
 
 KEEPALIVE_MS = 20_000
 """How often an idle connection is pinged, so a dead peer is noticed within ~30 s."""
@@ -81,3 +85,35 @@ def peer_identity(context: grpc.ServicerContext, ca_pem: bytes) -> Identity:
     if not certificates:
         raise CertificateRejected(f"peer {context.peer()} presented no client certificate")
     return verify_peer(certificates[0], ca_pem)
+
+
+def authorize(
+    context: grpc.ServicerContext,
+    ca_pem: bytes,
+    call: str,
+    *,
+    roles: Sequence[Role],
+    names: Collection[str] = (),
+) -> Identity:
+    """The peer's identity if its role is one of ``roles`` (and, if ``names`` is not empty,
+    its name one of them); otherwise the call is aborted and a log line says why."""
+    try:
+        identity = peer_identity(context, ca_pem)
+    except CertificateRejected as error:
+        log.warning("refused %s from %s: %s", call, context.peer(), error)
+        abort(context, grpc.StatusCode.UNAUTHENTICATED, str(error))
+    if identity.role not in roles:
+        reason = f"{identity.name} has role {identity.role}; {call} needs {' or '.join(roles)}"
+        log.warning("refused %s from %s: %s", call, context.peer(), reason)
+        abort(context, grpc.StatusCode.PERMISSION_DENIED, reason)
+    if names and identity.name not in names:
+        reason = f"{identity.name} may not call {call} (not among {', '.join(sorted(names))})"
+        log.warning("refused %s from %s: %s", call, context.peer(), reason)
+        abort(context, grpc.StatusCode.PERMISSION_DENIED, reason)
+    return identity
+
+
+def abort(context: grpc.ServicerContext, code: grpc.StatusCode, detail: str) -> NoReturn:
+    """End the call with ``code`` and ``detail`` (``context.abort`` raises)."""
+    context.abort(code, detail)
+    raise AssertionError("unreachable: context.abort raises")

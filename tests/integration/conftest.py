@@ -85,6 +85,8 @@ def consortium_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for site in SITES:
         pki.issue(directory, site, "node")
     pki.issue(directory, "viewer", "inference")
+    pki.issue(directory, "model-owner", "inference")
+    pki.issue(directory, "crypto-provider", "inference")
     pki.issue(directory, "stranger", "node")
     return directory
 

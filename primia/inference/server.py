@@ -1,0 +1,185 @@
+"""Start the model owner's and the crypto provider's gRPC servers.
+
+>>> server = model_owner_server(config, Path("runs/demo"))   # doctest: +SKIP
+>>> server.start(); server.wait()                             # doctest: +SKIP
+
+Each server reaps its sessions once a second (:meth:`SessionTable.reap`), so a session
+whose data owner vanished is stopped at its deadline even when no new request arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from primia.errors import ConfigError, ModelError
+from primia.federated.weights import encode
+from primia.inference.config import CryptoProviderConfig, ModelOwnerConfig
+from primia.inference.parties import Rendezvous, use_network_interface
+from primia.inference.service import CryptoProviderService, ModelOwnerService
+from primia.inference.sessions import (
+    Dealer,
+    DealerSessions,
+    ModelOwnerSessions,
+    Refusal,
+    SessionRefused,
+    SessionTable,
+)
+from primia.models.checkpoint import ModelSpec, load_model
+from primia.transport.generated import inference_pb2 as pb
+from primia.transport.generated import inference_pb2_grpc as pb_grpc
+from primia.transport.pki import TLSFiles
+from primia.transport.tls import secure_channel, server_credentials, server_options
+
+log = logging.getLogger(__name__)
+
+DEAL_TIMEOUT_S = 20.0
+"""How long the model owner waits for the crypto provider to accept a session."""
+
+
+class InferenceServer:
+    """A gRPC server for one party, with the thread that reaps its sessions."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        listen: str,
+        tls: TLSFiles,
+        table: SessionTable,
+        add_servicer: Callable[[grpc.Server], None],
+    ) -> None:
+        self.name = name
+        self.table = table
+        self.port = 0
+        self._listen = listen
+        self._tls = tls
+        self._add_servicer = add_servicer
+        self._server: grpc.Server | None = None
+        self._stopped = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name=f"{name}-reaper", daemon=True)
+
+    def start(self) -> int:
+        """Listen; return the port (useful with port 0)."""
+        server = grpc.server(ThreadPoolExecutor(max_workers=8), options=server_options())
+        self._add_servicer(server)
+        try:
+            self.port = server.add_secure_port(self._listen, server_credentials(self._tls))
+        except RuntimeError as error:
+            raise ConfigError(f"cannot listen on {self._listen}: {error}") from error
+        server.start()
+        self._server = server
+        self._reaper.start()
+        log.info("%s listening on %s (port %d)", self.name, self._listen, self.port)
+        return self.port
+
+    def wait(self) -> None:
+        """Serve until :meth:`request_stop` or :meth:`stop` is called."""
+        self._stopped.wait()
+
+    def request_stop(self) -> None:
+        """Make :meth:`wait` return (safe in a signal handler)."""
+        self._stopped.set()
+
+    def stop(self) -> None:
+        """Stop serving and end every running session."""
+        self._stopped.set()
+        if self._server is not None:
+            self._server.stop(grace=2).wait()
+        self.table.close()
+
+    def _reap(self) -> None:
+        while not self._stopped.wait(1.0):
+            self.table.reap()
+
+
+def load_served_model(path: Path) -> tuple[ModelSpec, bytes]:
+    """The spec and safetensors weights of a model file, a run directory or a demo folder."""
+    candidates = (
+        [path]
+        if path.is_file()
+        else [path / "model.safetensors", path / "run" / "model.safetensors"]
+    )
+    for candidate in candidates:
+        if candidate.is_file():
+            model, spec = load_model(candidate)
+            return spec, encode(model.state_dict())
+    raise ModelError(
+        f"no model at {path}: give a .safetensors checkpoint, a run directory with "
+        "model.safetensors (a finished federation), or a `primia demo` folder"
+    )
+
+
+def remote_dealer(address: str, server_name: str, tls: TLSFiles) -> Dealer:
+    """A :data:`Dealer` that asks the crypto provider at ``address`` over mutual TLS."""
+
+    def deal(session_id: str, rendezvous: Rendezvous, deadline_s: float) -> None:
+        with secure_channel(address, tls, server_name=server_name) as channel:
+            request = pb.DealRequest(
+                session_id=session_id,
+                rendezvous_host=rendezvous.host,
+                rendezvous_port=rendezvous.port,
+                deadline_s=deadline_s,
+            )
+            try:
+                pb_grpc.CryptoProviderStub(channel).Deal(request, timeout=DEAL_TIMEOUT_S)
+            except grpc.RpcError as error:
+                raise SessionRefused(
+                    Refusal.UNAVAILABLE,
+                    f"the crypto provider at {address} did not take the session: "
+                    f"{error.code().name}: {error.details()}",
+                ) from error
+
+    return deal
+
+
+def model_owner_server(
+    config: ModelOwnerConfig, model: Path, *, dealer: Dealer | None = None
+) -> InferenceServer:
+    """The model owner's server for the model at ``model`` (see :func:`load_served_model`)."""
+    spec, weights = load_served_model(model)
+    ca_pem, _, _ = config.tls.read()
+    use_network_interface(config.network_interface)
+    sessions = ModelOwnerSessions(
+        spec,
+        weights,
+        dealer=dealer
+        or remote_dealer(config.crypto_provider, config.crypto_provider_name, config.tls),
+        rendezvous_host=config.rendezvous_host,
+        ports=config.ports,
+        max_sessions=config.max_sessions,
+        max_batch=config.max_batch,
+        session_timeout_s=config.session_timeout_s,
+        threads=config.threads,
+    )
+    service = ModelOwnerService(sessions, ca_pem=ca_pem, allowed=config.allowed_data_owners)
+    return InferenceServer(
+        name="model owner",
+        listen=config.listen,
+        tls=config.tls,
+        table=sessions.table,
+        add_servicer=lambda server: pb_grpc.add_ModelOwnerServicer_to_server(service, server),
+    )
+
+
+def crypto_provider_server(config: CryptoProviderConfig) -> InferenceServer:
+    ca_pem, _, _ = config.tls.read()
+    use_network_interface(config.network_interface)
+    sessions = DealerSessions(
+        max_sessions=config.max_sessions,
+        session_timeout_s=config.session_timeout_s,
+        threads=config.threads,
+    )
+    service = CryptoProviderService(sessions, ca_pem=ca_pem)
+    return InferenceServer(
+        name="crypto provider",
+        listen=config.listen,
+        tls=config.tls,
+        table=sessions.table,
+        add_servicer=lambda server: pb_grpc.add_CryptoProviderServicer_to_server(service, server),
+    )
