@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from primia.data.synth import SynthConfig, write_dataset
 from primia.errors import ConfigError, PrimiaError
 from primia.federated.coordinator import FederationStatus
 from primia.federated.registry import NodeStatus
-from primia.launch import start_primia, stop_all, tail
+from primia.launch import free_port, start_primia, stop_all, tail
 from primia.nodes.status import StatusUnavailable, fetch_status
 from primia.transport import pki
 
@@ -105,7 +104,7 @@ def run_demo(
     coordinator_tls = pki.issue(out / "pki", COORDINATOR, "coordinator")
     for site in sites:
         pki.issue(out / "pki", site, "node")
-    port = _free_port()
+    port = free_port()
     _write_configs(out, settings, sites, port)
 
     logs = out / "logs"
@@ -145,12 +144,6 @@ def _fresh_folder(out: Path) -> Path:
     out.mkdir(parents=True)
     (out / MARKER).touch()
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _write_configs(out: Path, settings: DemoSettings, sites: list[str], port: int) -> None:

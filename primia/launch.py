@@ -1,4 +1,4 @@
-"""Start primia commands as child processes, and stop them: for the demos.
+"""Start primia commands (or parties) as child processes, and stop them: for the demos.
 
 Each child runs ``python -m primia ...`` with one OpenMP thread, its output in a log file,
 in a session of its own so that Ctrl-C reaches the demo, which then stops the children.
@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (another process may take it before it is used)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 def start_primia(name: str, arguments: list[str], out: Path, logs: Path) -> subprocess.Popen[bytes]:

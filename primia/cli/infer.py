@@ -151,7 +151,7 @@ def _predict(args: argparse.Namespace) -> int:
     from primia.errors import ConfigError
     from primia.inference.client import describe_model, predict
     from primia.inference.config import load_data_owner_config
-    from primia.inference.inputs import load_images
+    from primia.inference.inputs import load_images, output_names
 
     config = load_data_owner_config(args.config)
     served = describe_model(config)
@@ -174,8 +174,8 @@ def _predict(args: argparse.Namespace) -> int:
     images = load_images(args.image, spec, fit=args.fit)
     console = Console()
     with console.status(f"encrypted inference on {len(args.image)} image(s)..."):
-        prediction = predict(images, config)
-    labels = spec.label_names or tuple(f"output-{k}" for k in range(spec.num_outputs))
+        prediction = predict(images, config, served=served)
+    labels = output_names(spec)
     table = Table(title=f"class probabilities ({prediction.seconds:.1f} s, encrypted)")
     table.add_column("image")
     for label in labels:

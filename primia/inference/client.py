@@ -68,19 +68,21 @@ class Prediction:
 def describe_model(config: DataOwnerConfig) -> ServedModel:
     """The public description of the model the model owner serves."""
     with _channel(config) as channel:
-        description = _call(config, pb_grpc.ModelOwnerStub(channel).Describe, pb.DescribeRequest())
-    return ServedModel(_spec(description), description.max_batch)
+        return _describe(config, pb_grpc.ModelOwnerStub(channel))
 
 
-def predict(images: torch.Tensor, config: DataOwnerConfig) -> Prediction:
+def predict(
+    images: torch.Tensor, config: DataOwnerConfig, *, served: ServedModel | None = None
+) -> Prediction:
     """Encrypted inference on ``images`` (N, C, S, S in [0, 1]); only this process learns
-    the logits."""
+    the logits. ``served`` is the model's description if the caller has it already."""
     started = time.perf_counter()
-    served = describe_model(config)
-    check_images(images, served.spec, served.max_batch)
-    request = pb.SessionRequest(input_shape=list(images.shape))
     with _channel(config) as channel:
-        offer = _call(config, pb_grpc.ModelOwnerStub(channel).OpenSession, request)
+        stub = pb_grpc.ModelOwnerStub(channel)
+        served = served or _describe(config, stub)
+        check_images(images, served.spec, served.max_batch)
+        request = pb.SessionRequest(input_shape=list(images.shape))
+        offer = _call(config, stub.OpenSession, request)
     if offer.world_size != WORLD_SIZE or offer.rank != DATA_OWNER:
         raise PredictionFailed(
             f"the model owner offered rank {offer.rank} of {offer.world_size}; this version "
@@ -115,6 +117,11 @@ def predict(images: torch.Tensor, config: DataOwnerConfig) -> Prediction:
         seconds=time.perf_counter() - started,
         stats=outcome.stats,
     )
+
+
+def _describe(config: DataOwnerConfig, stub: pb_grpc.ModelOwnerStub) -> ServedModel:
+    description = _call(config, stub.Describe, pb.DescribeRequest())
+    return ServedModel(_spec(description), description.max_batch)
 
 
 def _spec(description: pb.ModelDescription) -> ModelSpec:

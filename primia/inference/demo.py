@@ -30,10 +30,9 @@ from primia.data.synth import SynthConfig, generate
 from primia.errors import PrimiaError
 from primia.inference.client import PredictionFailed, describe_model, predict
 from primia.inference.config import DataOwnerConfig, load_data_owner_config
-from primia.inference.inputs import load_images, probabilities
-from primia.inference.local import free_port
-from primia.inference.server import load_served_model
-from primia.launch import start_primia, stop_all, tail
+from primia.inference.inputs import load_images, output_names, probabilities
+from primia.inference.server import load_served_model, served_checkpoint
+from primia.launch import free_port, start_primia, stop_all, tail
 from primia.models.checkpoint import load_model
 from primia.transport import pki
 
@@ -92,22 +91,15 @@ def run_inference_demo(model: Path, out: Path, *, images: int = 4) -> InferenceD
         prediction = predict(batch, config)
     finally:
         stop_all(children)
-    plain_model, _ = load_model(_checkpoint(model))
+    plain_model, _ = load_model(served_checkpoint(model))
     with torch.no_grad():
         plaintext = probabilities(plain_model.eval()(batch), spec.task)
-    labels = spec.label_names or tuple(f"output-{k}" for k in range(spec.num_outputs))
+    labels = output_names(spec)
     result = InferenceDemoResult(
         out, prediction.probabilities, plaintext, labels, prediction.seconds
     )
     _write_predictions(out / "predictions.json", paths, result)
     return result
-
-
-def _checkpoint(model: Path) -> Path:
-    for candidate in (model, model / "model.safetensors", model / "run" / "model.safetensors"):
-        if candidate.is_file():
-            return candidate
-    raise AssertionError("load_served_model found it")
 
 
 def _issue_certificates(directory: Path) -> None:

@@ -102,3 +102,8 @@ def _load(path: Path, size: int, *, fit: bool) -> torch.Tensor:
 def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
     """Class probabilities: a softmax for multiclass, a sigmoid per label otherwise."""
     return logits.softmax(dim=1) if task == "multiclass" else logits.sigmoid()
+
+
+def output_names(spec: ModelSpec) -> tuple[str, ...]:
+    """The model's label names, or ``output-K`` for a model trained without them."""
+    return spec.label_names or tuple(f"output-{k}" for k in range(spec.num_outputs))

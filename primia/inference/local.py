@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import torch
 from primia.errors import PrimiaError
 from primia.federated.weights import encode
 from primia.inference import parties, processes
+from primia.launch import free_port
 from primia.models.checkpoint import ModelSpec
 
 
@@ -31,12 +31,6 @@ class EncryptedRun:
     """Model owner, data owner, crypto provider."""
     seconds: float
     """Wall time from starting the processes to the data owner's result."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def run_local(

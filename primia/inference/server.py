@@ -98,21 +98,21 @@ class InferenceServer:
             self.table.reap()
 
 
-def load_served_model(path: Path) -> tuple[ModelSpec, bytes]:
-    """The spec and safetensors weights of a model file, a run directory or a demo folder."""
-    candidates = (
-        [path]
-        if path.is_file()
-        else [path / "model.safetensors", path / "run" / "model.safetensors"]
-    )
-    for candidate in candidates:
+def served_checkpoint(path: Path) -> Path:
+    """The checkpoint in ``path``: a model file, a run directory or a demo folder."""
+    for candidate in (path, path / "model.safetensors", path / "run" / "model.safetensors"):
         if candidate.is_file():
-            model, spec = load_model(candidate)
-            return spec, encode(model.state_dict())
+            return candidate
     raise ModelError(
         f"no model at {path}: give a .safetensors checkpoint, a run directory with "
         "model.safetensors (a finished federation), or a `primia demo` folder"
     )
+
+
+def load_served_model(path: Path) -> tuple[ModelSpec, bytes]:
+    """The spec and safetensors weights of :func:`served_checkpoint` ``(path)``."""
+    model, spec = load_model(served_checkpoint(path))
+    return spec, encode(model.state_dict())
 
 
 def remote_dealer(address: str, server_name: str, tls: TLSFiles) -> Dealer:

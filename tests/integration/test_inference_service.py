@@ -26,10 +26,10 @@ from primia.errors import DataError
 from primia.inference import processes
 from primia.inference.client import PredictionFailed, describe_model, predict
 from primia.inference.config import CryptoProviderConfig, DataOwnerConfig, ModelOwnerConfig
-from primia.inference.local import free_port
 from primia.inference.parties import Rendezvous
 from primia.inference.server import InferenceServer, crypto_provider_server, model_owner_server
 from primia.inference.sessions import SessionState
+from primia.launch import free_port
 from primia.models.checkpoint import ModelSpec, save_model
 from primia.transport import pki
 from primia.transport.generated import inference_pb2 as pb
