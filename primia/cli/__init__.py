@@ -25,11 +25,13 @@ Start with:
   primia train-local --data data/synth --dp --epsilon 3 --out runs/local
   primia certs init --dir pki --consortium NAME     then: coordinator serve, node serve
   primia infer demo                   encrypted inference with the demo's model
+  primia audit invert --data data/synth --defense none dp secagg --out audit
+                                      can a radiograph be rebuilt from an update?
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from primia.cli import certs, check, data, demo, federation, infer, train
+    from primia.cli import audit, certs, check, data, demo, federation, infer, train
 
     parser = argparse.ArgumentParser(
         prog="primia",
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"primia {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (demo, data, train, certs, federation, check, infer):
+    for group in (demo, data, train, certs, federation, check, infer, audit):
         group.register(subparsers)
     return parser
 

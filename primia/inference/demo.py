@@ -31,9 +31,9 @@ from primia.errors import PrimiaError
 from primia.inference.client import PredictionFailed, describe_model, predict
 from primia.inference.config import DataOwnerConfig, load_data_owner_config
 from primia.inference.inputs import load_images, output_names, probabilities
-from primia.inference.server import load_served_model, served_checkpoint
+from primia.inference.server import load_served_model
 from primia.launch import free_port, start_primia, stop_all, tail
-from primia.models.checkpoint import load_model
+from primia.models.checkpoint import find_checkpoint, load_model
 from primia.transport import pki
 
 PARTIES = ("model-owner", "crypto-provider", "data-owner")
@@ -91,7 +91,7 @@ def run_inference_demo(model: Path, out: Path, *, images: int = 4) -> InferenceD
         prediction = predict(batch, config)
     finally:
         stop_all(children)
-    plain_model, _ = load_model(served_checkpoint(model))
+    plain_model, _ = load_model(find_checkpoint(model))
     with torch.no_grad():
         plaintext = probabilities(plain_model.eval()(batch), spec.task)
     labels = output_names(spec)

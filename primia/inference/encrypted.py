@@ -102,6 +102,8 @@ class EncryptedModel:
                 _pair(module.stride or module.kernel_size),
                 _pair(module.padding),
             )
+        if isinstance(module, nn.Sigmoid):
+            return x.sigmoid()
         if isinstance(module, nn.AvgPool2d):
             return x.avg_pool2d(module.kernel_size, stride=module.stride, padding=module.padding)
         if isinstance(module, nn.AdaptiveAvgPool2d):
@@ -137,6 +139,7 @@ _LEAVES = (
     nn.Conv2d,
     nn.GroupNorm,
     nn.ReLU,
+    nn.Sigmoid,
     nn.MaxPool2d,
     nn.AvgPool2d,
     nn.AdaptiveAvgPool2d,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from primia.errors import ConfigError, ModelError
+from primia.errors import ConfigError
 from primia.federated.weights import encode
 from primia.inference.config import CryptoProviderConfig, ModelOwnerConfig
 from primia.inference.parties import Rendezvous, use_network_interface
@@ -30,7 +30,7 @@ from primia.inference.sessions import (
     SessionRefused,
     SessionTable,
 )
-from primia.models.checkpoint import ModelSpec, load_model
+from primia.models.checkpoint import ModelSpec, find_checkpoint, load_model
 from primia.transport.generated import inference_pb2 as pb
 from primia.transport.generated import inference_pb2_grpc as pb_grpc
 from primia.transport.pki import TLSFiles
@@ -98,20 +98,9 @@ class InferenceServer:
             self.table.reap()
 
 
-def served_checkpoint(path: Path) -> Path:
-    """The checkpoint in ``path``: a model file, a run directory or a demo folder."""
-    for candidate in (path, path / "model.safetensors", path / "run" / "model.safetensors"):
-        if candidate.is_file():
-            return candidate
-    raise ModelError(
-        f"no model at {path}: give a .safetensors checkpoint, a run directory with "
-        "model.safetensors (a finished federation), or a `primia demo` folder"
-    )
-
-
 def load_served_model(path: Path) -> tuple[ModelSpec, bytes]:
-    """The spec and safetensors weights of :func:`served_checkpoint` ``(path)``."""
-    model, spec = load_model(served_checkpoint(path))
+    """The spec and safetensors weights of the model :func:`find_checkpoint` finds."""
+    model, spec = load_model(find_checkpoint(path))
     return spec, encode(model.state_dict())
 
 

@@ -82,6 +82,17 @@ def load_model(path: Path) -> tuple[nn.Module, ModelSpec]:
     return model, spec
 
 
+def find_checkpoint(path: Path) -> Path:
+    """The checkpoint in ``path``: a model file, a run directory or a `primia demo` folder."""
+    for candidate in (path, path / "model.safetensors", path / "run" / "model.safetensors"):
+        if candidate.is_file():
+            return candidate
+    raise ModelError(
+        f"no model at {path}: give a .safetensors checkpoint, a run directory with "
+        "model.safetensors (a finished federation or train-local run), or a `primia demo` folder"
+    )
+
+
 def read_spec(path: Path, payload: bytes | None = None) -> ModelSpec:
     """The :class:`ModelSpec` in a checkpoint's header."""
     data = path.read_bytes() if payload is None else payload

@@ -14,6 +14,7 @@ ALLOWED_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Conv2d,
     nn.GroupNorm,
     nn.ReLU,
+    nn.Sigmoid,
     nn.MaxPool2d,
     nn.AvgPool2d,
     nn.AdaptiveAvgPool2d,

@@ -260,7 +260,14 @@ def _plaintext_spread(model: nn.Module, images: torch.Tensor, draws: int = 8) ->
 
 @pytest.mark.parametrize(
     ("architecture", "image_size"),
-    [("cnn", 16), ("resnet9", 16), ("resnet9", 32), ("resnet18", 16), ("resnet18", 32)],
+    [
+        ("cnn", 16),
+        ("lenet", 32),
+        ("resnet9", 16),
+        ("resnet9", 32),
+        ("resnet18", 16),
+        ("resnet18", 32),
+    ],
 )
 def test_encrypted_model_logits_match_plaintext(
     crypten: ModuleType, architecture: str, image_size: int

@@ -1,0 +1,463 @@
+"""The gradient-inversion audit's report, for the person who decides whether a hospital's
+model updates may leave the hospital.
+
+:func:`write_report` writes, into one folder::
+
+    report.json          every number the audits measured (strict JSON: ∞ and NaN as null)
+    grid-<label>.png     per audit: originals on top, their reconstructions below, the prior
+                         (the dataset's mean image) at the right of both rows
+    report.html          one self-contained page: what was simulated, each audit's verdict,
+                         metrics, grid and per-image scores, and how to read them
+
+``<label>`` is the audit's defense (``settings["defense"]``), or its index without one;
+a label used twice gets ``-2``, ``-3``, ... appended so no grid overwrites another.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from primia import __version__
+from primia.audit.results import (
+    LEAKAGE_THRESHOLD,
+    PSNR_MARGIN_DB,
+    AttackOutcome,
+    ImageScore,
+    InversionAudit,
+)
+from primia.config import atomic_write_bytes
+
+MAX_GRID_IMAGES = 16
+"""A grid shows at most this many originals (the HTML says when more were attacked)."""
+MIN_TILE_PX = 96
+"""Tiles are upscaled by a whole factor to at least this width, so 32-px images stay
+legible on screen."""
+TILE_GAP = 2
+"""White pixels between neighbouring tiles."""
+PRIOR_GAP = 10
+"""White pixels between the last reconstruction and the prior column, to set it apart."""
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The paths :func:`write_report` wrote; ``grids`` in the order of the audits."""
+
+    json: Path
+    html: Path
+    grids: list[Path]
+
+
+def write_report(audits: Sequence[InversionAudit], out_dir: Path) -> ReportFiles:
+    """Write ``report.json``, one grid PNG per audit and ``report.html`` into ``out_dir``
+    (created if missing)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    created = datetime.now(UTC)
+    labels = _grid_labels(audits)
+
+    json_path = out_dir / "report.json"
+    payload = json.dumps(_report_document(audits, created), indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(json_path, payload.encode())
+
+    grids = []
+    for audit, label in zip(audits, labels, strict=True):
+        grid_path = out_dir / f"grid-{label}.png"
+        buffer = io.BytesIO()
+        Image.fromarray(_grid(audit)).save(buffer, format="PNG")
+        atomic_write_bytes(grid_path, buffer.getvalue())
+        grids.append(grid_path)
+
+    html_path = out_dir / "report.html"
+    atomic_write_bytes(html_path, _html_page(audits, grids, created).encode())
+    return ReportFiles(json=json_path, html=html_path, grids=grids)
+
+
+# --- report.json ------------------------------------------------------------------------
+
+
+def _report_document(audits: Sequence[InversionAudit], created: datetime) -> dict[str, Any]:
+    document = {
+        "primia_version": __version__,
+        "created": created.isoformat(timespec="seconds"),
+        "thresholds": {"leakage": LEAKAGE_THRESHOLD, "psnr_margin_db": PSNR_MARGIN_DB},
+        "audits": [
+            {
+                "settings": audit.settings,
+                "epsilon": audit.epsilon,
+                "notes": audit.notes,
+                "summary": asdict(audit.summary),
+                "images": [asdict(score) for score in _scores(audit)],
+                "attacks": [
+                    {
+                        "seconds": outcome.seconds,
+                        "attack_loss": outcome.attack_loss,
+                        "images": len(outcome.scores),
+                    }
+                    for outcome in audit.outcomes
+                ],
+            }
+            for audit in audits
+        ],
+    }
+    return _json_safe(document)
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` as strict JSON values: NaN and ±∞ (the PSNR of an exact copy) as null,
+    numpy scalars as Python numbers, paths and other objects in settings as strings."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _scores(audit: InversionAudit) -> list[ImageScore]:
+    """Every image's score, outcome after outcome: the order of the grid's columns."""
+    return [score for outcome in audit.outcomes for score in outcome.scores]
+
+
+# --- grids ------------------------------------------------------------------------------
+
+
+def _grid_labels(audits: Sequence[InversionAudit]) -> list[str]:
+    """Each audit's file label: its defense made safe for a file name (or its index), with
+    ``-2``, ``-3``, ... appended to a label already taken."""
+    labels: list[str] = []
+    for index, audit in enumerate(audits):
+        defense = re.sub(r"[^A-Za-z0-9._-]+", "-", str(audit.settings.get("defense", "")))
+        base = defense.strip("-.") or str(index)
+        label, copy = base, 1
+        while label in labels:
+            copy += 1
+            label = f"{base}-{copy}"
+        labels.append(label)
+    return labels
+
+
+def _grid(audit: InversionAudit) -> np.ndarray:
+    """The grid as ``uint8[H, W]``: up to :data:`MAX_GRID_IMAGES` originals on the top row,
+    their reconstructions below, the prior at the right of both rows."""
+    originals = np.concatenate([outcome.originals for outcome in audit.outcomes])
+    reconstructions = np.concatenate([outcome.reconstructions for outcome in audit.outcomes])
+    shown = min(len(originals), MAX_GRID_IMAGES)
+    scale = _tile_scale(audit.prior.shape[-1])
+    tile = audit.prior.shape[-1] * scale
+    prior_x = shown * (tile + TILE_GAP) - TILE_GAP + PRIOR_GAP
+    canvas = np.full((2 * tile + TILE_GAP, prior_x + tile), 255, dtype=np.uint8)
+    for row, images in enumerate((originals, reconstructions)):
+        y = row * (tile + TILE_GAP)
+        for column in range(shown):
+            x = column * (tile + TILE_GAP)
+            canvas[y : y + tile, x : x + tile] = _tile(images[column], scale)
+        canvas[y : y + tile, prior_x : prior_x + tile] = _tile(audit.prior, scale)
+    return canvas
+
+
+def _tile_scale(size: int) -> int:
+    """The whole upscaling factor that makes a ``size``-px image at least
+    :data:`MIN_TILE_PX` wide (32 px × 3, 64 px × 2, larger × 1)."""
+    return max(1, math.ceil(MIN_TILE_PX / size))
+
+
+def _tile(image: np.ndarray, scale: int) -> np.ndarray:
+    """One image as grey levels, upscaled by nearest neighbour (no smoothing that would
+    make a reconstruction look better or worse than it is)."""
+    # An attack's optimiser can overshoot [0, 1] or diverge to NaN; show those as the
+    # nearest grey level (NaN as black) rather than let the uint8 cast wrap around.
+    grey = np.clip(np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0), 0.0, 1.0)
+    levels = np.round(grey * 255).astype(np.uint8)
+    return np.repeat(np.repeat(levels, scale, axis=0), scale, axis=1)
+
+
+# --- report.html ------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto;
+       padding: 0 1rem; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2rem; }
+.date { color: #666; margin-top: 0; }
+section.audit { border-top: 1px solid #ccc; margin-top: 2rem; padding-top: 0.5rem; }
+.verdict { font-size: 2rem; font-weight: bold; padding: 0.4rem 0.8rem;
+           border-radius: 0.3rem; display: inline-block; margin: 0.3rem 0; }
+.verdict.safe { background: #e2f4e5; color: #1b6b31; }
+.verdict.leaks { background: #fde3e1; color: #a3191b; }
+.why { color: #444; }
+table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
+th { background: #f3f3f3; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1rem 0; overflow-x: auto; }
+figure img { image-rendering: pixelated; }
+figcaption { color: #555; font-size: 0.9rem; }
+"""
+
+
+def _html_page(audits: Sequence[InversionAudit], grids: list[Path], created: datetime) -> str:
+    names = [_audit_name(index, audit) for index, audit in enumerate(audits)]
+    sections = [
+        _audit_section(audit, name, grid)
+        for audit, name, grid in zip(audits, names, grids, strict=True)
+    ]
+    title = "Gradient-inversion audit"
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            '<head><meta charset="utf-8">',
+            f"<title>{_e(title)}</title>",
+            f"<style>{_CSS}</style></head>",
+            "<body>",
+            f"<h1>{_e(title)}</h1>",
+            f'<p class="date">{_e(created.strftime("%Y-%m-%d %H:%M UTC"))}'
+            f" · primia {_e(__version__)}</p>",
+            f"<p>{_e(_explanation(audits, names))}</p>",
+            _settings_table(audits, names),
+            *sections,
+            _how_to_read(),
+            "</body></html>",
+            "",
+        ]
+    )
+
+
+def _audit_name(index: int, audit: InversionAudit) -> str:
+    defense = audit.settings.get("defense")
+    # The same index as a grid's file label without a defense (grid-<index>.png).
+    return f"defense: {defense}" if defense is not None else f"audit {index}"
+
+
+def _explanation(audits: Sequence[InversionAudit], names: list[str]) -> str:
+    """What was simulated, in one paragraph (the settings table has every detail)."""
+    described = []
+    for key, phrase in (
+        ("attack", "Attack"),
+        ("iterations", "Attack iterations"),
+        ("model", "Model"),
+        ("image_size", "Image size (px)"),
+        ("batch_size", "Batch size (images behind each update)"),
+        ("local_steps", "Local training steps behind each update"),
+    ):
+        values = {_plain(audit.settings[key]) for audit in audits if key in audit.settings}
+        if values:
+            value = values.pop() if len(values) == 1 else "differs between audits (see table)"
+            described.append(f"{phrase}: {value}. ")
+    return (
+        "This report plays the attacker. A hospital trains the shared model on its own "
+        "radiographs and sends only a model update; whoever receives that update (the "
+        "coordinating server, or anyone who intercepts it) tries to rebuild the radiographs "
+        "from it by gradient inversion — searching for images whose update would look the "
+        "same. "
+        + "".join(described)
+        + f"The report holds {len(audits)} audit{'' if len(audits) == 1 else 's'} "
+        f"({'; '.join(names)}); each applies its defense to the update before the attacker "
+        "sees it. Every reconstruction is "
+        "compared with its original, and so is the dataset's mean image (the prior): an "
+        "attacker can draw that average radiograph without any update, so a reconstruction "
+        "only shows leakage where it is closer to the original than the prior is. All "
+        "settings of the simulation are in the table below."
+    )
+
+
+def _settings_table(audits: Sequence[InversionAudit], names: list[str]) -> str:
+    keys = list(dict.fromkeys(key for audit in audits for key in audit.settings))
+    header = "".join(f"<th>{_e(name)}</th>" for name in names)
+    rows = [
+        f"<tr><th>{_e(key)}</th>"
+        + "".join(f"<td>{_e(_plain(audit.settings.get(key, '—')))}</td>" for audit in audits)
+        + "</tr>"
+        for key in keys
+    ]
+    return (
+        f"<table><caption>Settings</caption><tr><th>setting</th>{header}</tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _audit_section(audit: InversionAudit, name: str, grid: Path) -> str:
+    summary = audit.summary
+    leaks = summary.verdict == "reconstructable"
+    parts = [
+        '<section class="audit">',
+        f"<h2>{_e(name)}</h2>",
+        f'<div class="verdict {"leaks" if leaks else "safe"}">{_e(summary.verdict)}</div>',
+        f'<p class="why">{_e(_why(audit))}</p>',
+    ]
+    if audit.epsilon is not None:
+        parts.append(
+            f"<p>Privacy cost of the observed update: ε = {_e(_number(audit.epsilon))} "
+            "(differential privacy; smaller is more private).</p>"
+        )
+    parts.append(_metrics_table(audit))
+    shown = min(summary.images, MAX_GRID_IMAGES)
+    parts.append(
+        f'<figure><img src="{_e(grid.name)}" '
+        f'alt="{_e("originals, reconstructions and the prior of " + name)}">'
+        "<figcaption>top: originals; bottom: reconstructions; right: the prior (dataset "
+        "mean image)"
+        + (
+            _e(f". The grid shows the first {shown} of the {summary.images} attacked images.")
+            if summary.images > shown
+            else ""
+        )
+        + "</figcaption></figure>"
+    )
+    parts.append(_images_table(audit.outcomes))
+    if audit.notes:
+        parts.append(
+            "<h3>Notes</h3><ul>" + "".join(f"<li>{_e(note)}</li>" for note in audit.notes) + "</ul>"
+        )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _why(audit: InversionAudit) -> str:
+    """The verdict's reason, as the two thresholds applied to this audit's means."""
+    s = audit.summary
+    needed = s.prior_psnr + PSNR_MARGIN_DB
+    leakage = "≥" if s.leakage >= LEAKAGE_THRESHOLD else "<"
+    psnr = "≥" if s.psnr >= needed else "<"
+    return (
+        f"Mean leakage value {_number(s.leakage)} {leakage} {LEAKAGE_THRESHOLD}; mean PSNR "
+        f"{_number(s.psnr)} dB {psnr} {_number(needed)} dB (the prior's "
+        f"{_number(s.prior_psnr)} dB + {PSNR_MARGIN_DB} dB)."
+    )
+
+
+def _metrics_table(audit: InversionAudit) -> str:
+    s = audit.summary
+    rows = [
+        ("Mean PSNR", f"{_number(s.psnr)} dB", f"prior: {_number(s.prior_psnr)} dB"),
+        ("Mean SSIM", _number(s.ssim), f"prior: {_number(s.prior_ssim)}"),
+        ("Mean squared error", _number(s.mse, 4), ""),
+        ("Leakage value", _number(s.leakage), f"threshold: {LEAKAGE_THRESHOLD}"),
+        ("Label-recovery accuracy", _percent(s.label_accuracy), ""),
+        ("Re-identified images", _percent(s.reidentified_images), "nearest image is the original"),
+        (
+            "Re-identified patients",
+            _percent(s.reidentified_patients),
+            "nearest image is the same patient's",
+        ),
+        ("Seconds per attack", _number(s.seconds_per_attack, 1), f"{len(audit.outcomes)} attacks"),
+        ("Images attacked", str(s.images), ""),
+    ]
+    body = "".join(
+        f'<tr><th>{_e(label)}</th><td class="number">{_e(value)}</td><td>{_e(compare)}</td></tr>'
+        for label, value, compare in rows
+    )
+    return (
+        "<table><caption>Summary (means over all attacked images)</caption>"
+        "<tr><th>measure</th><th>value</th><th>for comparison</th></tr>" + body + "</table>"
+    )
+
+
+def _images_table(outcomes: Sequence[AttackOutcome]) -> str:
+    columns = (
+        "attack",
+        "dataset index",
+        "patient",
+        "PSNR (dB)",
+        "prior PSNR (dB)",
+        "SSIM",
+        "prior SSIM",
+        "leakage",
+        "label accuracy",
+        "re-identified image",
+        "re-identified patient",
+    )
+    rows = []
+    for attack, outcome in enumerate(outcomes, start=1):
+        for score in outcome.scores:
+            cells = (
+                str(attack),
+                str(score.dataset_index),
+                score.patient_id,
+                _number(score.psnr),
+                _number(score.prior_psnr),
+                _number(score.ssim),
+                _number(score.prior_ssim),
+                _number(score.leakage),
+                _percent(score.label_accuracy),
+                "yes" if score.nearest_image_correct else "no",
+                "yes" if score.nearest_patient_correct else "no",
+            )
+            rows.append("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>")
+    header = "".join(f"<th>{_e(column)}</th>" for column in columns)
+    return (
+        "<table><caption>Per image (in the order of the grid's columns)</caption>"
+        f"<tr>{header}</tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _how_to_read() -> str:
+    paragraphs = [
+        f"An audit is called “reconstructable” when the mean leakage value ≥ "
+        f"{LEAKAGE_THRESHOLD} and the mean PSNR ≥ the prior's mean PSNR + {PSNR_MARGIN_DB} "
+        "dB; otherwise it is called “not better than the prior”.",
+        "The prior is the dataset's mean image: an attacker can produce it without seeing "
+        "any update, so it is the baseline a reconstruction has to beat to show that the "
+        "update leaked something about a particular radiograph.",
+        "Leakage value: (SSIM of the reconstruction − SSIM of the prior) / (1 − SSIM of the "
+        "prior). 0 means the reconstruction is no closer to the original than the prior, 1 a "
+        "perfect copy; a negative value means it is further from the original than the prior.",
+        "PSNR (peak signal-to-noise ratio, in dB) measures the pixel-wise difference between "
+        "an original and its reconstruction: higher is closer, an exact copy has an infinite "
+        "PSNR (means count it as 100 dB).",
+        "SSIM (structural similarity, up to 1 for identical images) compares local "
+        "brightness, contrast and structure, closer to how a person compares two images.",
+        "Label-recovery accuracy: the share of the images' labels (findings) the attacker "
+        "recovered from the update.",
+        "Re-identified images: the share of reconstructions whose nearest image in the "
+        "hospital's dataset is the original itself. Re-identified patients: the share whose "
+        "nearest image belongs to the original's patient — a reconstruction can point to a "
+        "patient without matching the exact radiograph.",
+        "Caveat: “not better than the prior” holds for this attack and these settings, not "
+        "for every attack: a stronger attack, more attack steps, smaller batches or another "
+        "model may reconstruct what this one did not.",
+    ]
+    return (
+        '<section class="how"><h2>How to read this</h2>'
+        + "".join(f"<p>{_e(text)}</p>" for text in paragraphs)
+        + "</section>"
+    )
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _plain(value: Any) -> str:
+    """A settings value as text: lists without brackets, everything else as ``str``."""
+    if isinstance(value, list | tuple):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _number(value: float, digits: int = 2) -> str:
+    if math.isnan(value):
+        return "—"
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    return f"{value:.{digits}f}"
+
+
+def _percent(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.0%}"

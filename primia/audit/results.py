@@ -1,0 +1,129 @@
+"""What an inversion audit produces: scores per image, per attack, and the summary.
+
+These dataclasses are the contract between the audit (:mod:`primia.audit.inversion`), the
+metrics (:mod:`primia.audit.metrics`) and the report writer (:mod:`primia.audit.report`).
+Images are ``float32[S, S]`` arrays in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+Verdict = Literal["reconstructable", "not better than the prior"]
+
+LEAKAGE_THRESHOLD = 0.10
+"""A defense's images count as reconstructable when the mean leakage value (the SSIM gain
+over the prior, as a fraction of the gain a perfect copy would have) reaches this ..."""
+PSNR_MARGIN_DB = 1.0
+"""... and the mean PSNR beats the prior's by at least this many decibels."""
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """One original image against the reconstruction matched to it.
+
+    ``leakage`` is the relative data-leakage value (SSIM(rec) − SSIM(prior)) /
+    (1 − SSIM(prior)): 0 when the reconstruction is as close as the dataset's mean image,
+    1 for a perfect copy, negative when it is further than the mean image.
+    ``nearest_image_correct``: the image of the node's dataset nearest to the
+    reconstruction (in MSE) is the original; ``nearest_patient_correct``: that nearest
+    image belongs to the original's patient.
+    """
+
+    dataset_index: int
+    patient_id: str
+    mse: float
+    psnr: float
+    ssim: float
+    prior_psnr: float
+    prior_ssim: float
+    leakage: float
+    label_accuracy: float
+    nearest_image_correct: bool
+    nearest_patient_correct: bool
+
+
+@dataclass(frozen=True)
+class AttackOutcome:
+    """One attack on one observed update: the originals behind the update, the
+    reconstructions in matched order (``reconstructions[i]`` is matched to
+    ``originals[i]``), the scores, and what the attack cost."""
+
+    originals: np.ndarray
+    reconstructions: np.ndarray
+    scores: list[ImageScore]
+    seconds: float
+    attack_loss: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Means over every attacked image, and the verdict they give."""
+
+    images: int
+    mse: float
+    psnr: float
+    ssim: float
+    prior_psnr: float
+    prior_ssim: float
+    leakage: float
+    label_accuracy: float
+    reidentified_images: float
+    reidentified_patients: float
+    seconds_per_attack: float
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class InversionAudit:
+    """Everything an audit measured. ``settings`` are the audit's options as plain values
+    (attack, defense, batch size, ...); ``epsilon`` is the ε the observed DP update costs
+    (None without DP); ``prior`` is the dataset's mean image."""
+
+    settings: dict[str, Any]
+    prior: np.ndarray
+    outcomes: list[AttackOutcome]
+    summary: Summary
+    epsilon: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def verdict(leakage: float, psnr: float, prior_psnr: float) -> Verdict:
+    """ "reconstructable" when both thresholds above are met, else "not better than the
+    prior"."""
+    if leakage >= LEAKAGE_THRESHOLD and psnr >= prior_psnr + PSNR_MARGIN_DB:
+        return "reconstructable"
+    return "not better than the prior"
+
+
+def summarize(outcomes: Sequence[AttackOutcome]) -> Summary:
+    """The means over all images of all outcomes, and their verdict."""
+    scores = [score for outcome in outcomes for score in outcome.scores]
+    if not scores:
+        raise ValueError("an audit without scored images cannot be summarized")
+
+    def mean(values: Sequence[float]) -> float:
+        return float(np.mean(values))
+
+    psnr = mean([min(s.psnr, 100.0) for s in scores])  # an exact copy has PSNR ∞
+    prior_psnr = mean([min(s.prior_psnr, 100.0) for s in scores])
+    leakage = mean([s.leakage for s in scores])
+    return Summary(
+        images=len(scores),
+        mse=mean([s.mse for s in scores]),
+        psnr=psnr,
+        ssim=mean([s.ssim for s in scores]),
+        prior_psnr=prior_psnr,
+        prior_ssim=mean([s.prior_ssim for s in scores]),
+        leakage=leakage,
+        label_accuracy=mean([s.label_accuracy for s in scores]),
+        reidentified_images=mean([float(s.nearest_image_correct) for s in scores]),
+        reidentified_patients=mean([float(s.nearest_patient_correct) for s in scores]),
+        seconds_per_attack=mean([o.seconds for o in outcomes]),
+        verdict=verdict(leakage, psnr, prior_psnr) if math.isfinite(psnr) else "reconstructable",
+    )
