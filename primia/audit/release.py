@@ -14,7 +14,8 @@ The observer is one of (:class:`Defense`):
 * ``none``: the coordinator without secure aggregation sees one node's update;
 * ``dp``: it sees one node's DP-SGD update, which costs the node ε (:func:`epsilon_cost`);
 * ``secagg``: with secure aggregation it sees only the mean of n nodes' updates (equal
-  batch sizes, so the FedAvg weights are equal); the attack then faces n·B images.
+  batch sizes, so the FedAvg weights are equal), exactly as the federation's protocol
+  reveals it (:func:`secure_mean`); the attack then faces n·B images.
 
 :func:`observe` computes what the observer sees; :func:`simulate` is the same computation
 on the attacker's dummy images, differentiable and without noise (the attacker cannot know
@@ -27,12 +28,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from primia.crypto.ring import FixedPoint
 from primia.data.dataset import Task
 from primia.errors import ConfigError
+from primia.federated.config import SecureAggregationConfig
 from primia.train.accounting import Mechanism, epsilon_of
 from primia.train.losses import criterion_for
 
@@ -178,7 +182,35 @@ def observe(
         node_update(model, images, targets, task, rule, noise=generator)
         for images, targets in batches
     ]
-    return [torch.stack(parts).mean(dim=0).detach() for parts in zip(*updates, strict=True)]
+    if rule.defense is Defense.SECAGG:
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        return secure_mean(updates, np.random.default_rng(seed))
+    return [update.detach() for update in updates[0]]
+
+
+def secure_mean(updates: Sequence[Update], rng: np.random.Generator) -> Update:
+    """The mean of the updates as secure aggregation reveals it to the coordinator.
+
+    Each node encodes its flattened update in fixed point (the federation's default
+    encoding: :class:`~primia.federated.config.SecureAggregationConfig`, a 32-bit ring,
+    values clipped to ±8, stochastic rounding) and the protocol of
+    :mod:`primia.crypto.secagg` reveals the ring sum of the encodings (the pairwise masks
+    cancel exactly; ``tests/unit/test_secagg.py``), which the coordinator decodes and
+    divides by n. So the observer's view differs from the exact mean only by the
+    encoding's clipping and rounding (resolution 8n/2^31).
+    """
+    defaults = SecureAggregationConfig()
+    encoding = FixedPoint.for_sum(
+        summands=len(updates), clip=defaults.clip, bits=defaults.ring_bits
+    )
+    total = np.zeros(sum(t.numel() for t in updates[0]), dtype=encoding.dtype)
+    for update in updates:
+        flat = torch.cat([t.detach().flatten() for t in update]).double().cpu().numpy()
+        total += encoding.encode(flat, rng).values  # wraps mod 2^k, as the ring does
+    mean = torch.from_numpy(encoding.decode(total) / len(updates))
+    template = updates[0]
+    parts = mean.split([t.numel() for t in template])
+    return [part.view_as(t).to(t.device, t.dtype) for part, t in zip(parts, template, strict=True)]
 
 
 def simulate(

@@ -1,5 +1,6 @@
 """What the observer sees: the update rules against direct computations."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -10,6 +11,7 @@ from primia.audit.release import (
     epsilon_cost,
     node_update,
     observe,
+    secure_mean,
     simulate,
 )
 from primia.data import Task
@@ -127,3 +129,13 @@ def test_epsilon_cost_is_the_accountants_for_one_update() -> None:
 def test_bad_rules_are_refused_with_the_reason(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         UpdateRule(**options)
+
+
+def test_the_secure_mean_is_the_protocols_fixed_point_sum_clipped_and_rounded() -> None:
+    first = [torch.tensor([0.25, -3.0, 20.0]), torch.tensor([[1e-9]])]
+    second = [torch.tensor([0.75, -5.0, 20.0]), torch.tensor([[3e-9]])]
+    mean = secure_mean([first, second], np.random.default_rng(0))
+    resolution = 2 * 8 / 2**31
+    assert mean[0][:2].tolist() == pytest.approx([0.5, -4.0], abs=resolution)
+    assert mean[0][2].item() == pytest.approx(8.0, abs=resolution)  # clipped to ±8 first
+    assert mean[1].shape == (1, 1) and abs(mean[1].item() - 2e-9) <= resolution
