@@ -127,6 +127,10 @@ class CoordinatorConfig:
     startup_wait_s: float = 60.0
     """Before its first round, the coordinator waits this long for the whole roster (then
     starts with whoever is there, if at least ``min_nodes``)."""
+    rejoin_wait_s: float = 0.0
+    """Before each later round, once ``min_nodes`` are connected, wait up to this long for
+    the rest of the roster, so a node that lost its link for a moment (and reconnects with
+    back-off) takes part again rather than missing every short round. 0: start at once."""
     round_timeout_s: float = 3600.0
     """A node that has not answered a task by then is a dropout."""
     max_attempts: int = 3
@@ -174,6 +178,8 @@ class CoordinatorConfig:
         for name in ("node_wait_s", "startup_wait_s", "round_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.rejoin_wait_s < 0:
+            raise ConfigError("rejoin_wait_s must be 0 or positive")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
         self.model.spec()

@@ -3,7 +3,8 @@
 Round t (see ``docs/federation.md``):
 
 1. wait until at least ``min_nodes`` nodes are connected (up to ``node_wait_s``; before
-   the first round, up to ``startup_wait_s`` for the whole roster);
+   the first round, up to ``startup_wait_s`` for the whole roster, and before later
+   rounds up to ``rejoin_wait_s`` more for it);
 2. send every connected node the global weights w_t and the plan; each trains locally
    with DP-SGD and answers with its update, a refusal (e.g. its privacy budget) or not at
    all (a dropout: disconnected, or no answer within ``round_timeout_s``);
@@ -179,6 +180,10 @@ class Federation:
             links = self.registry.wait_for(
                 config.min_nodes, timeout=config.node_wait_s, stop=self._stop
             )
+            if round_number > 1 and config.rejoin_wait_s > 0 and len(links) >= config.min_nodes:
+                links = self.registry.wait_for(
+                    len(self.registry.roster), timeout=config.rejoin_wait_s, stop=self._stop
+                )
             if len(links) < config.min_nodes:
                 log.warning(
                     "round %d, attempt %d: %d of the %d nodes needed are connected after %.0f s",
