@@ -7,8 +7,9 @@ inside a host's namespace with ``ip netns exec``, so a server there binds, and a
 there dials, only through that host's interface: nothing travels over a shared loopback.
 
 Faults: :meth:`Host.link_down` / :meth:`Host.link_up` cut and restore the host's link;
-:meth:`Host.limit_rate` caps its bandwidth (``tc tbf``) and :meth:`Host.delay` adds
-latency (``tc netem``, which some kernels lack: :func:`netem_unavailable`).
+:meth:`Host.limit_rate` caps its bandwidth (``tc tbf``) and :meth:`Host.relay` forwards a
+port with added latency (a userspace relay: many kernels, this project's CI among them,
+lack ``tc netem``).
 
 Needs root and iproute2. :func:`unavailable` says why when the harness cannot run, so
 tests can skip with that message. :meth:`VirtualNetwork.close` kills every process and
@@ -22,6 +23,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -83,10 +85,12 @@ class Host:
         bucket filter."""
         self._qdisc("tbf", "rate", rate, "burst", "32kbit", "latency", "400ms")
 
-    def delay(self, delay_ms: int, rate: str) -> None:
-        """Delay every packet leaving this host by ``delay_ms`` and cap it at ``rate``
-        (needs the kernel's netem scheduler: see :func:`netem_unavailable`)."""
-        self._qdisc("netem", "delay", f"{delay_ms}ms", "rate", rate)
+    def relay(self, listen_port: int, target: str, delay_ms: int, *, log: Path) -> None:
+        """Forward ``listen_port`` on this host to ``target`` (HOST:PORT), ``delay_ms`` late
+        in each direction (:mod:`delay_relay`; the kernel's netem is often missing)."""
+        script = Path(__file__).with_name("delay_relay.py")
+        listen = f"{self.address}:{listen_port}"
+        self.run([sys.executable, str(script), listen, target, str(delay_ms)], log=log)
 
     def _qdisc(self, *spec: str) -> None:
         command = ["tc", "qdisc", "replace", "dev", "eth0", "root", *spec]
@@ -96,22 +100,6 @@ class Host:
             capture_output=True,
             timeout=10,
         )
-
-
-def netem_unavailable() -> str | None:
-    """Why packet delay cannot be emulated here (no sch_netem in the kernel), or None."""
-    probe = f"primia-netem-{uuid.uuid4().hex[:6]}"
-    _ip("netns", "add", probe)
-    try:
-        spec = ["tc", "qdisc", "replace", "dev", "lo", "root", "netem", "delay", "1ms"]
-        result = subprocess.run(
-            ["ip", "netns", "exec", probe, *spec], capture_output=True, text=True, timeout=10
-        )
-    finally:
-        _ip("netns", "delete", probe)
-    if result.returncode != 0:
-        return f"this kernel has no netem scheduler ({result.stderr.strip()})"
-    return None
 
 
 class VirtualNetwork:
