@@ -1,7 +1,7 @@
 # primia — every target sets itself up: `make demo` and `make test` work on a fresh clone.
 #
-# GPU users: override the torch pin and its index, e.g.
-#   make setup TORCH_VERSION=2.13.0 TORCH_PIP_ARGS="--index-url <your CUDA wheel index>"
+# GPU users: name a CUDA build of torch and its wheel index, e.g.
+#   make setup TORCH_VERSION=2.13.0+cu128 TORCH_PIP_ARGS="--index-url <PyTorch's CUDA wheel index>"
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -34,7 +34,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps "crypten==$(CRYPTEN_VERSION)"
 	@touch $(STAMP)
 
-setup: $(STAMP)
+# `make setup` always reinstalls, so a new TORCH_VERSION takes effect on an existing venv.
+setup:
+	@rm -f $(STAMP)
+	@$(MAKE) --no-print-directory $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/primia demo

@@ -28,7 +28,7 @@ import torch
 
 from primia import __version__
 from primia.data import RadiographDataset, Splits, open_dataset, patient_split
-from primia.errors import DataError, PrivacyBudgetExceeded
+from primia.errors import ConfigError, DataError, PrivacyBudgetExceeded
 from primia.federated.plan import PlanLimits, plan_problems
 from primia.federated.tasks import (
     DatasetSummary,
@@ -83,6 +83,24 @@ class ComputeSettings:
     threads: int | None = None
     max_physical_batch_size: int = 64
     grad_sample_mode: GradSampleMode = "fast"
+
+    def __post_init__(self) -> None:
+        # checked when the file is read, not when the first round arrives
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError as error:
+                raise ConfigError(
+                    f"compute.device {self.device!r} is not a device: use auto (CUDA when "
+                    "present), cpu, cuda or cuda:N"
+                ) from error
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"compute.threads must be at least 1, got {self.threads}")
+        if self.max_physical_batch_size < 1:
+            raise ConfigError(
+                "compute.max_physical_batch_size must be at least 1, got "
+                f"{self.max_physical_batch_size}"
+            )
 
 
 class DataOwner:

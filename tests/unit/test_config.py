@@ -6,6 +6,7 @@ import pytest
 
 from primia.config import from_mapping, load_toml, write_toml
 from primia.errors import ConfigError
+from primia.federated.data_owner import ComputeSettings
 from primia.train import DPConfig, TrainConfig
 
 
@@ -79,3 +80,16 @@ def test_missing_and_invalid_toml(tmp_path):
     (tmp_path / "bad.toml").write_text("epochs = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_toml(TrainConfig, tmp_path / "bad.toml")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"device": "gpu"}, "compute.device 'gpu' is not a device"),
+        ({"threads": 0}, "compute.threads must be at least 1"),
+        ({"max_physical_batch_size": 0}, "max_physical_batch_size must be at least 1"),
+    ],
+)
+def test_node_compute_settings_are_checked_when_read(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ComputeSettings(**values)
