@@ -35,11 +35,11 @@ tell whether the figures were measured on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -56,6 +56,7 @@ from machine import CpuWatch, load_average
 from primia.data.synth import SynthConfig, write_dataset
 from primia.federated.config import CoordinatorConfig, ModelConfig
 from primia.federated.plan import DPPlan, TrainPlan
+from primia.launch import stop_all, tail
 from primia.nodes.server import CoordinatorServer
 from primia.transport import pki
 
@@ -145,21 +146,9 @@ def _stop(processes: dict[str, subprocess.Popen[bytes]], timeout: float) -> None
     """Wait for the nodes to exit (they do when the federation finishes); end leftovers."""
     deadline = time.monotonic() + timeout
     for process in processes.values():
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGTERM)
-    for process in processes.values():
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _tail(path: Path, lines: int = 10) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return "\n".join(text.splitlines()[-lines:])
+    stop_all(processes.values())
 
 
 def run_federation(
@@ -223,7 +212,7 @@ def run_federation(
                 stop.set()
                 server.stop(grace=1.0)
                 log = work / "logs" / f"{dead[0]}.log"
-                raise RuntimeError(f"node {dead[0]} failed; the end of {log}:\n{_tail(log)}")
+                raise RuntimeError(f"node {dead[0]} failed; the end of {log}:\n{tail(log, 10)}")
         if failure:
             raise RuntimeError(f"the federation failed: {failure[0]}") from failure[0]
     finally:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
-from primia.audit.attacks import AttackConfig, invert
+from primia.audit.attacks import Advance, AttackConfig, invert
 from primia.audit.labels import recover_labels
 from primia.audit.metrics import match, score_images
 from primia.audit.release import Defense, UpdateRule, epsilon_cost, observe
@@ -38,6 +38,7 @@ from primia.errors import ConfigError, ModelError
 from primia.models import build_model
 from primia.models.checkpoint import ModelSpec, find_checkpoint, load_model, read_spec
 from primia.train.local import resolve_device
+from primia.train.loops import to_float
 
 DEFAULT_MODEL = "resnet9"
 DEFAULT_IMAGE_SIZE = 64
@@ -139,7 +140,7 @@ def run_inversion_audit(config: InversionConfig) -> InversionRun:
     model, spec = _load_model(config, dataset)
     device = resolve_device(config.device)
     model = model.to(device).eval()
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    images = to_float(dataset.uint8_tensors()[0], torch.device("cpu"))
     prior = images.mean(dim=0)
     audits = [
         _audit(config, defense, model, spec, dataset, images, prior, device)
@@ -253,7 +254,7 @@ def _attack_once(
     chosen: np.ndarray,
     noise: torch.Generator,
     device: torch.device,
-    advance: Any,
+    advance: Advance,
 ) -> AttackOutcome:
     task = dataset.task
     targets = torch.stack([dataset.target(int(i)) for i in chosen])
@@ -341,7 +342,7 @@ def _notes(
 
 
 @contextmanager
-def _progress(enabled: bool, title: str, total: int) -> Iterator[Any]:
+def _progress(enabled: bool, title: str, total: int) -> Iterator[Advance]:
     progress = Progress(
         TextColumn(f"[bold]{title}"),
         BarColumn(),
@@ -353,9 +354,3 @@ def _progress(enabled: bool, title: str, total: int) -> Iterator[Any]:
     task = progress.add_task(title, total=total)
     with progress:
         yield lambda done: progress.advance(task, done)
-
-
-def defenses_in(values: Sequence[str]) -> tuple[str, ...]:
-    """Defense names from a CLI list that may also hold commas ("none,dp secagg")."""
-    names = [part.strip() for value in values for part in value.split(",") if part.strip()]
-    return tuple(dict.fromkeys(names))

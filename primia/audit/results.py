@@ -7,7 +7,6 @@ Images are ``float32[S, S]`` arrays in [0, 1].
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -125,5 +124,5 @@ def summarize(outcomes: Sequence[AttackOutcome]) -> Summary:
         reidentified_images=mean([float(s.nearest_image_correct) for s in scores]),
         reidentified_patients=mean([float(s.nearest_patient_correct) for s in scores]),
         seconds_per_attack=mean([o.seconds for o in outcomes]),
-        verdict=verdict(leakage, psnr, prior_psnr) if math.isfinite(psnr) else "reconstructable",
+        verdict=verdict(leakage, psnr, prior_psnr),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -195,9 +196,14 @@ def _add_invert_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def defenses_in(values: Sequence[str]) -> tuple[str, ...]:
+    """Defense names from ``--defense`` values that may also hold commas ("none,dp secagg")."""
+    names = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    return tuple(dict.fromkeys(names))
+
+
 def _invert(args: argparse.Namespace) -> int:
     from primia.audit import AttackConfig, AttackName, InversionConfig, run_inversion_audit
-    from primia.audit.inversion import defenses_in
 
     config = InversionConfig(
         data=args.data,

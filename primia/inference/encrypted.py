@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from primia.errors import ModelError
+from primia.models.compat import ALLOWED_LAYERS
 from primia.models.layers import BasicBlock, Residual
 from primia.models.resnet import ResNet9, ResNet18
 
@@ -135,18 +136,11 @@ class EncryptedModel:
 
 
 MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
-_LEAVES = (
-    nn.Conv2d,
-    nn.GroupNorm,
-    nn.ReLU,
-    nn.Sigmoid,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-    nn.Flatten,
-    nn.Linear,
+_LEAVES = tuple(
+    layer for layer in ALLOWED_LAYERS if layer not in (nn.Sequential, BasicBlock, Residual)
 )
+"""The layers :meth:`EncryptedModel._apply` evaluates itself: primia's allowed layers
+without the containers it walks into."""
 
 
 def check_supported(model: nn.Module, prefix: str = "") -> None:

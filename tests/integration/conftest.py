@@ -8,8 +8,10 @@ sampling rates, and the composition logic under test is the same.
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,24 @@ from primia.nodes.node_client import NodeClient
 from primia.transport import pki
 
 SITES = ("site0", "site1", "site2")
+
+
+def rounds_of(run_dir: Path) -> list[dict[str, Any]]:
+    """The lines of a run directory's ``rounds.jsonl`` (none before the first round)."""
+    path = run_dir / "rounds.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, *logs: Path) -> None:
+    """Poll ``condition``; on timeout fail with ``what`` and the end of each log."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
+            raise AssertionError(f"timed out waiting for {what}\n{tails}")
+        time.sleep(0.1)
 
 
 @dataclass

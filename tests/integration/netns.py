@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SUBNET = "10.231.{}.{}"
-"""Host i of network n is 10.231.n.(i+1); the bridge is 10.231.n.254."""
+SUBNET = "10.231.0.{}"
+"""Host i is 10.231.0.(i+1); the bridge is 10.231.0.254."""
 
 
 def _ip(*arguments: str) -> None:
@@ -105,13 +105,12 @@ class Host:
 class VirtualNetwork:
     """Hosts on one bridge; see the module docstring. Use as a context manager."""
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self) -> None:
         self._tag = uuid.uuid4().hex[:5]  # interface names have at most 15 characters
-        self._index = index
         self.bridge = f"pbr{self._tag}"
         self.hosts: dict[str, Host] = {}
         self._namespaces: list[str] = []
-        self.bridge_address = SUBNET.format(index, 254)
+        self.bridge_address = SUBNET.format(254)
         try:
             _ip("link", "add", self.bridge, "type", "bridge")
             _ip("addr", "add", f"{self.bridge_address}/24", "dev", self.bridge)
@@ -126,7 +125,7 @@ class VirtualNetwork:
         number = len(self.hosts)
         namespace = f"primia-{self._tag}-{number}"
         outside, inside = f"pv{self._tag}{number}", f"pi{self._tag}{number}"
-        address = SUBNET.format(self._index, number + 1)
+        address = SUBNET.format(number + 1)
         _ip("netns", "add", namespace)
         self._namespaces.append(namespace)
         _ip("link", "add", outside, "type", "veth", "peer", "name", inside)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import SITES, Consortium
+from conftest import SITES, Consortium, rounds_of
 
 from primia.federated.coordinator import FederationFailed
 from primia.federated.data_owner import PrivacySettings
@@ -17,10 +16,6 @@ from primia.models.checkpoint import load_model
 from primia.nodes.server import CoordinatorServer
 from primia.nodes.status import fetch_status
 from primia.train.ledger import PrivacyLedger
-
-
-def _rounds(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
 
 
 def test_two_round_federation(consortium: Consortium, tmp_path: Path) -> None:
@@ -47,7 +42,7 @@ def test_two_round_federation(consortium: Consortium, tmp_path: Path) -> None:
     watcher.join(timeout=10)
     assert not runner.is_alive(), "the federation did not finish"
 
-    rounds = _rounds(tmp_path / "run")
+    rounds = rounds_of(tmp_path / "run")
     assert [r["round"] for r in rounds] == [1, 2]
     for record in rounds:
         assert record["contributors"] == list(SITES)
@@ -84,7 +79,7 @@ def test_a_node_out_of_budget_is_left_out(consortium: Consortium, tmp_path: Path
         consortium.start_node(config)
     report = server.run()
 
-    first, second = _rounds(tmp_path / "run")
+    first, second = rounds_of(tmp_path / "run")
     assert first["contributors"] == list(SITES)
     assert second["contributors"] == ["site0", "site1"]
     assert "budget" in second["refused"]["site2"]

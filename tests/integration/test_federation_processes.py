@@ -9,11 +9,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import tomli_w
-from conftest import SITES, Consortium
+from conftest import SITES, Consortium, rounds_of, wait_until
 
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
 from primia.nodes.server import CoordinatorServer
@@ -28,21 +27,6 @@ def _primia(arguments: list[str], log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
-
-
-def _wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def _rounds(run_dir: Path) -> list[dict]:
-    path = run_dir / "rounds.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_a_node_killed_mid_round_is_a_dropout(consortium: Consortium, tmp_path: Path) -> None:
@@ -76,7 +60,7 @@ def test_a_node_killed_mid_round_is_a_dropout(consortium: Consortium, tmp_path: 
             status = {s.name: s for s in server.registry.statuses()}["site2"]
             return "epoch" in status.activity
 
-        _wait_until(site2_trains, 120, "site2 to start training")
+        wait_until(site2_trains, 120, "site2 to start training")
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         runner.join(timeout=240)
@@ -85,7 +69,7 @@ def test_a_node_killed_mid_round_is_a_dropout(consortium: Consortium, tmp_path: 
         if victim.poll() is None:
             victim.kill()
 
-    first, second = _rounds(tmp_path / "run")
+    first, second = rounds_of(tmp_path / "run")
     assert first["contributors"] == ["site0", "site1"]
     assert "site2" in first["dropped"]
     assert second["contributors"] == ["site0", "site1"]
@@ -119,17 +103,17 @@ def test_a_restarted_coordinator_resumes(consortium: Consortium, tmp_path: Path)
     for site in SITES:
         consortium.start_node(consortium.node_config(site, port, tmp_path / f"state-{site}"))
     try:
-        _wait_until(lambda: len(_rounds(run_dir)) >= 1, 180, "the first round")
+        wait_until(lambda: len(rounds_of(run_dir)) >= 1, 180, "the first round")
         coordinator.send_signal(signal.SIGKILL)
         coordinator.wait()
-        done = _rounds(run_dir)
+        done = rounds_of(run_dir)
         coordinator = _primia(serve, tmp_path / "second.log")
         assert coordinator.wait(timeout=240) == 0, (tmp_path / "second.log").read_text()
     finally:
         if coordinator.poll() is None:
             coordinator.kill()
 
-    rounds = _rounds(run_dir)
+    rounds = rounds_of(run_dir)
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert rounds[: len(done)] == done  # completed rounds are kept, not redone
     assert "resuming run" in (tmp_path / "second.log").read_text()

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import tomli_w
 import torch
-from conftest import SITES
+from conftest import SITES, rounds_of, wait_until
 from netns import Host, VirtualNetwork, unavailable
 from safetensors.torch import load_file
 
@@ -55,15 +55,6 @@ def _primia(host: Host, arguments: list[str], log: Path) -> subprocess.Popen[byt
     return host.run([sys.executable, "-m", "primia", *arguments], log=log, env=ENV)
 
 
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str, *logs: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
-            raise AssertionError(f"timed out waiting for {what}\n{tails}")
-        time.sleep(0.2)
-
-
 def _listening(address: str, port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(0.5)
@@ -78,13 +69,6 @@ def _round_trip(address: str, port: int) -> float:
         connection.sendall(b"\xff\x03\x03\x00\x01\x00")  # an unknown record type
         connection.recv(1)
         return time.monotonic() - started
-
-
-def _rounds(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "rounds.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def _tls(pki_dir: Path, name: str) -> dict[str, str]:
@@ -104,9 +88,9 @@ class Federation:
     def finish(self, timeout: float = 300) -> list[dict[str, Any]]:
         """Wait for the coordinator's process to exit cleanly; the rounds."""
         process = self.process
-        _wait_until(lambda: process.poll() is not None, timeout, "the federation", *self.logs)
+        wait_until(lambda: process.poll() is not None, timeout, "the federation", *self.logs)
         assert process.returncode == 0, self.logs[0].read_text()[-3000:]
-        return _rounds(self.run_dir)
+        return rounds_of(self.run_dir)
 
 
 def _start_federation(
@@ -203,7 +187,7 @@ def test_a_hospital_whose_link_is_cut_mid_round_drops_out_and_rejoins(
     )
     victim = federation.hospitals["site2"]
     victim_log, coordinator_log = tmp_path / "site2.log", tmp_path / "coordinator.log"
-    _wait_until(
+    wait_until(
         lambda: "round 1: training" in victim_log.read_text(),
         120,
         "the victim to start training",
@@ -211,7 +195,7 @@ def test_a_hospital_whose_link_is_cut_mid_round_drops_out_and_rejoins(
         coordinator_log,
     )
     victim.link_down()
-    _wait_until(
+    wait_until(
         lambda: "site2 dropped out" in coordinator_log.read_text(),
         120,
         "the coordinator to drop the victim",
@@ -265,10 +249,8 @@ def test_encrypted_inference_between_three_hosts(
     )
     serve = ["infer", "serve", "--model", str(tmp_path / "model.safetensors")]
     _primia(model_owner, [*serve, "--config", str(tmp_path / "model-owner.toml")], logs[1])
-    _wait_until(
-        lambda: _listening(crypto_provider.address, 50062), 60, "the crypto provider", *logs
-    )
-    _wait_until(lambda: _listening(model_owner.address, 50061), 60, "the model owner", *logs)
+    wait_until(lambda: _listening(crypto_provider.address, 50062), 60, "the crypto provider", *logs)
+    wait_until(lambda: _listening(model_owner.address, 50061), 60, "the model owner", *logs)
 
     dataset = open_dataset(synth_data, image_size=32)
     image_path = dataset.records[0].path
@@ -304,7 +286,7 @@ def test_rounds_complete_over_slow_links(
         target = f"{coordinator.address}:{COORDINATOR_PORT}"
         coordinator.relay(RELAY_PORT, target, 50, log=tmp_path / "relay.log")
         for port in (COORDINATOR_PORT, RELAY_PORT):
-            _wait_until(lambda port=port: _listening(coordinator.address, port), 60, f"port {port}")
+            wait_until(lambda port=port: _listening(coordinator.address, port), 60, f"port {port}")
         assert _round_trip(coordinator.address, RELAY_PORT) >= 0.1
     rounds = federation.finish()
     assert [sorted(r["contributors"]) for r in rounds] == [sorted(SITES)] * 2
@@ -323,8 +305,8 @@ def test_a_coordinator_killed_mid_round_resumes_and_no_ledger_under_reports(
     )
     run_dir, logs = federation.run_dir, federation.logs
     first = federation.process
-    _wait_until(lambda: len(_rounds(run_dir)) >= 1, 180, "the first round", *logs)
-    _wait_until(
+    wait_until(lambda: len(rounds_of(run_dir)) >= 1, 180, "the first round", *logs)
+    wait_until(
         lambda: all("round 2: training" in (tmp_path / f"{s}.log").read_text() for s in SITES),
         120,
         "round 2 to start",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import replace
@@ -10,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SITES, Consortium
+from conftest import SITES, Consortium, rounds_of
 
 from primia.crypto.keys import KeyPair
 from primia.crypto.secagg import AggregationServer, KeyRoster, MaskedInput
@@ -18,10 +17,6 @@ from primia.federated.coordinator import FederationFailed
 from primia.federated.secure import SecureContribution
 from primia.federated.tasks import TrainOutcome
 from primia.nodes.server import CoordinatorServer
-
-
-def _rounds(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
 
 
 def _run(server: CoordinatorServer) -> dict[str, Any]:
@@ -64,7 +59,7 @@ def test_a_node_lost_after_sharing_its_secrets_is_unmasked_away(
     monkeypatch.setattr(SecureContribution, "masked_input", die_at_site2)
     report = _run(server)
 
-    (record,) = _rounds(tmp_path / "run")
+    (record,) = rounds_of(tmp_path / "run")
     assert record["aggregation"] == "secure"
     assert record["contributors"] == ["site0", "site1"]
     assert "site2" in record["dropped"]
@@ -99,4 +94,4 @@ def test_keys_substituted_by_the_coordinator_are_detected_by_the_nodes(
     with caplog.at_level(logging.WARNING), pytest.raises(FederationFailed):
         _run(server)
     assert "are not signed by 'site1'" in caplog.text
-    assert not (tmp_path / "run" / "rounds.jsonl").exists() or not _rounds(tmp_path / "run")
+    assert not (tmp_path / "run" / "rounds.jsonl").exists() or not rounds_of(tmp_path / "run")
