@@ -27,11 +27,15 @@ Start with:
   primia infer demo                   encrypted inference with the demo's model
   primia audit invert --data data/synth --defense none dp secagg --out audit
                                       can a radiograph be rebuilt from an update?
+  primia evaluate --model runs/local --data data/synth --out eval
+                                      metrics with CIs, subgroups, paired comparison
+  primia transfer-matrix --config coordinator.toml --out transfer
+                                      how models trained at one site do at the others
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from primia.cli import audit, certs, check, data, demo, federation, infer, train
+    from primia.cli import audit, certs, check, data, demo, evaluate, federation, infer, train
 
     parser = argparse.ArgumentParser(
         prog="primia",
@@ -41,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"primia {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (demo, data, train, certs, federation, check, infer, audit):
+    for group in (demo, data, train, certs, federation, check, infer, audit, evaluate):
         group.register(subparsers)
     return parser
 

@@ -130,7 +130,7 @@ def _serve_coordinator(args: argparse.Namespace) -> int:
     live = config.progress and not args.no_progress and console.is_terminal
     if live:
         _log_through(console)
-    _stop_on_sigterm()
+    stop_on_sigterm()
     server = CoordinatorServer(config)
     server.start()
     with LiveStatus(server.federation.status, console=console, enabled=live):
@@ -161,7 +161,7 @@ def _serve_node(args: argparse.Namespace) -> int:
         info.privacy.epsilon_budget,
         config.coordinator,
     )
-    _stop_on_sigterm()
+    stop_on_sigterm()
     client.serve()
     return 0
 
@@ -176,7 +176,7 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_on_sigterm() -> None:
+def stop_on_sigterm() -> None:
     """SIGTERM ends the process like Ctrl-C: training stops and the ledger records the
     steps that ran (see primia.train.local.fit)."""
 

@@ -102,8 +102,13 @@ class Federation:
         *,
         aggregator: Aggregator | None = None,
         stop: threading.Event | None = None,
+        finish_nodes: bool = True,
     ) -> None:
+        """``finish_nodes``: tell the nodes when the federation is over (nodes started
+        with ``--exit-when-done`` exit); False when more work follows (the transfer
+        matrix trains several models in a row)."""
         self.config = config
+        self._finish_nodes = finish_nodes
         self.registry = registry
         self.spec = config.model.spec()
         self.run_dir = RunDirectory(config.run_dir)
@@ -161,8 +166,9 @@ class Federation:
             report = self._report(records, test)
             self.run_dir.finish(report, model, self.spec)
             self._set_state(self.config.rounds, "finished")
-            for link in self.registry.connected():
-                link.shutdown("the federation has finished", finished=True)
+            if self._finish_nodes:
+                for link in self.registry.connected():
+                    link.shutdown("the federation has finished", finished=True)
             return report
         except BaseException:
             self._set_state(self._round, "failed")

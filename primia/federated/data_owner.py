@@ -18,6 +18,7 @@ example-level for this node's data, composed over rounds by the ledger.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +28,12 @@ import numpy as np
 import torch
 
 from primia import __version__
+from primia.config import atomic_write_bytes
 from primia.data import RadiographDataset, Splits, open_dataset, patient_split
 from primia.errors import ConfigError, DataError, PrivacyBudgetExceeded
+from primia.evaluate.bootstrap import secret_seed
+from primia.evaluate.evaluation import evaluate_scores
+from primia.evaluate.predict import predict
 from primia.federated.plan import PlanLimits, plan_problems
 from primia.federated.tasks import (
     DatasetSummary,
@@ -55,6 +60,7 @@ from primia.transport.blobs import Blob
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float, str], None]
+EVALUATION_KEY_FILENAME = "evaluation.key"
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,7 @@ class DataOwner:
         if compute.threads is not None:
             torch.set_num_threads(compute.threads)
         self.device = resolve_device(compute.device)
+        self._evaluation_key = _secret_key(state_dir / EVALUATION_KEY_FILENAME)
         self._splits: dict[int, Splits] = {}
         self._default_image_size = default_image_size
         self._splits_at(default_image_size)  # fail at start-up, not mid-round, on bad data
@@ -258,6 +265,21 @@ class DataOwner:
         metrics = evaluate(model.to(self.device), dataset, device=self.device)
         targets = dataset.targets()
         positives = _positives(targets, dataset.label_names, task.spec.task)
+        detailed = None
+        if task.detail is not None:
+            if task.split != "test":
+                raise TaskRefused(
+                    Refusal.INVALID_PLAN,
+                    "a detailed evaluation is of the test split (its thresholds come from "
+                    "the validation split); ask for split=test",
+                )
+            detailed = evaluate_scores(
+                predict(model, splits.val, device=self.device),
+                predict(model, dataset, device=self.device),
+                resamples=task.detail.resamples,
+                seed=secret_seed(self._evaluation_key, "test", str(task.detail.seed)),
+                subgroups=task.detail.subgroups,
+            )
         return EvaluationOutcome(
             num_examples=len(dataset),
             loss=metrics.loss,
@@ -267,6 +289,7 @@ class DataOwner:
                 for name in dataset.label_names
             },
             seconds=time.perf_counter() - started,
+            detailed=detailed,
         )
 
     def _splits_for(self, spec: ModelSpec) -> Splits:
@@ -326,6 +349,18 @@ class DataOwner:
             raise TaskRefused(Refusal.INVALID_WEIGHTS, str(error)) from error
         model.load_state_dict(state)
         return {name: tensor.clone() for name, tensor in state.items()}
+
+
+def _secret_key(path: Path) -> bytes:
+    """The node's evaluation secret (32 random bytes, created on first use): mixed into
+    bootstrap seeds so that only this node knows which samples each resample drew."""
+    if not path.exists():
+        atomic_write_bytes(path, secrets.token_bytes(32))
+        path.chmod(0o600)
+    key = path.read_bytes()
+    if len(key) != 32:
+        raise ConfigError(f"{path} is not a 32-byte key; delete it and a new one is made")
+    return key
 
 
 def _only_site(dataset: RadiographDataset, site: str) -> RadiographDataset:

@@ -86,6 +86,20 @@ class NodeRegistry:
         self._status = {name: NodeStatus(name) for name in self.roster}
         self._changed = threading.Condition()
 
+    def view(self, names: Sequence[str]) -> NodeRegistry:
+        """The same nodes, seen through a roster of ``names`` only: its ``connected`` and
+        ``wait_for`` count those nodes alone (a federation of some of the consortium, as
+        the transfer matrix's site-local models). Admissions to either are seen by both."""
+        unknown = set(names) - set(self.roster)
+        if unknown:
+            raise ValueError(f"{', '.join(sorted(unknown))} not on the roster")
+        view = NodeRegistry.__new__(NodeRegistry)
+        view.roster = tuple(names)
+        view._links = self._links
+        view._status = self._status
+        view._changed = self._changed
+        return view
+
     def admit(self, link: NodeLink) -> None:
         """Register ``link``; a previous link of the same node is closed (it reconnected)."""
         if link.name not in self._status:
@@ -124,7 +138,7 @@ class NodeRegistry:
         seconds (or ``stop``) with however many there are."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while len(self._links) < count:
+            while sum(name in self._links for name in self.roster) < count:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (stop is not None and stop.is_set()):
                     break

@@ -12,6 +12,7 @@ from typing import Literal
 
 from primia.crypto.secagg import Setup
 from primia.errors import PrimiaError
+from primia.evaluate.evaluation import Evaluation
 from primia.federated.plan import TrainPlan
 from primia.models.checkpoint import ModelSpec
 from primia.transport.blobs import Blob
@@ -62,12 +63,24 @@ class TrainTask:
 
 
 @dataclass(frozen=True)
+class EvaluationDetail:
+    """Ask for a detailed evaluation of the test split (:mod:`primia.evaluate`)."""
+
+    resamples: int = 1000
+    seed: int = 0
+    """Mixed with the node's secret: the same seed resamples the node's test split alike
+    for every model (paired comparisons), and only the node knows the resamples."""
+    subgroups: bool = True
+
+
+@dataclass(frozen=True)
 class EvaluateTask:
     task_id: str
     round: int
     spec: ModelSpec
     weights: Blob
     split: Split
+    detail: EvaluationDetail | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,8 @@ class EvaluationOutcome:
     accuracy: float
     labels: dict[str, LabelMetrics] = field(default_factory=dict)
     seconds: float = 0.0
+    detailed: Evaluation | None = None
+    """Given when the task asked for :class:`EvaluationDetail`."""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from primia.errors import PrimiaError
 from primia.federated.data_owner import DataOwner
 from primia.federated.secure import SecureContribution
 from primia.federated.tasks import EvaluateTask, Refusal, TaskRefused, TrainOutcome, TrainTask
-from primia.nodes import codec, secure_codec
+from primia.nodes import codec, evaluation_codec, secure_codec
 from primia.nodes.config import NodeConfig
 from primia.transport.blobs import Blob, BlobAssembler, BlobError, chunks_of
 from primia.transport.generated import federation_pb2 as pb
@@ -289,12 +289,18 @@ class _Session:
                 spec=codec.spec_from_proto(message.model),
                 weights=self._weights(message.weights_blob),
                 split=codec.split_from_proto(message.split),
+                detail=evaluation_codec.detail_from_proto(message.detail)
+                if message.HasField("detail")
+                else None,
             )
             outcome = self._owner.evaluate(task)
         except Exception as error:
             self._refuse(task_id, error)
             return
-        self._send(pb.NodeMessage(evaluate_result=codec.evaluation_to_proto(task_id, outcome)))
+        result = codec.evaluation_to_proto(task_id, outcome)
+        if outcome.detailed is not None:
+            result.detailed.CopyFrom(evaluation_codec.detailed_to_proto(outcome.detailed))
+        self._send(pb.NodeMessage(evaluate_result=result))
 
     def _weights(self, blob_id: str) -> Blob:
         blob = self._blobs.get(blob_id)

@@ -4,21 +4,24 @@
 >>> report = server.run()  # serves until the last round is done  # doctest: +SKIP
 
 :meth:`CoordinatorServer.start` only opens the port (tests and the status display use
-it to run the rounds on their own thread).
+it to run the rounds on their own thread). What the server runs over its nodes is its
+*job*: the federation's rounds by default, or another (the transfer matrix) given by
+``job``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
 from primia.errors import ConfigError
 from primia.federated.config import CoordinatorConfig
-from primia.federated.coordinator import Federation
+from primia.federated.coordinator import Federation, FederationStatus
 from primia.federated.registry import NodeRegistry
 from primia.nodes.coordinator_service import CoordinatorService
 from primia.transport.generated import federation_pb2_grpc as pb_grpc
@@ -27,17 +30,39 @@ from primia.transport.tls import server_credentials, server_options
 log = logging.getLogger(__name__)
 
 
+class Job(Protocol):
+    """Work a coordinator runs over its connected nodes."""
+
+    def run(self) -> Any: ...
+
+    def status(self) -> FederationStatus: ...
+
+
 class CoordinatorServer:
-    def __init__(self, config: CoordinatorConfig, *, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        *,
+        stop: threading.Event | None = None,
+        job: Callable[[NodeRegistry], Job] | None = None,
+    ) -> None:
         self.config = config
         self.registry = NodeRegistry(config.roster)
-        self.federation = Federation(config, self.registry, stop=stop)
+        self.job: Job = (
+            job(self.registry) if job is not None else Federation(config, self.registry, stop=stop)
+        )
         ca_pem, _, _ = config.tls.read()
         self._service = CoordinatorService(
-            registry=self.registry, ca_pem=ca_pem, status=self.federation.status
+            registry=self.registry, ca_pem=ca_pem, status=self.job.status
         )
         self._server: grpc.Server | None = None
         self.port = 0
+
+    @property
+    def federation(self) -> Federation:
+        """The job, when it is the federation's rounds (the default)."""
+        assert isinstance(self.job, Federation), "this server runs another job"
+        return self.job
 
     def start(self) -> int:
         """Listen on ``config.listen``; return the port (useful with port 0)."""
@@ -59,12 +84,12 @@ class CoordinatorServer:
         log.info("coordinator listening on %s (port %d)", self.config.listen, port)
         return port
 
-    def run(self) -> dict[str, Any]:
-        """Serve and run the federation to its end; return its report."""
+    def run(self) -> Any:
+        """Serve and run the job (the federation) to its end; return what it returns."""
         if self._server is None:
             self.start()
         try:
-            return self.federation.run()
+            return self.job.run()
         finally:
             self.stop()
 

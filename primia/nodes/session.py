@@ -17,6 +17,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
+from dataclasses import replace
 from typing import Any
 
 from primia.crypto.secagg import (
@@ -38,7 +39,7 @@ from primia.federated.tasks import (
     TrainOutcome,
     TrainTask,
 )
-from primia.nodes import codec, secure_codec
+from primia.nodes import codec, evaluation_codec, secure_codec
 from primia.transport.blobs import Blob, BlobAssembler, BlobError, chunks_of
 from primia.transport.generated import federation_pb2 as pb
 
@@ -95,6 +96,8 @@ class NodeSession:
         """Futures by (task id, what answer they wait for)."""
         self._sent_blobs: set[str] = set()
         self._received: dict[str, Blob] = {}
+        self._evaluations: dict[str, EvaluateTask] = {}
+        """Evaluation tasks awaiting their result, to check a detailed one against."""
         self._assembler = BlobAssembler(max_size=MAX_UPDATE_SIZE)
         self._lock = threading.Lock()
         self._closed = False
@@ -153,6 +156,10 @@ class NodeSession:
                 split=codec.split_to_proto(task.split),
             )
         )
+        if task.detail is not None:
+            message.evaluate.detail.CopyFrom(evaluation_codec.detail_to_proto(task.detail))
+        with self._lock:
+            self._evaluations[task.task_id] = task
         return self._submit(task.task_id, ["evaluate"], message, task.weights)[0]
 
     def shutdown(self, reason: str, *, finished: bool) -> None:
@@ -218,11 +225,11 @@ class NodeSession:
             trained = message.train_result
             self._train_result(trained, trained.update_blob, clipped=0)
         elif kind == "evaluate_result":
-            result = message.evaluate_result
-            future = self._take(result.task_id, "evaluate")
-            _settle(future, result=codec.evaluation_from_proto(result))
+            self._evaluate_result(message.evaluate_result)
         elif kind == "refused":
             refusal = codec.refusal_from_proto(message.refused)
+            with self._lock:
+                self._evaluations.pop(message.refused.task_id, None)
             for future in self._take_all(message.refused.task_id):
                 _settle(future, error=refusal)
         elif kind == "keys":
@@ -244,6 +251,26 @@ class NodeSession:
             self._registry.set_activity(self.name, f"{progress.stage} ({progress.fraction:.0%})")
         else:
             raise codec.MessageError(f"unexpected {kind or 'empty'} message in a session")
+
+    def _evaluate_result(self, result: pb.EvaluateResult) -> None:
+        future = self._take(result.task_id, "evaluate")
+        with self._lock:
+            task = self._evaluations.pop(result.task_id, None)
+        try:
+            outcome = codec.evaluation_from_proto(result)
+            if task is not None and task.detail is not None:
+                if not result.HasField("detailed"):
+                    raise codec.MessageError("a detailed evaluation was asked for, none came")
+                detailed = evaluation_codec.detailed_from_proto(
+                    result.detailed,
+                    label_names=task.spec.label_names,
+                    resamples=task.detail.resamples,
+                )
+                outcome = replace(outcome, detailed=detailed)
+        except codec.MessageError as error:
+            _settle(future, error=TaskRefused(Refusal.PROTOCOL_VIOLATION, str(error)))
+            raise
+        _settle(future, result=outcome)
 
     def _train_result(self, result: pb.TrainResult, blob_id: str, *, clipped: int) -> None:
         """Settle a training task with its update (or, securely aggregated, masked input)."""

@@ -184,3 +184,27 @@ def test_restore_carries_counts_of_a_resumed_run_and_skips_strangers():
     assert [s.name for s in registry.statuses()] == list(ROSTER)
     registry.record_contribution("beta")
     assert status_of(registry, "beta").rounds_contributed == 8
+
+
+def test_a_view_sees_only_its_names_and_shares_admissions():
+    registry = NodeRegistry(ROSTER)
+    view = registry.view(["beta"])
+    alpha = FakeLink("alpha")
+    registry.admit(alpha)
+    assert view.connected() == []
+    started = time.monotonic()
+    assert view.wait_for(1, timeout=0.3) == []  # alpha does not count for the view
+    assert time.monotonic() - started >= 0.3
+    beta = FakeLink("beta")
+    threading.Timer(0.1, registry.admit, args=(beta,)).start()
+    assert view.wait_for(1, timeout=5) == [beta]
+    assert registry.connected() == [alpha, beta]
+    view.set_activity("beta", "training")
+    assert status_of(registry, "beta").activity == "training"
+    assert [s.name for s in view.statuses()] == ["beta"]
+    try:
+        registry.view(["delta"])
+    except ValueError as error:
+        assert "delta" in str(error)
+    else:
+        raise AssertionError("a view of a name off the roster was made")

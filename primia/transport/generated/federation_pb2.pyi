@@ -149,20 +149,58 @@ class PrivacyRelease(_message.Message):
     def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., sample_rate: _Optional[float] = ..., steps: _Optional[int] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
 
 class EvaluateResult(_message.Message):
-    __slots__ = ("task_id", "num_examples", "loss", "accuracy", "labels", "seconds")
+    __slots__ = ("task_id", "num_examples", "loss", "accuracy", "labels", "seconds", "detailed")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DETAILED_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     num_examples: int
     loss: float
     accuracy: float
     labels: _containers.RepeatedCompositeFieldContainer[LabelMetrics]
     seconds: float
-    def __init__(self, task_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., labels: _Optional[_Iterable[_Union[LabelMetrics, _Mapping]]] = ..., seconds: _Optional[float] = ...) -> None: ...
+    detailed: DetailedEvaluation
+    def __init__(self, task_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., labels: _Optional[_Iterable[_Union[LabelMetrics, _Mapping]]] = ..., seconds: _Optional[float] = ..., detailed: _Optional[_Union[DetailedEvaluation, _Mapping]] = ...) -> None: ...
+
+class DetailedEvaluation(_message.Message):
+    __slots__ = ("task", "metrics", "columns", "thresholds", "threshold_rule", "threshold_notes", "resamples", "confidence", "groups")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_RULE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_NOTES_FIELD_NUMBER: _ClassVar[int]
+    RESAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    metrics: _containers.RepeatedScalarFieldContainer[str]
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    thresholds: _containers.RepeatedScalarFieldContainer[float]
+    threshold_rule: str
+    threshold_notes: _containers.RepeatedScalarFieldContainer[str]
+    resamples: int
+    confidence: float
+    groups: _containers.RepeatedCompositeFieldContainer[MetricGroup]
+    def __init__(self, task: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., columns: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Iterable[float]] = ..., threshold_rule: _Optional[str] = ..., threshold_notes: _Optional[_Iterable[str]] = ..., resamples: _Optional[int] = ..., confidence: _Optional[float] = ..., groups: _Optional[_Iterable[_Union[MetricGroup, _Mapping]]] = ...) -> None: ...
+
+class MetricGroup(_message.Message):
+    __slots__ = ("name", "num_examples", "positives", "values", "replicates")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    REPLICATES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    num_examples: int
+    positives: _containers.RepeatedScalarFieldContainer[int]
+    values: bytes
+    replicates: bytes
+    def __init__(self, name: _Optional[str] = ..., num_examples: _Optional[int] = ..., positives: _Optional[_Iterable[int]] = ..., values: _Optional[bytes] = ..., replicates: _Optional[bytes] = ...) -> None: ...
 
 class LabelMetrics(_message.Message):
     __slots__ = ("name", "auroc", "positives")
@@ -291,18 +329,30 @@ class TrainTask(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., weights_blob: _Optional[str] = ..., plan: _Optional[_Union[TrainPlan, _Mapping]] = ..., secure_aggregation: _Optional[_Union[SecureAggregation, _Mapping]] = ...) -> None: ...
 
 class EvaluateTask(_message.Message):
-    __slots__ = ("task_id", "round", "model", "weights_blob", "split")
+    __slots__ = ("task_id", "round", "model", "weights_blob", "split", "detail")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_BLOB_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     model: ModelSpec
     weights_blob: str
     split: Split
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., weights_blob: _Optional[str] = ..., split: _Optional[_Union[Split, str]] = ...) -> None: ...
+    detail: EvaluationDetail
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., weights_blob: _Optional[str] = ..., split: _Optional[_Union[Split, str]] = ..., detail: _Optional[_Union[EvaluationDetail, _Mapping]] = ...) -> None: ...
+
+class EvaluationDetail(_message.Message):
+    __slots__ = ("resamples", "seed", "subgroups")
+    RESAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    SUBGROUPS_FIELD_NUMBER: _ClassVar[int]
+    resamples: int
+    seed: int
+    subgroups: bool
+    def __init__(self, resamples: _Optional[int] = ..., seed: _Optional[int] = ..., subgroups: _Optional[bool] = ...) -> None: ...
 
 class Shutdown(_message.Message):
     __slots__ = ("reason", "finished")
