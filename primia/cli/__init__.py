@@ -27,6 +27,8 @@ Start with:
   primia infer demo                   encrypted inference with the demo's model
   primia audit invert --data data/synth --defense none dp secagg --out audit
                                       can a radiograph be rebuilt from an update?
+  primia audit reid --data data/synth --out audit/reid
+                                      do radiographs link back to their patients?
   primia evaluate --model runs/local --data data/synth --out eval
                                       metrics with CIs, subgroups, paired comparison
   primia transfer-matrix --config coordinator.toml --out transfer

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from primia.cli.groups import print_help
+from primia.cli.reid import add_reid_command
 
 DESCRIPTION = """\
 Privacy audits: play the attacker against what a node sends, and measure what it gets.
@@ -61,7 +62,7 @@ COLUMNS = (
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = subparsers.add_parser(
         "audit",
-        help="privacy audits: gradient inversion",
+        help="privacy audits: gradient inversion, re-identification",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -76,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_invert_options(invert)
     invert.set_defaults(handler=_invert)
+    add_reid_command(commands)
 
 
 def _add_invert_options(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from primia.data.dataset import RadiographDataset, Record, Task
+from primia.data.dataset import RadiographDataset, Record, Task, only_site
 from primia.data.dicom import load_dicom_folder, read_dicom
 from primia.data.folder import load_image_folder, subfolders
 from primia.data.images import read_image
@@ -25,6 +25,7 @@ __all__ = [
     "load_dicom_folder",
     "load_image_folder",
     "load_manifest",
+    "only_site",
     "open_dataset",
     "patient_split",
     "read_dicom",

@@ -145,3 +145,14 @@ class RadiographDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         and the targets; training converts a batch at a time."""
         images = np.stack([self.image(i) for i in range(len(self))])
         return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(self.targets())
+
+
+def only_site(dataset: RadiographDataset, site: str) -> RadiographDataset:
+    """The images of ``site`` (a manifest's ``site`` column); a clear error, naming the
+    sites there are, when it has none."""
+    indices = [i for i, name in enumerate(dataset.sites) if name == site]
+    if not indices:
+        sites = ", ".join(sorted(set(dataset.sites)))
+        source = dataset.records[0].source if dataset.records else "the dataset"
+        raise DataError(f"no images of site {site!r} in {source}; sites: {sites}")
+    return dataset.subset(indices)

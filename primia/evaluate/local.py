@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from primia.config import atomic_write_bytes
-from primia.data import open_dataset, patient_split
+from primia.data import only_site, open_dataset, patient_split
 from primia.errors import DataError
 from primia.evaluate.bootstrap import DEFAULT_RESAMPLES
 from primia.evaluate.evaluation import Comparison, Evaluation, compare, evaluate_scores
@@ -71,13 +71,7 @@ def evaluate_checkpoint(config: EvaluateConfig) -> LocalEvaluation:
             config.data, image_size=spec.image_size, label_columns=config.label_columns
         )
         if config.site is not None:
-            indices = [i for i, site in enumerate(dataset.sites) if site == config.site]
-            if not indices:
-                raise DataError(
-                    f"no images of site {config.site!r} in {config.data}; sites: "
-                    f"{', '.join(sorted(set(dataset.sites)))}"
-                )
-            dataset = dataset.subset(indices)
+            dataset = only_site(dataset, config.site)
         if tuple(spec.label_names) != dataset.label_names or spec.task != str(dataset.task):
             raise DataError(
                 f"{path} predicts {spec.task} {list(spec.label_names)}, {config.data} holds "

@@ -29,8 +29,8 @@ import torch
 
 from primia import __version__
 from primia.config import atomic_write_bytes
-from primia.data import RadiographDataset, Splits, open_dataset, patient_split
-from primia.errors import ConfigError, DataError, PrivacyBudgetExceeded
+from primia.data import RadiographDataset, Splits, only_site, open_dataset, patient_split
+from primia.errors import ConfigError, PrivacyBudgetExceeded
 from primia.evaluate.bootstrap import secret_seed
 from primia.evaluate.evaluation import evaluate_scores
 from primia.evaluate.predict import predict
@@ -331,7 +331,7 @@ class DataOwner:
                 self._data.path, image_size=image_size, label_columns=self._data.label_columns
             )
             if self._data.site is not None:
-                dataset = _only_site(dataset, self._data.site)
+                dataset = only_site(dataset, self._data.site)
             self._splits[image_size] = patient_split(
                 dataset,
                 val_fraction=self._data.val_fraction,
@@ -361,16 +361,6 @@ def _secret_key(path: Path) -> bytes:
     if len(key) != 32:
         raise ConfigError(f"{path} is not a 32-byte key; delete it and a new one is made")
     return key
-
-
-def _only_site(dataset: RadiographDataset, site: str) -> RadiographDataset:
-    indices = [i for i, name in enumerate(dataset.sites) if name == site]
-    if not indices:
-        sites = ", ".join(sorted(set(dataset.sites)))
-        raise DataError(
-            f"no images of site {site!r} in {dataset.records[0].source}; sites: {sites}"
-        )
-    return dataset.subset(indices)
 
 
 def _positives(targets: np.ndarray, label_names: tuple[str, ...], task: str) -> dict[str, int]:

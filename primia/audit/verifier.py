@@ -1,0 +1,50 @@
+"""A Siamese verification network: are two radiographs of the same patient?
+
+After Packhäuser et al. (Sci. Rep. 2022): both images go through one backbone (a model of
+:mod:`primia.models` whose last layer gives a 128-d embedding); the absolute difference of
+the two embeddings goes through a linear layer to one logit, trained with binary
+cross-entropy on same-patient (1) and different-patient (0) pairs.
+
+    logit(a, b) = wᵀ |f(a) − f(b)| + c
+
+The score is symmetric in a and b by construction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from primia.models import build_model
+
+EMBEDDING = 128
+
+
+class SiameseVerifier(nn.Module):
+    def __init__(self, backbone: str = "resnet9", *, width: int | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.width = width
+        self.embedder = build_model(backbone, num_classes=EMBEDDING, width=width)
+        self.head = nn.Linear(EMBEDDING, 1)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 128]`` embeddings of ``[B, 1, S, S]`` images in [0, 1]."""
+        return self.embedder(images)
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """``[B]`` logits that each pair shows one patient."""
+        return self.compare(self.embed(first), self.embed(second))
+
+    def compare(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Logits of paired embeddings (``[B, 128]`` each)."""
+        return self.head((first - second).abs()).squeeze(-1)
+
+    @torch.no_grad()
+    def score_matrix(self, embeddings: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+        """``[N, N]`` logits of every pair of ``embeddings`` (for retrieval)."""
+        rows = [
+            self.compare(embeddings[start : start + chunk, None, :], embeddings[None, :, :])
+            for start in range(0, len(embeddings), chunk)
+        ]
+        return torch.cat(rows)
