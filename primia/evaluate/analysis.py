@@ -88,7 +88,7 @@ def _versus_baseline(
     if drops_private and len(drops_private) == len([s for s in sites if s in private]):
         result["mean_drop_difference"] = _difference(_mean(drops_private), _mean(drops_baseline))
     pairs = [(private[name], baseline[name]) for name in private if name in baseline]
-    groups = sorted({g for (model_id, _), ev in cells.items() for g in ev.groups if g != ALL})
+    groups = sorted({g for ev in cells.values() for g in ev.groups if g != ALL})
     subgroup_differences = {}
     for group in [ALL, *groups]:
         a_figures, b_figures = [], []

@@ -49,7 +49,7 @@ from primia.federated.plan import DPPlan
 from primia.federated.registry import NodeLink, NodeRegistry
 from primia.federated.tasks import EvaluateTask, EvaluationDetail, NodeInfo
 from primia.federated.weights import encode
-from primia.models.checkpoint import load_model
+from primia.models.checkpoint import ModelSpec, load_model
 from primia.train.accounting import Mechanism, epsilon_of, noise_for_target
 from primia.transport.blobs import Blob
 
@@ -326,9 +326,18 @@ class TransferMatrix:
                 else:
                     queues[site].append(model)
 
+        # Each pending model's weights are read and encoded once, whatever its cells.
+        weights: dict[str, tuple[Blob, ModelSpec]] = {}
+        for model in {m.model_id: m for queue in queues.values() for m in queue}.values():
+            network, spec = load_model(self.model_dir(model) / "model.safetensors")
+            blob = Blob.of(f"{self.run_id}-{model.model_id}", encode(network.state_dict()))
+            weights[model.model_id] = (blob, spec)
+
         def evaluate_at(site: str) -> None:
             for model in queues[site]:
-                cells[(model.model_id, site)] = self._evaluate(model, site)
+                cells[(model.model_id, site)] = self._evaluate(
+                    model, site, *weights[model.model_id]
+                )
 
         # Each node evaluates its queue in turn; the nodes work at the same time.
         with ThreadPoolExecutor(max_workers=len(self.sites)) as pool:
@@ -336,7 +345,7 @@ class TransferMatrix:
                 future.result()
         return cells
 
-    def _evaluate(self, model: ModelPlan, site: str) -> Evaluation:
+    def _evaluate(self, model: ModelPlan, site: str, blob: Blob, spec: ModelSpec) -> Evaluation:
         if self._stop.is_set():
             raise TransferFailed("stopped")
         links = self.registry.view((site,)).wait_for(
@@ -349,12 +358,11 @@ class TransferMatrix:
             )
         link: NodeLink = links[0]
         started = time.perf_counter()
-        network, spec = load_model(self.model_dir(model) / "model.safetensors")
         task = EvaluateTask(
             task_id=f"{self.run_id}-{model.model_id}-at-{site}",
             round=0,
             spec=spec,
-            weights=Blob.of(f"{self.run_id}-{model.model_id}", encode(network.state_dict())),
+            weights=blob,
             split="test",
             detail=EvaluationDetail(
                 resamples=self.settings.resamples,
