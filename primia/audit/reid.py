@@ -18,6 +18,11 @@
 
 An AUROC near 0.5 means the images do not link back to their patients (for this
 attacker); near 1, they do.
+
+Given ``transform`` (e.g. an anonymizer, :mod:`primia.anonymize`), the first image of
+every pair is transformed and the second kept: the **linkage attack**, in which the
+attacker trains and is judged on (shared image, real image) pairs. The transform gets and
+returns ``uint8[N, 1, S, S]`` images, as they would be shared.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int, dict[str, float]], None]
 """Called after each epoch with (epoch, epochs, the epoch's figures)."""
+ImageTransform = Callable[[torch.Tensor], torch.Tensor]
+"""``uint8[N, 1, S, S]`` images to images of the same shape (an anonymizer)."""
 
 
 @dataclass(frozen=True)
@@ -113,9 +120,13 @@ class ReidAudit:
 
 
 def run_reid_audit(
-    config: ReidConfig, *, on_epoch: ProgressCallback | None = None
+    config: ReidConfig,
+    *,
+    on_epoch: ProgressCallback | None = None,
+    transform: ImageTransform | None = None,
 ) -> tuple[ReidAudit, SiameseVerifier]:
-    """Train a verifier on ``config.data`` and audit the test patients (module docstring)."""
+    """Train a verifier on ``config.data`` and audit the test patients; with
+    ``transform``, the linkage attack on transformed images (module docstring)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
@@ -131,9 +142,9 @@ def run_reid_audit(
     if splits.test is None:
         raise ConfigError("the audit needs test patients; set test_fraction above 0")
     train, validation, test = (
-        _Split.of(splits.train, "training"),
-        _Split.of(splits.val, "validation"),
-        _Split.of(splits.test, "test"),
+        _Split.of(splits.train, "training", transform),
+        _Split.of(splits.val, "validation", transform),
+        _Split.of(splits.test, "test", transform),
     )
     model = SiameseVerifier(config.model, width=config.width).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -170,12 +181,19 @@ def run_reid_audit(
 
 @dataclass(frozen=True)
 class _Split:
-    images: torch.Tensor
+    first_images: torch.Tensor
+    """The images a pair's first member comes from (transformed, in the linkage attack)."""
+    second_images: torch.Tensor
     index: PatientIndex
 
     @classmethod
-    def of(cls, dataset: RadiographDataset, what: str) -> _Split:
-        return cls(dataset.uint8_tensors()[0], PatientIndex.of(dataset, what=what))
+    def of(cls, dataset: RadiographDataset, what: str, transform: ImageTransform | None) -> _Split:
+        images = dataset.uint8_tensors()[0]
+        index = PatientIndex.of(dataset, what=what)
+        first = images if transform is None else transform(images)
+        if first.shape != images.shape or first.dtype != images.dtype:
+            raise ValueError(f"the transform changed the images to {first.shape} {first.dtype}")
+        return cls(first, images, index)
 
 
 def _train_epoch(
@@ -193,8 +211,8 @@ def _train_epoch(
     for start in range(0, len(first), config.batch_size):
         batch = slice(start, start + config.batch_size)
         logits = model(
-            to_float(split.images[first[batch]], device),
-            to_float(split.images[second[batch]], device),
+            to_float(split.first_images[first[batch]], device),
+            to_float(split.second_images[second[batch]], device),
         )
         loss = criterion(logits, torch.from_numpy(same[batch]).float().to(device))
         optimizer.zero_grad()
@@ -223,10 +241,11 @@ def _pair_auroc(
     rng: np.random.Generator,
     device: torch.device,
 ) -> float:
-    embeddings = _embeddings(model, split.images, device)
+    first_embeddings = _embeddings(model, split.first_images, device)
+    second_embeddings = _embeddings(model, split.second_images, device)
     first, second, same = split.index.all_pairs(max_negatives=config.max_negative_pairs, rng=rng)
-    scores = model.compare(embeddings[first], embeddings[second]).cpu().double().numpy()
-    return float(weighted_auroc(scores, same, np.ones((1, len(same))))[0])
+    scores = model.compare(first_embeddings[first], second_embeddings[second])
+    return float(weighted_auroc(scores.cpu().double().numpy(), same, np.ones((1, len(same))))[0])
 
 
 @torch.no_grad()
@@ -237,10 +256,13 @@ def _audit(
     rng: np.random.Generator,
     device: torch.device,
 ) -> dict[str, Any]:
-    embeddings = _embeddings(model, split.images, device)
+    first_embeddings = _embeddings(model, split.first_images, device)
+    second_embeddings = _embeddings(model, split.second_images, device)
     index = split.index
     first, second, same = index.all_pairs(max_negatives=config.max_negative_pairs, rng=rng)
-    scores = model.compare(embeddings[first], embeddings[second]).cpu().double().numpy()
+    scores = (
+        model.compare(first_embeddings[first], second_embeddings[second]).cpu().double().numpy()
+    )
     value = float(weighted_auroc(scores, same, np.ones((1, len(same))))[0])
     # Cluster bootstrap: resample patients; a pair weighs its patients' counts.
     patients = len(index.images_of)
@@ -254,7 +276,7 @@ def _audit(
     weights = np.where(same[None, :], counts[:, p], counts[:, p] * counts[:, q])
     lower, upper = interval(weighted_auroc(scores, same, weights))
     precision_at_1, map_at_r = retrieval(
-        model.score_matrix(embeddings).cpu().numpy(), index.patient_of
+        model.score_matrix(first_embeddings, second_embeddings).cpu().numpy(), index.patient_of
     )
     return {
         "auroc": Estimate(value, float(lower), float(upper)),
@@ -264,13 +286,14 @@ def _audit(
         "test_images": len(index.patient_of),
         "positive_pairs": int(same.sum()),
         "negative_pairs": int((~same).sum()),
-        "examples": _examples(split.images, first, second, same, scores),
+        "examples": _examples(split, first, second, same, scores),
     }
 
 
 def retrieval(scores: np.ndarray, patient_of: np.ndarray) -> tuple[float, float]:
-    """Precision@1 and mAP@R of the score matrix ``[N, N]`` (higher: more alike); a
-    query's own score is ignored, queries without another image of their patient too."""
+    """Precision@1 and mAP@R of the score matrix ``[N, N]`` (row: query, column: gallery;
+    higher: more alike); a query's own image is ignored, as are queries without another
+    image of their patient."""
     scores = np.array(scores, dtype=np.float64)
     np.fill_diagonal(scores, -np.inf)
     relevant = patient_of[None, :] == patient_of[:, None]
@@ -291,7 +314,7 @@ def retrieval(scores: np.ndarray, patient_of: np.ndarray) -> tuple[float, float]
 
 
 def _examples(
-    images: torch.Tensor,
+    split: _Split,
     first: np.ndarray,
     second: np.ndarray,
     same: np.ndarray,
@@ -308,8 +331,8 @@ def _examples(
         if len(pool):
             k = pool[int(pick(scores[pool]))]
             chosen[kind] = (
-                images[first[k], 0].numpy(),
-                images[second[k], 0].numpy(),
+                split.first_images[first[k], 0].numpy(),
+                split.second_images[second[k], 0].numpy(),
                 float(1 / (1 + np.exp(-scores[k]))),
             )
     return chosen

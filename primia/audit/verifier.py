@@ -41,10 +41,14 @@ class SiameseVerifier(nn.Module):
         return self.head((first - second).abs()).squeeze(-1)
 
     @torch.no_grad()
-    def score_matrix(self, embeddings: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-        """``[N, N]`` logits of every pair of ``embeddings`` (for retrieval)."""
+    def score_matrix(
+        self, queries: torch.Tensor, gallery: torch.Tensor | None = None, chunk: int = 64
+    ) -> torch.Tensor:
+        """``[N, M]`` logits of every (query, gallery) pair of embeddings (for retrieval);
+        without ``gallery``, the queries against themselves."""
+        gallery = queries if gallery is None else gallery
         rows = [
-            self.compare(embeddings[start : start + chunk, None, :], embeddings[None, :, :])
-            for start in range(0, len(embeddings), chunk)
+            self.compare(queries[start : start + chunk, None, :], gallery[None, :, :])
+            for start in range(0, len(queries), chunk)
         ]
         return torch.cat(rows)

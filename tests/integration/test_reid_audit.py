@@ -84,3 +84,21 @@ def test_one_image_per_patient_is_a_clear_error(tmp_path: Path) -> None:
         run_reid_audit(
             ReidConfig(data=tmp_path / "single", model="cnn", width=4, image_size=32, epochs=1)
         )
+
+
+def test_linkage_attack_on_images_that_keep_nothing_is_at_chance(patients: Path) -> None:
+    config = ReidConfig(
+        data=patients,
+        model="cnn",
+        width=4,
+        image_size=32,
+        epochs=1,
+        pairs_per_epoch=200,
+        resamples=50,
+    )
+    blank, _ = run_reid_audit(config, transform=lambda images: images * 0)
+    # Every shared image alike: a score depends on the real image alone, not on the pair.
+    assert blank.auroc.lower < 0.5 < blank.auroc.upper
+    assert abs(blank.auroc.value - 0.5) < 0.1
+    with pytest.raises(ValueError, match="changed the images"):
+        run_reid_audit(config, transform=lambda images: images[:, :, :16])

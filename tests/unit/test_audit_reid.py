@@ -74,9 +74,11 @@ def test_verifier_is_symmetric_and_its_matrix_matches_pairs() -> None:
         forward = verifier(images[:3], images[2:])
         backward = verifier(images[2:], images[:3])
         matrix = verifier.score_matrix(verifier.embed(images), chunk=2)
+        cross = verifier.score_matrix(verifier.embed(images[:2]), verifier.embed(images))
     torch.testing.assert_close(forward, backward)
     torch.testing.assert_close(matrix[0, 2], forward[0])
     torch.testing.assert_close(matrix, matrix.T)
+    torch.testing.assert_close(cross, matrix[:2])
 
 
 def test_config_checks() -> None:
