@@ -1,9 +1,12 @@
 """Anonymization of radiographs before they are shared (PriCheXy-Net style).
 
-* :mod:`~primia.anonymize.generators` — the flow-field and noise generators.
-
-Training against a re-identification verifier, applying to a dataset and the linkage
-evaluation are not built yet (see the README's status table).
+* :mod:`~primia.anonymize.generators` — the flow-field and noise generators;
+* :mod:`~primia.anonymize.checkpoint` — a trained generator on disk;
+* :mod:`~primia.anonymize.training` — adversarial training against a re-identification
+  verifier, with an auxiliary classifier (``primia anonymize train``);
+* :mod:`~primia.anonymize.apply` — an anonymized copy of a dataset (``apply``);
+* :mod:`~primia.anonymize.evaluation` — the linkage attack and the cost to
+  classification (``evaluate``).
 """
 
 from primia.anonymize.generators import FlowFieldGenerator, NoiseGenerator, UNet

@@ -40,7 +40,7 @@ from torch import nn
 
 from primia.audit.pairs import PatientIndex
 from primia.audit.verifier import SiameseVerifier
-from primia.data import only_site, open_dataset, patient_split
+from primia.data import load_splits
 from primia.data.dataset import RadiographDataset
 from primia.errors import ConfigError, DataError
 from primia.evaluate.bootstrap import interval
@@ -130,11 +130,10 @@ def run_reid_audit(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
-    dataset = open_dataset(config.data, image_size=config.image_size)
-    if config.site is not None:
-        dataset = only_site(dataset, config.site)
-    splits = patient_split(
-        dataset,
+    splits = load_splits(
+        config.data,
+        image_size=config.image_size,
+        site=config.site,
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
         seed=config.seed,

@@ -29,6 +29,8 @@ Start with:
                                       can a radiograph be rebuilt from an update?
   primia audit reid --data data/synth --out audit/reid
                                       do radiographs link back to their patients?
+  primia anonymize train --data data/synth --out anon --mu 0.01
+                                      radiographs that keep findings, hide patients
   primia evaluate --model runs/local --data data/synth --out eval
                                       metrics with CIs, subgroups, paired comparison
   primia transfer-matrix --config coordinator.toml --out transfer
@@ -37,7 +39,18 @@ Start with:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from primia.cli import audit, certs, check, data, demo, evaluate, federation, infer, train
+    from primia.cli import (
+        anonymize,
+        audit,
+        certs,
+        check,
+        data,
+        demo,
+        evaluate,
+        federation,
+        infer,
+        train,
+    )
 
     parser = argparse.ArgumentParser(
         prog="primia",
@@ -47,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"primia {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (demo, data, train, certs, federation, check, infer, audit, evaluate):
+    for group in (demo, data, train, certs, federation, check, infer, audit, evaluate, anonymize):
         group.register(subparsers)
     return parser
 

@@ -25,6 +25,7 @@ __all__ = [
     "load_dicom_folder",
     "load_image_folder",
     "load_manifest",
+    "load_splits",
     "only_site",
     "open_dataset",
     "patient_split",
@@ -79,3 +80,21 @@ def open_dataset(
             "is multiclass; leave label_columns and task unset, or use a CSV manifest"
         )
     return load_image_folder(path, image_size=image_size)
+
+
+def load_splits(
+    path: Path | str,
+    *,
+    image_size: int,
+    site: str | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    label_columns: Sequence[str] | None = None,
+) -> Splits:
+    """The dataset at ``path`` (only ``site``'s images, if given), split by patient: what
+    the audits, the anonymizer and ``primia evaluate`` start from."""
+    dataset = open_dataset(path, image_size=image_size, label_columns=label_columns)
+    if site is not None:
+        dataset = only_site(dataset, site)
+    return patient_split(dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)

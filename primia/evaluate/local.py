@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from primia.config import atomic_write_bytes
-from primia.data import only_site, open_dataset, patient_split
+from primia.data import load_splits
 from primia.errors import DataError
 from primia.evaluate.bootstrap import DEFAULT_RESAMPLES
 from primia.evaluate.evaluation import Comparison, Evaluation, compare, evaluate_scores
@@ -67,22 +67,21 @@ def evaluate_checkpoint(config: EvaluateConfig) -> LocalEvaluation:
     evaluations = []
     for path in paths:
         model, spec = load_model(path)
-        dataset = open_dataset(
-            config.data, image_size=spec.image_size, label_columns=config.label_columns
+        splits = load_splits(
+            config.data,
+            image_size=spec.image_size,
+            site=config.site,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+            seed=config.split_seed,
+            label_columns=config.label_columns,
         )
-        if config.site is not None:
-            dataset = only_site(dataset, config.site)
+        dataset = splits.train
         if tuple(spec.label_names) != dataset.label_names or spec.task != str(dataset.task):
             raise DataError(
                 f"{path} predicts {spec.task} {list(spec.label_names)}, {config.data} holds "
                 f"{dataset.task} {list(dataset.label_names)}; choose --label-columns to match"
             )
-        splits = patient_split(
-            dataset,
-            val_fraction=config.val_fraction,
-            test_fraction=config.test_fraction,
-            seed=config.split_seed,
-        )
         if splits.test is None or len(splits.test) == 0:
             raise DataError("the test split is empty; give --test-fraction above 0")
         evaluations.append(

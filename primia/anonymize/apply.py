@@ -1,0 +1,97 @@
+"""Anonymize a dataset: every image through a trained generator, a manifest beside them.
+
+The copy is a manifest folder (``manifest.csv`` and ``images/``) that every primia loader
+reads: the same patients, sites, labels and patient attributes, the anonymized pixels, at
+the generator's image size. Binary and multilabel datasets only (their labels are 0/1
+columns).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from primia.anonymize.checkpoint import load_generator
+from primia.config import atomic_write_bytes
+from primia.data import only_site, open_dataset
+from primia.data.dataset import Task
+from primia.errors import ConfigError, DataError
+from primia.train.local import resolve_device
+from primia.train.loops import to_float
+
+ATTRIBUTES = ("view", "sex", "age", "split")
+
+
+@dataclass(frozen=True)
+class AppliedAnonymizer:
+    out: Path
+    images: int
+    image_size: int
+
+
+@torch.no_grad()
+def anonymize_images(
+    generator: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64
+) -> torch.Tensor:
+    """``uint8[N, 1, S, S]`` through ``generator``, rounded back to ``uint8``."""
+    generator = generator.to(device).eval()
+    parts = [
+        (generator(to_float(images[start : start + batch_size], device)) * 255.0)
+        .round()
+        .clamp(0, 255)
+        .to(torch.uint8)
+        .cpu()
+        for start in range(0, len(images), batch_size)
+    ]
+    return torch.cat(parts) if parts else images.clone()
+
+
+def apply_anonymizer(
+    generator_path: Path,
+    data: Path,
+    out: Path,
+    *,
+    site: str | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> AppliedAnonymizer:
+    generator, spec = load_generator(generator_path)
+    dataset = open_dataset(data, image_size=spec.image_size)
+    if site is not None:
+        dataset = only_site(dataset, site)
+    if dataset.task is Task.MULTICLASS:
+        raise DataError(
+            "apply writes binary and multilabel manifests; a multiclass dataset is not "
+            "supported yet"
+        )
+    if (out / "manifest.csv").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a manifest; choose another --out or --overwrite")
+    images, _ = dataset.uint8_tensors()
+    anonymized = anonymize_images(generator, images, resolve_device(device))
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    attributes = [a for a in ATTRIBUTES if any(a in record.extra for record in dataset.records)]
+    writer.writerow(["path", "patient_id", "site", *attributes, *dataset.label_names])
+    for k, record in enumerate(dataset.records):
+        relative = Path("images") / f"{k:06d}.png"
+        png = io.BytesIO()
+        Image.fromarray(anonymized[k, 0].numpy().astype(np.uint8)).save(png, format="PNG")
+        atomic_write_bytes(out / relative, png.getvalue())
+        writer.writerow(
+            [
+                relative.as_posix(),
+                record.patient_id,
+                record.site,
+                *(record.extra.get(name, "") for name in attributes),
+                *record.labels,
+            ]
+        )
+    atomic_write_bytes(out / "manifest.csv", buffer.getvalue().encode())
+    return AppliedAnonymizer(out=out, images=len(dataset), image_size=spec.image_size)

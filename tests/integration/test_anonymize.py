@@ -1,0 +1,176 @@
+"""The anonymizer end to end on synthetic radiographs: train (and resume), apply, evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from primia.anonymize.apply import apply_anonymizer
+from primia.anonymize.evaluation import evaluate_anonymizer
+from primia.anonymize.training import AnonymizerConfig, train_anonymizer
+from primia.audit.reid import ReidConfig
+from primia.cli import main
+from primia.data import open_dataset
+from primia.data.synth import SynthConfig, write_dataset
+from primia.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def patients(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("anonymize") / "data"
+    write_dataset(
+        root,
+        SynthConfig(sites=1, patients_per_site=80, images_per_patient=4, size=32, seed=6),
+        progress=False,
+    )
+    return root
+
+
+def small(data: Path, out: Path, **overrides: object) -> AnonymizerConfig:
+    values: dict = dict(
+        data=data,
+        out=out,
+        image_size=32,
+        backbone="cnn",
+        backbone_width=8,
+        generator_width=8,
+        pretrain_epochs=1,
+        warmup_epochs=1,
+        epochs=2,
+        pairs_per_epoch=400,
+    )
+    values.update(overrides)
+    return AnonymizerConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def noise_generator(patients: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("noise")
+    train_anonymizer(small(patients, out, generator="noise", noise_strength=0.6))
+    return out
+
+
+def test_training_keeps_the_best_generator_and_resumes(patients: Path, tmp_path: Path) -> None:
+    out = tmp_path / "flow"
+    first = train_anonymizer(small(patients, out, mu=0.05))
+    assert first.generator_path.exists() and 1 <= first.best_epoch <= 2
+    phases = [(r["phase"], r["epoch"]) for r in first.history]
+    assert phases == [("pretrain", 1), ("warmup", 1), ("adversarial", 1), ("adversarial", 2)]
+    resumed = train_anonymizer(small(patients, out, mu=0.05, epochs=3))
+    assert [(r["phase"], r["epoch"]) for r in resumed.history][-1] == ("adversarial", 3)
+    assert len(resumed.history) == 5  # only the new epoch ran
+    assert (out / "tb").is_dir() and (out / "last" / "verifier.safetensors").exists()
+
+
+def test_apply_keeps_shape_range_and_manifest(
+    patients: Path, noise_generator: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "shared"
+    applied = apply_anonymizer(noise_generator, patients, out)
+    original = open_dataset(patients, image_size=32)
+    copy = open_dataset(out, image_size=32)
+    assert applied.images == len(original) == len(copy)
+    assert copy.patient_ids == original.patient_ids and copy.sites == original.sites
+    assert copy.label_names == original.label_names
+    assert (copy.targets() == original.targets()).all()
+    assert [r.extra.get("sex") for r in copy.records] == [
+        r.extra.get("sex") for r in original.records
+    ]
+    images, _ = copy.uint8_tensors()
+    assert images.shape == original.uint8_tensors()[0].shape
+    assert not np.array_equal(images.numpy(), original.uint8_tensors()[0].numpy())
+    with open(out / "manifest.csv") as handle:
+        assert next(csv.reader(handle))[:3] == ["path", "patient_id", "site"]
+    with pytest.raises(Exception, match="already holds"):
+        apply_anonymizer(noise_generator, patients, out)
+
+
+def test_an_anonymizer_lowers_re_identification(patients: Path, noise_generator: Path) -> None:
+    evaluation = evaluate_anonymizer(
+        noise_generator,
+        patients,
+        runs=2,
+        reid=ReidConfig(
+            data=patients, model="cnn", width=8, epochs=4, pairs_per_epoch=800, resamples=100
+        ),
+        classifier_epochs=2,
+    )
+    mean, std = evaluation.linkage_auroc
+    assert evaluation.baseline.auroc.value > 0.65  # real images link back
+    assert mean < evaluation.baseline.auroc.value - 0.05, (mean, evaluation.baseline.auroc)
+    document = evaluation.as_dict()
+    assert len(document["linkage_auroc"]["runs"]) == 2 and std >= 0
+    difference = document["classification"]["difference"]
+    assert difference["p_value"] is None or 0 < difference["p_value"] <= 1
+
+
+def test_cli_and_bad_input(patients: Path, noise_generator: Path, tmp_path: Path) -> None:
+    assert (
+        main(
+            [
+                "anonymize",
+                "apply",
+                "--generator",
+                str(noise_generator),
+                "--data",
+                str(patients),
+                "--out",
+                str(tmp_path / "copy"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "copy" / "manifest.csv").exists()
+    assert (
+        main(
+            [
+                "anonymize",
+                "apply",
+                "--generator",
+                str(tmp_path / "none"),
+                "--data",
+                str(patients),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
+    single = tmp_path / "single"
+    write_dataset(
+        single,
+        SynthConfig(sites=1, patients_per_site=30, images_per_patient=1, size=32),
+        progress=False,
+    )
+    with pytest.raises(DataError, match="single image"):
+        train_anonymizer(small(single, tmp_path / "never"))
+    code = main(
+        [
+            "anonymize",
+            "train",
+            "--data",
+            str(patients),
+            "--out",
+            str(tmp_path / "cli"),
+            "--image-size",
+            "32",
+            "--backbone",
+            "cnn",
+            "--epochs",
+            "1",
+            "--pretrain-epochs",
+            "0",
+            "--warmup-epochs",
+            "0",
+            "--pairs-per-epoch",
+            "64",
+        ]
+    )
+    assert code == 0
+    assert json.loads((tmp_path / "cli" / "progress.json").read_text())["completed"] == {
+        "adversarial": 1
+    }
