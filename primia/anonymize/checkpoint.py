@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from primia.anonymize.generators import FlowFieldGenerator, NoiseGenerator
-from primia.config import atomic_write_bytes
-from primia.errors import ModelError
+from primia.models.checkpoint import load_module, save_module
 
 SPEC_KEY = "primia.generator_spec"
 
@@ -36,23 +31,18 @@ class GeneratorSpec:
 
 
 def save_generator(path: Path, generator: nn.Module, spec: GeneratorSpec) -> None:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
-    metadata = {SPEC_KEY: json.dumps(asdict(spec))}
-    atomic_write_bytes(path, save_safetensors(tensors, metadata=metadata))
+    save_module(path, generator, key=SPEC_KEY, spec=asdict(spec))
 
 
 def load_generator(path: Path) -> tuple[nn.Module, GeneratorSpec]:
     """The generator saved at ``path`` (a file or a folder holding generator.safetensors)."""
     if path.is_dir():
         path = path / "generator.safetensors"
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        spec = GeneratorSpec(**json.loads(metadata[SPEC_KEY]))
-        generator = spec.build()
-        generator.load_state_dict(load_safetensors(path.read_bytes()))
-    except FileNotFoundError as error:
-        raise ModelError(f"{path} does not exist; train one with primia anonymize train") from error
-    except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise ModelError(f"{path} is not a primia generator checkpoint: {error}") from error
-    return generator.eval(), spec
+    generator, values = load_module(
+        path,
+        key=SPEC_KEY,
+        build=lambda values: GeneratorSpec(**values).build(),
+        what="a primia generator",
+        made_by="primia anonymize train",
+    )
+    return generator, GeneratorSpec(**values)

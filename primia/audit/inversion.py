@@ -29,10 +29,12 @@ from torch import Tensor, nn
 
 from primia.audit.attacks import Advance, AttackConfig, invert
 from primia.audit.labels import recover_labels
+from primia.audit.linking import link_with_verifier
 from primia.audit.metrics import match, score_images
 from primia.audit.release import Defense, UpdateRule, epsilon_cost, observe
 from primia.audit.report import ReportFiles, write_report
 from primia.audit.results import AttackOutcome, InversionAudit, summarize
+from primia.audit.verifier import load_verifier
 from primia.data import RadiographDataset, Task, open_dataset
 from primia.errors import ConfigError, ModelError
 from primia.models import build_model
@@ -69,6 +71,9 @@ class InversionConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    verifier: Path | None = None
+    """A verifier from ``primia audit reid``: also judge whether each reconstruction links
+    back to its patient (:mod:`primia.audit.linking`)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.images < 1:
@@ -146,6 +151,19 @@ def run_inversion_audit(config: InversionConfig) -> InversionRun:
         _audit(config, defense, model, spec, dataset, images, prior, device)
         for defense in config.defenses
     ]
+    if config.verifier is not None:
+        verifier, verifier_spec = load_verifier(config.verifier)
+        if verifier_spec.image_size != dataset.image_size:
+            raise ConfigError(
+                f"the verifier was trained at {verifier_spec.image_size} px, the audit runs "
+                f"at {dataset.image_size} px: train it at --image-size {dataset.image_size}"
+            )
+        audits = [
+            link_with_verifier(
+                audit, verifier, reference=images, patient_ids=dataset.patient_ids, device=device
+            )
+            for audit in audits
+        ]
     files = write_report(audits, config.out) if config.out is not None else None
     return InversionRun(audits, files)
 

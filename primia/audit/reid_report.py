@@ -16,6 +16,7 @@ from PIL import Image
 
 from primia import __version__
 from primia.audit.reid import ReidAudit
+from primia.audit.verifier import SiameseVerifier, save_verifier
 from primia.config import atomic_write_bytes
 
 MIN_TILE_PX = 96
@@ -29,8 +30,14 @@ class ReidFiles:
     pairs: list[Path]
 
 
-def write_reid_report(audit: ReidAudit, out: Path) -> ReidFiles:
+def write_reid_report(
+    audit: ReidAudit, out: Path, verifier: SiameseVerifier | None = None
+) -> ReidFiles:
+    """The report files; given ``verifier``, also ``verifier.safetensors`` (for the
+    inversion audit's ``--verifier``)."""
     out.mkdir(parents=True, exist_ok=True)
+    if verifier is not None:
+        save_verifier(out / "verifier.safetensors", verifier, int(audit.settings["image_size"]))
     json_path = out / "report.json"
     document = {"primia": __version__, **audit.as_dict()}
     atomic_write_bytes(json_path, (json.dumps(document, indent=2) + "\n").encode())

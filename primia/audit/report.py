@@ -356,6 +356,17 @@ def _metrics_table(audit: InversionAudit) -> str:
             _percent(s.reidentified_patients),
             "nearest image is the same patient's",
         ),
+        *(
+            [
+                (
+                    "Re-identified by the verifier",
+                    _percent(s.reidentified_by_verifier),
+                    "its best match among the other images is the same patient's",
+                )
+            ]
+            if s.reidentified_by_verifier is not None
+            else []
+        ),
         ("Seconds per attack", _number(s.seconds_per_attack, 1), f"{len(audit.outcomes)} attacks"),
         ("Images attacked", str(s.images), ""),
     ]

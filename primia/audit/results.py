@@ -31,7 +31,9 @@ class ImageScore:
     1 for a perfect copy, negative when it is further than the mean image.
     ``nearest_image_correct``: the image of the node's dataset nearest to the
     reconstruction (in MSE) is the original; ``nearest_patient_correct``: that nearest
-    image belongs to the original's patient.
+    image belongs to the original's patient. ``verifier_patient_correct``: a trained
+    verifier's best match among the dataset's other images is the original's patient
+    (:mod:`primia.audit.linking`; None when no verifier was given).
     """
 
     dataset_index: int
@@ -45,6 +47,7 @@ class ImageScore:
     label_accuracy: float
     nearest_image_correct: bool
     nearest_patient_correct: bool
+    verifier_patient_correct: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Summary:
     reidentified_patients: float
     seconds_per_attack: float
     verdict: Verdict
+    reidentified_by_verifier: float | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ def summarize(outcomes: Sequence[AttackOutcome]) -> Summary:
     psnr = mean([min(s.psnr, 100.0) for s in scores])  # an exact copy has PSNR ∞
     prior_psnr = mean([min(s.prior_psnr, 100.0) for s in scores])
     leakage = mean([s.leakage for s in scores])
+    linked = [s.verifier_patient_correct for s in scores]
     return Summary(
         images=len(scores),
         mse=mean([s.mse for s in scores]),
@@ -125,4 +130,7 @@ def summarize(outcomes: Sequence[AttackOutcome]) -> Summary:
         reidentified_patients=mean([float(s.nearest_patient_correct) for s in scores]),
         seconds_per_attack=mean([o.seconds for o in outcomes]),
         verdict=verdict(leakage, psnr, prior_psnr),
+        reidentified_by_verifier=None
+        if None in linked
+        else mean([float(correct) for correct in linked if correct is not None]),
     )

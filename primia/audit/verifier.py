@@ -12,12 +12,18 @@ The score is symmetric in a and b by construction.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
 from primia.models import build_model
+from primia.models.checkpoint import load_module, save_module
 
 EMBEDDING = 128
+SPEC_KEY = "primia.verifier_spec"
 
 
 class SiameseVerifier(nn.Module):
@@ -52,3 +58,37 @@ class SiameseVerifier(nn.Module):
             for start in range(0, len(queries), chunk)
         ]
         return torch.cat(rows)
+
+
+@dataclass(frozen=True)
+class VerifierSpec:
+    """What rebuilds a saved verifier, and the image size it was trained at."""
+
+    backbone: str
+    width: int | None
+    image_size: int
+
+
+def save_verifier(path: Path, verifier: SiameseVerifier, image_size: int) -> None:
+    spec = VerifierSpec(verifier.backbone, verifier.width, image_size)
+    save_module(path, verifier, key=SPEC_KEY, spec=asdict(spec))
+
+
+def load_verifier(path: Path) -> tuple[SiameseVerifier, VerifierSpec]:
+    """The verifier at ``path`` (a file, or a reid report folder holding it)."""
+    if path.is_dir():
+        path = path / "verifier.safetensors"
+
+    def build(values: dict[str, Any]) -> SiameseVerifier:
+        spec = VerifierSpec(**values)
+        return SiameseVerifier(spec.backbone, width=spec.width)
+
+    verifier, values = load_module(
+        path,
+        key=SPEC_KEY,
+        build=build,
+        what="a primia verifier",
+        made_by="primia audit reid --out DIR",
+    )
+    assert isinstance(verifier, SiameseVerifier)
+    return verifier, VerifierSpec(**values)

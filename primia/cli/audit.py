@@ -53,7 +53,7 @@ COLUMNS = (
     "SSIM (prior)",
     "leakage",
     "labels",
-    "re-id image / patient",
+    "re-id image / patient (/ verifier)",
     "ε",
     "verdict",
 )
@@ -96,6 +96,13 @@ def _add_invert_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="trained weights: a .safetensors file or a run directory (default: the "
         "model untrained, seeded)",
+    )
+    what.add_argument(
+        "--verifier",
+        type=Path,
+        metavar="PATH",
+        help="a verifier from 'primia audit reid --out DIR' (the folder or its "
+        "verifier.safetensors): also judge whether reconstructions link to their patients",
     )
     what.add_argument(
         "--image-size",
@@ -234,6 +241,7 @@ def _invert(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        verifier=args.verifier,
     )
     run = run_inversion_audit(config)
     table = Table(title=f"gradient inversion ({args.attack}), means over the attacked images")
@@ -241,13 +249,16 @@ def _invert(args: argparse.Namespace) -> int:
         table.add_column(column)
     for audit in run.audits:
         s = audit.summary
+        verifier = (
+            "" if s.reidentified_by_verifier is None else f" / {s.reidentified_by_verifier:.0%}"
+        )
         table.add_row(
             str(audit.settings["defense"]),
             f"{s.psnr:.1f} ({s.prior_psnr:.1f})",
             f"{s.ssim:.2f} ({s.prior_ssim:.2f})",
             f"{s.leakage:.2f}",
             f"{s.label_accuracy:.0%}",
-            f"{s.reidentified_images:.0%} / {s.reidentified_patients:.0%}",
+            f"{s.reidentified_images:.0%} / {s.reidentified_patients:.0%}" + verifier,
             "-" if audit.epsilon is None else f"{audit.epsilon:.3g}",
             s.verdict,
         )

@@ -22,8 +22,9 @@ examples:
   primia audit reid --data data/synth --site site0 --model cnn --width 8 --image-size 32 \\
       --epochs 5 --out audit/reid-site0
 
-OUT receives report.html (open it in a browser), report.json and example pairs as PNG
-(the most and least alike same-patient pairs, the most alike different-patient pair).
+OUT receives report.html (open it in a browser), report.json, example pairs as PNG
+(the most and least alike same-patient pairs, the most alike different-patient pair) and
+verifier.safetensors (for 'primia audit invert --verifier OUT').
 """
 
 
@@ -106,8 +107,8 @@ def _reid(args: argparse.Namespace) -> int:
                 bar, completed=epoch, description=f"val AUROC {record['val_auroc']:.3f}"
             )
 
-        audit, _ = run_reid_audit(config, on_epoch=on_epoch)
-    files = write_reid_report(audit, args.out)
+        audit, verifier = run_reid_audit(config, on_epoch=on_epoch)
+    files = write_reid_report(audit, args.out, verifier)
     auroc = audit.auroc
     console.print(
         f"verification AUROC {auroc.value:.3f} [{auroc.lower:.3f}, {auroc.upper:.3f}] on "

@@ -9,8 +9,10 @@ Files are written atomically: a reader sees the old checkpoint or the new one, n
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
@@ -115,3 +117,36 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside an Opacus ``GradSampleModule`` (or the module itself)."""
     inner = getattr(model, "_module", None)
     return inner if isinstance(inner, nn.Module) else model
+
+
+def save_module(path: Path, module: nn.Module, *, key: str, spec: dict[str, Any]) -> None:
+    """``module``'s weights with ``spec`` (JSON) under ``key`` in the header, atomically: how
+    the audit's verifier and the anonymizer's generator are stored."""
+    tensors = {name: t.detach().cpu().contiguous() for name, t in module.state_dict().items()}
+    atomic_write_bytes(path, save_safetensors(tensors, metadata={key: json.dumps(spec)}))
+
+
+def load_module(
+    path: Path,
+    *,
+    key: str,
+    build: Callable[[dict[str, Any]], nn.Module],
+    what: str,
+    made_by: str,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The module saved by :func:`save_module` (``build(spec)`` with the weights loaded,
+    in eval mode) and its spec. A missing or foreign file is a :class:`ModelError` saying
+    ``what`` it should be and the command ``made_by`` that writes one."""
+    try:
+        payload = path.read_bytes()
+    except FileNotFoundError as error:
+        raise ModelError(f"{path} does not exist; {made_by} writes {what}") from error
+    try:
+        header_length = int.from_bytes(payload[:8], "little")
+        header = json.loads(payload[8 : 8 + header_length])
+        spec = json.loads(header["__metadata__"][key])
+        module = build(spec)
+        module.load_state_dict(load_safetensors(payload))
+    except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ModelError(f"{path} is not {what}: {error}") from error
+    return module.eval(), spec

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from primia.audit import AttackConfig, AttackName, InversionConfig, run_inversion_audit
 from primia.audit.reid import ReidConfig, run_reid_audit
 from primia.cli import main
 from primia.data.synth import SynthConfig, write_dataset
-from primia.errors import DataError
+from primia.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +103,54 @@ def test_linkage_attack_on_images_that_keep_nothing_is_at_chance(patients: Path)
     assert abs(blank.auroc.value - 0.5) < 0.1
     with pytest.raises(ValueError, match="changed the images"):
         run_reid_audit(config, transform=lambda images: images[:, :, :16])
+
+
+def test_the_inversion_audit_links_reconstructions_with_the_verifier(
+    patients: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "reid"
+    assert (
+        main(
+            [
+                "audit",
+                "reid",
+                "--data",
+                str(patients),
+                "--out",
+                str(out),
+                "--model",
+                "cnn",
+                "--width",
+                "8",
+                "--image-size",
+                "32",
+                "--epochs",
+                "3",
+                "--pairs-per-epoch",
+                "600",
+                "--resamples",
+                "50",
+            ]
+        )
+        == 0
+    )
+    assert (out / "verifier.safetensors").exists()
+    config = InversionConfig(
+        data=patients,
+        model="lenet",
+        image_size=32,
+        images=4,
+        verifier=out,
+        attack=AttackConfig(name=AttackName.IDLG, iterations=100),
+        progress=False,
+    )
+    audit = run_inversion_audit(config).audits[0]
+    linked = [s.verifier_patient_correct for o in audit.outcomes for s in o.scores]
+    assert len(linked) == 4 and all(isinstance(value, bool) for value in linked)
+    assert audit.summary.reidentified_by_verifier == pytest.approx(sum(linked) / 4)
+    with pytest.raises(ConfigError, match="trained at 32 px"):
+        run_inversion_audit(
+            InversionConfig(
+                data=patients, model="lenet", image_size=48, images=1, verifier=out, progress=False
+            )
+        )
