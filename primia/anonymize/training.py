@@ -28,6 +28,7 @@ every network after each epoch (the optimisers restart when a run resumes), and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -137,6 +138,13 @@ def train_anonymizer(
     write_toml(config, out / "config.toml")
     networks = _Networks.build(config, data, device)
     progress = _Progress.load(out)
+    spec = dataclasses.asdict(config.spec())
+    if progress.spec is not None and progress.spec != spec:
+        raise ConfigError(
+            f"{out} holds an anonymizer trained with {progress.spec}, not {spec}: choose "
+            "another --out, or the same settings to resume"
+        )
+    progress.spec = spec
     if progress.completed:
         networks.load(out / "last")
         log.info("resuming after %s", progress.describe())
@@ -269,6 +277,8 @@ class _Progress:
     completed: dict[str, int]
     best_validation_loss: float = float("inf")
     best_epoch: int = 0
+    spec: dict[str, Any] | None = None
+    """The generator's settings, so a resumed run cannot change them."""
 
     @classmethod
     def load(cls, out: Path) -> _Progress:
@@ -280,6 +290,7 @@ class _Progress:
             completed=dict(values["completed"]),
             best_validation_loss=float(values["best_validation_loss"]),
             best_epoch=int(values["best_epoch"]),
+            spec=values.get("spec"),
         )
 
     def save(self, out: Path) -> None:
@@ -287,6 +298,7 @@ class _Progress:
             "completed": self.completed,
             "best_validation_loss": self.best_validation_loss,
             "best_epoch": self.best_epoch,
+            "spec": self.spec,
         }
         atomic_write_bytes(out / "progress.json", (json.dumps(payload) + "\n").encode())
 

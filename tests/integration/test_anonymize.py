@@ -16,7 +16,7 @@ from primia.audit.reid import ReidConfig
 from primia.cli import main
 from primia.data import open_dataset
 from primia.data.synth import SynthConfig, write_dataset
-from primia.errors import DataError
+from primia.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,8 @@ def test_training_keeps_the_best_generator_and_resumes(patients: Path, tmp_path:
     assert [(r["phase"], r["epoch"]) for r in resumed.history][-1] == ("adversarial", 3)
     assert len(resumed.history) == 5  # only the new epoch ran
     assert (out / "tb").is_dir() and (out / "last" / "verifier.safetensors").exists()
+    with pytest.raises(ConfigError, match="another --out"):
+        train_anonymizer(small(patients, out, mu=0.2, epochs=3))
 
 
 def test_apply_keeps_shape_range_and_manifest(
