@@ -8,7 +8,7 @@ on real images, and a classifier trained on real images scoring original vs anon
 test images (paired bootstrap). PriCheXy-Net (256 px, ChestX-ray14): 81.8% → 57.7%
 verification AUROC with little loss of classification AUROC.
 
-    python benchmarks/bench_anonymize.py        # 32 px, small CNNs, ~4 min on 2 cores
+    python benchmarks/bench_anonymize.py        # 32 px, small CNNs, 4.5 min on 2 cores
 """
 
 from __future__ import annotations

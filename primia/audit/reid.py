@@ -43,7 +43,7 @@ from primia.audit.verifier import SiameseVerifier
 from primia.data import load_splits
 from primia.data.dataset import RadiographDataset
 from primia.errors import ConfigError, DataError
-from primia.evaluate.bootstrap import interval
+from primia.evaluate.bootstrap import interval, resample_counts
 from primia.evaluate.evaluation import Estimate
 from primia.evaluate.metrics import weighted_auroc
 from primia.train.local import resolve_device
@@ -240,11 +240,44 @@ def _pair_auroc(
     rng: np.random.Generator,
     device: torch.device,
 ) -> float:
-    first_embeddings = _embeddings(model, split.first_images, device)
-    second_embeddings = _embeddings(model, split.second_images, device)
-    first, second, same = split.index.all_pairs(max_negatives=config.max_negative_pairs, rng=rng)
-    scores = model.compare(first_embeddings[first], second_embeddings[second])
-    return float(weighted_auroc(scores.cpu().double().numpy(), same, np.ones((1, len(same))))[0])
+    pairs = _PairScores.of(model, split, config, rng, device)
+    return float(weighted_auroc(pairs.scores, pairs.same, np.ones((1, len(pairs.same))))[0])
+
+
+@dataclass(frozen=True)
+class _PairScores:
+    """The verifier's embeddings of a split and its logits on every listed pair."""
+
+    first_embeddings: torch.Tensor
+    second_embeddings: torch.Tensor
+    first: np.ndarray
+    second: np.ndarray
+    same: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def of(
+        cls,
+        model: SiameseVerifier,
+        split: _Split,
+        config: ReidConfig,
+        rng: np.random.Generator,
+        device: torch.device,
+    ) -> _PairScores:
+        first_embeddings = _embeddings(model, split.first_images, device)
+        second_embeddings = _embeddings(model, split.second_images, device)
+        first, second, same = split.index.all_pairs(
+            max_negatives=config.max_negative_pairs, rng=rng
+        )
+        scores = model.compare(first_embeddings[first], second_embeddings[second])
+        return cls(
+            first_embeddings,
+            second_embeddings,
+            first,
+            second,
+            same,
+            scores.cpu().double().numpy(),
+        )
 
 
 @torch.no_grad()
@@ -255,27 +288,19 @@ def _audit(
     rng: np.random.Generator,
     device: torch.device,
 ) -> dict[str, Any]:
-    first_embeddings = _embeddings(model, split.first_images, device)
-    second_embeddings = _embeddings(model, split.second_images, device)
+    pairs = _PairScores.of(model, split, config, rng, device)
+    first, second, same, scores = pairs.first, pairs.second, pairs.same, pairs.scores
     index = split.index
-    first, second, same = index.all_pairs(max_negatives=config.max_negative_pairs, rng=rng)
-    scores = (
-        model.compare(first_embeddings[first], second_embeddings[second]).cpu().double().numpy()
-    )
     value = float(weighted_auroc(scores, same, np.ones((1, len(same))))[0])
     # Cluster bootstrap: resample patients; a pair weighs its patients' counts.
     patients = len(index.images_of)
-    counts = np.stack(
-        [
-            np.bincount(rng.integers(0, patients, patients), minlength=patients)
-            for _ in range(config.resamples)
-        ]
-    ).astype(np.float32)
+    counts = resample_counts(patients, config.resamples, seed=config.seed)
     p, q = index.patient_of[first], index.patient_of[second]
     weights = np.where(same[None, :], counts[:, p], counts[:, p] * counts[:, q])
     lower, upper = interval(weighted_auroc(scores, same, weights))
     precision_at_1, map_at_r = retrieval(
-        model.score_matrix(first_embeddings, second_embeddings).cpu().numpy(), index.patient_of
+        model.score_matrix(pairs.first_embeddings, pairs.second_embeddings).cpu().numpy(),
+        index.patient_of,
     )
     return {
         "auroc": Estimate(value, float(lower), float(upper)),

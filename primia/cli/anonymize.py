@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from primia.cli.groups import print_help
+from primia.cli.progress import step_progress
 
 DESCRIPTION = """\
 Anonymize radiographs before they are shared (PriCheXy-Net, Packhäuser et al. 2023): a
@@ -148,14 +148,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     console = Console()
     total = config.pretrain_epochs + config.warmup_epochs + config.epochs
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    ) as progress:
+    with step_progress(console) as progress:
         bar = progress.add_task("anonymizer", total=total)
 
         def on_epoch(phase: Phase, epoch: int, epochs: int, record: dict[str, float]) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from primia.cli.progress import step_progress
 
 if TYPE_CHECKING:
     from primia.evaluate.evaluation import Comparison, Evaluation
@@ -272,14 +273,7 @@ def _transfer_matrix(args: argparse.Namespace) -> int:
     )
     stop_on_sigterm()
     console = Console()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    ) as progress:
+    with step_progress(console) as progress:
         bar = progress.add_task("transfer matrix", total=None)
 
         def on_progress(state: str, done: int, total: int) -> None:

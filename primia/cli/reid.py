@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from primia.cli.progress import step_progress
 
 REID_DESCRIPTION = """\
 Train a Siamese verification network (a primia backbone, 128-d embeddings, |difference|
@@ -91,20 +92,14 @@ def _reid(args: argparse.Namespace) -> int:
         device=args.device,
     )
     console = Console()
-    with Progress(
-        TextColumn("verifier training"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    ) as progress:
-        bar = progress.add_task("", total=config.epochs)
+    with step_progress(console) as progress:
+        bar = progress.add_task("verifier training", total=config.epochs)
 
         def on_epoch(epoch: int, epochs: int, record: dict[str, float]) -> None:
             progress.update(
-                bar, completed=epoch, description=f"val AUROC {record['val_auroc']:.3f}"
+                bar,
+                completed=epoch,
+                description=f"verifier training, val AUROC {record['val_auroc']:.3f}",
             )
 
         audit, verifier = run_reid_audit(config, on_epoch=on_epoch)

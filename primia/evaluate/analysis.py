@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from primia.evaluate.bootstrap import interval, paired_p_value
-from primia.evaluate.evaluation import Evaluation
+from primia.evaluate.evaluation import Estimate, Evaluation, finite_or_none
 from primia.evaluate.matrix import FEDERATED, ModelPlan, level_name
 from primia.evaluate.metrics import MEAN
 from primia.evaluate.subgroups import ALL
@@ -151,7 +151,7 @@ def _estimate(figure: Figure | None) -> dict[str, float | None]:
         return {"value": None, "lower": None, "upper": None}
     value, replicates = figure
     lower, upper = interval(replicates)
-    return {"value": _finite(value), "lower": _finite(lower), "upper": _finite(upper)}
+    return Estimate(value, float(lower), float(upper)).as_dict()
 
 
 def _drop_dict(figures: dict[str, Figure]) -> dict[str, Any]:
@@ -162,13 +162,8 @@ def _difference(a: Figure, b: Figure) -> dict[str, float | None]:
     lower, upper = interval(a[1] - b[1])
     p_value = paired_p_value(a[0], b[0], a[1], b[1])
     return {
-        "difference": _finite(a[0] - b[0]),
-        "lower": _finite(lower),
-        "upper": _finite(upper),
-        "p_value": _finite(p_value),
+        "difference": finite_or_none(a[0] - b[0]),
+        "lower": finite_or_none(float(lower)),
+        "upper": finite_or_none(float(upper)),
+        "p_value": finite_or_none(float(p_value)),
     }
-
-
-def _finite(value: Any) -> float | None:
-    number = float(value)
-    return number if np.isfinite(number) else None

@@ -54,7 +54,7 @@ class Estimate:
     upper: float
 
     def as_dict(self) -> dict[str, float | None]:
-        return {key: _finite(getattr(self, key)) for key in ("value", "lower", "upper")}
+        return {key: finite_or_none(getattr(self, key)) for key in ("value", "lower", "upper")}
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,9 @@ class MetricTable:
             "metrics": {
                 metric: {
                     column: {
-                        "value": _finite(self.values[m, c]),
-                        "lower": _finite(lower[m, c]),
-                        "upper": _finite(upper[m, c]),
+                        "value": finite_or_none(self.values[m, c]),
+                        "lower": finite_or_none(lower[m, c]),
+                        "upper": finite_or_none(upper[m, c]),
                     }
                     for c, column in enumerate(self.columns)
                 }
@@ -129,7 +129,7 @@ class Evaluation:
             "labels": list(self.label_names),
             "threshold_rule": self.threshold_rule,
             "thresholds": {
-                name: _finite(value)
+                name: finite_or_none(value)
                 for name, value in zip(self.label_names, self.thresholds, strict=True)
             },
             "threshold_notes": list(self.threshold_notes),
@@ -198,10 +198,10 @@ class Difference:
         return {
             metric: {
                 column: {
-                    "difference": _finite(self.values[m, c]),
-                    "lower": _finite(self.lower[m, c]),
-                    "upper": _finite(self.upper[m, c]),
-                    "p_value": _finite(self.p_values[m, c]),
+                    "difference": finite_or_none(self.values[m, c]),
+                    "lower": finite_or_none(self.lower[m, c]),
+                    "upper": finite_or_none(self.upper[m, c]),
+                    "p_value": finite_or_none(self.p_values[m, c]),
                 }
                 for c, column in enumerate(self.columns)
             }
@@ -257,7 +257,8 @@ def compare(a: Evaluation, b: Evaluation) -> Comparison:
     )
 
 
-def _finite(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
+    """``value`` as a float for JSON, None when it is NaN or infinite (undefined)."""
     value = float(value)
     return value if math.isfinite(value) else None
 

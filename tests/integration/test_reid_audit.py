@@ -25,17 +25,38 @@ def patients(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_the_verifier_recognises_unseen_patients(patients: Path) -> None:
-    config = ReidConfig(
-        data=patients,
-        model="cnn",
-        width=8,
-        image_size=32,
-        epochs=4,
-        pairs_per_epoch=800,
-        resamples=200,
+def tiny(data: Path, **changes: object) -> ReidConfig:
+    """A verifier small and quick enough for a test (a CNN at 32 px)."""
+    values: dict = dict(
+        data=data, model="cnn", width=4, image_size=32, epochs=1, pairs_per_epoch=200, resamples=50
     )
-    audit, _ = run_reid_audit(config)
+    values.update(changes)
+    return ReidConfig(**values)
+
+
+def reid_command(data: Path, out: Path, *options: object) -> int:
+    """``primia audit reid`` with a CNN at 32 px and 50 resamples, plus ``options``."""
+    return main(
+        [
+            "audit",
+            "reid",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--model",
+            "cnn",
+            "--image-size",
+            "32",
+            "--resamples",
+            "50",
+            *map(str, options),
+        ]
+    )
+
+
+def test_the_verifier_recognises_unseen_patients(patients: Path) -> None:
+    audit, _ = run_reid_audit(tiny(patients, width=8, epochs=4, pairs_per_epoch=800, resamples=200))
     assert audit.test_patients >= 20 and audit.test_images == 4 * audit.test_patients
     assert audit.auroc.lower > 0.6, audit.auroc  # clearly above chance on unseen patients
     assert audit.auroc.lower <= audit.auroc.value <= audit.auroc.upper
@@ -46,29 +67,7 @@ def test_the_verifier_recognises_unseen_patients(patients: Path) -> None:
 
 def test_cli_writes_the_report(patients: Path, tmp_path: Path) -> None:
     out = tmp_path / "reid"
-    code = main(
-        [
-            "audit",
-            "reid",
-            "--data",
-            str(patients),
-            "--out",
-            str(out),
-            "--model",
-            "cnn",
-            "--width",
-            "4",
-            "--image-size",
-            "32",
-            "--epochs",
-            "1",
-            "--pairs-per-epoch",
-            "200",
-            "--resamples",
-            "50",
-        ]
-    )
-    assert code == 0
+    assert reid_command(patients, out, "--width", 4, "--epochs", 1, "--pairs-per-epoch", 200) == 0
     report = json.loads((out / "report.json").read_text())
     assert 0 <= report["verification_auroc"]["value"] <= 1
     assert len(list(out.glob("pair-*.png"))) == 3
@@ -88,15 +87,7 @@ def test_one_image_per_patient_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_linkage_attack_on_images_that_keep_nothing_is_at_chance(patients: Path) -> None:
-    config = ReidConfig(
-        data=patients,
-        model="cnn",
-        width=4,
-        image_size=32,
-        epochs=1,
-        pairs_per_epoch=200,
-        resamples=50,
-    )
+    config = tiny(patients)
     blank, _ = run_reid_audit(config, transform=lambda images: images * 0)
     # Every shared image alike: a score depends on the real image alone, not on the pair.
     assert blank.auroc.lower < 0.5 < blank.auroc.upper
@@ -109,31 +100,7 @@ def test_the_inversion_audit_links_reconstructions_with_the_verifier(
     patients: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "reid"
-    assert (
-        main(
-            [
-                "audit",
-                "reid",
-                "--data",
-                str(patients),
-                "--out",
-                str(out),
-                "--model",
-                "cnn",
-                "--width",
-                "8",
-                "--image-size",
-                "32",
-                "--epochs",
-                "3",
-                "--pairs-per-epoch",
-                "600",
-                "--resamples",
-                "50",
-            ]
-        )
-        == 0
-    )
+    assert reid_command(patients, out, "--width", 8, "--epochs", 3, "--pairs-per-epoch", 600) == 0
     assert (out / "verifier.safetensors").exists()
     config = InversionConfig(
         data=patients,
