@@ -118,8 +118,9 @@ def ring_bytes(values: npt.NDArray[np.unsignedinteger]) -> bytes:
     return values.astype(_LITTLE_ENDIAN[bits], copy=False).tobytes()
 
 
-def ring_values(data: bytes, bits: int) -> npt.NDArray[np.unsignedinteger]:
-    """Ring elements from little-endian bytes (read-only, without a copy where possible)."""
+def ring_values(data: bytes | bytearray, bits: int) -> npt.NDArray[np.unsignedinteger]:
+    """Ring elements from little-endian bytes, without a copy where possible (a view of
+    ``data``: read-only for bytes; treat it so for a bytearray too)."""
     dtype = _LITTLE_ENDIAN[bits]
     if len(data) % dtype.itemsize:
         raise ValueError(f"{len(data)} bytes are not a whole number of {bits}-bit values")

@@ -137,6 +137,8 @@ class DataOwner:
         self.device = resolve_device(compute.device)
         self._evaluation_key = _secret_key(state_dir / EVALUATION_KEY_FILENAME)
         self._splits: dict[int, Splits] = {}
+        self._decoded: tuple[tuple[str, bytes, ModelSpec], dict[str, torch.Tensor]] | None = None
+        """The last global weights decoded, by (blob id, digest, spec)."""
         self._default_image_size = default_image_size
         self._splits_at(default_image_size)  # fail at start-up, not mid-round, on bad data
 
@@ -172,8 +174,8 @@ class DataOwner:
         if problems:
             raise TaskRefused(Refusal.INVALID_PLAN, "; ".join(problems))
         splits = self._splits_for(task.spec)
-        model = task.spec.build()
-        global_state = self._load(model, task.weights)
+        global_state = self._global_state(task.spec, task.weights)
+        model = task.spec.build_with({name: t.clone() for name, t in global_state.items()})
         plan = task.plan
         config = TrainConfig(
             data=self._data.path,
@@ -260,8 +262,7 @@ class DataOwner:
                 Refusal.INVALID_PLAN,
                 f"this node has no {task.split} split; set data.test_fraction above 0",
             )
-        model = task.spec.build()
-        self._load(model, task.weights)
+        model = task.spec.build_with(self._global_state(task.spec, task.weights))
         metrics = evaluate(model.to(self.device), dataset, device=self.device)
         targets = dataset.targets()
         positives = _positives(targets, dataset.label_names, task.spec.task)
@@ -340,15 +341,21 @@ class DataOwner:
             )
         return self._splits[image_size]
 
-    def _load(self, model: torch.nn.Module, weights: Blob) -> dict[str, torch.Tensor]:
-        """Load ``weights`` into ``model``; return them (CPU tensors, detached)."""
-        reference = model.state_dict()
+    def _global_state(self, spec: ModelSpec, weights: Blob) -> dict[str, torch.Tensor]:
+        """``weights`` decoded and checked against ``spec``'s model (CPU tensors).
+
+        The last decoding is kept: a round's evaluation and the next round's training
+        receive the same weights. Callers must not change the tensors in place.
+        """
+        key = (weights.blob_id, weights.sha256, spec)
+        if self._decoded is not None and self._decoded[0] == key:
+            return self._decoded[1]
         try:
-            state = decode_like(weights.data, reference, what="global weights")
+            state = decode_like(weights.data, spec.shapes(), what="global weights")
         except WeightsError as error:
             raise TaskRefused(Refusal.INVALID_WEIGHTS, str(error)) from error
-        model.load_state_dict(state)
-        return {name: tensor.clone() for name, tensor in state.items()}
+        self._decoded = (key, state)
+        return state
 
 
 def _secret_key(path: Path) -> bytes:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -31,7 +32,6 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 import torch
-from safetensors.torch import load as load_safetensors
 
 from primia.crypto.ring import ring_values
 from primia.crypto.secagg import (
@@ -47,7 +47,7 @@ from primia.federated.aggregation import RoundContributions, gather
 from primia.federated.config import SecureAggregationConfig
 from primia.federated.registry import NodeLink
 from primia.federated.tasks import SecureTask, TrainOutcome, TrainTask
-from primia.federated.weights import State
+from primia.federated.weights import State, view_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +308,22 @@ class SecureContribution:
             key_pem=key_pem,
             ca_pem=ca_pem,
         )
+        self._mask_sum: Future[npt.NDArray[np.unsignedinteger]] | None = None
+
+    def prepare_masks(self) -> None:
+        """Start computing the masks in a background thread, once the shares are in: they
+        need only the round's seeds, so the node computes them while it trains, and
+        masking after training is one addition."""
+        future: Future[npt.NDArray[np.unsignedinteger]] = Future()
+
+        def compute() -> None:
+            try:
+                future.set_result(self.client.mask_sum())
+            except BaseException as error:  # re-raised by masked_input
+                future.set_exception(error)
+
+        self._mask_sum = future
+        threading.Thread(target=compute, name="secure-aggregation-masks", daemon=True).start()
 
     @property
     def secure(self) -> SecureTask:
@@ -317,7 +333,7 @@ class SecureContribution:
     def masked_input(self, outcome: TrainOutcome) -> MaskedInput:
         """Encode the update of ``outcome`` (own data: parsing it is safe) and mask it."""
         setup = self.secure.setup
-        update = load_safetensors(outcome.update.data)
+        update = view_safetensors(outcome.update.data)
         layout = VectorLayout.of(update)
         if layout.length != setup.vector_length:
             raise ProtocolViolation(
@@ -336,5 +352,7 @@ class SecureContribution:
                 setup.clip,
                 setup.clip,
             )
+        if self._mask_sum is not None:
+            self._mask_sum.result()  # the background computation ends before mask() reads it
         masked = self.client.mask(encoded.values)
         return replace(masked, clipped=encoded.clipped)

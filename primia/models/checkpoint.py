@@ -9,11 +9,12 @@ Files are written atomically: a reader sees the old checkpoint or the new one, n
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -45,6 +46,31 @@ class ModelSpec:
             in_channels=self.in_channels,
             width=self.width,
         )
+
+    def shapes(self) -> dict[str, torch.Tensor]:
+        """The model's state as meta tensors: names, shapes and dtypes, no storage."""
+        with torch.device("meta"):
+            return self.build().state_dict()
+
+    def build_with(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
+        """The model holding ``state``'s tensors themselves: built on the meta device and
+        the tensors assigned, so neither a random initialisation nor a copy is paid for
+        (tens of milliseconds for a ResNet-18, per task at a node). The model's training
+        changes ``state`` in place: pass copies to keep the originals."""
+        with torch.device("meta"):
+            model = self.build()
+        model.load_state_dict(state, strict=True, assign=True)
+        unset = [
+            name
+            for name, tensor in (*model.named_parameters(), *model.named_buffers())
+            if tensor.is_meta
+        ]
+        if unset:
+            raise ModelError(
+                f"{self.architecture} has tensors outside its state dict ({', '.join(unset)}); "
+                "build it with build() and load_state_dict instead"
+            )
+        return model
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -254,6 +254,7 @@ class _Session:
                 self._send(pb.NodeMessage(shares=secure_codec.bundle_to_proto(task_id, bundle)))
             elif isinstance(message, pb.ShareDelivery):
                 client.receive_shares(secure_codec.delivery_from_proto(message, self._name))
+                contribution.prepare_masks()
                 outcome = self._run_training(contribution.task)
                 masked = contribution.masked_input(outcome)
                 blob = Blob.of(f"{task_id}-masked", ring_bytes(masked.values))

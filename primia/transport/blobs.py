@@ -35,11 +35,13 @@ class BlobError(PrimiaError):
 @dataclass(frozen=True)
 class Blob:
     blob_id: str
-    data: bytes
+    data: bytes | bytearray
+    """Received blobs are bytearrays, filled in place as their chunks arrive; treat
+    them as read-only."""
     sha256: bytes
 
     @classmethod
-    def of(cls, blob_id: str, data: bytes) -> Blob:
+    def of(cls, blob_id: str, data: bytes | bytearray) -> Blob:
         return cls(blob_id, data, hashlib.sha256(data).digest())
 
 
@@ -64,8 +66,12 @@ def chunks_of(blob: Blob, chunk_size: int = CHUNK_SIZE) -> Iterator[pb.Chunk]:
 
 class _Partial:
     def __init__(self, total_size: int, sha256: bytes) -> None:
-        # Pieces are joined once at the end: cheaper than filling a preallocated buffer.
-        self.pieces: list[bytes] = []
+        # Each chunk is appended to the blob's buffer as it arrives and then freed, so
+        # the next chunk reuses its memory: holding the chunks to join them at the end
+        # costs a second copy of the blob into freshly faulted pages. The buffer grows
+        # with what arrives (realloc moves its pages, not its bytes), never to a size
+        # that was only announced.
+        self.buffer = bytearray()
         self.total_size = total_size
         self.received = 0
         self.expected_sha256 = sha256
@@ -109,7 +115,7 @@ class BlobAssembler:
             raise BlobError(
                 f"blob {blob_id!r} grows past its announced size of {partial.total_size} bytes"
             )
-        partial.pieces.append(data)
+        partial.buffer += data
         partial.hasher.update(data)
         partial.received = end
         if end < partial.total_size:
@@ -121,7 +127,7 @@ class BlobAssembler:
                 f"blob {blob_id!r} arrived with SHA-256 {digest.hex()[:16]}…, announced "
                 f"{partial.expected_sha256.hex()[:16]}…; it was corrupted in transit"
             )
-        return Blob(blob_id, b"".join(partial.pieces), digest)
+        return Blob(blob_id, partial.buffer, digest)
 
     def _start(self, chunk: pb.Chunk) -> _Partial:
         if chunk.blob_id in self._partial:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,18 @@ def test_trains_and_returns_an_update_that_fits_the_model(owner: DataOwner) -> N
     evaluation = owner.evaluate(EvaluateTask("e1", 1, SPEC, weights, "validation"))
     assert evaluation.num_examples == owner.info().dataset.validation_examples
     assert set(evaluation.labels) == set(SPEC.label_names)
+
+
+def test_training_leaves_the_received_weights_as_they_were(owner: DataOwner) -> None:
+    """The node keeps the decoded weights for the next task (a round's evaluation, then
+    the next round's training): training must change a copy of them, not them."""
+    sent = _weights()
+    weights = Blob.of(sent.blob_id, bytearray(sent.data))  # as received: the tensors view it
+    before = owner.evaluate(EvaluateTask("e1", 1, SPEC, weights, "validation"))
+    owner.train(TrainTask("t1", 1, SPEC, weights, PLAN))
+    after = owner.evaluate(EvaluateTask("e2", 1, SPEC, weights, "validation"))
+    assert after.loss == before.loss
+    assert hashlib.sha256(weights.data).digest() == sent.sha256
 
 
 def test_refuses_plans_outside_its_limits(owner: DataOwner) -> None:

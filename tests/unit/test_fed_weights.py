@@ -1,12 +1,15 @@
 """Weights from another party are accepted only if they fit the model exactly and are finite."""
 
+import json
 import pickle
+import struct
 
 import pytest
 import torch
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from primia.federated.weights import WeightsError, decode_like, encode
+from primia.federated.weights import WeightsError, decode_like, encode, view_safetensors
 from primia.models import build_model
 
 
@@ -112,3 +115,114 @@ def test_integer_tensors_are_not_checked_for_nan():
     reference = {"count": torch.tensor([3], dtype=torch.int64)}
     decoded = decode_like(encode(reference), reference)
     assert decoded["count"].tolist() == [3]
+
+
+def test_received_weights_are_views_of_the_buffer_not_copies(reference):
+    buffer = bytearray(encode(reference))
+    decoded = decode_like(buffer, reference)
+    name = "6.bias"
+    decoded[name][0] = 123.0  # changes the buffer: no copy was made
+    assert decode_like(buffer, reference)[name][0] == 123.0
+
+
+def test_read_only_data_decodes_to_the_same_tensors(reference):
+    data = encode(reference)
+    for decoded in (decode_like(data, reference), decode_like(memoryview(data), reference)):
+        for name, tensor in reference.items():
+            assert torch.equal(decoded[name], tensor)
+
+
+def test_meta_tensors_are_a_reference():
+    with torch.device("meta"):
+        shapes = build_model("cnn", num_classes=4).state_dict()
+    torch.manual_seed(0)
+    weights = build_model("cnn", num_classes=4).state_dict()
+    assert set(decode_like(encode(weights), shapes)) == set(weights)
+
+
+def _with_header(header: dict, data: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"\x00" * 4, "too few"),
+        (struct.pack("<Q", 1 << 40) + b"{}", "the header claims"),
+        (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+        (struct.pack("<Q", 3) + b"{x}", "not JSON"),
+        (
+            _with_header({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4),
+            "outside the data",
+        ),
+        (
+            _with_header({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8),
+            "spans 8 bytes",
+        ),
+        (
+            _with_header({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8),
+            "starts at byte 4",
+        ),
+        (
+            _with_header({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8),
+            "4 bytes follow",
+        ),
+        (
+            _with_header({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}, b""),
+            "not a list of sizes",
+        ),
+        (
+            _with_header({"a": {"dtype": "OBJ", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+            "not a weight dtype",
+        ),
+        (
+            _with_header({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4),
+            "outside the data",
+        ),
+        (
+            _with_header(
+                {
+                    "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                    "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                },
+                b"\0" * 4,
+            ),
+            "starts at byte 0",
+        ),
+    ],
+    ids=[
+        "short",
+        "huge-header",
+        "not-object",
+        "not-json",
+        "past-end",
+        "wrong-length",
+        "gap",
+        "trailing",
+        "negative-size",
+        "dtype",
+        "reversed",
+        "overlap",
+    ],
+)
+def test_malformed_safetensors_name_the_problem(data, problem):
+    with pytest.raises(WeightsError, match=problem):
+        view_safetensors(data)
+
+
+def test_our_reader_agrees_with_the_safetensors_library(reference):
+    data = save_safetensors(
+        {
+            **{name: t.contiguous() for name, t in reference.items()},
+            "empty": torch.zeros(0, 3),
+            "half": torch.ones(5, dtype=torch.float16),
+            "flag": torch.tensor([True, False]),
+        },
+        metadata={"primia.model_spec": "{}"},
+    )
+    ours = view_safetensors(data)
+    theirs = load_safetensors(data)
+    assert set(ours) == set(theirs)
+    for name, tensor in theirs.items():
+        assert ours[name].dtype == tensor.dtype and torch.equal(ours[name], tensor), name

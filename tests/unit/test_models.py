@@ -67,3 +67,28 @@ def test_checkpoint_errors(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 4)
     with pytest.raises(ModelError, match="not a safetensors file"):
         read_spec(tmp_path / "junk.safetensors")
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_a_model_built_with_a_state_holds_those_tensors(name):
+    spec = ModelSpec(name, num_outputs=4, image_size=32)
+    torch.manual_seed(0)
+    source = spec.build().eval()
+    state = {key: tensor.clone() for key, tensor in source.state_dict().items()}
+
+    model = spec.build_with(state).eval()
+
+    for key, tensor in model.state_dict().items():
+        assert tensor.data_ptr() == state[key].data_ptr(), key  # assigned, not copied
+    images = torch.randn(2, 1, 32, 32)
+    assert torch.equal(model(images), source(images))
+
+
+def test_shapes_describe_the_state_without_storage():
+    spec = ModelSpec("resnet9", num_outputs=3, image_size=32)
+    shapes = spec.shapes()
+    real = spec.build().state_dict()
+    assert all(tensor.is_meta for tensor in shapes.values())
+    assert {k: (t.shape, t.dtype) for k, t in shapes.items()} == {
+        k: (t.shape, t.dtype) for k, t in real.items()
+    }

@@ -193,6 +193,28 @@ def test_aggregate_reports_what_each_survivor_clipped(consortium):
     assert all(client.state is ClientState.DONE for client in run.clients.values())
 
 
+def test_masks_computed_while_training_are_the_ones_added_and_still_cancel(consortium):
+    """A node computes its masks before it has its input (mask_sum, while it trains):
+    mask adds exactly those, and the round's sum is still the inputs' sum."""
+    run = Round(consortium, _setup(3))
+    deliveries = run.until_masked()
+    for name, client in run.clients.items():
+        client.receive_shares(deliveries[name])
+        ahead = client.mask_sum().copy()
+        masked = client.mask(run.inputs[name])
+        assert np.array_equal(masked.values, run.inputs[name] + ahead)
+        assert not np.array_equal(masked.values, run.inputs[name])
+        run.server.receive_masked(name, masked)
+    request = run.server.close_masked()
+    for name, client in run.clients.items():
+        run.server.receive_unmask(name, client.unmask(request))
+
+    aggregate = run.server.finish()
+
+    expected = sum(run.inputs.values(), start=np.zeros(LENGTH, dtype=np.uint32))
+    assert np.array_equal(aggregate.total, expected)
+
+
 # ---- 2. the threshold ------------------------------------------------------------------
 
 

@@ -86,6 +86,7 @@ class AggregationClient:
         self._held: dict[str, dict[SecretKind, bytes]] = {}
         """Shares this node holds of each peer's secrets (and of its own)."""
         self._contributors: tuple[str, ...] = ()
+        self._mask_sum: npt.NDArray[np.unsignedinteger] | None = None
 
     # ---- the four steps -------------------------------------------------------------
 
@@ -149,6 +150,25 @@ class AggregationClient:
             self._need(len(self._contributors), "nodes shared their secrets")
             self.state = ClientState.READY
 
+    def mask_sum(self) -> npt.NDArray[np.unsignedinteger]:
+        """PRG(b_u) + Σ_v ±PRG(s_uv) over the round's contributors: what :meth:`mask` adds.
+
+        It depends only on seeds fixed once the shares are in, so a node can compute it
+        while it trains (the bulk of masking: one keystream of the vector's length per
+        contributor); computed once and kept for :meth:`mask`.
+        """
+        self._expect(ClientState.READY, "compute the masks")
+        if self._mask_sum is None:
+            with self._aborting():
+                masks = MaskGenerator(self.setup.vector_length, self.setup.fixed_point().dtype)
+                total = masks.mask(self._self_seed)
+                for peer in self._contributors:
+                    if peer != self.node:
+                        seed = self._pair_key(peer, MASK_PURPOSE)
+                        masks.add(total, seed, pair_sign(self.node, peer))
+                self._mask_sum = total
+        return self._mask_sum
+
     def mask(self, encoded: npt.NDArray[np.unsignedinteger]) -> MaskedInput:
         """Mask ``encoded`` (this node's input, already in the ring) with the self mask
         and a pairwise mask per contributor."""
@@ -160,13 +180,8 @@ class AggregationClient:
                     f"the input is {encoded.shape} {encoded.dtype}; the round aggregates "
                     f"{self.setup.vector_length} values of {np.dtype(fixed_point.dtype).name}"
                 )
-            masks = MaskGenerator(self.setup.vector_length, fixed_point.dtype)
-            masked = encoded.copy()
-            masks.add(masked, self._self_seed)
-            for peer in self._contributors:
-                if peer != self.node:
-                    seed = self._pair_key(peer, MASK_PURPOSE)
-                    masks.add(masked, seed, pair_sign(self.node, peer))
+            masked = encoded + self.mask_sum()
+            self._mask_sum = None  # the masks are used once
             self.state = ClientState.MASKED
             return MaskedInput(self.setup.session, self.node, masked)
 
