@@ -13,7 +13,7 @@ import numpy as np
 from primia.evaluate.bootstrap import DEFAULT_CONFIDENCE
 from primia.evaluate.evaluation import Evaluation, MetricTable
 from primia.evaluate.metrics import MEAN, METRICS
-from primia.federated.tasks import EvaluationDetail
+from primia.federated.tasks import EvaluationDetail, Refusal, TaskRefused
 from primia.nodes.codec import MessageError
 from primia.transport.generated import federation_pb2 as pb
 
@@ -36,6 +36,21 @@ def detail_from_proto(message: pb.EvaluationDetail) -> EvaluationDetail:
         raise DetailError(f"resamples={message.resamples} is outside [1, {MAX_RESAMPLES}]")
     return EvaluationDetail(
         resamples=message.resamples, seed=message.seed, subgroups=message.subgroups
+    )
+
+
+def oversize_refusal(evaluation: Evaluation, size: int, limit: int) -> TaskRefused:
+    """The refusal of a detailed evaluation whose message (``size`` bytes) exceeds the
+    ``limit`` one gRPC message may carry, naming the most resamples that would fit (the
+    replicates grow with resamples × subgroups × metrics × labels)."""
+    replicate_bytes = sum(4 * table.replicates.size for table in evaluation.groups.values())
+    per_resample = replicate_bytes / evaluation.resamples
+    fitting = max(1, int((limit - (size - replicate_bytes)) // per_resample))
+    return TaskRefused(
+        Refusal.INVALID_PLAN,
+        f"a detailed evaluation with {evaluation.resamples} resamples over "
+        f"{len(evaluation.groups)} groups is {size / 1e6:.1f} MB, more than the "
+        f"{limit / 1e6:.1f} MB one message may carry: ask for at most {fitting} resamples",
     )
 
 

@@ -35,7 +35,7 @@ from primia.federated.secure import SecureContribution
 from primia.federated.tasks import EvaluateTask, Refusal, TaskRefused, TrainOutcome, TrainTask
 from primia.nodes import codec, evaluation_codec, secure_codec
 from primia.nodes.config import NodeConfig
-from primia.transport.blobs import Blob, BlobAssembler, BlobError, chunks_of
+from primia.transport.blobs import MAX_MESSAGE_SIZE, Blob, BlobAssembler, BlobError, chunks_of
 from primia.transport.generated import federation_pb2 as pb
 from primia.transport.generated import federation_pb2_grpc as pb_grpc
 from primia.transport.tls import secure_channel
@@ -301,7 +301,14 @@ class _Session:
         result = codec.evaluation_to_proto(task_id, outcome)
         if outcome.detailed is not None:
             result.detailed.CopyFrom(evaluation_codec.detailed_to_proto(outcome.detailed))
-        self._send(pb.NodeMessage(evaluate_result=result))
+        answer = pb.NodeMessage(evaluate_result=result)
+        size = answer.ByteSize()
+        if outcome.detailed is not None and size > MAX_MESSAGE_SIZE:
+            # Sending it would end the stream (gRPC refuses messages over the limit).
+            refusal = evaluation_codec.oversize_refusal(outcome.detailed, size, MAX_MESSAGE_SIZE)
+            self._refuse(task_id, refusal)
+            return
+        self._send(answer)
 
     def _weights(self, blob_id: str) -> Blob:
         blob = self._blobs.get(blob_id)
