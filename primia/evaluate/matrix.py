@@ -216,6 +216,7 @@ class TransferMatrix:
                 min_nodes=len(self.sites),
                 nodes=self.registry.statuses(),
                 history=[],
+                unit="step",
             )
 
     # ---- the run ------------------------------------------------------------------------

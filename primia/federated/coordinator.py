@@ -90,6 +90,9 @@ class FederationStatus:
     min_nodes: int
     nodes: list[NodeStatus]
     history: list[RoundSummary]
+    unit: str = "round"
+    """What ``round`` of ``rounds`` counts: the federation's rounds, or another job's
+    steps (the transfer matrix trains and evaluates models)."""
 
 
 class Federation:

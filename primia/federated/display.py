@@ -25,7 +25,7 @@ def render(status: FederationStatus) -> RenderableType:
     header = Text.assemble(
         ("federation ", "bold"),
         (status.run_id or "-", "cyan"),
-        f"  round {status.round}/{status.rounds}  ·  {status.state}  ·  ",
+        f"  {status.unit} {status.round}/{status.rounds}  ·  {status.state}  ·  ",
         (f"{connected}/{len(status.nodes)} nodes connected", "green" if connected else "red"),
         f" (a round needs {status.min_nodes})",
     )

@@ -292,6 +292,7 @@ def reply_of(status: FederationStatus) -> pb.StatusReply:
         round=status.round,
         rounds=status.rounds,
         min_nodes=status.min_nodes,
+        unit=status.unit,
         nodes=[status_to_proto(node) for node in status.nodes],
         history=[
             pb.RoundSummary(
@@ -326,4 +327,5 @@ def status_of(reply: pb.StatusReply) -> FederationStatus:
             )
             for summary in reply.history
         ],
+        unit=reply.unit or "round",
     )

@@ -3,7 +3,10 @@
 import math
 
 import pytest
+from rich.console import Console
 
+from primia.federated.coordinator import FederationStatus, RoundSummary
+from primia.federated.display import render
 from primia.federated.plan import DPPlan, TrainPlan
 from primia.federated.registry import NodeStatus
 from primia.federated.tasks import (
@@ -244,3 +247,27 @@ def test_refusal_without_a_reason_is_a_failure():
 )
 def test_node_status_round_trip(status):
     assert codec.status_from_proto(wire(codec.status_to_proto(status))) == status
+
+
+@pytest.mark.parametrize("unit", ["round", "step"])
+def test_federation_status_round_trip_keeps_what_it_counts(unit):
+    status = FederationStatus(
+        run_id="r1",
+        state="evaluating",
+        round=3,
+        rounds=8,
+        min_nodes=2,
+        nodes=[NodeStatus("alpha", connected=True)],
+        history=[RoundSummary(1, ("alpha",), (), loss=0.5, mean_auroc=None, seconds=2.0)],
+        unit=unit,
+    )
+    received = codec.status_of(wire(codec.reply_of(status)))
+    assert received == status
+    console = Console(width=200, record=True)
+    console.print(render(received))
+    assert f"{unit} 3/8" in console.export_text()
+
+
+def test_a_status_from_an_older_coordinator_counts_rounds():
+    reply = pb.StatusReply(run_id="r1", state="running", round=1, rounds=2, min_nodes=1)
+    assert codec.status_of(wire(reply)).unit == "round"

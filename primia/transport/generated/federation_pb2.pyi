@@ -497,7 +497,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("run_id", "state", "round", "rounds", "min_nodes", "nodes", "history")
+    __slots__ = ("run_id", "state", "round", "rounds", "min_nodes", "nodes", "history", "unit")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -505,6 +505,7 @@ class StatusReply(_message.Message):
     MIN_NODES_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: str
     round: int
@@ -512,7 +513,8 @@ class StatusReply(_message.Message):
     min_nodes: int
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
     history: _containers.RepeatedCompositeFieldContainer[RoundSummary]
-    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., rounds: _Optional[int] = ..., min_nodes: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ...) -> None: ...
+    unit: str
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., rounds: _Optional[int] = ..., min_nodes: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("name", "connected", "activity", "epsilon_spent", "epsilon_budget", "rounds_contributed", "device")
