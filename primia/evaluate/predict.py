@@ -11,7 +11,7 @@ from torch import nn
 from primia.data.dataset import RadiographDataset, Task
 from primia.evaluate.metrics import Scores
 from primia.evaluate.subgroups import attributes_of
-from primia.train.loops import to_float
+from primia.train.local import logits_of
 
 
 def predict(
@@ -23,20 +23,22 @@ def predict(
 ) -> Scores:
     """Probabilities of ``model`` on every image of ``dataset`` (sigmoid per label, softmax
     for multiclass), with targets and the patients' sex and age."""
-    images, targets = dataset.uint8_tensors()
-    return predict_images(
-        model,
-        images,
-        targets,
+    images, _ = dataset.uint8_tensors()
+    return dataset_scores(logits_of(model, images, device=device, batch_size=batch_size), dataset)
+
+
+def dataset_scores(logits: torch.Tensor, dataset: RadiographDataset) -> Scores:
+    """:func:`predict`'s scores from logits of ``dataset``'s images already computed
+    (:func:`~primia.train.local.logits_of`, e.g. for the metrics)."""
+    return scores_of(
+        logits,
+        torch.from_numpy(dataset.targets()),
         task=dataset.task,
         label_names=dataset.label_names,
         attributes=attributes_of(dataset),
-        device=device,
-        batch_size=batch_size,
     )
 
 
-@torch.no_grad()
 def predict_images(
     model: nn.Module,
     images: torch.Tensor,
@@ -50,18 +52,21 @@ def predict_images(
 ) -> Scores:
     """As :func:`predict`, for ``uint8[N, 1, S, S]`` images and their dataset targets
     (e.g. images changed by an anonymizer)."""
-    model = model.to(device).eval()
-    count, labels = len(images), len(label_names)
-    logits = (
-        torch.cat(
-            [
-                model(to_float(images[start : start + batch_size], device)).float().cpu()
-                for start in range(0, count, batch_size)
-            ]
-        )
-        if count
-        else torch.zeros((0, 1 if task is Task.BINARY else labels))
-    )
+    logits = logits_of(model, images, device=device, batch_size=batch_size)
+    return scores_of(logits, targets, task=task, label_names=label_names, attributes=attributes)
+
+
+def scores_of(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    task: Task,
+    label_names: tuple[str, ...],
+    attributes: Mapping[str, np.ndarray],
+) -> Scores:
+    """Scores from a model's logits (:func:`~primia.train.local.logits_of`), so that one
+    pass over the images serves both the metrics and the scores."""
+    count, labels = len(logits), len(label_names)
     if task is Task.MULTICLASS:
         probabilities = torch.softmax(logits.double(), dim=1).numpy()
         truth = np.zeros((count, labels), dtype=bool)

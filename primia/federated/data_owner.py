@@ -33,7 +33,7 @@ from primia.data import RadiographDataset, Splits, only_site, open_dataset, pati
 from primia.errors import ConfigError, PrivacyBudgetExceeded
 from primia.evaluate.bootstrap import secret_seed
 from primia.evaluate.evaluation import evaluate_scores
-from primia.evaluate.predict import predict
+from primia.evaluate.predict import dataset_scores, predict
 from primia.federated.plan import PlanLimits, plan_problems
 from primia.federated.tasks import (
     DatasetSummary,
@@ -54,7 +54,7 @@ from primia.models.checkpoint import ModelSpec
 from primia.train.accounting import AccountantName
 from primia.train.config import LEDGER_FILENAME, DPConfig, GradSampleMode, TrainConfig
 from primia.train.ledger import Budget, PrivacyLedger
-from primia.train.local import evaluate, fit, resolve_device
+from primia.train.local import fit, logits_of, metrics_of, resolve_device
 from primia.transport.blobs import Blob
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,9 @@ class DataOwner:
                 f"this node has no {task.split} split; set data.test_fraction above 0",
             )
         model = task.spec.build_with(self._global_state(task.spec, task.weights))
-        metrics = evaluate(model.to(self.device), dataset, device=self.device)
+        images, _ = dataset.uint8_tensors()
+        logits = logits_of(model, images, device=self.device)
+        metrics = metrics_of(logits, dataset)
         targets = dataset.targets()
         positives = _positives(targets, dataset.label_names, task.spec.task)
         detailed = None
@@ -276,7 +278,7 @@ class DataOwner:
                 )
             detailed = evaluate_scores(
                 predict(model, splits.val, device=self.device),
-                predict(model, dataset, device=self.device),
+                dataset_scores(logits, dataset),  # the test split's pass, made once
                 resamples=task.detail.resamples,
                 seed=secret_seed(self._evaluation_key, "test", str(task.detail.seed)),
                 subgroups=task.detail.subgroups,

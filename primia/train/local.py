@@ -295,26 +295,40 @@ def fit(
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, dataset: RadiographDataset, *, device: torch.device, batch_size: int = 256
-) -> Metrics:
-    """Loss, accuracy and AUROC of ``model`` on ``dataset``."""
-    model.eval()
-    images, targets = dataset.uint8_tensors()
-    criterion = criterion_for(dataset.task)
-    logits = []
-    for start in range(0, len(images), batch_size):
-        batch = to_float(images[start : start + batch_size], device)
-        logits.append(model(batch).float().cpu())
-    all_logits = torch.cat(logits)
-    loss = float(criterion(all_logits, targets))
+def logits_of(
+    model: nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int = 256
+) -> torch.Tensor:
+    """``model``'s float32 logits (on the CPU) for ``uint8[N, 1, S, S]`` images, in eval
+    mode, a batch at a time (no images: one empty batch, for the output width)."""
+    model = model.to(device).eval()
+    starts = range(0, len(images), batch_size) if len(images) else [0]
+    return torch.cat(
+        [
+            model(to_float(images[start : start + batch_size], device)).float().cpu()
+            for start in starts
+        ]
+    )
+
+
+def metrics_of(logits: torch.Tensor, dataset: RadiographDataset) -> Metrics:
+    """Loss, accuracy and AUROC of ``logits`` (from :func:`logits_of`) on ``dataset``."""
+    targets = torch.from_numpy(dataset.targets())
+    loss = float(criterion_for(dataset.task)(logits, targets))
     return classification_metrics(
-        all_logits.numpy(),
+        logits.numpy(),
         targets.numpy(),
         task=dataset.task,
         label_names=dataset.label_names,
         loss=loss,
     )
+
+
+def evaluate(
+    model: nn.Module, dataset: RadiographDataset, *, device: torch.device, batch_size: int = 256
+) -> Metrics:
+    """Loss, accuracy and AUROC of ``model`` on ``dataset``."""
+    images, _ = dataset.uint8_tensors()
+    return metrics_of(logits_of(model, images, device=device, batch_size=batch_size), dataset)
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from primia.evaluate import predict as predict_module
+from primia.federated import data_owner
 from primia.federated.data_owner import ComputeSettings, DataOwner, DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
-from primia.federated.tasks import EvaluateTask, Refusal, TaskRefused, TrainTask
+from primia.federated.tasks import EvaluateTask, EvaluationDetail, Refusal, TaskRefused, TrainTask
 from primia.federated.weights import decode_like, encode
 from primia.models.checkpoint import ModelSpec
 from primia.transport.blobs import Blob
@@ -111,3 +113,42 @@ def test_refuses_a_release_beyond_its_budget(owner: DataOwner) -> None:
     greedy = dataclasses.replace(PLAN, dp=DPPlan(epsilon=5.0))
     refusal = _refusal(owner, TrainTask("t", 1, SPEC, _weights(), greedy))
     assert refusal.reason is Refusal.BUDGET_EXCEEDED and "budget" in refusal.detail
+
+
+def test_a_detailed_evaluation_passes_over_each_split_once(
+    synth_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The metrics and the detailed scores of the test split come from one forward pass
+    (a hospital's test split may be thousands of images)."""
+    owner = DataOwner(
+        data=DataSettings(path=synth_data, test_fraction=0.5),  # every site: AUROC defined
+        privacy=PrivacySettings(accountant="rdp"),
+        limits=PlanLimits(),
+        compute=ComputeSettings(threads=1),
+        state_dir=tmp_path / "state",
+        default_image_size=32,
+    )
+    forwarded: list[int] = []
+    real = data_owner.logits_of
+
+    def counting(model, images, **kwargs):  # type: ignore[no-untyped-def]
+        forwarded.append(len(images))
+        return real(model, images, **kwargs)
+
+    monkeypatch.setattr(data_owner, "logits_of", counting)
+    monkeypatch.setattr(predict_module, "logits_of", counting)
+    task = EvaluateTask("e1", 1, SPEC, _weights(), "test", detail=EvaluationDetail(resamples=20))
+    outcome = owner.evaluate(task)
+    dataset = owner.info().dataset
+    assert sorted(forwarded) == sorted([dataset.validation_examples, dataset.test_examples])
+    assert outcome.detailed is not None
+    overall = outcome.detailed.overall
+    auroc = overall.values[overall.metrics.index("auroc")]
+    compared = [
+        (auroc[column], outcome.labels[name].auroc)
+        for column, name in enumerate(overall.columns)
+        if name in outcome.labels and outcome.labels[name].auroc is not None
+    ]
+    assert compared  # the same scores behind both: the same AUROC per label
+    for detailed_auroc, pooled_auroc in compared:
+        assert detailed_auroc == pytest.approx(pooled_auroc)
