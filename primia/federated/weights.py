@@ -85,14 +85,14 @@ def view_safetensors(data: bytes | bytearray | memoryview) -> State:
         if begin != expected_begin:
             raise WeightsError(f"tensor {name} starts at byte {begin}, expected {expected_begin}")
         count = math.prod(shape)
-        if count * _itemsize(dtype) != end - begin:
+        if count * dtype.itemsize != end - begin:
             raise WeightsError(
                 f"tensor {name} is {dtype} {tuple(shape)} but spans {end - begin} bytes"
             )
         offset = start + begin
         if count == 0:
             tensor = torch.empty(shape, dtype=dtype)
-        elif offset % _itemsize(dtype):  # misaligned: a copy, rather than a slow view
+        elif offset % dtype.itemsize:  # misaligned: a copy, rather than a slow view
             tensor = torch.frombuffer(bytearray(buffer[offset : start + end]), dtype=dtype)
         else:
             tensor = torch.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
@@ -122,10 +122,6 @@ def _entry(name: str, value: Any, data_bytes: int) -> tuple[torch.dtype, list[in
     ):
         raise WeightsError(f"tensor {name} has byte range {offsets!r}, outside the data")
     return dtype, shape, offsets[0], offsets[1]
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def decode_like(

@@ -73,7 +73,6 @@ class _Partial:
         # that was only announced.
         self.buffer = bytearray()
         self.total_size = total_size
-        self.received = 0
         self.expected_sha256 = sha256
         self.hasher = hashlib.sha256()
 
@@ -104,12 +103,13 @@ class BlobAssembler:
             if found is None:
                 raise BlobError(f"chunk at offset {chunk.offset} of unknown blob {blob_id!r}")
             partial = found
-        if chunk.offset != partial.received:
+        received = len(partial.buffer)
+        if chunk.offset != received:
             del self._partial[blob_id]
             raise BlobError(
-                f"blob {blob_id!r}: chunk at offset {chunk.offset}, expected {partial.received}"
+                f"blob {blob_id!r}: chunk at offset {chunk.offset}, expected {received}"
             )
-        end = partial.received + len(data)
+        end = received + len(data)
         if end > partial.total_size:
             del self._partial[blob_id]
             raise BlobError(
@@ -117,7 +117,6 @@ class BlobAssembler:
             )
         partial.buffer += data
         partial.hasher.update(data)
-        partial.received = end
         if end < partial.total_size:
             return None
         del self._partial[blob_id]
