@@ -67,7 +67,8 @@ from primia.crypto.secagg.simulation import Credentials, Step, simulate
 from primia.federated.weights import encode
 from primia.nodes import secure_codec
 from primia.transport import pki
-from primia.transport.blobs import Blob, chunks_of
+from primia.transport.blobs import Blob
+from primia.transport.chunk_wire import messages_of
 from primia.transport.generated import federation_pb2 as pb
 
 GOAL_UPLOAD = 1.05
@@ -149,7 +150,7 @@ def _train_result(task_id: str, update_blob: str = "") -> pb.TrainResult:
 
 
 def _blob_bytes(blob: Blob) -> int:
-    return sum(pb.NodeMessage(chunk=chunk).ByteSize() for chunk in chunks_of(blob))
+    return sum(len(message) for message in messages_of(blob, envelope=True))
 
 
 class ByteCounter:

@@ -24,7 +24,7 @@ from primia.federated.coordinator import FederationStatus
 from primia.federated.registry import NodeRegistry
 from primia.nodes import codec
 from primia.nodes.session import ChunkMessages, NodeSession
-from primia.transport.blobs import MIB, BlobAssembler, BlobError
+from primia.transport.blobs import MIB, BlobAssembler, BlobChunk, BlobError
 from primia.transport.generated import federation_pb2 as pb
 from primia.transport.generated import federation_pb2_grpc as pb_grpc
 from primia.transport.pki import Identity, Role
@@ -50,14 +50,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self._chunk_messages = ChunkMessages()
 
     def Join(
-        self, request_iterator: Iterator[pb.NodeMessage], context: grpc.ServicerContext
-    ) -> Iterator[pb.CoordinatorMessage]:
+        self, request_iterator: Iterator[pb.NodeMessage | BlobChunk], context: grpc.ServicerContext
+    ) -> Iterator[pb.CoordinatorMessage | bytes]:
         identity = self._authorize(context, "Join", roles=("node",), roster=True)
         try:
             first = next(request_iterator)
         except StopIteration:
             return
-        if first.WhichOneof("kind") != "hello":
+        if isinstance(first, BlobChunk) or first.WhichOneof("kind") != "hello":
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
         try:
             info = codec.info_from_proto(first.hello)
@@ -90,7 +90,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         )
         yield from session.outbound(welcome, context.is_active)
 
-    def _read(self, session: NodeSession, messages: Iterator[pb.NodeMessage]) -> None:
+    def _read(self, session: NodeSession, messages: Iterator[pb.NodeMessage | BlobChunk]) -> None:
         try:
             for message in messages:
                 session.handle(message)
@@ -111,7 +111,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         return codec.reply_of(self._status())
 
     def Probe(
-        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+        self, request_iterator: Iterator[BlobChunk | pb.Chunk], context: grpc.ServicerContext
     ) -> pb.ProbeReceipt:
         identity = self._authorize(context, "Probe", roles=("node", "coordinator"), roster=True)
         assembler = BlobAssembler(max_size=MAX_PROBE_SIZE, max_in_flight=1)

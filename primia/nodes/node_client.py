@@ -33,11 +33,11 @@ from primia.errors import PrimiaError
 from primia.federated.data_owner import DataOwner
 from primia.federated.secure import SecureContribution
 from primia.federated.tasks import EvaluateTask, Refusal, TaskRefused, TrainOutcome, TrainTask
-from primia.nodes import codec, evaluation_codec, secure_codec
+from primia.nodes import codec, evaluation_codec, rpc, secure_codec
 from primia.nodes.config import NodeConfig
-from primia.transport.blobs import MAX_MESSAGE_SIZE, Blob, BlobAssembler, BlobError, chunks_of
+from primia.transport.blobs import MAX_MESSAGE_SIZE, Blob, BlobAssembler, BlobChunk, BlobError
+from primia.transport.chunk_wire import messages_of
 from primia.transport.generated import federation_pb2 as pb
-from primia.transport.generated import federation_pb2_grpc as pb_grpc
 from primia.transport.tls import secure_channel
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,7 @@ class NodeClient:
         with secure_channel(
             config.coordinator, config.tls, server_name=config.coordinator_name
         ) as channel:
-            stub = pb_grpc.CoordinatorStub(channel)
-            responses = stub.Join(_drain(outbound))
+            responses = rpc.join(channel)(_drain(outbound))
             stopper = threading.Thread(target=self._cancel_on_stop, args=(responses,), daemon=True)
             stopper.start()
             try:
@@ -137,8 +136,11 @@ class _Session:
         self._secure: dict[str, SecureContribution] = {}
         """The round in secure aggregation, by task id (one at a time)."""
 
-    def run(self, responses: Iterator[pb.CoordinatorMessage]) -> bool:
+    def run(self, responses: Iterator[pb.CoordinatorMessage | BlobChunk]) -> bool:
         for message in responses:
+            if isinstance(message, BlobChunk):
+                self._chunk(message)
+                continue
             kind = message.WhichOneof("kind")
             if kind == "welcome":
                 self._name = message.welcome.node_name
@@ -163,7 +165,7 @@ class _Session:
         log.warning("the coordinator closed the stream")
         return False
 
-    def _chunk(self, chunk: pb.Chunk) -> None:
+    def _chunk(self, chunk: BlobChunk | pb.Chunk) -> None:
         try:
             blob = self._assembler.add(chunk)
         except BlobError as error:
@@ -348,15 +350,15 @@ def _result_of(outcome: TrainOutcome) -> pb.TrainResult:
     return result
 
 
-def _drain(outbound: queue.Queue[object]) -> Iterator[pb.NodeMessage]:
-    """The request stream: queued messages, blobs cut into chunks as they are sent."""
+def _drain(outbound: queue.Queue[object]) -> Iterator[pb.NodeMessage | bytes]:
+    """The request stream: queued messages, blobs cut into chunk messages as they are
+    sent."""
     while True:
         item = outbound.get()
         if item is _END:
             return
         if isinstance(item, Blob):
-            for chunk in chunks_of(item):
-                yield pb.NodeMessage(chunk=chunk)
+            yield from messages_of(item, envelope=True)
         else:
             assert isinstance(item, pb.NodeMessage)
             yield item

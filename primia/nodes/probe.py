@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import grpc
 
 from primia.errors import PrimiaError
-from primia.transport.blobs import CHUNK_SIZE, MAX_CHUNK_SIZE, MIB, Blob, chunks_of
-from primia.transport.generated import federation_pb2_grpc as pb_grpc
+from primia.nodes import rpc
+from primia.transport.blobs import CHUNK_SIZE, MAX_CHUNK_SIZE, MIB, Blob
+from primia.transport.chunk_wire import messages_of
 from primia.transport.pki import TLSFiles
 from primia.transport.tls import secure_channel
 
@@ -72,18 +73,18 @@ def probe(
         payload = _random_bytes(size)
     elif size is not None and size != len(payload):
         raise ValueError(f"size={size} but the payload holds {len(payload)} bytes")
-    # chunks_of checks this too, but only once gRPC pulls the first chunk on its own thread.
+    # messages_of checks this too, but only once gRPC pulls the first chunk on its own thread.
     if not 0 < chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be in (0, {MAX_CHUNK_SIZE}], got {chunk_size}")
     blob = Blob.of("probe", payload)
     with secure_channel(address, files, server_name=server_name) as channel:
-        upload = pb_grpc.CoordinatorStub(channel).Probe
+        upload = rpc.probe(channel)
         try:
-            upload(chunks_of(Blob.of("probe", b"")), timeout=CONNECT_TIMEOUT_S)
+            upload(messages_of(Blob.of("probe", b""), envelope=False), timeout=CONNECT_TIMEOUT_S)
             started = time.perf_counter()
             # No deadline: the channel's keepalive pings notice a dead link within ~30 s,
             # however slow a live one is.
-            receipt = upload(chunks_of(blob, chunk_size))
+            receipt = upload(messages_of(blob, envelope=False, chunk_size=chunk_size))
             seconds = time.perf_counter() - started
         except grpc.RpcError as error:
             raise _failure(address, error) from error

@@ -40,7 +40,8 @@ from primia.federated.tasks import (
     TrainTask,
 )
 from primia.nodes import codec, evaluation_codec, secure_codec
-from primia.transport.blobs import Blob, BlobAssembler, BlobError, chunks_of
+from primia.transport.blobs import Blob, BlobAssembler, BlobChunk, BlobError
+from primia.transport.chunk_wire import messages_of
 from primia.transport.generated import federation_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,14 @@ class ChunkMessages:
     coordinator (all nodes get the same global weights in a round)."""
 
     def __init__(self) -> None:
-        self._latest: tuple[str, list[pb.CoordinatorMessage]] | None = None
+        self._latest: tuple[str, list[bytes]] | None = None
         self._lock = threading.Lock()
 
-    def of(self, blob: Blob) -> list[pb.CoordinatorMessage]:
+    def of(self, blob: Blob) -> list[bytes]:
+        """The blob's chunks as serialized CoordinatorMessages (see :mod:`primia.nodes.rpc`)."""
         with self._lock:
             if self._latest is None or self._latest[0] != blob.blob_id:
-                messages = [pb.CoordinatorMessage(chunk=chunk) for chunk in chunks_of(blob)]
-                self._latest = (blob.blob_id, messages)
+                self._latest = (blob.blob_id, list(messages_of(blob, envelope=True)))
             return self._latest[1]
 
 
@@ -184,7 +185,7 @@ class NodeSession:
 
     def outbound(
         self, welcome: pb.Welcome, active: Callable[[], bool]
-    ) -> Iterator[pb.CoordinatorMessage]:
+    ) -> Iterator[pb.CoordinatorMessage | bytes]:
         """The messages to send, until the session closes or the stream stops being
         ``active`` (checked every second, so a handler never outlives its stream)."""
         yield pb.CoordinatorMessage(welcome=welcome)
@@ -204,7 +205,7 @@ class NodeSession:
                 assert isinstance(item, pb.CoordinatorMessage)
                 yield item
 
-    def handle(self, message: pb.NodeMessage) -> None:
+    def handle(self, message: pb.NodeMessage | BlobChunk) -> None:
         """Take one message from the node; a bad one is answered with a ProtocolError."""
         try:
             self._dispatch(message)
@@ -215,12 +216,13 @@ class NodeSession:
     def report_error(self, detail: str) -> None:
         self._outbound.put(pb.CoordinatorMessage(error=pb.ProtocolError(detail=detail)))
 
-    def _dispatch(self, message: pb.NodeMessage) -> None:
+    def _dispatch(self, message: pb.NodeMessage | BlobChunk) -> None:
+        if isinstance(message, BlobChunk):
+            self._chunk(message)
+            return
         kind = message.WhichOneof("kind")
         if kind == "chunk":
-            blob = self._assembler.add(message.chunk)
-            if blob is not None:
-                self._received[blob.blob_id] = blob
+            self._chunk(message.chunk)
         elif kind == "train_result":
             trained = message.train_result
             self._train_result(trained, trained.update_blob, clipped=0)
@@ -251,6 +253,11 @@ class NodeSession:
             self._registry.set_activity(self.name, f"{progress.stage} ({progress.fraction:.0%})")
         else:
             raise codec.MessageError(f"unexpected {kind or 'empty'} message in a session")
+
+    def _chunk(self, chunk: BlobChunk | pb.Chunk) -> None:
+        blob = self._assembler.add(chunk)
+        if blob is not None:
+            self._received[blob.blob_id] = blob
 
     def _evaluate_result(self, result: pb.EvaluateResult) -> None:
         future = self._take(result.task_id, "evaluate")

@@ -21,10 +21,19 @@ from primia.federated.data_owner import DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
 from primia.nodes.session import NodeSession
 from primia.train.ledger import PrivacyLedger
+from primia.transport.blobs import BlobChunk
 from primia.transport.generated import federation_pb2 as pb
 
 SITES = ["site0", "site1"]
 IMAGE_SIZE = 32
+
+
+Received = pb.NodeMessage | BlobChunk
+"""What a session at the coordinator handles: chunks arrive as BlobChunks (chunk_wire)."""
+
+
+def _kind(message: Received) -> str | None:
+    return "chunk" if isinstance(message, BlobChunk) else message.WhichOneof("kind")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +48,7 @@ def two_sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(
-    consortium: Consortium, data: Path, out: Path, state: Path, received: list[pb.NodeMessage]
+    consortium: Consortium, data: Path, out: Path, state: Path, received: list[Received]
 ) -> dict:
     config = consortium.coordinator_config(
         out / "unused-run-dir",
@@ -70,10 +79,10 @@ def _run(
 def test_two_site_matrix_end_to_end_and_resumed(
     consortium: Consortium, two_sites: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    received: list[pb.NodeMessage] = []
+    received: list[Received] = []
     original = NodeSession.handle
 
-    def spy(self: NodeSession, message: pb.NodeMessage) -> None:
+    def spy(self: NodeSession, message: Received) -> None:
         received.append(message)
         original(self, message)
 
@@ -114,20 +123,25 @@ def test_two_site_matrix_end_to_end_and_resumed(
 
     # Only updates and metrics reached the coordinator: every evaluation is a detailed
     # one of metric tables, and no blob holds anything shaped like an image.
-    kinds = {message.WhichOneof("kind") for message in received}
+    kinds = {_kind(message) for message in received}
     assert kinds <= {
         *("chunk", "train_result", "evaluate_result", "refused", "progress"),
         *("keys", "shares", "masked_input", "unmask_shares"),  # secure aggregation
     }
     assert "refused" not in kinds
-    details = [m.evaluate_result for m in received if m.WhichOneof("kind") == "evaluate_result"]
+    details = [
+        m.evaluate_result
+        for m in received
+        if isinstance(m, pb.NodeMessage) and m.WhichOneof("kind") == "evaluate_result"
+    ]
     assert sum(d.HasField("detailed") for d in details) == len(models) * len(SITES)
     for detail in (d.detailed for d in details if d.HasField("detailed")):
         for group in detail.groups:
             assert len(group.values) == 8 * len(detail.metrics) * len(detail.columns)
     for message in received:
-        if message.WhichOneof("kind") == "chunk" and message.chunk.offset == 0:
-            assert message.chunk.blob_id.endswith(("-update", "-masked")), message.chunk.blob_id
+        chunk = message if isinstance(message, BlobChunk) else message.chunk
+        if _kind(message) == "chunk" and chunk.offset == 0:
+            assert chunk.blob_id.endswith(("-update", "-masked")), chunk.blob_id
 
     # Each node's ledger: two DP models at ε = 8 (its own and the federation's).
     for site in SITES:
@@ -139,6 +153,6 @@ def test_two_site_matrix_end_to_end_and_resumed(
     # Resumed: nothing is trained or evaluated again, the figures are the same.
     received.clear()
     second = _run(consortium, two_sites, out, tmp_path / "state", received)
-    kinds = {message.WhichOneof("kind") for message in received}
+    kinds = {_kind(message) for message in received}
     assert not kinds & {"train_result", "evaluate_result"}
     assert second["analysis"] == first["analysis"]

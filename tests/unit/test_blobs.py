@@ -4,6 +4,7 @@ of place, oversized or damaged is an error that forgets its blob, never a wrong 
 import os
 
 import pytest
+import torch
 
 from primia.transport.blobs import (
     CHUNK_SIZE,
@@ -11,6 +12,7 @@ from primia.transport.blobs import (
     Blob,
     BlobAssembler,
     BlobError,
+    BufferPool,
     chunks_of,
 )
 from primia.transport.generated import federation_pb2 as pb
@@ -175,3 +177,55 @@ def test_malformed_chunks_are_refused(chunk: pb.Chunk, message: str) -> None:
 def test_chunk_size_is_bounded(chunk_size: int) -> None:
     with pytest.raises(ValueError, match="chunk_size must be in"):
         next(chunks_of(Blob.of("b", b"abc"), chunk_size))
+
+
+def test_a_free_buffer_is_reused_and_a_referenced_one_is_not() -> None:
+    pool = BufferPool()
+    assembler = BlobAssembler(buffers=pool)
+    first = _assemble(list(chunks_of(Blob.of("r1", os.urandom(5 * SMALL)), SMALL)), assembler)
+    buffer_id = id(first.data)
+    # The weights of round 1 are still in use (a model built on views of the buffer).
+    weights = torch.frombuffer(first.data, dtype=torch.uint8)
+    kept = weights.clone()
+    del first
+    second_sent = Blob.of("r2", os.urandom(5 * SMALL))
+    second = _assemble(list(chunks_of(second_sent, SMALL)), assembler)
+    assert id(second.data) != buffer_id
+    assert torch.equal(weights, kept)  # round 1's weights were not overwritten
+    # Once nothing refers to round 1's buffer, round 3 is written into it.
+    del weights
+    third_sent = Blob.of("r3", os.urandom(5 * SMALL))
+    third = _assemble(list(chunks_of(third_sent, SMALL)), assembler)
+    assert id(third.data) == buffer_id
+    assert third == third_sent and second == second_sent
+    # A different size never reuses it.
+    del third
+    other = _assemble(list(chunks_of(Blob.of("r4", os.urandom(3 * SMALL)), SMALL)), assembler)
+    assert id(other.data) != buffer_id
+
+
+def test_a_corrupted_blob_in_a_reused_buffer_is_still_refused() -> None:
+    pool = BufferPool()
+    assembler = BlobAssembler(buffers=pool)
+    first = _assemble(list(chunks_of(Blob.of("r1", os.urandom(2 * SMALL)), SMALL)), assembler)
+    del first
+    chunks = list(chunks_of(Blob.of("r2", os.urandom(2 * SMALL)), SMALL))
+    chunks[1].data = bytes(SMALL)
+    assert assembler.add(chunks[0]) is None
+    with pytest.raises(BlobError, match="corrupted in transit"):
+        assembler.add(chunks[1])
+    assert pool.take(2 * SMALL) is not None  # free again after the failure
+
+
+def test_the_pool_tracks_at_most_max_bytes() -> None:
+    pool = BufferPool(max_bytes=100)
+    in_use = [bytearray(40), bytearray(40)]
+    for buffer in in_use:
+        pool.keep(buffer)
+    pool.keep(bytearray(40))  # over the limit and nothing free to drop: not tracked
+    assert pool.tracked_bytes == 80
+    in_use.pop()  # one becomes free; a new one replaces it
+    newest = bytearray(40)
+    pool.keep(newest)
+    assert pool.tracked_bytes == 80
+    assert pool.take(40) is None  # both tracked buffers are in use
