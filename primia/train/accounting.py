@@ -27,7 +27,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-from opacus.accountants import create_accountant
+import numpy as np
+from opacus.accountants import RDPAccountant, create_accountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 
 from primia.errors import ConfigError
@@ -53,11 +55,31 @@ def _check_accountant(accountant: str) -> None:
 def epsilon_of(
     history: Sequence[Mechanism], *, delta: float, accountant: AccountantName = "prv"
 ) -> float:
-    """ε at ``delta`` of the composition of every mechanism in ``history``."""
+    """ε at ``delta`` of the composition of every mechanism in ``history``.
+
+    Composition does not depend on the order of the mechanisms, and a mechanism applied
+    a times and then b times is that mechanism applied a + b times; so the history is
+    first merged to one entry per (σ, q). A node's ledger after R rounds of one plan is
+    then one entry to account, not R: the accountants' cost grows with the entries (60 ms
+    (RDP) and 140 ms (PRV) per entry and query here), and a node asks a few per round.
+    """
     _check_accountant(accountant)
-    if not history:
+    merged = merge(history)
+    if not merged:
         return 0.0
-    return _epsilon_cached(tuple(history), delta, accountant)
+    if accountant == "rdp":
+        return _rdp_epsilon(merged, delta)
+    return _epsilon_cached(merged, delta, accountant)
+
+
+def merge(history: Sequence[Mechanism]) -> tuple[Mechanism, ...]:
+    """``history`` with the steps of equal (σ, q) summed, in order of first appearance;
+    mechanisms applied zero times are left out (they release nothing)."""
+    steps: dict[tuple[float, float], int] = {}
+    for mechanism in history:
+        key = (mechanism.noise_multiplier, mechanism.sample_rate)
+        steps[key] = steps.get(key, 0) + mechanism.steps
+    return tuple(Mechanism(noise, rate, count) for (noise, rate), count in steps.items() if count)
 
 
 # Accounting is pure and slow (the PRV accountant bounds its domain with RDP at
@@ -71,6 +93,30 @@ def _epsilon_cached(
     engine.history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in history]
     with _quiet_rdp_orders():
         return float(engine.get_epsilon(delta=delta))
+
+
+def _rdp_epsilon(history: tuple[Mechanism, ...], delta: float) -> float:
+    """What Opacus' RDP accountant computes, with each mechanism's Rényi divergences at
+    one step remembered: RDP composes by addition (R(α) of k steps is k·R(α) of one), so
+    a new step count costs a multiplication, not the series at 151 orders again."""
+    rdp = sum(m.steps * np.asarray(_unit_rdp(m.noise_multiplier, m.sample_rate)) for m in history)
+    with _quiet_rdp_orders():
+        epsilon, _ = rdp_analysis.get_privacy_spent(
+            orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
+        )
+    return float(epsilon)
+
+
+@functools.lru_cache(maxsize=256)
+def _unit_rdp(noise_multiplier: float, sample_rate: float) -> tuple[float, ...]:
+    with _quiet_rdp_orders():
+        rdp = rdp_analysis.compute_rdp(
+            q=sample_rate,
+            noise_multiplier=noise_multiplier,
+            steps=1,
+            orders=RDPAccountant.DEFAULT_ALPHAS,
+        )
+    return tuple(float(value) for value in rdp)
 
 
 def noise_for_target(
