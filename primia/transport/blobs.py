@@ -95,9 +95,10 @@ class BufferPool:
     a ``memoryview``, and the tensors ``torch.frombuffer`` returns (see
     :func:`primia.federated.weights.view_safetensors`), so a buffer is never rewritten
     while a model's weights still live in it. Only buffers of exactly the requested size
-    are reused (a federation's weights and updates have the same size every round).
-    The pool tracks at most ``max_bytes`` of buffers, free or not; beyond that it drops
-    free ones, oldest first, and stops tracking new ones.
+    are reused (a federation's weights and updates have the same size every round), and
+    free buffers of other sizes are let go whenever a new buffer is kept. The pool
+    tracks at most ``max_bytes`` of buffers, free or not; beyond that it drops free ones,
+    oldest first, and stops tracking new ones.
     """
 
     def __init__(self, max_bytes: int = 2 * 1024 * MIB) -> None:
@@ -120,10 +121,19 @@ class BufferPool:
         return None
 
     def keep(self, buffer: bytearray) -> None:
-        """Track ``buffer`` (a new one, in use) to hand it out again once it is free."""
+        """Track ``buffer`` (a new one, in use) to hand it out again once it is free.
+
+        Free buffers of other sizes are let go: a blob of a new size means those are no
+        longer expected (another model, or after a one-off probe)."""
         with self._lock:
             if not buffer or any(kept is buffer for kept in self._buffers):
                 return
+            index = 0
+            while index < len(self._buffers):
+                if len(self._buffers[index]) != len(buffer) and self._free(index):
+                    del self._buffers[index]
+                else:
+                    index += 1
             self._buffers.append(buffer)
             excess = sum(len(kept) for kept in self._buffers) - self._max_bytes
             index = 0

@@ -229,3 +229,16 @@ def test_the_pool_tracks_at_most_max_bytes() -> None:
     pool.keep(newest)
     assert pool.tracked_bytes == 80
     assert pool.take(40) is None  # both tracked buffers are in use
+
+
+def test_free_buffers_of_another_size_are_let_go() -> None:
+    pool = BufferPool()
+    probe = bytearray(64)
+    pool.keep(probe)
+    in_use = bytearray(32)
+    pool.keep(in_use)
+    assert pool.tracked_bytes == 96  # the probe's buffer is still referenced
+    del probe
+    pool.keep(bytearray(16))  # a new size: the free 64-byte buffer goes, the busy one stays
+    assert pool.tracked_bytes == 32 + 16
+    assert pool.take(64) is None
