@@ -111,14 +111,15 @@ class FixedPoint:
         return total.view(_SIGNED[self.bits]).astype(np.float64) / self.scale
 
 
-def ring_bytes(values: npt.NDArray[np.unsignedinteger]) -> bytes:
+def ring_bytes(values: npt.NDArray[np.unsignedinteger]) -> memoryview:
     """Ring elements as little-endian bytes (what crosses the network), whatever this
-    machine's byte order."""
+    machine's byte order: a view of ``values`` where they already are (no copy of a
+    model-sized vector), else of a little-endian copy."""
     bits = values.dtype.itemsize * 8
-    return values.astype(_LITTLE_ENDIAN[bits], copy=False).tobytes()
+    return np.ascontiguousarray(values, dtype=_LITTLE_ENDIAN[bits]).data.cast("B")
 
 
-def ring_values(data: bytes | bytearray, bits: int) -> npt.NDArray[np.unsignedinteger]:
+def ring_values(data: bytes | bytearray | memoryview, bits: int) -> npt.NDArray[np.unsignedinteger]:
     """Ring elements from little-endian bytes, without a copy where possible (a view of
     ``data``: read-only for bytes; treat it so for a bytearray too)."""
     dtype = _LITTLE_ENDIAN[bits]

@@ -42,13 +42,13 @@ class BlobError(PrimiaError):
 @dataclass(frozen=True)
 class Blob:
     blob_id: str
-    data: bytes | bytearray
+    data: bytes | bytearray | memoryview
     """Received blobs are bytearrays, filled in place as their chunks arrive; treat
-    them as read-only."""
+    them as read-only. A blob to send may view other memory (e.g. a masked vector)."""
     sha256: bytes
 
     @classmethod
-    def of(cls, blob_id: str, data: bytes | bytearray) -> Blob:
+    def of(cls, blob_id: str, data: bytes | bytearray | memoryview) -> Blob:
         return cls(blob_id, data, hashlib.sha256(data).digest())
 
 

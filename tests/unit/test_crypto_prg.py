@@ -5,7 +5,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from scipy import stats
 
-from primia.crypto.prg import SEED_BYTES, MaskGenerator
+from primia.crypto.prg import BLOCK_BYTES, SEED_BYTES, MaskGenerator
 
 SEED = bytes(range(SEED_BYTES))
 OTHER_SEED = bytes(range(1, SEED_BYTES + 1))
@@ -36,6 +36,24 @@ def test_the_mask_is_the_aes_ctr_keystream_from_counter_zero_little_endian():
 
     assert np.array_equal(words32, np.frombuffer(keystream, dtype="<u4"))
     assert np.array_equal(words64, np.frombuffer(keystream, dtype="<u8"))
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+def test_a_mask_longer_than_a_block_is_one_keystream(dtype):
+    """Made a block at a time, the words are still one AES-CTR stream from counter 0."""
+    length = 2 * BLOCK_BYTES // np.dtype(dtype).itemsize + 3
+    encryptor = Cipher(algorithms.AES(SEED), modes.CTR(bytes(16))).encryptor()
+    keystream = encryptor.update(bytes(length * np.dtype(dtype).itemsize))
+    expected = np.frombuffer(keystream, dtype=np.dtype(dtype).newbyteorder("<"))
+    assert np.array_equal(MaskGenerator(length, dtype).mask(SEED), expected)
+    target = np.arange(length, dtype=dtype)
+    MaskGenerator(length, dtype).add(target, SEED, -1)
+    assert np.array_equal(target + expected, np.arange(length, dtype=dtype))
+
+
+def test_an_empty_vector_is_left_as_it_is():
+    generator = MaskGenerator(0, np.uint32)
+    assert generator.mask(SEED).shape == (0,)
 
 
 def test_a_mask_is_a_copy_that_later_masks_do_not_overwrite():

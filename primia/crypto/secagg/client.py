@@ -180,8 +180,11 @@ class AggregationClient:
                     f"the input is {encoded.shape} {encoded.dtype}; the round aggregates "
                     f"{self.setup.vector_length} values of {np.dtype(fixed_point.dtype).name}"
                 )
-            masked = encoded + self.mask_sum()
-            self._mask_sum = None  # the masks are used once
+            # The masks are used once: their sum becomes the masked input, in place (a new
+            # vector of the model's size would cost its pages again).
+            masked = self.mask_sum()
+            self._mask_sum = None
+            np.add(masked, encoded, out=masked)
             self.state = ClientState.MASKED
             return MaskedInput(self.setup.session, self.node, masked)
 
