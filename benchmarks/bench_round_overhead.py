@@ -9,7 +9,8 @@ this process (gRPC with mutual TLS on 127.0.0.1) and N nodes as separate process
 accounting), and runs ``--rounds`` rounds of DP-SGD on a ResNet-18 at 32 px (about 45 MB
 of float32 weights: every round sends the global weights to each node and each node's
 update back). Round 1 includes the nodes' warm-up (first data loading, allocator), so the
-rounds after it are reported, from the coordinator's ``rounds.jsonl``:
+rounds after it are reported (6 by default: a node writes received weights into memory it
+already used from round 4 on, see ``BufferPool``), from the coordinator's ``rounds.jsonl``:
 
 * ``round s``: the round's wall time at the coordinator (``seconds``: from the start of
   the round to its pooled validation metrics);
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", nargs="+", type=int, default=[3, 10], help="node counts")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds per federation; round 1 is warm-up"
+        "--rounds", type=int, default=6, help="rounds per federation; round 1 is warm-up"
     )
     parser.add_argument("--patients-per-site", type=int, default=10, help="2 images each")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work files in DIR")
