@@ -241,8 +241,7 @@ class Federation:
                 f"updates in {config.max_attempts} attempts; check that the nodes are running "
                 "and have privacy budget left (see the log above)"
             )
-        mean_update = contributions.mean_update()
-        model.load_state_dict({name: reference[name] + mean_update[name] for name in reference})
+        contributions.apply_to(model)  # the model still holds the reference weights
         for name, outcome in contributions.outcomes.items():
             self.registry.record_privacy(name, outcome.privacy)
             self.registry.record_contribution(name)

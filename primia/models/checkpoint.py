@@ -8,6 +8,7 @@ Files are written atomically: a reader sees the old checkpoint or the new one, n
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -48,9 +49,9 @@ class ModelSpec:
         )
 
     def shapes(self) -> dict[str, torch.Tensor]:
-        """The model's state as meta tensors: names, shapes and dtypes, no storage."""
-        with torch.device("meta"):
-            return self.build().state_dict()
+        """The model's state as meta tensors: names, shapes and dtypes, no storage (the
+        model is built once per spec: a node checks every weights blob against it)."""
+        return dict(_meta_state(self))
 
     def build_with(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
         """The model holding ``state``'s tensors themselves: built on the meta device and
@@ -176,3 +177,9 @@ def load_module(
     except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ModelError(f"{path} is not {what}: {error}") from error
     return module.eval(), spec
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_state(spec: ModelSpec) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        return spec.build().state_dict()
