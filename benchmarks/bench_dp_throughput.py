@@ -49,6 +49,7 @@ from machine import CpuWatch, load_average
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from primia.memory import reuse_freed_memory
 from primia.models import build_model
 from primia.train.fast_dp import FastDPSGD, vmap_clipped_grad_sum
 from primia.train.losses import PerSampleBCEWithLogits as PerSampleBCE
@@ -202,8 +203,10 @@ def _worker(
 
     A step during which other processes used more than ``MAX_FOREIGN_LOAD`` of the CPUs
     is timed but not kept, and another is run instead (up to ``steps`` more), so that
-    bursts of load from other programs on a shared machine do not skew the figure.
+    bursts of load from other programs on a shared machine do not skew the figure. The
+    allocator reuses freed blocks, as in the ``primia`` command (:mod:`primia.memory`).
     """
+    reuse_freed_memory()
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore")  # Opacus' secure-RNG and hook warnings
     try:

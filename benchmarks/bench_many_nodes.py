@@ -29,6 +29,7 @@ from primia.data.synth import SynthConfig, write_dataset
 from primia.federated.config import CoordinatorConfig, ModelConfig
 from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, TrainPlan
+from primia.memory import reuse_freed_memory
 from primia.nodes.config import NodeConfig
 from primia.nodes.node_client import NodeClient
 from primia.nodes.server import CoordinatorServer
@@ -38,6 +39,7 @@ SITES = 10
 
 
 def main() -> None:
+    reuse_freed_memory()  # as the primia command does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)

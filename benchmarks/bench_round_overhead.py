@@ -58,6 +58,7 @@ from primia.data.synth import SynthConfig, write_dataset
 from primia.federated.config import CoordinatorConfig, ModelConfig
 from primia.federated.plan import DPPlan, TrainPlan
 from primia.launch import stop_all, tail
+from primia.memory import reuse_freed_memory
 from primia.nodes.server import CoordinatorServer
 from primia.transport import pki
 
@@ -253,6 +254,7 @@ def _row(nodes: int, times: RoundTimes) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    reuse_freed_memory()  # the coordinator runs in this process, as primia's command sets it
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", nargs="+", type=int, default=[3, 10], help="node counts")
     parser.add_argument(

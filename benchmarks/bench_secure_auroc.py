@@ -22,9 +22,11 @@ import tempfile
 from pathlib import Path
 
 from primia.demo import DemoSettings, run_demo
+from primia.memory import reuse_freed_memory
 
 
 def main(argv: list[str] | None = None) -> int:
+    reuse_freed_memory()  # as the primia command does
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=DemoSettings.rounds)

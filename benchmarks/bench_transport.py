@@ -47,6 +47,7 @@ from machine import load_average
 
 from primia.federated.config import CoordinatorConfig, ModelConfig
 from primia.federated.weights import encode
+from primia.memory import reuse_freed_memory
 from primia.models import build_model
 from primia.nodes.probe import MEGABYTE, probe
 from primia.nodes.server import CoordinatorServer
@@ -77,6 +78,7 @@ class Measurement:
 
 def _serve(pki: Path, run_dir: Path, conn: Connection) -> None:
     """The coordinator's process: listen on a free loopback port until told to stop."""
+    reuse_freed_memory()  # as the primia command does
     config = CoordinatorConfig(
         tls=tls_files(pki, "coordinator"),
         roster=[NODE],
@@ -178,6 +180,7 @@ def _row(measurement: Measurement, ceiling: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    reuse_freed_memory()  # as the primia command does
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="uploads per payload (default 3)")
     parser.add_argument(

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from primia import __version__
 from primia.errors import PrimiaError
+from primia.memory import reuse_freed_memory
 
 DESCRIPTION = """\
 primia trains models on medical images that stay where they are: each institution trains
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    reuse_freed_memory()  # before any thread starts: see primia.memory
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
