@@ -40,15 +40,15 @@ from primia.federated.tasks import (
     EvaluateTask,
     EvaluationOutcome,
     LabelMetrics,
+    LocalTraining,
     NodeInfo,
     PrivacyRelease,
     PrivacyState,
     Refusal,
     TaskRefused,
-    TrainOutcome,
     TrainTask,
 )
-from primia.federated.weights import WeightsError, decode_like, encode
+from primia.federated.weights import WeightsError, decode_like
 from primia.models import model_names
 from primia.models.checkpoint import ModelSpec
 from primia.train.accounting import AccountantName
@@ -167,8 +167,11 @@ class DataOwner:
             accountant=self.ledger.accountant,
         )
 
-    def train(self, task: TrainTask, on_progress: ProgressCallback | None = None) -> TrainOutcome:
-        """Train from the task's weights under its plan; return the update (see above)."""
+    def train(self, task: TrainTask, on_progress: ProgressCallback | None = None) -> LocalTraining:
+        """Train from the task's weights under its plan (see above). The update stays
+        tensors, for the caller to encode: as safetensors
+        (:meth:`~primia.federated.tasks.LocalTraining.as_safetensors`), or into the ring
+        for secure aggregation."""
         started = time.perf_counter()
         problems = plan_problems(task.plan, self._limits, delta_budget=self._privacy.delta)
         if problems:
@@ -240,14 +243,14 @@ class DataOwner:
                 steps=report.steps,
                 max_grad_norm=report.max_grad_norm,
             )
-        return TrainOutcome(
-            update=Blob.of(f"{task.task_id}-update", encode(update)),
+        return LocalTraining(
+            update=update,
             num_examples=len(splits.train),
             train_loss=fitted.train_loss,
             steps=fitted.steps,
-            seconds=time.perf_counter() - started,
             release=release,
             privacy=self.privacy_state(),
+            started=started,
         )
 
     def evaluate(self, task: EvaluateTask) -> EvaluationOutcome:

@@ -46,8 +46,8 @@ from primia.crypto.secagg.messages import SESSION_BYTES, majority
 from primia.federated.aggregation import RoundContributions, gather
 from primia.federated.config import SecureAggregationConfig
 from primia.federated.registry import NodeLink
-from primia.federated.tasks import SecureTask, TrainOutcome, TrainTask
-from primia.federated.weights import State, view_safetensors
+from primia.federated.tasks import LocalTraining, SecureTask, TrainOutcome, TrainTask
+from primia.federated.weights import State
 
 log = logging.getLogger(__name__)
 
@@ -330,17 +330,17 @@ class SecureContribution:
         assert self.task.secure is not None  # checked when made
         return self.task.secure
 
-    def masked_input(self, outcome: TrainOutcome) -> MaskedInput:
-        """Encode the update of ``outcome`` (own data: parsing it is safe) and mask it."""
+    def masked_input(self, trained: LocalTraining) -> MaskedInput:
+        """Encode this node's update into the ring and mask it."""
         setup = self.secure.setup
-        update = view_safetensors(outcome.update.data)
+        update = trained.update
         layout = VectorLayout.of(update)
         if layout.length != setup.vector_length:
             raise ProtocolViolation(
                 f"this node's update has {layout.length} values, the round aggregates "
                 f"{setup.vector_length}: the coordinator's model differs from the task's"
             )
-        weight = node_weight(outcome.num_examples, self.secure.weight_unit)
+        weight = node_weight(trained.num_examples, self.secure.weight_unit)
         encoded = setup.fixed_point().encode(
             layout.flatten(update, weight), np.random.default_rng()
         )

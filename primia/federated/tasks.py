@@ -6,6 +6,7 @@ SHA-256); the gRPC layer moves them as chunks and these objects as protobuf mess
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -14,6 +15,7 @@ from primia.crypto.secagg import Setup
 from primia.errors import PrimiaError
 from primia.evaluate.evaluation import Evaluation
 from primia.federated.plan import TrainPlan
+from primia.federated.weights import State, encode
 from primia.models.checkpoint import ModelSpec
 from primia.transport.blobs import Blob
 
@@ -114,10 +116,46 @@ class TrainOutcome:
     train_loss: float
     steps: int
     seconds: float
+    """From the task's arrival at the node until its update was ready to send: decoding
+    the weights, training, and encoding the update (as safetensors, or into the ring and
+    masked)."""
     release: PrivacyRelease | None
     privacy: PrivacyState
     clipped: int = 0
     """Values clipped to the secure-aggregation range (0 in plaintext)."""
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """A training task's result while it is still at the node: the update as tensors, not
+    yet encoded for the coordinator (as safetensors, or masked in the ring)."""
+
+    update: State
+    """Local weights minus the task's global weights."""
+    num_examples: int
+    train_loss: float
+    steps: int
+    release: PrivacyRelease | None
+    privacy: PrivacyState
+    started: float
+    """``time.perf_counter()`` when the task arrived."""
+
+    def as_safetensors(self, blob_id: str) -> TrainOutcome:
+        """The outcome with the update as safetensors: what plaintext aggregation receives."""
+        return self.outcome(Blob.of(blob_id, encode(self.update)))
+
+    def outcome(self, update: Blob, *, clipped: int = 0) -> TrainOutcome:
+        """What the node reports, with ``update`` as it is sent; ``seconds`` end now."""
+        return TrainOutcome(
+            update=update,
+            num_examples=self.num_examples,
+            train_loss=self.train_loss,
+            steps=self.steps,
+            seconds=time.perf_counter() - self.started,
+            release=self.release,
+            privacy=self.privacy,
+            clipped=clipped,
+        )
 
 
 @dataclass(frozen=True)

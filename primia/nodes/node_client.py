@@ -32,7 +32,14 @@ from primia.crypto.secagg import AggregationFailed, ProtocolViolation
 from primia.errors import PrimiaError
 from primia.federated.data_owner import DataOwner
 from primia.federated.secure import SecureContribution
-from primia.federated.tasks import EvaluateTask, Refusal, TaskRefused, TrainOutcome, TrainTask
+from primia.federated.tasks import (
+    EvaluateTask,
+    LocalTraining,
+    Refusal,
+    TaskRefused,
+    TrainOutcome,
+    TrainTask,
+)
 from primia.nodes import codec, evaluation_codec, rpc, secure_codec
 from primia.nodes.config import NodeConfig
 from primia.transport.blobs import MAX_MESSAGE_SIZE, Blob, BlobAssembler, BlobChunk, BlobError
@@ -206,7 +213,7 @@ class _Session:
                 self._secure[task_id] = contribution
                 self._send(pb.NodeMessage(keys=secure_codec.keys_to_proto(task_id, keys)))
                 return
-            outcome = self._run_training(task)
+            outcome = self._run_training(task).as_safetensors(f"{task_id}-update")
         except Exception as error:  # any failure is an answer to this task, not a crash
             self._refuse(task_id, error)
             return
@@ -216,7 +223,7 @@ class _Session:
         result.update_blob = outcome.update.blob_id
         self._send(pb.NodeMessage(train_result=result))
 
-    def _run_training(self, task: TrainTask) -> TrainOutcome:
+    def _run_training(self, task: TrainTask) -> LocalTraining:
         log.info("round %d: training (%s)", task.round, task.task_id)
 
         def progress(fraction: float, stage: str) -> None:
@@ -226,17 +233,17 @@ class _Session:
                 )
             )
 
-        outcome = self._owner.train(task, on_progress=progress)
-        if outcome.release is not None:
+        trained = self._owner.train(task, on_progress=progress)
+        if trained.release is not None:
             log.info(
                 "round %d: released an update at eps %.2f (sigma %.2f); spent %.2f of %.2f",
                 task.round,
-                outcome.release.epsilon,
-                outcome.release.noise_multiplier,
-                outcome.privacy.epsilon_spent,
-                outcome.privacy.epsilon_budget,
+                trained.release.epsilon,
+                trained.release.noise_multiplier,
+                trained.privacy.epsilon_spent,
+                trained.privacy.epsilon_budget,
             )
-        return outcome
+        return trained
 
     def _secure_step(self, message: pb.KeyRoster | pb.ShareDelivery | pb.UnmaskRequest) -> None:
         """One step of secure aggregation for the task the message names; a message that
@@ -257,8 +264,8 @@ class _Session:
             elif isinstance(message, pb.ShareDelivery):
                 client.receive_shares(secure_codec.delivery_from_proto(message, self._name))
                 contribution.prepare_masks()
-                outcome = self._run_training(contribution.task)
-                masked = contribution.masked_input(outcome)
+                trained = self._run_training(contribution.task)
+                masked = contribution.masked_input(trained)
                 blob = Blob.of(f"{task_id}-masked", ring_bytes(masked.values))
                 self._outbound.put(blob)
                 upload = pb.MaskedInput(
@@ -266,7 +273,7 @@ class _Session:
                     session_id=masked.session,
                     vector_blob=blob.blob_id,
                     clipped=masked.clipped,
-                    result=_result_of(outcome),
+                    result=_result_of(trained.outcome(blob, clipped=masked.clipped)),
                 )
                 self._send(pb.NodeMessage(masked_input=upload))
             else:

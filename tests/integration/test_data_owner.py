@@ -54,7 +54,7 @@ def _refusal(owner: DataOwner, task: TrainTask) -> TaskRefused:
 
 def test_trains_and_returns_an_update_that_fits_the_model(owner: DataOwner) -> None:
     weights = _weights()
-    outcome = owner.train(TrainTask("t1", 1, SPEC, weights, PLAN))
+    outcome = owner.train(TrainTask("t1", 1, SPEC, weights, PLAN)).as_safetensors("u1")
     update = decode_like(outcome.update.data, SPEC.build().state_dict())
     assert any(bool(delta.abs().sum() > 0) for delta in update.values())
     assert outcome.num_examples == owner.info().dataset.train_examples

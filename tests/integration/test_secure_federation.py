@@ -15,7 +15,7 @@ from primia.crypto.keys import KeyPair
 from primia.crypto.secagg import AggregationServer, KeyRoster, MaskedInput
 from primia.federated.coordinator import FederationFailed
 from primia.federated.secure import SecureContribution
-from primia.federated.tasks import TrainOutcome
+from primia.federated.tasks import LocalTraining
 from primia.nodes.server import CoordinatorServer
 
 
@@ -50,11 +50,11 @@ def test_a_node_lost_after_sharing_its_secrets_is_unmasked_away(
     }
     masked_input = SecureContribution.masked_input
 
-    def die_at_site2(self: SecureContribution, outcome: TrainOutcome) -> MaskedInput:
+    def die_at_site2(self: SecureContribution, trained: LocalTraining) -> MaskedInput:
         if self.client.node == "site2":
             clients["site2"].stop()  # cancels its stream, as a crash would
             raise ConnectionError("site2 lost power")
-        return masked_input(self, outcome)
+        return masked_input(self, trained)
 
     monkeypatch.setattr(SecureContribution, "masked_input", die_at_site2)
     report = _run(server)

@@ -24,6 +24,7 @@ from primia.federated.plan import TrainPlan
 from primia.federated.secure import SecureAggregator, SecureContribution, VectorLayout
 from primia.federated.tasks import (
     DatasetSummary,
+    LocalTraining,
     NodeDropped,
     NodeInfo,
     PrivacyState,
@@ -32,7 +33,6 @@ from primia.federated.tasks import (
     TrainOutcome,
     TrainTask,
 )
-from primia.federated.weights import encode
 from primia.models.checkpoint import ModelSpec
 from primia.transport import pki
 from primia.transport.blobs import Blob
@@ -128,7 +128,15 @@ class InProcessNode:
             self.outcome.set_exception(NodeDropped(f"{self.name} left"))
             return
         self.contribution.client.receive_shares(delivery)
-        trained = self._outcome(Blob.of("update", encode(self.update)))
+        trained = LocalTraining(
+            update=self.update,
+            num_examples=self.examples,
+            train_loss=0.1,
+            steps=1,
+            release=None,
+            privacy=PRIVACY,
+            started=0.0,
+        )
         masked = self.contribution.masked_input(trained)
         upload = Blob.of("masked", ring_bytes(masked.values))
         self.outcome.set_result(self._outcome(upload, clipped=masked.clipped))
