@@ -50,8 +50,11 @@ from primia.transport.tls import secure_channel
 log = logging.getLogger(__name__)
 
 _END = object()
-BLOBS_KEPT = 3
-"""Recent blobs a node keeps: the weights of round t serve its evaluation and round t+1."""
+BLOBS_KEPT = 1
+"""Received blobs a node keeps. Tasks name only the latest weights sent down the stream
+(the weights of round t serve its evaluation and round t+1's training), so one is
+enough; each one more holds a model's size of memory and delays the reuse of receive
+buffers (see :class:`~primia.transport.blobs.BufferPool`) by a round."""
 _FATAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
