@@ -15,7 +15,8 @@ already used from round 4 on, see ``BufferPool``), from the coordinator's ``roun
 * ``round s``: the round's wall time at the coordinator (``seconds``: from the start of
   the round to its pooled validation metrics);
 * ``train s``: the longest node-reported training task (``train_seconds``: decoding the
-  weights, DP-SGD, encoding the update), ``eval s`` the longest node evaluation;
+  weights, DP-SGD, encoding the update, which secure aggregation encodes into the ring
+  and masks), ``eval s`` the longest node evaluation;
 * ``overhead``: ``seconds - train_seconds``, the issue's figure (evaluation counts as
   overhead: it is not local training);
 * ``coord``: ``seconds - train_seconds - evaluate_seconds``, the coordination alone:
@@ -254,7 +255,7 @@ def _row(nodes: int, times: RoundTimes) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    reuse_freed_memory()  # the coordinator runs in this process, as primia's command sets it
+    reuse_freed_memory()  # the coordinator runs in this process: as `primia coordinator serve`
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", nargs="+", type=int, default=[3, 10], help="node counts")
     parser.add_argument(

@@ -9,8 +9,9 @@ once with ``aggregation = "secure"``, and compares the rounds after the warm-up 
 
 * ``round s``: a round's wall time at the coordinator (training, secure aggregation or
   plaintext upload, and the validation evaluation);
-* ``train s``: the slowest node's training task; ``rest s`` = round s − train s: what
-  aggregation (and evaluation) add on top of training;
+* ``train s``: the slowest node's training task, until its update is ready to send
+  (with secure aggregation: encoded into the ring and masked); ``rest s`` = round s −
+  train s: what aggregation (and evaluation) add on top of training;
 * the ratio secure / plaintext of the mean round time (the issue's figure), and of the
   mean ``rest`` (what secure aggregation costs beyond the plaintext protocol).
 
@@ -34,6 +35,8 @@ from pathlib import Path
 
 from bench_round_overhead import Aggregation, RunResult, run_federation
 
+from primia.memory import reuse_freed_memory
+
 GOAL = 1.3
 
 
@@ -47,6 +50,7 @@ def _means(result: RunResult) -> tuple[float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    reuse_freed_memory()  # the coordinator runs in this process: as `primia coordinator serve`
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=10, help="nodes in the federation")
     parser.add_argument("--rounds", type=int, default=4, help="rounds; round 1 is warm-up")
