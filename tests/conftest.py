@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny synthetic multi-site dataset made once per test session."""
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,3 +23,16 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         progress=False,
     )
     return root
+
+
+@pytest.fixture(autouse=True)
+def _drop_terminal_log_handlers() -> Iterator[None]:
+    """``primia.cli.main`` sends the log to the terminal (``logging.basicConfig``), which
+    in a test is that test's captured stderr, closed when the test ends: a log line from
+    a later test (e.g. a node thread's) would then fail with "I/O operation on closed
+    file". pytest's own handlers are subclasses of StreamHandler and stay."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
