@@ -181,7 +181,9 @@ class Federation:
 
     def _run_round(self, round_number: int, model: nn.Module) -> dict[str, Any]:
         started = time.perf_counter()
-        reference = {name: t.detach().clone() for name, t in model.state_dict().items()}
+        # The aggregators read only the names, shapes and dtypes of the weights trained
+        # from, and the model changes only after they are done (apply_to): no copy needed.
+        reference = {name: t.detach() for name, t in model.state_dict().items()}
         weights = self._blob(model, f"r{round_number - 1}")
         config = self.config
         for attempt in range(1, config.max_attempts + 1):
@@ -241,7 +243,7 @@ class Federation:
                 f"updates in {config.max_attempts} attempts; check that the nodes are running "
                 "and have privacy budget left (see the log above)"
             )
-        contributions.apply_to(model)  # the model still holds the reference weights
+        contributions.apply_to(model)
         for name, outcome in contributions.outcomes.items():
             self.registry.record_privacy(name, outcome.privacy)
             self.registry.record_contribution(name)
