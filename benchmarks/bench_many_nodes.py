@@ -25,15 +25,15 @@ from pathlib import Path
 import torch
 from machine import CpuWatch, load_average
 
+from primia import pki
 from primia.data.synth import SynthConfig, write_dataset
-from primia.federated.config import CoordinatorConfig, ModelConfig
+from primia.federated.coordinator_config import CoordinatorConfig, ModelConfig
 from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, TrainPlan
 from primia.memory import reuse_freed_memory
-from primia.nodes.config import NodeConfig
-from primia.nodes.node_client import NodeClient
-from primia.nodes.server import CoordinatorServer
-from primia.transport import pki
+from primia.rpc.coordinator_server import CoordinatorServer
+from primia.rpc.node_client import NodeClient
+from primia.rpc.node_config import NodeConfig
 
 SITES = 10
 

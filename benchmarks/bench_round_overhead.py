@@ -55,13 +55,13 @@ from typing import Any, Literal
 import tomli_w
 from machine import CpuWatch, load_average
 
+from primia import pki
 from primia.data.synth import SynthConfig, write_dataset
-from primia.federated.config import CoordinatorConfig, ModelConfig
+from primia.federated.coordinator_config import CoordinatorConfig, ModelConfig
 from primia.federated.plan import DPPlan, TrainPlan
 from primia.launch import stop_all, tail
 from primia.memory import reuse_freed_memory
-from primia.nodes.server import CoordinatorServer
-from primia.transport import pki
+from primia.rpc.coordinator_server import CoordinatorServer
 
 Aggregation = Literal["secure", "plaintext"]
 GOAL_S = 2.0

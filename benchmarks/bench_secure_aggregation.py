@@ -59,17 +59,17 @@ import numpy.typing as npt
 import torch
 from machine import CpuWatch, load_average
 
+from primia import pki
+from primia.blobs import Blob
 from primia.crypto.prg import SEED_BYTES, MaskGenerator
 from primia.crypto.ring import ring_bytes
 from primia.crypto.secagg import KeyAdvertisement, MaskedInput, Setup, ShareBundle, UnmaskShares
 from primia.crypto.secagg.messages import majority
 from primia.crypto.secagg.simulation import Credentials, Step, simulate
 from primia.federated.weights import encode
-from primia.nodes import secure_codec
-from primia.transport import pki
-from primia.transport.blobs import Blob
-from primia.transport.chunk_wire import messages_of
-from primia.transport.generated import federation_pb2 as pb
+from primia.rpc import secure_codec
+from primia.rpc.chunk_wire import messages_of
+from primia.rpc.generated import federation_pb2 as pb
 
 GOAL_UPLOAD = 1.05
 """Bytes a node uploads over the float32 size of its update."""

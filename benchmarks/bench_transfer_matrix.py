@@ -26,13 +26,13 @@ from pathlib import Path
 import tomli_w
 from machine import CpuWatch, load_average
 
+from primia import pki
 from primia.data.synth import SynthConfig, write_dataset
-from primia.evaluate.matrix import TransferSettings
-from primia.evaluate.transfer import run_transfer_matrix, transfer_server
-from primia.federated.config import CoordinatorConfig, ModelConfig
+from primia.federated.coordinator_config import CoordinatorConfig, ModelConfig
 from primia.federated.plan import DPPlan, TrainPlan
 from primia.launch import free_port, start_primia, stop_all, tail
-from primia.transport import pki
+from primia.transfer.matrix import TransferSettings
+from primia.transfer.run import run_transfer_matrix, transfer_server
 
 COORDINATOR = "coordinator"
 

@@ -8,8 +8,8 @@ hashing one blob is sequential, so no transport that checks it streams faster th
 SHA-256 runs, and on a machine whose SHA-256 is slower than 40 % of its AES-GCM the
 goal cannot be met by any design that keeps the check.
 
-A coordinator (:class:`primia.nodes.server.CoordinatorServer`, a temporary PKI) runs in its
-own process, as on its own machine, and :func:`primia.nodes.probe.probe` uploads each
+A coordinator (:class:`primia.rpc.coordinator_server.CoordinatorServer`, a temporary PKI)
+runs in its own process, as on its own machine, and :func:`primia.rpc.probe.probe` uploads each
 payload to it ``--repeats`` times on a fresh mutual-TLS channel: chunks, protobuf, gRPC,
 TLS, then reassembly and the SHA-256 check on arrival, exactly as weights travel. Payloads:
 
@@ -45,14 +45,14 @@ from pathlib import Path
 import torch
 from machine import load_average
 
-from primia.federated.config import CoordinatorConfig, ModelConfig
+from primia.blobs import CHUNK_SIZE, MAX_CHUNK_SIZE, MIB
+from primia.federated.coordinator_config import CoordinatorConfig, ModelConfig
 from primia.federated.weights import encode
 from primia.memory import reuse_freed_memory
 from primia.models import build_model
-from primia.nodes.probe import MEGABYTE, probe
-from primia.nodes.server import CoordinatorServer
-from primia.transport.blobs import CHUNK_SIZE, MAX_CHUNK_SIZE, MIB
-from primia.transport.pki import TLSFiles, init_ca, issue, tls_files
+from primia.pki import TLSFiles, init_ca, issue, tls_files
+from primia.rpc.coordinator_server import CoordinatorServer
+from primia.rpc.probe import MEGABYTE, probe
 
 GOAL = 0.40
 """Of the AES-128-GCM speed of one core at 16 KB blocks."""

@@ -17,7 +17,6 @@ raise :class:`~primia.errors.ConfigError`.
 from __future__ import annotations
 
 import dataclasses
-import os
 import tomllib
 import types
 import typing
@@ -27,6 +26,7 @@ from typing import Any, TypeVar
 import tomli_w
 
 from primia.errors import ConfigError
+from primia.files import atomic_write_bytes
 
 T = TypeVar("T")
 
@@ -105,27 +105,6 @@ def to_mapping(config: Any) -> dict[str, Any]:
 def write_toml(config: Any, path: Path) -> None:
     """Write ``config`` as TOML, atomically."""
     atomic_write_bytes(path, tomli_w.dumps(to_mapping(config)).encode())
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` so that ``path`` holds either the old or the new content, never half.
-
-    The bytes go to a temporary file in the same folder, are flushed to disk, and the file
-    is renamed over ``path`` (atomic on POSIX); the folder is synced so the rename survives
-    a power cut.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _convert(value: Any, hint: Any, where: str) -> Any:

@@ -27,13 +27,13 @@ from typing import Any
 
 import tomli_w
 
+from primia import pki
 from primia.data.synth import SynthConfig, write_dataset
 from primia.errors import ConfigError, PrimiaError
 from primia.federated.coordinator import FederationStatus
 from primia.federated.registry import NodeStatus
 from primia.launch import free_port, start_primia, stop_all, tail
-from primia.nodes.status import StatusUnavailable, fetch_status
-from primia.transport import pki
+from primia.rpc.status import StatusUnavailable, fetch_status
 
 MARKER = ".primia-demo"
 COORDINATOR = "coordinator"

@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from primia.anonymize.checkpoint import load_generator
-from primia.config import atomic_write_bytes
 from primia.data import only_site, open_dataset
 from primia.data.dataset import Task
 from primia.errors import ConfigError, DataError
+from primia.files import atomic_write_bytes
 from primia.train.local import resolve_device
 from primia.train.loops import to_float
 

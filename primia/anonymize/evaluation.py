@@ -26,11 +26,11 @@ from primia.anonymize.checkpoint import load_generator
 from primia.audit.reid import ImageTransform, ReidAudit, ReidConfig, run_reid_audit
 from primia.data import load_splits
 from primia.evaluate.evaluation import Comparison, Evaluation, compare, evaluate_scores
-from primia.evaluate.predict import predict_images
 from primia.evaluate.subgroups import attributes_of
 from primia.models.checkpoint import ModelSpec
-from primia.train.config import DPConfig, TrainConfig
+from primia.scoring.predict import predict_images
 from primia.train.local import fit, resolve_device
+from primia.train.train_config import DPConfig, TrainConfig
 
 
 @dataclass(frozen=True)

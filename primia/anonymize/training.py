@@ -47,10 +47,11 @@ from torch.utils.tensorboard import SummaryWriter
 from primia.anonymize.checkpoint import GeneratorSpec, save_generator
 from primia.audit.pairs import PatientIndex
 from primia.audit.verifier import SiameseVerifier
-from primia.config import atomic_write_bytes, write_toml
+from primia.config import write_toml
 from primia.data import load_splits
 from primia.data.dataset import RadiographDataset
 from primia.errors import ConfigError
+from primia.files import atomic_write_bytes
 from primia.models import build_model
 from primia.train.local import resolve_device
 from primia.train.loops import to_float

@@ -17,7 +17,7 @@ from PIL import Image
 from primia import __version__
 from primia.audit.reid import ReidAudit
 from primia.audit.verifier import SiameseVerifier, save_verifier
-from primia.config import atomic_write_bytes
+from primia.files import atomic_write_bytes
 
 MIN_TILE_PX = 96
 GAP_PX = 6

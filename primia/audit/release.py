@@ -36,7 +36,7 @@ from torch.func import functional_call
 from primia.crypto.ring import FixedPoint
 from primia.data.dataset import Task
 from primia.errors import ConfigError
-from primia.federated.config import SecureAggregationConfig
+from primia.federated.coordinator_config import SecureAggregationConfig
 from primia.train.accounting import Mechanism, epsilon_of
 from primia.train.losses import criterion_for
 
@@ -192,7 +192,7 @@ def secure_mean(updates: Sequence[Update], rng: np.random.Generator) -> Update:
     """The mean of the updates as secure aggregation reveals it to the coordinator.
 
     Each node encodes its flattened update in fixed point (the federation's default
-    encoding: :class:`~primia.federated.config.SecureAggregationConfig`, a 32-bit ring,
+    encoding: :class:`~primia.federated.coordinator_config.SecureAggregationConfig`, a 32-bit ring,
     values clipped to ±8, stochastic rounding) and the protocol of
     :mod:`primia.crypto.secagg` reveals the ring sum of the encodings (the pairwise masks
     cancel exactly; ``tests/unit/test_secagg.py``), which the coordinator decodes and

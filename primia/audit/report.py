@@ -37,7 +37,7 @@ from primia.audit.results import (
     ImageScore,
     InversionAudit,
 )
-from primia.config import atomic_write_bytes
+from primia.files import atomic_write_bytes
 
 MAX_GRID_IMAGES = 16
 """A grid shows at most this many originals (the HTML says when more were attacked)."""

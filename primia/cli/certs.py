@@ -7,7 +7,7 @@ from pathlib import Path
 
 from primia.cli.groups import print_help
 from primia.errors import ConfigError
-from primia.transport.pki import (
+from primia.pki import (
     DEFAULT_CA_DAYS,
     DEFAULT_CERT_DAYS,
     ROLES,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from primia.cli.connection import add_connection_arguments, tls_files_of
-from primia.nodes.probe import MEGABYTE, probe
+from primia.rpc.probe import MEGABYTE, probe
 
 DESCRIPTION = """\
 Upload random bytes to a running coordinator exactly as weights travel (mutual TLS,

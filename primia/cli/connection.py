@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from primia.transport.pki import TLSFiles
+from primia.pki import TLSFiles
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:

@@ -184,7 +184,7 @@ def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from primia.evaluate.local import EvaluateConfig, evaluate_checkpoint
+    from primia.scoring.checkpoint import EvaluateConfig, evaluate_checkpoint
 
     config = EvaluateConfig(
         model=args.model,
@@ -254,9 +254,9 @@ def _comparison_table(comparison: Comparison, first: Path, second: Path) -> Tabl
 
 def _transfer_matrix(args: argparse.Namespace) -> int:
     from primia.cli.federation import stop_on_sigterm
-    from primia.evaluate.matrix import TransferSettings
-    from primia.evaluate.transfer import run_transfer_matrix
-    from primia.federated.config import load_coordinator_config
+    from primia.federated.coordinator_config import load_coordinator_config
+    from primia.transfer.matrix import TransferSettings
+    from primia.transfer.run import run_transfer_matrix
 
     config = load_coordinator_config(args.config)
     if args.listen:

@@ -15,10 +15,10 @@ from rich.logging import RichHandler
 from primia.cli.connection import add_connection_arguments, tls_files_of
 from primia.cli.groups import print_help
 from primia.federated.display import LiveStatus, render
-from primia.nodes.config import NodeConfig, load_node_config
-from primia.nodes.node_client import NodeClient
-from primia.nodes.server import CoordinatorServer
-from primia.nodes.status import fetch_status
+from primia.rpc.coordinator_server import CoordinatorServer
+from primia.rpc.node_client import NodeClient
+from primia.rpc.node_config import NodeConfig, load_node_config
+from primia.rpc.status import fetch_status
 
 COORDINATOR_EPILOG = """\
 A consortium, step by step:
@@ -113,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _serve_coordinator(args: argparse.Namespace) -> int:
-    from primia.federated.config import load_coordinator_config
+    from primia.federated.coordinator_config import load_coordinator_config
 
     config = load_coordinator_config(args.config)
     overrides = {

@@ -120,14 +120,14 @@ def _add_config(parser: argparse.ArgumentParser, text: str) -> None:
 
 
 def _crypto_provider(args: argparse.Namespace) -> int:
-    from primia.inference.config import load_crypto_provider_config
+    from primia.inference.party_config import load_crypto_provider_config
     from primia.inference.server import crypto_provider_server
 
     return _run_server(crypto_provider_server(load_crypto_provider_config(args.config)))
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from primia.inference.config import load_model_owner_config
+    from primia.inference.party_config import load_model_owner_config
     from primia.inference.server import model_owner_server
 
     return _run_server(model_owner_server(load_model_owner_config(args.config), args.model))
@@ -150,8 +150,8 @@ def _run_server(server: InferenceServer) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from primia.errors import ConfigError
     from primia.inference.client import describe_model, predict
-    from primia.inference.config import load_data_owner_config
     from primia.inference.inputs import load_images, output_names
+    from primia.inference.party_config import load_data_owner_config
 
     config = load_data_owner_config(args.config)
     served = describe_model(config)

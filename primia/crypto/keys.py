@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from primia import pki
 from primia.errors import PrimiaError
-from primia.transport import pki
 
 PUBLIC_KEY_BYTES = 32
 NONCE_BYTES = 12

@@ -21,11 +21,23 @@ import numpy.typing as npt
 from primia.errors import ConfigError
 
 RING_BITS = (32, 64)
+"""The ring sizes k of Z_2^k that the encoding supports."""
 _UNSIGNED = {32: np.uint32, 64: np.uint64}
 _SIGNED = {32: np.int32, 64: np.int64}
 _BLOCK = 1 << 16
 """Values encoded at a time: 512 KiB of float64, so the block and its noise stay in cache."""
 _LITTLE_ENDIAN: dict[int, np.dtype[np.unsignedinteger]] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
+
+
+def ring_bits_problem(bits: int) -> str | None:
+    """What is wrong with ``bits`` as the ring's k, or None when it is one of
+    :data:`RING_BITS` (the one check that the configuration, the protocol's messages and
+    the encoding share).
+
+    >>> ring_bits_problem(48)
+    'must be 32 or 64, not 48'
+    """
+    return None if bits in RING_BITS else f"must be 32 or 64, not {bits}"
 
 
 @dataclass(frozen=True)
@@ -44,8 +56,8 @@ class FixedPoint:
     clip: float
 
     def __post_init__(self) -> None:
-        if self.bits not in RING_BITS:
-            raise ConfigError(f"ring bits must be 32 or 64, not {self.bits}")
+        if problem := ring_bits_problem(self.bits):
+            raise ConfigError(f"ring bits {problem}")
         if not (self.clip > 0 and np.isfinite(self.clip)):
             raise ConfigError(f"the clipping range must be a positive number, not {self.clip}")
         if not self.scale >= 1:

@@ -1,15 +1,15 @@
-"""Evaluation: classification metrics with bootstrap intervals, paired comparisons,
-subgroups, and the domain-transfer matrix across a consortium's sites.
+"""Evaluation statistics: classification metrics with bootstrap intervals, paired
+comparisons and subgroups, on arrays of scores and labels (no models, no network).
 
-* :mod:`~primia.evaluate.metrics` — metrics at a threshold, for many sample weightings
-  at once; :mod:`~primia.evaluate.bootstrap` — resamples, intervals, paired p-values;
-* :mod:`~primia.evaluate.evaluation` — one model on one dataset (thresholds from
+* :mod:`~primia.evaluate.metrics` — metrics at a threshold (and AUROC), for many sample
+  weightings at once; :mod:`~primia.evaluate.bootstrap` — resamples, intervals, paired
+  p-values;
+* :mod:`~primia.evaluate.evaluation` — one model's scores on one dataset (thresholds from
   validation, metrics on test, subgroups) and :func:`compare` of two models;
-* :mod:`~primia.evaluate.local` — the same from a checkpoint and a data folder
-  (``primia evaluate``);
-* :mod:`~primia.evaluate.matrix` — the domain-transfer matrix over real nodes
-  (``primia transfer-matrix``), :mod:`~primia.evaluate.analysis` its figures and
-  :mod:`~primia.evaluate.report` its files.
+* :mod:`~primia.evaluate.subgroups` — subgroups by patient attributes;
+  :mod:`~primia.evaluate.store` — an evaluation on disk.
+
+Scores come from :mod:`primia.scoring`; the transfer matrix is :mod:`primia.transfer`.
 """
 
 from primia.evaluate.evaluation import (

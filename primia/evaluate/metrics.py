@@ -153,6 +153,21 @@ def metric_table(
     return table
 
 
+def auroc(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float | None:
+    """Area under the ROC curve of ``scores`` for binary ``labels``; None if undefined
+    (one class only). The unweighted case of :func:`weighted_auroc`: the Mann–Whitney U
+    statistic over P·N positive–negative pairs, ties counting one half.
+
+    >>> auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    0.75
+    """
+    positive = np.asarray(labels).astype(bool).ravel()
+    if positive.all() or not positive.any():
+        return None
+    values = np.asarray(scores, dtype=np.float64).ravel()
+    return float(weighted_auroc(values, positive, np.ones((1, values.size)))[0])
+
+
 def weighted_auroc(
     scores: FloatArray, positive: npt.NDArray[np.bool_], weights: FloatArray
 ) -> FloatArray:

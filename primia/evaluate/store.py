@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from primia.config import atomic_write_bytes
 from primia.errors import DataError
 from primia.evaluate.evaluation import Evaluation, MetricTable
+from primia.files import atomic_write_bytes
 
 
 def save_evaluation(stem: Path, evaluation: Evaluation, meta: dict[str, Any] | None = None) -> None:

@@ -34,9 +34,10 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
+from primia.blobs import Blob
 from primia.errors import PrimiaError
 from primia.federated.aggregation import Aggregator, PlaintextAggregator
-from primia.federated.config import CoordinatorConfig
+from primia.federated.coordinator_config import CoordinatorConfig
 from primia.federated.evaluation import pool
 from primia.federated.registry import NodeLink, NodeRegistry, NodeStatus
 from primia.federated.rundir import RunDirectory
@@ -50,7 +51,6 @@ from primia.federated.tasks import (
     TrainTask,
 )
 from primia.federated.weights import encode
-from primia.transport.blobs import Blob
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Federation:
         try:
             for round_number in range(first, self.config.rounds + 1):
                 if self._stop.is_set():
-                    raise FederationFailed("stopped before round {round_number}")
+                    raise FederationFailed(f"stopped before round {round_number}")
                 record = self._run_round(round_number, model)
                 self.run_dir.record_round(record, model, self.spec)
                 records.append(record)

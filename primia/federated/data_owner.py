@@ -28,12 +28,11 @@ import numpy as np
 import torch
 
 from primia import __version__
-from primia.config import atomic_write_bytes
+from primia.blobs import Blob
 from primia.data import RadiographDataset, Splits, only_site, open_dataset, patient_split
 from primia.errors import ConfigError, PrivacyBudgetExceeded
 from primia.evaluate.bootstrap import secret_seed
 from primia.evaluate.evaluation import evaluate_scores
-from primia.evaluate.predict import dataset_scores, predict
 from primia.federated.plan import PlanLimits, plan_problems
 from primia.federated.tasks import (
     DatasetSummary,
@@ -49,13 +48,14 @@ from primia.federated.tasks import (
     TrainTask,
 )
 from primia.federated.weights import WeightsError, decode_like
+from primia.files import atomic_write_bytes
 from primia.models import model_names
 from primia.models.checkpoint import ModelSpec
+from primia.scoring.predict import dataset_scores, predict
 from primia.train.accounting import AccountantName
-from primia.train.config import LEDGER_FILENAME, DPConfig, GradSampleMode, TrainConfig
 from primia.train.ledger import Budget, PrivacyLedger
 from primia.train.local import fit, logits_of, metrics_of, resolve_device
-from primia.transport.blobs import Blob
+from primia.train.train_config import LEDGER_FILENAME, DPConfig, GradSampleMode, TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,9 @@ from typing import Any
 
 from torch import nn
 
-from primia.config import atomic_write_bytes, write_toml
+from primia.config import write_toml
 from primia.errors import ConfigError
+from primia.files import atomic_write_bytes
 from primia.models.checkpoint import ModelSpec, load_model, save_model
 
 

@@ -44,7 +44,7 @@ from primia.crypto.secagg import (
 )
 from primia.crypto.secagg.messages import SESSION_BYTES, majority
 from primia.federated.aggregation import RoundContributions, gather
-from primia.federated.config import SecureAggregationConfig
+from primia.federated.coordinator_config import SecureAggregationConfig
 from primia.federated.registry import NodeLink
 from primia.federated.tasks import LocalTraining, SecureTask, TrainOutcome, TrainTask
 from primia.federated.weights import State

@@ -1,6 +1,6 @@
 """What a coordinator asks of a node, and what comes back, free of any transport.
 
-Weights travel as :class:`~primia.transport.blobs.Blob` (safetensors bytes with their
+Weights travel as :class:`~primia.blobs.Blob` (safetensors bytes with their
 SHA-256); the gRPC layer moves them as chunks and these objects as protobuf messages.
 """
 
@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
+from primia.blobs import Blob
 from primia.crypto.secagg import Setup
 from primia.errors import PrimiaError
 from primia.evaluate.evaluation import Evaluation
 from primia.federated.plan import TrainPlan
 from primia.federated.weights import State, encode
 from primia.models.checkpoint import ModelSpec
-from primia.transport.blobs import Blob
 
 Split = Literal["validation", "test"]
 

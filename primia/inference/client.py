@@ -23,7 +23,6 @@ import torch
 
 from primia.errors import PrimiaError
 from primia.inference import processes
-from primia.inference.config import DataOwnerConfig
 from primia.inference.inputs import check_images, probabilities
 from primia.inference.parties import (
     DATA_OWNER,
@@ -32,11 +31,12 @@ from primia.inference.parties import (
     Rendezvous,
     use_network_interface,
 )
+from primia.inference.party_config import DataOwnerConfig
 from primia.models.checkpoint import ModelSpec
-from primia.nodes.codec import MessageError, spec_from_proto
-from primia.transport.generated import inference_pb2 as pb
-from primia.transport.generated import inference_pb2_grpc as pb_grpc
-from primia.transport.tls import secure_channel
+from primia.rpc.codec import MessageError, spec_from_proto
+from primia.rpc.generated import inference_pb2 as pb
+from primia.rpc.generated import inference_pb2_grpc as pb_grpc
+from primia.rpc.tls import secure_channel
 
 CALL_TIMEOUT_S = 60.0
 """How long a Describe or OpenSession call may take (the latter starts processes)."""

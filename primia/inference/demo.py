@@ -26,15 +26,15 @@ import tomli_w
 import torch
 from PIL import Image
 
+from primia import pki
 from primia.data.synth import SynthConfig, generate
 from primia.errors import PrimiaError
 from primia.inference.client import PredictionFailed, describe_model, predict
-from primia.inference.config import DataOwnerConfig, load_data_owner_config
 from primia.inference.inputs import load_images, output_names, probabilities
+from primia.inference.party_config import DataOwnerConfig, load_data_owner_config
 from primia.inference.server import load_served_model
 from primia.launch import free_port, start_primia, stop_all, tail
 from primia.models.checkpoint import find_checkpoint, load_model
-from primia.transport import pki
 
 PARTIES = ("model-owner", "crypto-provider", "data-owner")
 STARTUP_TIMEOUT_S = 120.0

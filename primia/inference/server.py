@@ -19,8 +19,8 @@ import grpc
 
 from primia.errors import ConfigError
 from primia.federated.weights import encode
-from primia.inference.config import CryptoProviderConfig, ModelOwnerConfig
 from primia.inference.parties import Rendezvous, use_network_interface
+from primia.inference.party_config import CryptoProviderConfig, ModelOwnerConfig
 from primia.inference.service import CryptoProviderService, ModelOwnerService
 from primia.inference.sessions import (
     Dealer,
@@ -31,10 +31,10 @@ from primia.inference.sessions import (
     SessionTable,
 )
 from primia.models.checkpoint import ModelSpec, find_checkpoint, load_model
-from primia.transport.generated import inference_pb2 as pb
-from primia.transport.generated import inference_pb2_grpc as pb_grpc
-from primia.transport.pki import TLSFiles
-from primia.transport.tls import secure_channel, server_credentials, server_options
+from primia.pki import TLSFiles
+from primia.rpc.generated import inference_pb2 as pb
+from primia.rpc.generated import inference_pb2_grpc as pb_grpc
+from primia.rpc.tls import secure_channel, server_credentials, server_options
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ import grpc
 from primia.inference.parties import CRYPTO_PROVIDER, DATA_OWNER, Rendezvous
 from primia.inference.sessions import DealerSessions, ModelOwnerSessions, Refusal, SessionRefused
 from primia.models.checkpoint import ModelSpec
-from primia.nodes.codec import spec_to_proto
-from primia.transport.generated import inference_pb2 as pb
-from primia.transport.generated import inference_pb2_grpc as pb_grpc
-from primia.transport.pki import Identity
-from primia.transport.tls import abort, authorize
+from primia.pki import Identity
+from primia.rpc.codec import spec_to_proto
+from primia.rpc.generated import inference_pb2 as pb
+from primia.rpc.generated import inference_pb2_grpc as pb_grpc
+from primia.rpc.tls import abort, authorize
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from primia.config import atomic_write_bytes
 from primia.errors import ModelError
+from primia.files import atomic_write_bytes
 from primia.models.registry import build_model
 
 SPEC_KEY = "primia.model_spec"

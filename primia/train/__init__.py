@@ -1,8 +1,8 @@
 """Local training with and without differential privacy, and the privacy ledger."""
 
-from primia.train.config import DPConfig, TrainConfig
 from primia.train.ledger import Budget, PrivacyLedger
 from primia.train.local import PrivacyReport, TrainResult, evaluate, resolve_device, train_local
+from primia.train.train_config import DPConfig, TrainConfig
 
 __all__ = [
     "Budget",

@@ -32,8 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from primia.config import atomic_write_bytes
 from primia.errors import ConfigError, LedgerError, PrivacyBudgetExceeded
+from primia.files import atomic_write_bytes
 from primia.train.accounting import ACCOUNTANTS, AccountantName, Mechanism, epsilon_of
 
 FORMAT_VERSION = 1

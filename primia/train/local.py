@@ -44,12 +44,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from primia.config import atomic_write_bytes, write_toml
+from primia.config import write_toml
 from primia.data import RadiographDataset, open_dataset, patient_split
+from primia.files import atomic_write_bytes
 from primia.models import check_model
 from primia.models.checkpoint import ModelSpec, save_model
 from primia.train.accounting import Mechanism, epsilon_of, noise_for_target
-from primia.train.config import TrainConfig
 from primia.train.ledger import Budget, PrivacyLedger
 from primia.train.loops import EpochLoop, FastDPLoop, OpacusLoop, PlainLoop, to_float
 from primia.train.losses import criterion_for
@@ -57,6 +57,7 @@ from primia.train.metrics import Metrics, classification_metrics
 from primia.train.progress import TrainingProgress
 from primia.train.randomness import os_seeded_generator
 from primia.train.runlog import RunLog
+from primia.train.train_config import TrainConfig
 
 
 @dataclass(frozen=True)

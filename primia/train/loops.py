@@ -31,11 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 from primia.data.dataset import Task
 from primia.models.checkpoint import unwrap
 from primia.train.accounting import Mechanism
-from primia.train.config import TrainConfig
 from primia.train.fast_dp import FastDPSGD
 from primia.train.losses import criterion_for
 from primia.train.progress import TrainingProgress
 from primia.train.randomness import os_seeded_generator
+from primia.train.train_config import TrainConfig
 
 
 class EpochLoop(Protocol):

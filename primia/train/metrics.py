@@ -1,9 +1,8 @@
 """Classification metrics for the three tasks: loss, accuracy and AUROC per label.
 
-AUROC is computed from ranks (the Mann–Whitney U statistic): with ``r_i`` the mid-ranks of
-the scores, ``AUROC = (Σ_{i positive} r_i − P(P+1)/2) / (P·N)`` for P positives and N
-negatives; ties count one half. It is undefined when a label has only one class in the
-data; such labels report ``None`` and are left out of the mean.
+AUROC is :func:`primia.evaluate.metrics.auroc` (the Mann–Whitney U statistic, ties count
+one half). It is undefined when a label has only one class in the data; such labels report
+``None`` and are left out of the mean.
 
 * binary and multilabel: scores are the sigmoid of each logit, a prediction is
   ``score ≥ 0.5``, one AUROC per label;
@@ -17,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 from primia.data.dataset import Task
+from primia.evaluate.metrics import auroc
 
 
 @dataclass(frozen=True)
@@ -41,18 +40,6 @@ class Metrics:
         }
         values.update({f"{prefix}auroc/{name}": value for name, value in self.auroc.items()})
         return values
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """Area under the ROC curve of ``scores`` for binary ``labels``; None if undefined."""
-    labels = np.asarray(labels).astype(bool)
-    positives = int(labels.sum())
-    negatives = labels.size - positives
-    if positives == 0 or negatives == 0:
-        return None
-    ranks = rankdata(scores)
-    u_statistic = ranks[labels].sum() - positives * (positives + 1) / 2
-    return float(u_statistic / (positives * negatives))
 
 
 def classification_metrics(

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from primia.federated.config import CoordinatorConfig, ModelConfig
+from primia import pki
+from primia.federated.coordinator_config import CoordinatorConfig, ModelConfig
 from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, TrainPlan
-from primia.nodes.config import NodeConfig
-from primia.nodes.node_client import NodeClient
-from primia.transport import pki
+from primia.rpc.node_client import NodeClient
+from primia.rpc.node_config import NodeConfig
 
 SITES = ("site0", "site1", "site2")
 

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from primia.cli import main
-from primia.transport.pki import issue, tls_files, verify_peer
+from primia.pki import issue, tls_files, verify_peer
 
 
 def test_init_issue_list(tmp_path, capsys):

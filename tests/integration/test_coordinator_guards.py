@@ -12,13 +12,13 @@ import grpc
 import pytest
 from conftest import Consortium
 
+from primia import pki
 from primia.cli import main
-from primia.nodes.server import CoordinatorServer
-from primia.nodes.status import fetch_status
-from primia.transport import pki
-from primia.transport.generated import federation_pb2 as pb
-from primia.transport.generated import federation_pb2_grpc as pb_grpc
-from primia.transport.tls import secure_channel
+from primia.rpc.coordinator_server import CoordinatorServer
+from primia.rpc.generated import federation_pb2 as pb
+from primia.rpc.generated import federation_pb2_grpc as pb_grpc
+from primia.rpc.status import fetch_status
+from primia.rpc.tls import secure_channel
 
 
 @pytest.fixture

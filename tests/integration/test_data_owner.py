@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from primia.blobs import Blob
 from primia.evaluate import predict as predict_module
 from primia.federated import data_owner
 from primia.federated.data_owner import ComputeSettings, DataOwner, DataSettings, PrivacySettings
@@ -16,7 +17,6 @@ from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
 from primia.federated.tasks import EvaluateTask, EvaluationDetail, Refusal, TaskRefused, TrainTask
 from primia.federated.weights import decode_like, encode
 from primia.models.checkpoint import ModelSpec
-from primia.transport.blobs import Blob
 
 SPEC = ModelSpec(
     architecture="cnn",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from conftest import Consortium
 
+from primia.blobs import Blob
 from primia.federated.coordinator import FederationStatus
 from primia.federated.data_owner import DataSettings
 from primia.federated.registry import NodeRegistry
@@ -20,8 +21,7 @@ from primia.federated.tasks import (
 )
 from primia.federated.weights import encode
 from primia.models.checkpoint import ModelSpec
-from primia.nodes.server import CoordinatorServer
-from primia.transport.blobs import Blob
+from primia.rpc.coordinator_server import CoordinatorServer
 
 SITE = "site0"
 

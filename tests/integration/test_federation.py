@@ -13,8 +13,8 @@ from primia.federated.coordinator import FederationFailed
 from primia.federated.data_owner import PrivacySettings
 from primia.federated.plan import DPPlan, TrainPlan
 from primia.models.checkpoint import load_model
-from primia.nodes.server import CoordinatorServer
-from primia.nodes.status import fetch_status
+from primia.rpc.coordinator_server import CoordinatorServer
+from primia.rpc.status import fetch_status
 from primia.train.ledger import PrivacyLedger
 
 

@@ -15,7 +15,7 @@ import tomli_w
 from conftest import SITES, Consortium, rounds_of, wait_until
 
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
-from primia.nodes.server import CoordinatorServer
+from primia.rpc.coordinator_server import CoordinatorServer
 from primia.train.ledger import PrivacyLedger
 
 

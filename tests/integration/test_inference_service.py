@@ -22,19 +22,19 @@ import tomli_w
 import torch
 from PIL import Image
 
+from primia import pki
 from primia.errors import DataError
 from primia.inference import processes
 from primia.inference.client import PredictionFailed, describe_model, predict
-from primia.inference.config import CryptoProviderConfig, DataOwnerConfig, ModelOwnerConfig
 from primia.inference.parties import Rendezvous
+from primia.inference.party_config import CryptoProviderConfig, DataOwnerConfig, ModelOwnerConfig
 from primia.inference.server import InferenceServer, crypto_provider_server, model_owner_server
 from primia.inference.sessions import SessionState
 from primia.launch import free_port
 from primia.models.checkpoint import ModelSpec, save_model
-from primia.transport import pki
-from primia.transport.generated import inference_pb2 as pb
-from primia.transport.generated import inference_pb2_grpc as pb_grpc
-from primia.transport.tls import secure_channel
+from primia.rpc.generated import inference_pb2 as pb
+from primia.rpc.generated import inference_pb2_grpc as pb_grpc
+from primia.rpc.tls import secure_channel
 
 pytestmark = pytest.mark.slow
 

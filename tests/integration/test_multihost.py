@@ -28,11 +28,11 @@ from conftest import SITES, rounds_of, wait_until
 from netns import Host, VirtualNetwork, unavailable
 from safetensors.torch import load_file
 
+from primia import pki
 from primia.data import open_dataset
 from primia.models import build_model
 from primia.models.checkpoint import ModelSpec, save_model
 from primia.train.ledger import PrivacyLedger
-from primia.transport import pki
 
 REASON = unavailable()
 pytestmark = [

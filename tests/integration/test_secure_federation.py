@@ -16,7 +16,7 @@ from primia.crypto.secagg import AggregationServer, KeyRoster, MaskedInput
 from primia.federated.coordinator import FederationFailed
 from primia.federated.secure import SecureContribution
 from primia.federated.tasks import LocalTraining
-from primia.nodes.server import CoordinatorServer
+from primia.rpc.coordinator_server import CoordinatorServer
 
 
 def _run(server: CoordinatorServer) -> dict[str, Any]:

@@ -14,15 +14,15 @@ import pytest
 from conftest import Consortium
 from PIL import Image
 
+from primia.blobs import BlobChunk
 from primia.data.synth import SynthConfig, write_dataset
-from primia.evaluate.matrix import TransferSettings
-from primia.evaluate.transfer import run_transfer_matrix, transfer_server
 from primia.federated.data_owner import DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
-from primia.nodes.session import NodeSession
+from primia.rpc.coordinator_session import NodeSession
+from primia.rpc.generated import federation_pb2 as pb
 from primia.train.ledger import PrivacyLedger
-from primia.transport.blobs import BlobChunk
-from primia.transport.generated import federation_pb2 as pb
+from primia.transfer.matrix import TransferSettings
+from primia.transfer.run import run_transfer_matrix, transfer_server
 
 SITES = ["site0", "site1"]
 IMAGE_SIZE = 32

@@ -13,15 +13,15 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
+from primia.blobs import MIB, Blob
 from primia.cli import main
-from primia.federated.config import CoordinatorConfig, ModelConfig
-from primia.nodes.probe import ProbeFailed, probe
-from primia.nodes.server import CoordinatorServer
-from primia.transport.blobs import MIB, Blob
-from primia.transport.generated import federation_pb2 as pb
-from primia.transport.generated import federation_pb2_grpc as pb_grpc
-from primia.transport.pki import Role, TLSFiles, init_ca, issue, tls_files
-from primia.transport.tls import secure_channel
+from primia.federated.coordinator_config import CoordinatorConfig, ModelConfig
+from primia.pki import Role, TLSFiles, init_ca, issue, tls_files
+from primia.rpc.coordinator_server import CoordinatorServer
+from primia.rpc.generated import federation_pb2 as pb
+from primia.rpc.generated import federation_pb2_grpc as pb_grpc
+from primia.rpc.probe import ProbeFailed, probe
+from primia.rpc.tls import secure_channel
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from primia.transport.blobs import (
+from primia.blobs import (
     CHUNK_SIZE,
     MAX_CHUNK_SIZE,
     Blob,
@@ -15,7 +15,7 @@ from primia.transport.blobs import (
     BufferPool,
     chunks_of,
 )
-from primia.transport.generated import federation_pb2 as pb
+from primia.rpc.generated import federation_pb2 as pb
 
 SMALL = 16  # a chunk size that makes many chunks of a few bytes
 

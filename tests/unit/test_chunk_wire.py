@@ -1,4 +1,4 @@
-"""Chunk messages written and read by primia.transport.chunk_wire are protobuf's: the same
+"""Chunk messages written and read by primia.rpc.chunk_wire are protobuf's: the same
 bytes as SerializeToString, read the same as FromString, and any layout the fast reader
 does not know is left to protobuf."""
 
@@ -8,9 +8,9 @@ import random
 import pytest
 from google.protobuf.message import DecodeError
 
-from primia.transport.blobs import Blob, BlobChunk, chunks_of
-from primia.transport.chunk_wire import encode, messages_of, parse, parser, serialize
-from primia.transport.generated import federation_pb2 as pb
+from primia.blobs import Blob, BlobChunk, chunks_of
+from primia.rpc.chunk_wire import encode, messages_of, parse, parser, serialize
+from primia.rpc.generated import federation_pb2 as pb
 
 ENVELOPES = {"NodeMessage": pb.NodeMessage, "CoordinatorMessage": pb.CoordinatorMessage}
 

@@ -20,9 +20,9 @@ from primia.federated.tasks import (
     TaskRefused,
 )
 from primia.models.checkpoint import ModelSpec
-from primia.nodes import codec
-from primia.nodes.codec import MessageError
-from primia.transport.generated import federation_pb2 as pb
+from primia.rpc import codec
+from primia.rpc.codec import MessageError
+from primia.rpc.generated import federation_pb2 as pb
 
 PRIVACY = PrivacyState(epsilon_spent=1.25, epsilon_budget=8.0, delta=1e-5, accountant="prv")
 INFO = NodeInfo(

@@ -8,8 +8,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from primia import pki
 from primia.crypto import keys
-from primia.transport import pki
 
 SESSION = bytes(range(16))
 PURPOSE = b"test purpose"

@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 import yaml
 
-from primia.federated.config import CoordinatorConfig, load_coordinator_config
-from primia.inference.config import (
+from primia.federated.coordinator_config import CoordinatorConfig, load_coordinator_config
+from primia.inference.party_config import (
     CryptoProviderConfig,
     ModelOwnerConfig,
     load_crypto_provider_config,
     load_data_owner_config,
     load_model_owner_config,
 )
-from primia.nodes.config import load_node_config
+from primia.rpc.node_config import load_node_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -15,7 +15,7 @@ from primia.evaluate.evaluation import compare, evaluate_scores
 from primia.evaluate.metrics import MEAN, METRICS, Scores
 from primia.evaluate.store import evaluation_exists, load_evaluation, save_evaluation
 from primia.evaluate.subgroups import age_band_names, subgroup_masks
-from primia.nodes.evaluation_codec import DetailError, detailed_from_proto, detailed_to_proto
+from primia.rpc.evaluation_codec import DetailError, detailed_from_proto, detailed_to_proto
 
 LABELS = ("pneumonia", "effusion")
 

@@ -10,18 +10,18 @@ import pytest
 from PIL import Image
 
 from primia.errors import ConfigError
-from primia.evaluate.analysis import analyse
 from primia.evaluate.evaluation import Evaluation, MetricTable
-from primia.evaluate.matrix import (
+from primia.evaluate.metrics import MEAN, METRICS
+from primia.train.accounting import Mechanism, epsilon_of, noise_for_target
+from primia.transfer.analysis import analyse
+from primia.transfer.matrix import (
     FEDERATED,
     ModelPlan,
     TransferSettings,
     plan_models,
     round_epsilon,
 )
-from primia.evaluate.metrics import MEAN, METRICS
-from primia.evaluate.report import write_matrix_report
-from primia.train.accounting import Mechanism, epsilon_of, noise_for_target
+from primia.transfer.report import write_matrix_report
 
 SITES = ("a", "b")
 RESAMPLES = 400

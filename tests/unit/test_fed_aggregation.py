@@ -4,6 +4,7 @@ from concurrent.futures import Future
 
 import torch
 
+from primia.blobs import Blob
 from primia.federated.aggregation import PlaintextAggregator, RoundContributions
 from primia.federated.plan import TrainPlan
 from primia.federated.tasks import (
@@ -16,7 +17,6 @@ from primia.federated.tasks import (
 )
 from primia.federated.weights import encode
 from primia.models.checkpoint import ModelSpec
-from primia.transport.blobs import Blob
 
 REFERENCE = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
 PRIVACY = PrivacyState(epsilon_spent=1.0, epsilon_budget=8.0, delta=1e-5, accountant="prv")

@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+from primia import pki
+from primia.blobs import Blob
 from primia.crypto.ring import ring_bytes
 from primia.crypto.secagg import ShareDelivery
 from primia.federated.aggregation import PlaintextAggregator
-from primia.federated.config import CoordinatorConfig, SecureAggregationConfig
 from primia.federated.coordinator import make_aggregator
+from primia.federated.coordinator_config import CoordinatorConfig, SecureAggregationConfig
 from primia.federated.plan import TrainPlan
 from primia.federated.secure import SecureAggregator, SecureContribution, VectorLayout
 from primia.federated.tasks import (
@@ -34,9 +36,7 @@ from primia.federated.tasks import (
     TrainTask,
 )
 from primia.models.checkpoint import ModelSpec
-from primia.transport import pki
-from primia.transport.blobs import Blob
-from primia.transport.pki import TLSFiles
+from primia.pki import TLSFiles
 
 REFERENCE = {"w": torch.zeros(2, 3), "b": torch.zeros(3), "scale": torch.zeros(1)}
 PRIVACY = PrivacyState(epsilon_spent=1.0, epsilon_budget=8.0, delta=1e-5, accountant="prv")

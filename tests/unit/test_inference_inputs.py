@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from primia.errors import ConfigError, DataError
-from primia.inference.config import ModelOwnerConfig
 from primia.inference.inputs import check_images, check_input_shape, load_images, probabilities
+from primia.inference.party_config import ModelOwnerConfig
 from primia.models.checkpoint import ModelSpec
-from primia.transport.pki import TLSFiles
+from primia.pki import TLSFiles
 
 SPEC = ModelSpec("cnn", num_outputs=2, image_size=32)
 TLS = TLSFiles(Path("ca.pem"), Path("x.pem"), Path("x.key"))

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from primia.data.dataset import Task
-from primia.train.metrics import auroc, classification_metrics
+from primia.evaluate.metrics import auroc
+from primia.train.metrics import classification_metrics
 
 
 def test_auroc_perfect_inverse_random_and_ties():

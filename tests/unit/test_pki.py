@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from primia.errors import ConfigError
-from primia.transport.pki import (
+from primia.pki import (
     ROLES,
     CertificateRejected,
     describe,

@@ -14,6 +14,7 @@ import pytest
 from google.protobuf.message import Message
 from scipy import stats
 
+from primia import pki
 from primia.crypto import keys
 from primia.crypto.secagg import (
     AggregationClient,
@@ -35,10 +36,9 @@ from primia.crypto.secagg import (
 from primia.crypto.secagg.messages import majority
 from primia.crypto.secagg.simulation import Credentials, Step, simulate
 from primia.federated.tasks import SecureTask
-from primia.nodes import secure_codec
-from primia.nodes.codec import MessageError
-from primia.transport import pki
-from primia.transport.generated import federation_pb2 as pb
+from primia.rpc import secure_codec
+from primia.rpc.codec import MessageError
+from primia.rpc.generated import federation_pb2 as pb
 
 NAMES = tuple(f"node{i:02d}" for i in range(20))
 CLIP = 8.0

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from primia.crypto import keys
-from primia.crypto.ring import RING_BITS, FixedPoint
+from primia.crypto.ring import FixedPoint, ring_bits_problem
 from primia.errors import PrimiaError
 
 SESSION_BYTES = 16
@@ -64,8 +64,8 @@ class Setup:
                 f"threshold {self.threshold} must lie between 2 and the number of "
                 f"participants ({len(self.participants)})"
             )
-        if self.bits not in RING_BITS:
-            found.append(f"ring bits must be 32 or 64, not {self.bits}")
+        if problem := ring_bits_problem(self.bits):
+            found.append(f"ring bits {problem}")
         if not self.clip > 0:
             found.append(f"the clipping range must be positive, not {self.clip}")
         if self.vector_length < 1:

@@ -1,0 +1,147 @@
+"""The coordinator's gRPC service: a thin layer of authentication and message plumbing.
+
+Who may call what (the role and name come from the peer's verified certificate):
+
+* ``Join``      — role ``node`` and a name on the roster;
+* ``Probe``     — role ``node`` on the roster, or ``coordinator``;
+* ``GetStatus`` — any certificate of the consortium.
+
+Every refusal is logged with its reason and answered with UNAUTHENTICATED or
+PERMISSION_DENIED. A peer's bad message is answered with a ProtocolError (or
+INVALID_ARGUMENT before a session exists); it never takes the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import grpc
+
+from primia.blobs import MIB, BlobAssembler, BlobChunk, BlobError
+from primia.federated.coordinator import FederationStatus
+from primia.federated.registry import NodeRegistry
+from primia.pki import Identity, Role
+from primia.rpc import codec
+from primia.rpc.coordinator_session import ChunkMessages, NodeSession
+from primia.rpc.generated import federation_pb2 as pb
+from primia.rpc.generated import federation_pb2_grpc as pb_grpc
+from primia.rpc.tls import abort, authorize
+
+log = logging.getLogger(__name__)
+
+MAX_PROBE_SIZE = 1024 * MIB
+
+
+class CoordinatorService(pb_grpc.CoordinatorServicer):
+    def __init__(
+        self,
+        *,
+        registry: NodeRegistry,
+        ca_pem: bytes,
+        status: Callable[[], FederationStatus],
+    ) -> None:
+        self._registry = registry
+        self._ca_pem = ca_pem
+        self._status = status
+        self._readers: list[threading.Thread] = []
+        self._chunk_messages = ChunkMessages()
+
+    def Join(
+        self, request_iterator: Iterator[pb.NodeMessage | BlobChunk], context: grpc.ServicerContext
+    ) -> Iterator[pb.CoordinatorMessage | bytes]:
+        identity = self._authorize(context, "Join", roles=("node",), roster=True)
+        try:
+            first = next(request_iterator)
+        except StopIteration:
+            return
+        if isinstance(first, BlobChunk) or first.WhichOneof("kind") != "hello":
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
+        try:
+            info = codec.info_from_proto(first.hello)
+        except codec.MessageError as error:
+            log.warning("refused %s: %s", identity.name, error)
+            abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        session = NodeSession(identity.name, info, self._registry, self._chunk_messages)
+        context.add_callback(lambda: session.close("the stream ended"))
+        reader = threading.Thread(
+            target=self._read, args=(session, request_iterator), name=f"read-{identity.name}"
+        )
+        reader.daemon = True
+        self._readers = [thread for thread in self._readers if thread.is_alive()] + [reader]
+        self._registry.admit(session)
+        dataset = info.dataset
+        log.info(
+            "%s joined from %s: %d training examples, %s, eps %.2f of %.2f",
+            identity.name,
+            context.peer(),
+            dataset.train_examples,
+            info.device,
+            info.privacy.epsilon_spent,
+            info.privacy.epsilon_budget,
+        )
+        reader.start()
+        welcome = pb.Welcome(
+            protocol_version=codec.PROTOCOL_VERSION,
+            node_name=identity.name,
+            run_id=self._status().run_id,
+        )
+        yield from session.outbound(welcome, context.is_active)
+
+    def _read(self, session: NodeSession, messages: Iterator[pb.NodeMessage | BlobChunk]) -> None:
+        try:
+            for message in messages:
+                session.handle(message)
+        except grpc.RpcError:
+            pass  # the node went away; the session's close below says so
+        finally:
+            session.close("disconnected")
+            self._registry.leave(session)
+            log.info("%s left", session.name)
+
+    def join_readers(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` each) for the sessions' reader threads to finish."""
+        for reader in list(self._readers):
+            reader.join(timeout)
+
+    def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
+        self._authorize(context, "GetStatus", roles=("coordinator", "node", "inference"))
+        return codec.reply_of(self._status())
+
+    def Probe(
+        self, request_iterator: Iterator[BlobChunk | pb.Chunk], context: grpc.ServicerContext
+    ) -> pb.ProbeReceipt:
+        identity = self._authorize(context, "Probe", roles=("node", "coordinator"), roster=True)
+        assembler = BlobAssembler(max_size=MAX_PROBE_SIZE, max_in_flight=1)
+        started = time.perf_counter()
+        try:
+            for chunk in request_iterator:
+                blob = assembler.add(chunk)
+                if blob is not None:
+                    return pb.ProbeReceipt(
+                        size=len(blob.data),
+                        sha256=blob.sha256,
+                        seconds=time.perf_counter() - started,
+                    )
+        except BlobError as error:
+            log.warning("probe from %s failed: %s", identity.name, error)
+            abort(context, grpc.StatusCode.DATA_LOSS, str(error))
+        abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the probe ended before its blob")
+
+    def _authorize(
+        self,
+        context: grpc.ServicerContext,
+        call: str,
+        *,
+        roles: Sequence[Role],
+        roster: bool = False,
+    ) -> Identity:
+        identity = authorize(context, self._ca_pem, call, roles=roles)
+        on_roster = identity.name in self._registry.roster or identity.role == "coordinator"
+        if roster and not on_roster:
+            reason = f"{identity.name} is not on the coordinator's roster"
+            log.warning("refused %s from %s: %s", call, context.peer(), reason)
+            abort(context, grpc.StatusCode.PERMISSION_DENIED, reason)
+        return identity

@@ -1,0 +1,374 @@
+"""The data-owner node: dial out to the coordinator, keep one stream, do what it asks.
+
+The node opens a mutual-TLS channel (it accepts only a coordinator whose certificate
+carries ``coordinator_name``), sends Hello on a ``Join`` stream, and then answers every
+task pushed down the stream: global weights arrive as chunks, a training task is run by
+the :class:`~primia.federated.data_owner.DataOwner` (which may refuse it), and the update
+goes back as chunks followed by the result — or, when the task asks for secure
+aggregation, through the protocol's steps (keys, shares, masked input, revealed shares;
+:class:`~primia.federated.secure.SecureContribution`), so the coordinator never sees it.
+Anything it cannot use is answered with a refusal that says why; nothing the coordinator
+sends can crash the node.
+
+When the coordinator is gone the node tries again, waiting 1, 2, 4 … up to
+``reconnect_max_s`` seconds (with jitter, so a consortium's nodes do not all return at
+once). Its privacy ledger is on disk and written before any release, so a lost
+connection never loses a spent ε.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import grpc
+
+from primia.blobs import MAX_MESSAGE_SIZE, Blob, BlobAssembler, BlobChunk, BlobError
+from primia.crypto.ring import ring_bytes
+from primia.crypto.secagg import AggregationFailed, ProtocolViolation
+from primia.errors import PrimiaError
+from primia.federated.data_owner import DataOwner
+from primia.federated.secure import SecureContribution
+from primia.federated.tasks import (
+    EvaluateTask,
+    LocalTraining,
+    Refusal,
+    TaskRefused,
+    TrainOutcome,
+    TrainTask,
+)
+from primia.rpc import codec, evaluation_codec, methods, secure_codec
+from primia.rpc.chunk_wire import messages_of
+from primia.rpc.generated import federation_pb2 as pb
+from primia.rpc.node_config import NodeConfig
+from primia.rpc.tls import secure_channel
+
+log = logging.getLogger(__name__)
+
+_END = object()
+BLOBS_KEPT = 1
+"""Received blobs a node keeps. Tasks name only the latest weights sent down the stream
+(the weights of round t serve its evaluation and round t+1's training), so one is
+enough; each one more holds a model's size of memory and delays the reuse of receive
+buffers (see :class:`~primia.blobs.BufferPool`) by a round."""
+_FATAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+class JoinRefused(PrimiaError):
+    """The coordinator refused this node (certificate, role or roster); retrying won't help."""
+
+
+class NodeClient:
+    """One node's connection to its coordinator; :meth:`serve` runs until told to stop."""
+
+    def __init__(self, config: NodeConfig, owner: DataOwner) -> None:
+        self.config = config
+        self.owner = owner
+        self.stop_event = threading.Event()
+
+    @classmethod
+    def from_config(cls, config: NodeConfig, *, default_image_size: int = 64) -> NodeClient:
+        """The node ``config`` describes: its data owner (data, ledger, limits) and link."""
+        owner = DataOwner(
+            data=config.data,
+            privacy=config.privacy,
+            limits=config.limits,
+            compute=config.compute,
+            state_dir=config.state_dir,
+            default_image_size=default_image_size,
+        )
+        return cls(config, owner)
+
+    def serve(self) -> None:
+        """Stay connected (reconnecting with back-off) until stopped or, with
+        ``exit_when_done``, until a federation finishes."""
+        delay = 1.0
+        while not self.stop_event.is_set():
+            try:
+                finished = self._session()
+                delay = 1.0
+                if finished and self.config.exit_when_done:
+                    return
+            except grpc.RpcError as error:
+                code, details = error.code(), error.details()
+                if code in _FATAL_CODES:
+                    raise JoinRefused(f"the coordinator refused this node: {details}") from error
+                log.warning(
+                    "coordinator %s unreachable (%s: %s)",
+                    self.config.coordinator,
+                    code.name,
+                    details,
+                )
+            wait = delay * random.uniform(0.8, 1.2)
+            log.info("connecting again in %.1f s", wait)
+            if self.stop_event.wait(wait):
+                return
+            delay = min(delay * 2, self.config.reconnect_max_s)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _session(self) -> bool:
+        """One connection; True if it ended with the federation finished."""
+        outbound: queue.Queue[object] = queue.Queue()
+        outbound.put(pb.NodeMessage(hello=codec.info_to_proto(self.owner.info())))
+        config = self.config
+        with secure_channel(
+            config.coordinator, config.tls, server_name=config.coordinator_name
+        ) as channel:
+            responses = methods.join(channel)(_drain(outbound))
+            stopper = threading.Thread(target=self._cancel_on_stop, args=(responses,), daemon=True)
+            stopper.start()
+            try:
+                return _Session(self.owner, outbound, config.tls.read()).run(responses)
+            finally:
+                outbound.put(_END)
+
+    def _cancel_on_stop(self, call: grpc.RpcContext) -> None:
+        self.stop_event.wait()
+        call.cancel()
+
+
+class _Session:
+    def __init__(
+        self, owner: DataOwner, outbound: queue.Queue[object], tls: tuple[bytes, bytes, bytes]
+    ) -> None:
+        self._owner = owner
+        self._outbound = outbound
+        self._ca, self._certificate, self._key = tls
+        self._assembler = BlobAssembler()
+        self._blobs: OrderedDict[str, Blob] = OrderedDict()
+        self._name = ""
+        self._secure: dict[str, SecureContribution] = {}
+        """The round in secure aggregation, by task id (one at a time)."""
+
+    def run(self, responses: Iterator[pb.CoordinatorMessage | BlobChunk]) -> bool:
+        for message in responses:
+            if isinstance(message, BlobChunk):
+                self._chunk(message)
+                continue
+            kind = message.WhichOneof("kind")
+            if kind == "welcome":
+                self._name = message.welcome.node_name
+                log.info(
+                    "joined the federation as %s (run %s)",
+                    message.welcome.node_name,
+                    message.welcome.run_id,
+                )
+            elif kind == "chunk":
+                self._chunk(message.chunk)
+            elif kind == "train":
+                self._train(message.train)
+            elif kind == "evaluate":
+                self._evaluate(message.evaluate)
+            elif kind in ("key_roster", "share_delivery", "unmask_request"):
+                self._secure_step(getattr(message, kind))
+            elif kind == "shutdown":
+                log.info("the coordinator ended the session: %s", message.shutdown.reason)
+                return message.shutdown.finished
+            elif kind == "error":
+                log.warning("the coordinator could not use a message: %s", message.error.detail)
+        log.warning("the coordinator closed the stream")
+        return False
+
+    def _chunk(self, chunk: BlobChunk | pb.Chunk) -> None:
+        try:
+            blob = self._assembler.add(chunk)
+        except BlobError as error:
+            log.warning("dropped a blob from the coordinator: %s", error)
+            return
+        if blob is not None:
+            self._blobs[blob.blob_id] = blob
+            while len(self._blobs) > BLOBS_KEPT:
+                self._blobs.popitem(last=False)
+
+    def _train(self, message: pb.TrainTask) -> None:
+        """Train and send the update; with secure aggregation, only advertise keys now:
+        the node trains once the shares are exchanged (see :meth:`_secure_step`)."""
+        task_id = message.task_id
+        try:
+            task = TrainTask(
+                task_id=task_id,
+                round=message.round,
+                spec=codec.spec_from_proto(message.model),
+                weights=self._weights(message.weights_blob),
+                plan=codec.plan_from_proto(message.plan),
+                secure=secure_codec.secure_task_from_proto(
+                    message.secure_aggregation, message.round
+                )
+                if message.HasField("secure_aggregation")
+                else None,
+            )
+            if task.secure is not None:
+                self._secure.clear()  # an unfinished earlier round is abandoned
+                contribution = SecureContribution(
+                    task,
+                    self._name,
+                    certificate_pem=self._certificate,
+                    key_pem=self._key,
+                    ca_pem=self._ca,
+                )
+                keys = contribution.client.advertise()
+                self._secure[task_id] = contribution
+                self._send(pb.NodeMessage(keys=secure_codec.keys_to_proto(task_id, keys)))
+                return
+            outcome = self._run_training(task).as_safetensors(f"{task_id}-update")
+        except Exception as error:  # any failure is an answer to this task, not a crash
+            self._refuse(task_id, error)
+            return
+        self._outbound.put(outcome.update)
+        result = _result_of(outcome)
+        result.task_id = task_id
+        result.update_blob = outcome.update.blob_id
+        self._send(pb.NodeMessage(train_result=result))
+
+    def _run_training(self, task: TrainTask) -> LocalTraining:
+        log.info("round %d: training (%s)", task.round, task.task_id)
+
+        def progress(fraction: float, stage: str) -> None:
+            self._send(
+                pb.NodeMessage(
+                    progress=pb.TaskProgress(task_id=task.task_id, fraction=fraction, stage=stage)
+                )
+            )
+
+        trained = self._owner.train(task, on_progress=progress)
+        if trained.release is not None:
+            log.info(
+                "round %d: released an update at eps %.2f (sigma %.2f); spent %.2f of %.2f",
+                task.round,
+                trained.release.epsilon,
+                trained.release.noise_multiplier,
+                trained.privacy.epsilon_spent,
+                trained.privacy.epsilon_budget,
+            )
+        return trained
+
+    def _secure_step(self, message: pb.KeyRoster | pb.ShareDelivery | pb.UnmaskRequest) -> None:
+        """One step of secure aggregation for the task the message names; a message that
+        fails a check abandons the round (the node reveals nothing more). Training runs
+        between the share delivery and the masked upload."""
+        task_id = message.task_id
+        contribution = self._secure.get(task_id)
+        try:
+            if contribution is None:
+                raise TaskRefused(
+                    Refusal.PROTOCOL_VIOLATION,
+                    f"no secure aggregation of task {task_id!r} is under way at this node",
+                )
+            client = contribution.client
+            if isinstance(message, pb.KeyRoster):
+                bundle = client.share(secure_codec.roster_from_proto(message))
+                self._send(pb.NodeMessage(shares=secure_codec.bundle_to_proto(task_id, bundle)))
+            elif isinstance(message, pb.ShareDelivery):
+                client.receive_shares(secure_codec.delivery_from_proto(message, self._name))
+                contribution.prepare_masks()
+                trained = self._run_training(contribution.task)
+                masked = contribution.masked_input(trained)
+                blob = Blob.of(f"{task_id}-masked", ring_bytes(masked.values))
+                self._outbound.put(blob)
+                upload = pb.MaskedInput(
+                    task_id=task_id,
+                    session_id=masked.session,
+                    vector_blob=blob.blob_id,
+                    clipped=masked.clipped,
+                    result=_result_of(trained.outcome(blob, clipped=masked.clipped)),
+                )
+                self._send(pb.NodeMessage(masked_input=upload))
+            else:
+                revealed = client.unmask(secure_codec.request_from_proto(message))
+                del self._secure[task_id]
+                self._send(
+                    pb.NodeMessage(unmask_shares=secure_codec.unmask_to_proto(task_id, revealed))
+                )
+        except (ProtocolViolation, AggregationFailed) as error:
+            self._secure.pop(task_id, None)
+            log.warning("abandoned secure aggregation of %s: %s", task_id, error)
+            self._refuse(task_id, TaskRefused(Refusal.PROTOCOL_VIOLATION, str(error)))
+        except Exception as error:
+            self._secure.pop(task_id, None)
+            self._refuse(task_id, error)
+
+    def _evaluate(self, message: pb.EvaluateTask) -> None:
+        task_id = message.task_id
+        try:
+            task = EvaluateTask(
+                task_id=task_id,
+                round=message.round,
+                spec=codec.spec_from_proto(message.model),
+                weights=self._weights(message.weights_blob),
+                split=codec.split_from_proto(message.split),
+                detail=evaluation_codec.detail_from_proto(message.detail)
+                if message.HasField("detail")
+                else None,
+            )
+            outcome = self._owner.evaluate(task)
+        except Exception as error:
+            self._refuse(task_id, error)
+            return
+        result = codec.evaluation_to_proto(task_id, outcome)
+        if outcome.detailed is not None:
+            result.detailed.CopyFrom(evaluation_codec.detailed_to_proto(outcome.detailed))
+        answer = pb.NodeMessage(evaluate_result=result)
+        size = answer.ByteSize()
+        if outcome.detailed is not None and size > MAX_MESSAGE_SIZE:
+            # Sending it would end the stream (gRPC refuses messages over the limit).
+            refusal = evaluation_codec.oversize_refusal(outcome.detailed, size, MAX_MESSAGE_SIZE)
+            self._refuse(task_id, refusal)
+            return
+        self._send(answer)
+
+    def _weights(self, blob_id: str) -> Blob:
+        blob = self._blobs.get(blob_id)
+        if blob is None:
+            raise TaskRefused(
+                Refusal.INVALID_WEIGHTS, f"weights blob {blob_id!r} was not received in full"
+            )
+        return blob
+
+    def _refuse(self, task_id: str, error: Exception) -> None:
+        if isinstance(error, TaskRefused):
+            refusal = error
+            log.warning("refused task %s: %s", task_id, error)
+        elif isinstance(error, codec.MessageError):
+            refusal = TaskRefused(Refusal.INVALID_PLAN, str(error))
+            log.warning("refused task %s: %s", task_id, error)
+        else:
+            refusal = TaskRefused(Refusal.FAILED, f"{type(error).__name__}: {error}")
+            log.exception("task %s failed", task_id)
+        self._send(pb.NodeMessage(refused=codec.refusal_to_proto(task_id, refusal)))
+
+    def _send(self, message: pb.NodeMessage) -> None:
+        self._outbound.put(message)
+
+
+def _result_of(outcome: TrainOutcome) -> pb.TrainResult:
+    """What a node reports of its training (the update travels separately)."""
+    result = pb.TrainResult(
+        num_examples=outcome.num_examples,
+        train_loss=outcome.train_loss,
+        steps=outcome.steps,
+        seconds=outcome.seconds,
+        privacy=codec.privacy_to_proto(outcome.privacy),
+    )
+    if outcome.release is not None:
+        result.release.CopyFrom(codec.release_to_proto(outcome.release))
+    return result
+
+
+def _drain(outbound: queue.Queue[object]) -> Iterator[pb.NodeMessage | bytes]:
+    """The request stream: queued messages, blobs cut into chunk messages as they are
+    sent."""
+    while True:
+        item = outbound.get()
+        if item is _END:
+            return
+        if isinstance(item, Blob):
+            yield from messages_of(item, envelope=True)
+        else:
+            assert isinstance(item, pb.NodeMessage)
+            yield item

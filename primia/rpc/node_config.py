@@ -1,0 +1,68 @@
+"""A data-owner node's configuration (``node.toml``).
+
+Example::
+
+    coordinator = "coordinator.consortium.example:50051"
+    coordinator_name = "coordinator"     # the name in the coordinator's certificate
+    state_dir = "state"                  # the privacy ledger lives here
+
+    [tls]
+    ca = "pki/ca.pem"
+    certificate = "pki/hospital-a.pem"
+    key = "pki/hospital-a.key"
+
+    [data]
+    path = "/data/radiographs"           # a manifest.csv, class folders or DICOM files
+    label_columns = ["pneumonia", "effusion", "cardiomegaly", "nodule"]
+
+    [privacy]
+    epsilon_budget = 8.0                 # over all rounds of all federations
+    delta = 1e-5
+
+    [limits]
+    require_dp = true
+    max_epochs = 10
+
+    [compute]
+    device = "auto"                      # CUDA when present
+
+Relative paths are taken from the file's folder. The node's name is the one in its
+certificate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from primia.config import load_toml, rebase_paths
+from primia.errors import ConfigError
+from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySettings
+from primia.federated.plan import PlanLimits
+from primia.pki import TLSFiles
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    tls: TLSFiles
+    data: DataSettings
+    coordinator: str = "127.0.0.1:50051"
+    coordinator_name: str = "coordinator"
+    state_dir: Path = Path("node-state")
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    limits: PlanLimits = field(default_factory=PlanLimits)
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
+    reconnect_max_s: float = 30.0
+    """The longest wait between attempts to reach the coordinator (back-off doubles to it)."""
+    exit_when_done: bool = False
+    """Exit once a federation finishes, instead of waiting for the next."""
+
+    def __post_init__(self) -> None:
+        if ":" not in self.coordinator:
+            raise ConfigError(f"coordinator {self.coordinator!r} must be HOST:PORT")
+        if self.reconnect_max_s <= 0:
+            raise ConfigError("reconnect_max_s must be positive")
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    return rebase_paths(load_toml(NodeConfig, path), path.parent)

@@ -1,0 +1,275 @@
+"""The transfer matrix's files: ``matrix.json``, ``matrix.csv``, a heatmap PNG per privacy
+level and ``report.html`` that shows them.
+
+* ``matrix.json``: the settings, every figure of :func:`primia.transfer.analysis.analyse`,
+  and the timings;
+* ``matrix.csv``: one row per cell (privacy level, trained at, tested at) with every
+  metric's mean over labels and its interval;
+* ``heatmap-<level>.png``: rows trained at, columns tested at, colour and text the mean
+  AUROC (with its 95% interval).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from primia import __version__
+from primia.evaluate.evaluation import Evaluation
+from primia.evaluate.metrics import MEAN, METRICS
+from primia.files import atomic_write_bytes
+from primia.transfer.matrix import ModelPlan, level_name, level_tag
+
+
+@dataclass(frozen=True)
+class MatrixFiles:
+    json: Path
+    csv: Path
+    heatmaps: list[Path]
+    html: Path
+
+
+def write_matrix_report(
+    out: Path,
+    *,
+    summary: dict[str, Any],
+    analysis: dict[str, Any],
+    models: list[ModelPlan],
+    cells: Mapping[tuple[str, str], Evaluation],
+    timings: dict[str, float],
+) -> MatrixFiles:
+    out.mkdir(parents=True, exist_ok=True)
+    document = {"primia": __version__, "settings": summary, **analysis, "timings": timings}
+    json_path = out / "matrix.json"
+    atomic_write_bytes(json_path, (json.dumps(document, indent=2) + "\n").encode())
+    csv_path = out / "matrix.csv"
+    atomic_write_bytes(csv_path, _csv(models, summary["sites"], cells).encode())
+    heatmaps = []
+    for epsilon in dict.fromkeys(m.epsilon for m in models):
+        name = level_name(epsilon)
+        path = out / f"heatmap-{level_tag(epsilon)}.png"
+        buffer = io.BytesIO()
+        heatmap(analysis["levels"][name]["matrix"], summary["sites"], title=name).save(
+            buffer, format="PNG"
+        )
+        atomic_write_bytes(path, buffer.getvalue())
+        heatmaps.append(path)
+    html_path = out / "report.html"
+    atomic_write_bytes(html_path, _html(document, heatmaps).encode())
+    return MatrixFiles(json=json_path, csv=csv_path, heatmaps=heatmaps, html=html_path)
+
+
+def _csv(
+    models: list[ModelPlan], sites: list[str], cells: Mapping[tuple[str, str], Evaluation]
+) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["level", "model", "trained_at", "tested_at", "examples"]
+    for metric in METRICS:
+        header += [metric, f"{metric}_lower", f"{metric}_upper"]
+    writer.writerow(header)
+    for model in models:
+        for site in sites:
+            evaluation = cells.get((model.model_id, site))
+            if evaluation is None:
+                continue
+            table = evaluation.overall
+            row: list[Any] = [
+                level_name(model.epsilon),
+                model.model_id,
+                model.trained_at,
+                site,
+                table.num_examples,
+            ]
+            for metric in METRICS:
+                estimate = table.estimate(metric, MEAN)
+                row += [_cell(estimate.value), _cell(estimate.lower), _cell(estimate.upper)]
+            writer.writerow(row)
+    return buffer.getvalue()
+
+
+def _cell(value: float) -> str:
+    return "" if not np.isfinite(value) else f"{value:.4f}"
+
+
+# --- heatmap ----------------------------------------------------------------------------
+
+# A perceptually ordered ramp (dark blue → teal → yellow), sampled from low to high.
+_RAMP = np.array(
+    [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], dtype=float
+)
+
+
+def _colour(fraction: float) -> tuple[int, int, int]:
+    position = float(np.clip(fraction, 0, 1)) * (len(_RAMP) - 1)
+    low = int(np.floor(position))
+    high = min(low + 1, len(_RAMP) - 1)
+    mixed = _RAMP[low] + (_RAMP[high] - _RAMP[low]) * (position - low)
+    return int(mixed[0]), int(mixed[1]), int(mixed[2])
+
+
+def heatmap(
+    matrix: Mapping[str, Mapping[str, Mapping[str, float | None]]],
+    sites: list[str],
+    *,
+    title: str,
+    low: float = 0.5,
+    high: float = 1.0,
+) -> Image.Image:
+    """The matrix as an image: a row per model (trained at), a column per test site; the
+    colour runs from ``low`` to ``high`` AUROC; each cell shows the value and interval."""
+    rows = list(matrix)
+    cell_w, cell_h, left, top = 150, 64, 130, 70
+    width, height = left + cell_w * len(sites) + 20, top + cell_h * len(rows) + 20
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=14)
+    small = ImageFont.load_default(size=11)
+    # The default font has no Greek letters or arrows.
+    draw.text((10, 8), f"mean AUROC, {title.replace('ε=', 'epsilon = ')}", fill="black", font=font)
+    draw.text((left, 34), "tested at (columns)", fill="#555555", font=small)
+    draw.text((10, top - 18), "trained at (rows)", fill="#555555", font=small)
+    for j, site in enumerate(sites):
+        draw.text((left + j * cell_w + 8, top - 18), site, fill="black", font=font)
+    for i, row in enumerate(rows):
+        y = top + i * cell_h
+        draw.text((10, y + cell_h // 2 - 8), row, fill="black", font=font)
+        for j, site in enumerate(sites):
+            x = left + j * cell_w
+            estimate = matrix[row].get(site, {})
+            value = estimate.get("value")
+            if value is None:
+                draw.rectangle((x, y, x + cell_w - 2, y + cell_h - 2), fill="#dddddd")
+                draw.text((x + 8, y + 8), "n/a", fill="black", font=font)
+                continue
+            fill = _colour((value - low) / (high - low))
+            draw.rectangle((x, y, x + cell_w - 2, y + cell_h - 2), fill=fill)
+            ink = "black" if sum(fill) > 380 else "white"
+            draw.text((x + 8, y + 10), f"{value:.3f}", fill=ink, font=font)
+            lower, upper = estimate.get("lower"), estimate.get("upper")
+            if lower is not None and upper is not None:
+                draw.text((x + 8, y + 34), f"[{lower:.3f}, {upper:.3f}]", fill=ink, font=small)
+            if row == site:
+                draw.rectangle((x, y, x + cell_w - 2, y + cell_h - 2), outline="red", width=2)
+    return image
+
+
+# --- report.html ------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto;
+       padding: 0 1rem; color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
+th { background: #f3f3f3; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
+.note { color: #555; }
+"""
+
+
+def _html(document: dict[str, Any], heatmaps: list[Path]) -> str:
+    settings = document["settings"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>Domain-transfer matrix</title>',
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>Domain-transfer matrix</h1>",
+        f'<p class="note">primia {_e(document["primia"])} · sites '
+        f"{_e(', '.join(settings['sites']))} · {settings['rounds']} rounds per model · "
+        f"{settings['resamples']} bootstrap resamples · "
+        f"{document['timings'].get('total_seconds', 0):.0f} s this run</p>",
+        "<p>Each model was trained at one site (or by the federation) and evaluated at "
+        "every site's node on its test split; only metrics left the nodes. A cell is the "
+        "mean AUROC over labels with its 95% bootstrap interval; the red outline marks "
+        "the on-site cell. The <em>drop</em> is the on-site AUROC minus the mean cross-site "
+        "AUROC of a site's own model.</p>",
+        _summary_table(document),
+    ]
+    for path, (name, level) in zip(heatmaps, document["levels"].items(), strict=True):
+        parts += [
+            f"<h2>{_e(name)}</h2>",
+            f'<img src="{_e(path.name)}" alt="heatmap {_e(name)}">',
+            _drop_table(level),
+        ]
+        groups = level.get("vs_non_dp", {}).get("difference_by_group")
+        if groups:
+            parts.append(_group_table(groups))
+    parts += ["</body></html>", ""]
+    return "\n".join(parts)
+
+
+def _summary_table(document: dict[str, Any]) -> str:
+    rows = []
+    for name, level in document["levels"].items():
+        drop = level.get("mean_drop", {})
+        versus = level.get("vs_non_dp", {}).get("mean_drop_difference", {})
+        rows.append(
+            [
+                _e(name),
+                f"{_fmt(drop.get('value'))} {_interval(drop)}",
+                f"{_fmt(versus.get('difference'))} {_interval(versus)}",
+                _fmt(versus.get("p_value")),
+            ]
+        )
+    header = ["privacy", "mean drop", "minus the non-DP drop", "P (paired bootstrap)"]
+    return "<h2>On-site → cross-site drop</h2>" + _table(header, rows)
+
+
+def _drop_table(level: dict[str, Any]) -> str:
+    rows = [
+        [
+            _e(site),
+            _fmt(figures["on_site"]["value"]),
+            _fmt(figures["cross_site"]["value"]),
+            f"{_fmt(figures['drop']['value'])} {_interval(figures['drop'])}",
+        ]
+        for site, figures in level["drop"].items()
+    ]
+    return _table(["trained at", "on-site", "cross-site (mean)", "drop"], rows)
+
+
+def _group_table(groups: dict[str, Any]) -> str:
+    rows = [
+        [_e(group), f"{_fmt(d['difference'])} {_interval(d)}", _fmt(d["p_value"])]
+        for group, d in groups.items()
+    ]
+    return (
+        "<p>AUROC of the DP models minus the non-DP models, mean over every cell, by "
+        "patient group:</p>" + _table(["group", "difference", "P"], rows)
+    )
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; the cells after the first are numbers (already escaped text)."""
+    head = "".join(f"<th>{_e(name)}</th>" for name in header)
+    body = "".join(
+        f"<tr><td>{row[0]}</td>"
+        + "".join(f"<td class='number'>{c}</td>" for c in row[1:])
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _interval(estimate: Mapping[str, Any]) -> str:
+    lower, upper = estimate.get("lower"), estimate.get("upper")
+    if lower is None or upper is None:
+        return ""
+    return f"[{lower:.3f}, {upper:.3f}]"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _e(text: str) -> str:
+    return html.escape(str(text), quote=True)
