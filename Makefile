@@ -20,7 +20,7 @@ help:
 	@echo "make demo   - a federation of 3 synthetic hospitals with DP-SGD, end to end"
 	@echo "make test   - lint, type check and the whole test suite (what CI runs)"
 	@echo "make bench  - the benchmarks in benchmarks/, one script per figure"
-	@echo "make lint   - ruff and mypy on primia/"
+	@echo "make lint   - ruff, mypy and the layering contract (.importlinter)"
 	@echo "make proto  - regenerate the gRPC stubs from protos/"
 	@echo "make setup  - (re)create $(VENV); the other targets run it when needed"
 
@@ -46,6 +46,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check primia tests benchmarks tools
 	$(BIN)/ruff format --check primia tests benchmarks tools
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q

@@ -23,16 +23,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import tomli_w
+from typing import Any, Literal
 
 from primia import pki
+from primia.config import write_toml
 from primia.data.synth import SynthConfig, write_dataset
 from primia.errors import ConfigError, PrimiaError
 from primia.federated.coordinator import FederationStatus
+from primia.federated.coordinator_config import CoordinatorConfig, ModelConfig
+from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySettings
+from primia.federated.plan import DPPlan, TrainPlan
 from primia.federated.registry import NodeStatus
 from primia.launch import free_port, start_primia, stop_all, tail
+from primia.rpc.node_config import NodeConfig
 from primia.rpc.status import StatusUnavailable, fetch_status
 
 MARKER = ".primia-demo"
@@ -60,7 +63,7 @@ class DemoSettings:
     epsilon_budget: float = 10.0
     delta: float = 1e-5
     min_nodes: int = 2
-    aggregation: str = "secure"
+    aggregation: Literal["secure", "plaintext"] = "secure"
     seed: int = 0
     timeout_s: float = 1800.0
     progress: bool = True
@@ -147,47 +150,45 @@ def _fresh_folder(out: Path) -> Path:
 
 
 def _write_configs(out: Path, settings: DemoSettings, sites: list[str], port: int) -> None:
-    coordinator = {
-        "run_dir": "run",
-        "listen": f"127.0.0.1:{port}",
-        "roster": sites,
-        "rounds": settings.rounds,
-        "min_nodes": min(settings.min_nodes, len(sites)),
-        "aggregation": settings.aggregation,
-        "node_wait_s": 300.0,
-        "seed": settings.seed,
-        "tls": {
-            "ca": "pki/ca.pem",
-            "certificate": "pki/coordinator.pem",
-            "key": "pki/coordinator.key",
-        },
-        "model": {
-            "architecture": settings.model,
-            "width": settings.width,
-            "image_size": settings.image_size,
-        },
-        "plan": {
-            "epochs": settings.epochs_per_round,
-            "batch_size": settings.batch_size,
-            "lr": settings.lr,
-            "dp": {"enabled": True, "epsilon": settings.epsilon_per_round, "delta": settings.delta},
-        },
-    }
-    (out / "coordinator.toml").write_text(tomli_w.dumps(coordinator))
+    """The coordinator's and each node's configuration file, built as the typed configs
+    that ``primia coordinator serve`` and ``primia node serve`` read back (paths relative to
+    ``out``, as the files are)."""
+    pki_dir = Path("pki")
+    coordinator = CoordinatorConfig(
+        tls=pki.tls_files(pki_dir, COORDINATOR),
+        roster=sites,
+        run_dir=Path("run"),
+        listen=f"127.0.0.1:{port}",
+        rounds=settings.rounds,
+        min_nodes=min(settings.min_nodes, len(sites)),
+        aggregation=settings.aggregation,
+        node_wait_s=300.0,
+        seed=settings.seed,
+        model=ModelConfig(
+            architecture=settings.model, width=settings.width, image_size=settings.image_size
+        ),
+        plan=TrainPlan(
+            epochs=settings.epochs_per_round,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            dp=DPPlan(enabled=True, epsilon=settings.epsilon_per_round, delta=settings.delta),
+        ),
+    )
+    write_toml(coordinator, out / "coordinator.toml")
     for site in sites:
-        node = {
-            "coordinator": f"127.0.0.1:{port}",
-            "coordinator_name": COORDINATOR,
-            "state_dir": f"state-{site}",
-            "reconnect_max_s": 5.0,
-            "tls": {"ca": "pki/ca.pem", "certificate": f"pki/{site}.pem", "key": f"pki/{site}.key"},
+        node = NodeConfig(
+            tls=pki.tls_files(pki_dir, site),
             # The demo's sites share one synthetic manifest; each node reads only its own.
-            "data": {"path": "data", "site": site, "seed": settings.seed},
-            "privacy": {"epsilon_budget": settings.epsilon_budget, "delta": settings.delta},
+            data=DataSettings(path=Path("data"), site=site, seed=settings.seed),
+            coordinator=f"127.0.0.1:{port}",
+            coordinator_name=COORDINATOR,
+            state_dir=Path(f"state-{site}"),
+            reconnect_max_s=5.0,
+            privacy=PrivacySettings(epsilon_budget=settings.epsilon_budget, delta=settings.delta),
             # Three nodes and a coordinator share the machine's cores: one thread each.
-            "compute": {"threads": 1, "max_physical_batch_size": 64},
-        }
-        (out / f"node-{site}.toml").write_text(tomli_w.dumps(node))
+            compute=ComputeSettings(threads=1, max_physical_batch_size=64),
+        )
+        write_toml(node, out / f"node-{site}.toml")
 
 
 def _wait_for_coordinator(
