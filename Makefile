@@ -14,7 +14,7 @@ PY := $(BIN)/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.primia-setup
 
-.PHONY: setup demo test unit lint bench proto clean help
+.PHONY: setup demo test unit lint bench proto layers clean help
 
 help:
 	@echo "make demo   - a federation of 3 synthetic hospitals with DP-SGD, end to end"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench  - the benchmarks in benchmarks/, one script per figure"
 	@echo "make lint   - ruff, mypy and the layering contract (.importlinter)"
 	@echo "make proto  - regenerate the gRPC stubs from protos/"
+	@echo "make layers - redraw the layers picture in docs/architecture.md from the code"
 	@echo "make setup  - (re)create $(VENV); the other targets run it when needed"
 
 # The venv is rebuilt when the dependency list or this file changes.
@@ -56,6 +57,9 @@ test: lint
 
 proto: $(STAMP)
 	$(PY) tools/protogen.py
+
+layers: $(STAMP)
+	$(PY) tools/layers.py
 
 bench: $(STAMP)
 	@for script in benchmarks/bench_*.py; do \

@@ -1,1 +1,86 @@
-"""placeholder"""
+"""primia's front door: one import per role, typed configurations in, frozen results out.
+
+* the consortium's PKI — :class:`Consortium`;
+* a federation — :class:`Coordinator` (with a :class:`CoordinatorConfig`) and a
+  :class:`Node` at each hospital (with a :class:`NodeConfig`); the run's
+  :class:`FederationResult`;
+* one hospital's local DP training — :func:`train_local`;
+* encrypted inference's parties — :mod:`primia.api.inference`;
+* privacy audits — :mod:`primia.api.audit`.
+
+The commands of the ``primia`` CLI are thin layers over these. A federation of three
+synthetic hospitals on this machine (the README's example; a test runs it)::
+
+    from pathlib import Path
+    from primia.api import (
+        Consortium, Coordinator, CoordinatorConfig, DataSettings, ModelConfig, Node,
+        NodeConfig, SynthConfig, TrainPlan, write_synthetic_dataset,
+    )
+
+    write_synthetic_dataset(Path("data"), SynthConfig(sites=3, patients_per_site=30, size=32))
+    consortium = Consortium.create(Path("pki"), name="chest-xray")
+    consortium.issue("coordinator", role="coordinator")
+    sites = ["site0", "site1", "site2"]
+    coordinator = Coordinator(CoordinatorConfig(
+        tls=consortium.tls("coordinator"), roster=sites, listen="127.0.0.1:0", rounds=2,
+        model=ModelConfig(architecture="cnn", image_size=32), plan=TrainPlan(batch_size=32),
+    ))
+    port = coordinator.start()
+    for site in sites:
+        consortium.issue(site, role="node")
+        Node(NodeConfig(
+            tls=consortium.tls(site), coordinator=f"127.0.0.1:{port}",
+            data=DataSettings(Path("data"), site=site), state_dir=Path(f"state-{site}"),
+            exit_when_done=True,
+        )).start()
+    result = coordinator.run()
+    print(result.test.mean_auroc, result.nodes["site0"].epsilon_spent)
+"""
+
+from primia.api.consortium import Consortium
+from primia.api.federation import (
+    Coordinator,
+    FederationResult,
+    FinalEvaluation,
+    Node,
+    NodeResult,
+    RoundResult,
+)
+from primia.data.synth import SynthConfig
+from primia.data.synth import write_dataset as write_synthetic_dataset
+from primia.federated.coordinator_config import (
+    CoordinatorConfig,
+    ModelConfig,
+    SecureAggregationConfig,
+)
+from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySettings
+from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
+from primia.pki import TLSFiles
+from primia.rpc.node_config import NodeConfig
+from primia.train import DPConfig, TrainConfig, train_local
+
+__all__ = [
+    "ComputeSettings",
+    "Consortium",
+    "Coordinator",
+    "CoordinatorConfig",
+    "DPConfig",
+    "DPPlan",
+    "DataSettings",
+    "FederationResult",
+    "FinalEvaluation",
+    "ModelConfig",
+    "Node",
+    "NodeConfig",
+    "NodeResult",
+    "PlanLimits",
+    "PrivacySettings",
+    "RoundResult",
+    "SecureAggregationConfig",
+    "SynthConfig",
+    "TLSFiles",
+    "TrainConfig",
+    "TrainPlan",
+    "train_local",
+    "write_synthetic_dataset",
+]
