@@ -87,7 +87,7 @@ class Chain:
         """The chain with ``event`` appended (its ``prev`` set here)."""
         record = {**event, "prev": self.last_hash}
         line = canonical(record)
-        return Chain(self.records + (record,), self.lines + (line,), self.hashes + (digest(line),))
+        return Chain((*self.records, record), (*self.lines, line), (*self.hashes, digest(line)))
 
     def text(self) -> bytes:
         return "".join(line + "\n" for line in self.lines).encode()

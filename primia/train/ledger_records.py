@@ -15,8 +15,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from primia.errors import LedgerIntegrityError
-
 _NUMBER = (int, float)
 _KEYS: dict[str, dict[str, tuple[type, ...]]] = {
     "header": {"version": (int,), "accountant": (str,), "budget": (dict,)},

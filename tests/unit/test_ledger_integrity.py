@@ -248,5 +248,5 @@ def test_an_unchained_version_1_ledger_is_upgraded_once(tmp_path: Path, caplog) 
 
 def test_an_unreadable_anchor_is_refused(ledger_path: Path) -> None:
     atomic_write_bytes(anchor_path(ledger_path), b"{}")
-    with pytest.raises(LedgerError, match="anchor .* is unreadable"):
+    with pytest.raises(LedgerError, match=r"anchor .* is unreadable"):
         PrivacyLedger.open(ledger_path, accountant="rdp")
