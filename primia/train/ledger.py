@@ -115,7 +115,7 @@ class PrivacyLedger:
         """
         if accountant not in ACCOUNTANTS:
             raise ConfigError(f"unknown accountant {accountant!r}; choose one of: prv, rdp")
-        with _locked(path):
+        with locked(path):
             chain = _load(path)
             if chain is None:
                 if budget is None:
@@ -147,10 +147,19 @@ class PrivacyLedger:
                 ledger._append({"event": "budget", "budget": asdict(budget), "time": _now()})
             return ledger
 
+    @classmethod
+    def read(cls, path: Path) -> PrivacyLedger:
+        """Open the existing ledger at ``path`` with whatever accountant it uses."""
+        with locked(path):
+            chain = _load(path)
+        if chain is None:
+            raise ConfigError(f"there is no privacy ledger at {path}")
+        return cls(path, chain)
+
     def reload(self) -> None:
         """Read the ledger from disk again (checking it): what another process recorded,
         or an operator repaired."""
-        with _locked(self.path):
+        with locked(self.path):
             self._chain = self._read()
 
     @property
@@ -210,7 +219,7 @@ class PrivacyLedger:
         budget check composes the mechanism with every earlier release. Returns the
         release id that :meth:`complete` takes.
         """
-        with _locked(self.path):
+        with locked(self.path):
             self._chain = self._read()
             budget = self.budget
             total = self.spent_epsilon(extra=mechanism)
@@ -240,7 +249,7 @@ class PrivacyLedger:
 
     def complete(self, release_id: str, *, steps: int, epsilon: float) -> None:
         """Record the steps a reserved release actually ran (at most the planned steps)."""
-        with _locked(self.path):
+        with locked(self.path):
             self._chain = self._read()
             plans = [
                 e for e in self._events if e["event"] == "reserve" and e["release_id"] == release_id
@@ -360,7 +369,7 @@ def _version(text: str) -> object:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path``'s lock file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "a") as lock:

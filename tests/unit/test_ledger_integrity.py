@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from primia.config import atomic_write_bytes
-from primia.errors import LedgerError, LedgerIntegrityError
+from primia.errors import ConfigError, LedgerError, LedgerIntegrityError
 from primia.train.accounting import Mechanism, epsilon_of
 from primia.train.ledger import Budget, PrivacyLedger
 from primia.train.ledger_chain import anchor_path, canonical, chain_of, read_anchor
 from primia.train.ledger_records import anchored_first
+from primia.train.ledger_repair import repair, verify
 
 DELTA = 1e-5
 PLAN = Mechanism(1.1, 0.05, 60)
@@ -250,3 +251,46 @@ def test_an_unreadable_anchor_is_refused(ledger_path: Path) -> None:
     atomic_write_bytes(anchor_path(ledger_path), b"{}")
     with pytest.raises(LedgerError, match=r"anchor .* is unreadable"):
         PrivacyLedger.open(ledger_path, accountant="rdp")
+
+
+def test_repair_of_a_cut_ledger_carries_the_anchored_epsilon(ledger_path: Path) -> None:
+    original = spent(ledger_path)
+    lines = ledger_path.read_text().splitlines()[:3]
+    ledger_path.write_text("\n".join(lines) + "\n")
+    dry = repair(ledger_path)
+    assert not dry.written and dry.carried_epsilon == pytest.approx(original)
+    refused(ledger_path, "holds 3 records")  # nothing was written without accept
+    done = repair(ledger_path, accept=True)
+    assert done.written and done.damaged_copy is not None and done.damaged_copy.exists()
+    repaired = PrivacyLedger.open(ledger_path, accountant="rdp")
+    assert repaired.spent_epsilon() >= original  # never lower than what was anchored
+    assert verify(ledger_path).problem == ""
+    assert [json.loads(line)["event"] for line in ledger_path.read_text().splitlines()][-1] == (
+        "repair"
+    )
+
+
+def test_repair_of_an_edited_record_drops_nothing_it_can_keep(ledger_path: Path) -> None:
+    original = spent(ledger_path)
+    text = ledger_path.read_text()
+    ledger_path.write_text(text.replace('"event":"reserve"', '"event":"reservE"', 1))
+    assert "unknown event" in verify(ledger_path).problem
+    done = repair(ledger_path, accept=True)
+    assert done.dropped == 2  # the reservE line and the complete of its release
+    assert spent(ledger_path) >= original
+
+
+def test_repair_refuses_an_intact_ledger_and_a_lower_figure(ledger_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nothing to repair"):
+        repair(ledger_path, accept=True)
+    with pytest.raises(ConfigError, match="nothing to repair"):
+        repair(ledger_path, at_least=0.01, accept=True)
+
+
+def test_repair_of_a_deleted_ledger_needs_the_budget(ledger_path: Path) -> None:
+    original = spent(ledger_path)
+    ledger_path.unlink()
+    with pytest.raises(ConfigError, match=r"header .* is lost"):
+        repair(ledger_path, accept=True)
+    repair(ledger_path, accept=True, budget=Budget(10.0, DELTA), accountant="rdp")
+    assert spent(ledger_path) == pytest.approx(original)
