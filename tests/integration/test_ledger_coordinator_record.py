@@ -37,6 +37,7 @@ def test_a_node_whose_ledger_forgot_releases_refuses_until_repaired(
             startup_wait_s=20.0,
             node_wait_s=20.0,
             max_attempts=1,
+            aggregation="plaintext",  # one node: secure aggregation needs two
         )
         return CoordinatorServer(config)
 
