@@ -294,3 +294,16 @@ def test_repair_of_a_deleted_ledger_needs_the_budget(ledger_path: Path) -> None:
         repair(ledger_path, accept=True)
     repair(ledger_path, accept=True, budget=Budget(10.0, DELTA), accountant="rdp")
     assert spent(ledger_path) == pytest.approx(original)
+
+
+def test_the_cli_verifies_and_repairs_only_with_accept(ledger_path: Path, capsys) -> None:
+    from primia.cli import main
+
+    assert main(["ledger", "verify", str(ledger_path)]) == 0
+    ledger_path.write_text(ledger_path.read_text().splitlines()[0] + "\n")
+    assert main(["ledger", "verify", str(ledger_path)]) == 2
+    assert "holds 1 records but its anchor 5" in capsys.readouterr().out
+    assert main(["ledger", "repair", str(ledger_path)]) == 1
+    assert "nothing written" in capsys.readouterr().out
+    assert main(["ledger", "repair", str(ledger_path), "--accept"]) == 0
+    assert main(["ledger", "verify", str(ledger_path)]) == 0
