@@ -52,3 +52,16 @@ def test_alarm_details_are_bounded_and_escaped_for_the_log() -> None:
     text = codec.printable("a\nforged line" + "x" * 5000)
     assert "\n" not in text and len(text) < 2100
     assert NodeStatus("a").ledger_alarm == ""
+
+
+def test_the_status_display_shows_the_alarm() -> None:
+    from rich.console import Console
+
+    from primia.federated.coordinator import FederationStatus
+    from primia.federated.display import render
+
+    node = NodeStatus("a", connected=True, activity="idle", ledger_alarm="below the 1.95")
+    status = FederationStatus("run", "training", 1, 2, 1, [node], [])
+    console = Console(width=200, record=True)
+    console.print(render(status))
+    assert "LEDGER: below the 1.95" in console.export_text()
