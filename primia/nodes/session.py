@@ -253,8 +253,8 @@ class NodeSession:
             log.warning("%s refuses to train: %s", self.name, codec.printable(alarm.detail))
             self._registry.set_ledger_alarm(
                 self.name,
-                f"refuses to train: its ledger reports eps {alarm.ledger_epsilon:.4g}, below the "
-                f"{alarm.recorded_epsilon:.4g} recorded",
+                f"refuses to train (ledger eps {alarm.ledger_epsilon:.4g}, recorded "
+                f"{alarm.recorded_epsilon:.4g}): {codec.printable(alarm.detail)[:300]}",
             )
         elif kind == "progress":
             progress = message.progress

@@ -60,7 +60,7 @@ def test_a_node_whose_ledger_forgot_releases_refuses_until_repaired(
     with pytest.raises(FederationFailed):
         second.run()
     (status,) = second.registry.statuses()
-    assert "below the" in status.ledger_alarm and f"{recorded:.4g}" in status.ledger_alarm
+    assert "refuses to train" in status.ledger_alarm and f"{recorded:.4g}" in status.ledger_alarm
     assert "refuses to train" in caplog.text and "ledger_integrity" in caplog.text
     assert PrivacyLedger.open(ledger_path, accountant="rdp").releases() == []
     assert [r["round"] for r in rounds_of(run_dir)] == [1]
