@@ -27,3 +27,8 @@ class PrivacyBudgetExceeded(PrimiaError):
 
 class LedgerError(PrimiaError):
     """A privacy ledger file is corrupt or inconsistent."""
+
+
+class LedgerIntegrityError(LedgerError):
+    """A privacy ledger was changed, cut or lost (its hash chain or anchor disagrees), or
+    reports less ε than the coordinator recorded: no training until an operator repairs it."""

@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate,
         federation,
         infer,
+        ledger,
         train,
     )
 
@@ -61,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"primia {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (demo, data, train, certs, federation, check, infer, audit, evaluate, anonymize):
+    groups = (demo, data, train, ledger, certs, federation, check, infer, audit, evaluate)
+    for group in (*groups, anonymize):
         group.register(subparsers)
     return parser
 

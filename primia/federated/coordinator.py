@@ -221,6 +221,9 @@ class Federation:
             contributions = self.aggregator.collect(
                 links, make_task, reference=reference, timeout=config.round_timeout_s
             )
+            for name, outcome in contributions.outcomes.items():
+                # every attempt's releases count, also one without enough updates
+                self.registry.record_privacy(name, outcome.privacy)
             for name, reason in contributions.refused.items():
                 log.warning("round %d: %s refused: %s", round_number, name, reason)
                 self.registry.set_activity(name, "refused: " + reason.split(":")[0])
@@ -244,8 +247,7 @@ class Federation:
                 "and have privacy budget left (see the log above)"
             )
         contributions.apply_to(model)
-        for name, outcome in contributions.outcomes.items():
-            self.registry.record_privacy(name, outcome.privacy)
+        for name in contributions.outcomes:
             self.registry.record_contribution(name)
         train_seconds = max(o.seconds for o in contributions.outcomes.values())
         validation = self._evaluate(

@@ -30,10 +30,11 @@ import torch
 from primia import __version__
 from primia.blobs import Blob
 from primia.data import RadiographDataset, Splits, only_site, open_dataset, patient_split
-from primia.errors import ConfigError, PrivacyBudgetExceeded
+from primia.errors import ConfigError, LedgerError, LedgerIntegrityError, PrivacyBudgetExceeded
 from primia.evaluate.bootstrap import secret_seed
 from primia.evaluate.evaluation import evaluate_scores
 from primia.federated.plan import PlanLimits, plan_problems
+from primia.federated.privacy_record import below
 from primia.federated.tasks import (
     DatasetSummary,
     EvaluateTask,
@@ -140,6 +141,8 @@ class DataOwner:
         self._decoded: tuple[tuple[str, bytes, ModelSpec], dict[str, torch.Tensor]] | None = None
         """The last global weights decoded, by (blob id, digest, spec)."""
         self._default_image_size = default_image_size
+        self._recorded_epsilon: float | None = None
+        """The ε the coordinator recorded for this node (its latest Welcome)."""
         self._splits_at(default_image_size)  # fail at start-up, not mid-round, on bad data
 
     def info(self) -> NodeInfo:
@@ -167,12 +170,48 @@ class DataOwner:
             accountant=self.ledger.accountant,
         )
 
+    def check_coordinator_record(
+        self, recorded_epsilon: float | None
+    ) -> LedgerIntegrityError | None:
+        """Remember the ε the coordinator recorded for this node and compare it with the
+        ledger (read again from disk): the error that makes :meth:`train` refuse, or None.
+
+        A ledger below the record forgot releases the coordinator saw (it was deleted,
+        cut or rewritten with its anchor); training on it would spend budget already
+        spent. The refusal lasts until the ledger reports at least the recorded ε:
+        restored from a backup, or repaired with the figure carried
+        (``primia ledger repair LEDGER --at-least X --accept``).
+        """
+        self._recorded_epsilon = recorded_epsilon
+        return self._ledger_problem()
+
+    def _ledger_problem(self) -> LedgerIntegrityError | None:
+        try:
+            self.ledger.reload()
+        except LedgerIntegrityError as error:
+            return error
+        recorded = self._recorded_epsilon
+        spent = self.ledger.spent_epsilon()
+        if recorded is None or not below(spent, recorded):
+            return None
+        return LedgerIntegrityError(
+            f"privacy ledger {self.ledger.path} reports eps {spent:.4g} spent, but the "
+            f"coordinator recorded {recorded:.4g} for this node: releases are missing from "
+            "the ledger (deleted, cut, or rewritten with its anchor). This node refuses to "
+            "train until it is resolved: restore the ledger and its anchor from a backup, "
+            f"or carry the coordinator's figure: `primia ledger repair {self.ledger.path} "
+            f"--at-least {recorded:.6g} --accept` (docs/privacy.md, 'Ledger integrity')"
+        )
+
     def train(self, task: TrainTask, on_progress: ProgressCallback | None = None) -> LocalTraining:
         """Train from the task's weights under its plan (see above). The update stays
         tensors, for the caller to encode: as safetensors
         (:meth:`~primia.federated.tasks.LocalTraining.as_safetensors`), or into the ring
         for secure aggregation."""
         started = time.perf_counter()
+        problem = self._ledger_problem()
+        if problem is not None:
+            raise TaskRefused(Refusal.LEDGER_INTEGRITY, str(problem))
         problems = plan_problems(task.plan, self._limits, delta_budget=self._privacy.delta)
         if problems:
             raise TaskRefused(Refusal.INVALID_PLAN, "; ".join(problems))
@@ -228,6 +267,8 @@ class DataOwner:
             )
         except PrivacyBudgetExceeded as error:
             raise TaskRefused(Refusal.BUDGET_EXCEEDED, str(error)) from error
+        except LedgerError as error:
+            raise TaskRefused(Refusal.LEDGER_INTEGRITY, str(error)) from error
         local_state = fitted.model.state_dict()
         update = {
             name: local_state[name].detach().cpu() - global_state[name] for name in global_state

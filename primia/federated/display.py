@@ -36,9 +36,12 @@ def render(status: FederationStatus) -> RenderableType:
         budget = (
             f"{node.epsilon_spent:.2f} / {node.epsilon_budget:.2f}" if node.epsilon_budget else "-"
         )
+        activity = Text(node.activity, style="green" if node.connected else "dim")
+        if node.ledger_alarm:  # the node's ledger reports less ε than this run recorded
+            activity = Text(f"LEDGER: {node.ledger_alarm}", style="bold red")
         nodes.add_row(
             node.name,
-            Text(node.activity, style="green" if node.connected else "dim"),
+            activity,
             budget,
             str(node.rounds_contributed),
             node.device or "-",

@@ -23,6 +23,7 @@ from primia.crypto.secagg import (
     UnmaskRequest,
     UnmaskShares,
 )
+from primia.federated.privacy_record import PrivacyRecord
 from primia.federated.tasks import (
     EvaluateTask,
     EvaluationOutcome,
@@ -75,13 +76,18 @@ class NodeStatus:
     epsilon_budget: float = 0.0
     rounds_contributed: int = 0
     device: str = ""
+    ledger_alarm: str = ""
+    """Non-empty while the node's ledger reports less ε than this run recorded for it."""
 
 
 class NodeRegistry:
     """The roster's nodes, connected or not; thread-safe."""
 
-    def __init__(self, roster: Sequence[str]) -> None:
+    def __init__(self, roster: Sequence[str], privacy_record: PrivacyRecord | None = None) -> None:
+        """``privacy_record``: where the nodes' reported ε is kept (the run directory's
+        :class:`~primia.federated.privacy_record.PrivacyRecord`); None keeps none."""
         self.roster = tuple(roster)
+        self.privacy_record = privacy_record
         self._links: dict[str, NodeLink] = {}
         self._status = {name: NodeStatus(name) for name in self.roster}
         self._changed = threading.Condition()
@@ -98,6 +104,7 @@ class NodeRegistry:
         view._links = self._links
         view._status = self._status
         view._changed = self._changed
+        view.privacy_record = self.privacy_record
         return view
 
     def admit(self, link: NodeLink) -> None:
@@ -116,6 +123,8 @@ class NodeRegistry:
                 epsilon_budget=link.info.privacy.epsilon_budget,
             )
             self._changed.notify_all()
+        if self.privacy_record is not None:
+            self.privacy_record.update(link.name, link.info.privacy)
         if previous is not None:
             previous.close("the node connected again")
 
@@ -155,6 +164,16 @@ class NodeRegistry:
             self._update(
                 name, epsilon_spent=privacy.epsilon_spent, epsilon_budget=privacy.epsilon_budget
             )
+        if self.privacy_record is not None:
+            self.privacy_record.update(name, privacy)
+
+    def recorded_epsilon(self, name: str) -> float | None:
+        """The highest ε ``name`` reported in this run, if a record is kept."""
+        return None if self.privacy_record is None else self.privacy_record.recorded(name)
+
+    def set_ledger_alarm(self, name: str, alarm: str) -> None:
+        with self._changed:
+            self._update(name, ledger_alarm=alarm)
 
     def record_contribution(self, name: str) -> None:
         with self._changed:

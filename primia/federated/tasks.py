@@ -29,6 +29,7 @@ class Refusal(StrEnum):
     INCOMPATIBLE_MODEL = "incompatible_model"
     FAILED = "failed"
     PROTOCOL_VIOLATION = "protocol_violation"
+    LEDGER_INTEGRITY = "ledger_integrity"
 
 
 class TaskRefused(PrimiaError):

@@ -35,7 +35,9 @@ _REFUSALS = {
     Refusal.INCOMPATIBLE_MODEL: pb.REFUSAL_REASON_INCOMPATIBLE_MODEL,
     Refusal.FAILED: pb.REFUSAL_REASON_FAILED,
     Refusal.PROTOCOL_VIOLATION: pb.REFUSAL_REASON_PROTOCOL_VIOLATION,
+    Refusal.LEDGER_INTEGRITY: pb.REFUSAL_REASON_LEDGER_INTEGRITY,
 }
+MAX_ALARM_LENGTH = 2000
 _SPLITS: dict[Split, pb.Split] = {"validation": pb.SPLIT_VALIDATION, "test": pb.SPLIT_TEST}
 
 
@@ -270,6 +272,7 @@ def status_to_proto(status: NodeStatus) -> pb.NodeStatus:
         epsilon_budget=status.epsilon_budget,
         rounds_contributed=status.rounds_contributed,
         device=status.device,
+        ledger_alarm=status.ledger_alarm,
     )
 
 
@@ -282,6 +285,7 @@ def status_from_proto(message: pb.NodeStatus) -> NodeStatus:
         epsilon_budget=message.epsilon_budget,
         rounds_contributed=message.rounds_contributed,
         device=message.device,
+        ledger_alarm=message.ledger_alarm,
     )
 
 
@@ -329,3 +333,9 @@ def status_of(reply: pb.StatusReply) -> FederationStatus:
         ],
         unit=reply.unit or "round",
     )
+
+
+def printable(text: str) -> str:
+    """``text`` cut to a bounded length with control characters escaped, for a log line."""
+    cut = text[:MAX_ALARM_LENGTH]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)

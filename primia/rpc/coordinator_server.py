@@ -23,6 +23,8 @@ import torch
 from primia.errors import ConfigError
 from primia.federated.coordinator import Federation, FederationStatus
 from primia.federated.coordinator_config import CoordinatorConfig
+from primia.federated.privacy_record import FILENAME as PRIVACY_RECORD
+from primia.federated.privacy_record import PrivacyRecord
 from primia.federated.registry import NodeRegistry
 from primia.rpc import methods
 from primia.rpc.coordinator_service import CoordinatorService
@@ -48,7 +50,9 @@ class CoordinatorServer:
         job: Callable[[NodeRegistry], Job] | None = None,
     ) -> None:
         self.config = config
-        self.registry = NodeRegistry(config.roster)
+        self.registry = NodeRegistry(
+            config.roster, privacy_record=PrivacyRecord(config.run_dir / PRIVACY_RECORD)
+        )
         self.job: Job = (
             job(self.registry) if job is not None else Federation(config, self.registry, stop=stop)
         )

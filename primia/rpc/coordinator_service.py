@@ -22,6 +22,7 @@ import grpc
 
 from primia.blobs import MIB, BlobAssembler, BlobChunk, BlobError
 from primia.federated.coordinator import FederationStatus
+from primia.federated.privacy_record import below
 from primia.federated.registry import NodeRegistry
 from primia.pki import Identity, Role
 from primia.rpc import codec
@@ -64,6 +65,16 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         except codec.MessageError as error:
             log.warning("refused %s: %s", identity.name, error)
             abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        recorded = self._registry.recorded_epsilon(identity.name)
+        if recorded is not None and below(info.privacy.epsilon_spent, recorded):
+            alarm = (
+                f"its ledger reports eps {info.privacy.epsilon_spent:.4g}, below the "
+                f"{recorded:.4g} this run recorded for it"
+            )
+            log.warning("%s joined, but %s; it should refuse to train", identity.name, alarm)
+            self._registry.set_ledger_alarm(identity.name, alarm)
+        else:
+            self._registry.set_ledger_alarm(identity.name, "")
         session = NodeSession(identity.name, info, self._registry, self._chunk_messages)
         context.add_callback(lambda: session.close("the stream ended"))
         reader = threading.Thread(
@@ -88,6 +99,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             node_name=identity.name,
             run_id=self._status().run_id,
         )
+        if recorded is not None:
+            welcome.recorded_epsilon_spent = recorded
         yield from session.outbound(welcome, context.is_active)
 
     def _read(self, session: NodeSession, messages: Iterator[pb.NodeMessage | BlobChunk]) -> None:

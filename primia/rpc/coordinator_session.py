@@ -248,6 +248,14 @@ class NodeSession:
             revealed = message.unmask_shares
             future = self._take(revealed.task_id, "unmask")
             _settle(future, result=secure_codec.unmask_from_proto(revealed, self.name))
+        elif kind == "ledger_alarm":
+            alarm = message.ledger_alarm
+            log.warning("%s refuses to train: %s", self.name, codec.printable(alarm.detail))
+            self._registry.set_ledger_alarm(
+                self.name,
+                f"refuses to train (ledger eps {alarm.ledger_epsilon:.4g}, recorded "
+                f"{alarm.recorded_epsilon:.4g}): {codec.printable(alarm.detail)[:300]}",
+            )
         elif kind == "progress":
             progress = message.progress
             self._registry.set_activity(self.name, f"{progress.stage} ({progress.fraction:.0%})")

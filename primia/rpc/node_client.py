@@ -159,6 +159,7 @@ class _Session:
                     message.welcome.node_name,
                     message.welcome.run_id,
                 )
+                self._check_record(message.welcome)
             elif kind == "chunk":
                 self._chunk(message.chunk)
             elif kind == "train":
@@ -174,6 +175,23 @@ class _Session:
                 log.warning("the coordinator could not use a message: %s", message.error.detail)
         log.warning("the coordinator closed the stream")
         return False
+
+    def _check_record(self, welcome: pb.Welcome) -> None:
+        """Compare the ledger with the ε the coordinator recorded; if it is below, say so
+        to the coordinator (its status shows it) — training tasks are then refused."""
+        recorded = (
+            welcome.recorded_epsilon_spent if welcome.HasField("recorded_epsilon_spent") else None
+        )
+        problem = self._owner.check_coordinator_record(recorded)
+        if problem is None:
+            return
+        log.error("%s", problem)
+        alarm = pb.LedgerAlarm(
+            ledger_epsilon=self._owner.ledger.spent_epsilon(),
+            recorded_epsilon=recorded or 0.0,
+            detail=str(problem),
+        )
+        self._send(pb.NodeMessage(ledger_alarm=alarm))
 
     def _chunk(self, chunk: BlobChunk | pb.Chunk) -> None:
         try:

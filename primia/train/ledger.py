@@ -17,12 +17,21 @@ step runs.
 Every write replaces the file atomically (see :func:`primia.config.atomic_write_bytes`)
 while holding an exclusive lock, so concurrent trainings on one dataset cannot both take
 the last of a budget.
+
+Records are hash-chained and anchored in a separate file (:mod:`primia.train.ledger_chain`):
+every read checks the chain, every record (:mod:`primia.train.ledger_records`: unknown
+events and missing keys are errors) and the anchor, and raises
+:class:`~primia.errors.LedgerIntegrityError` — so training is refused — when the ledger
+was changed, cut or lost. A version-1 (unchained) ledger is upgraded once, with a warning.
+``repair`` records (:mod:`primia.train.ledger_repair`) add their ``carried_epsilon`` to the
+composition: by basic composition, ε_spent = Σ carried + ε(itemised releases).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import math
 import uuid
 from collections.abc import Iterator
@@ -35,8 +44,22 @@ from typing import Any
 from primia.errors import ConfigError, LedgerError, PrivacyBudgetExceeded
 from primia.files import atomic_write_bytes
 from primia.train.accounting import ACCOUNTANTS, AccountantName, Mechanism, epsilon_of
+from primia.train.ledger_chain import (
+    Anchor,
+    Chain,
+    chain_of,
+    integrity_error,
+    migrate,
+    parse,
+    read_anchor,
+    reconcile,
+    write_anchor,
+)
+from primia.train.ledger_records import anchored_first
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -68,9 +91,13 @@ class Release:
 class PrivacyLedger:
     """The ledger file of one dataset. Open it with :meth:`open`."""
 
-    def __init__(self, path: Path, events: list[dict[str, Any]]) -> None:
+    def __init__(self, path: Path, chain: Chain) -> None:
         self.path = path
-        self._events = events
+        self._chain = chain
+
+    @property
+    def _events(self) -> tuple[dict[str, Any], ...]:
+        return self._chain.records
 
     @classmethod
     def open(
@@ -88,8 +115,9 @@ class PrivacyLedger:
         """
         if accountant not in ACCOUNTANTS:
             raise ConfigError(f"unknown accountant {accountant!r}; choose one of: prv, rdp")
-        with _locked(path):
-            if not path.exists():
+        with locked(path):
+            chain = _load(path)
+            if chain is None:
                 if budget is None:
                     raise ConfigError(
                         f"no privacy ledger at {path} and no budget given; "
@@ -98,23 +126,41 @@ class PrivacyLedger:
                 header = {
                     "event": "header",
                     "version": FORMAT_VERSION,
+                    "ledger_id": uuid.uuid4().hex,
                     "accountant": accountant,
                     "budget": asdict(budget),
                     "time": _now(),
                 }
-                ledger = cls(path, [header])
-                ledger._save()
-                return ledger
-            ledger = cls(path, _read_events(path))
+                created = chain_of([header])
+                # Anchor first: a crash before the ledger is written leaves an anchor that
+                # says nothing was spent, and the next open creates the ledger again.
+                write_anchor(path, Anchor.of(created, 0.0))
+                atomic_write_bytes(path, created.text())
+                return cls(path, created)
+            ledger = cls(path, chain)
             if ledger.accountant != accountant:
                 raise ConfigError(
                     f"the ledger {path} composes with the {ledger.accountant!r} accountant; "
                     f"use --accountant {ledger.accountant} for this dataset"
                 )
             if budget is not None and budget != ledger.budget:
-                ledger._events.append({"event": "budget", "budget": asdict(budget), "time": _now()})
-                ledger._save()
+                ledger._append({"event": "budget", "budget": asdict(budget), "time": _now()})
             return ledger
+
+    @classmethod
+    def read(cls, path: Path) -> PrivacyLedger:
+        """Open the existing ledger at ``path`` with whatever accountant it uses."""
+        with locked(path):
+            chain = _load(path)
+        if chain is None:
+            raise ConfigError(f"there is no privacy ledger at {path}")
+        return cls(path, chain)
+
+    def reload(self) -> None:
+        """Read the ledger from disk again (checking it): what another process recorded,
+        or an operator repaired."""
+        with locked(self.path):
+            self._chain = self._read()
 
     @property
     def accountant(self) -> AccountantName:
@@ -158,7 +204,8 @@ class PrivacyLedger:
         history = [release.mechanism for release in self.releases()]
         if extra is not None:
             history.append(extra)
-        return epsilon_of(history, delta=self.budget.delta, accountant=self.accountant)
+        carried = sum(float(e["carried_epsilon"]) for e in self._events if e["event"] == "repair")
+        return carried + epsilon_of(history, delta=self.budget.delta, accountant=self.accountant)
 
     def remaining_epsilon(self) -> float:
         return max(0.0, self.budget.epsilon - self.spent_epsilon())
@@ -172,8 +219,8 @@ class PrivacyLedger:
         budget check composes the mechanism with every earlier release. Returns the
         release id that :meth:`complete` takes.
         """
-        with _locked(self.path):
-            self._events = _read_events(self.path)
+        with locked(self.path):
+            self._chain = self._read()
             budget = self.budget
             total = self.spent_epsilon(extra=mechanism)
             if not math.isfinite(total) or total > budget.epsilon:
@@ -185,7 +232,7 @@ class PrivacyLedger:
                     "epochs, with a smaller target epsilon, or raise the budget"
                 )
             release_id = uuid.uuid4().hex
-            self._events.append(
+            self._append(
                 {
                     "event": "reserve",
                     "release_id": release_id,
@@ -198,13 +245,12 @@ class PrivacyLedger:
                     "time": _now(),
                 }
             )
-            self._save()
             return release_id
 
     def complete(self, release_id: str, *, steps: int, epsilon: float) -> None:
         """Record the steps a reserved release actually ran (at most the planned steps)."""
-        with _locked(self.path):
-            self._events = _read_events(self.path)
+        with locked(self.path):
+            self._chain = self._read()
             plans = [
                 e for e in self._events if e["event"] == "reserve" and e["release_id"] == release_id
             ]
@@ -219,7 +265,7 @@ class PrivacyLedger:
                     f"release {release_id} ran {steps} steps but reserved only "
                     f"{plans[0]['steps']}; its privacy cost was under-reserved"
                 )
-            self._events.append(
+            self._append(
                 {
                     "event": "complete",
                     "release_id": release_id,
@@ -228,40 +274,102 @@ class PrivacyLedger:
                     "time": _now(),
                 }
             )
-            self._save()
 
-    def _save(self) -> None:
-        lines = "".join(json.dumps(event, sort_keys=True) + "\n" for event in self._events)
-        atomic_write_bytes(self.path, lines.encode())
-
-
-def _read_events(path: Path) -> list[dict[str, Any]]:
-    events = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+    def _append(self, event: dict[str, Any]) -> None:
+        """Append ``event`` and anchor it, in the order that keeps a crash between the two
+        writes from under-reporting ε (see :mod:`primia.train.ledger_chain`). Call with
+        the lock held."""
+        budget = self.budget
+        before = self._chain
+        self._chain = before.extended(event)
         try:
-            event = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise LedgerError(
-                f"privacy ledger {path} line {number} is not valid JSON ({error}); "
-                "restore it from a backup: a ledger must never be edited by hand"
-            ) from error
-        if not isinstance(event, dict) or "event" not in event:
-            raise LedgerError(f"privacy ledger {path} line {number} is not a ledger event")
-        events.append(event)
-    if not events or events[0]["event"] != "header":
-        raise LedgerError(f"privacy ledger {path} has no header line; it is not a primia ledger")
-    if events[0].get("version") != FORMAT_VERSION:
-        raise LedgerError(
-            f"privacy ledger {path} has format version {events[0].get('version')}; "
-            f"this primia reads version {FORMAT_VERSION}"
+            anchor = Anchor.of(self._chain, self.spent_epsilon())
+        except BaseException:
+            self._chain = before
+            raise
+        if anchored_first(event, (budget.epsilon, budget.delta)):
+            write_anchor(self.path, anchor)
+            atomic_write_bytes(self.path, self._chain.text())
+        else:
+            atomic_write_bytes(self.path, self._chain.text())
+            write_anchor(self.path, anchor)
+
+    def _read(self) -> Chain:
+        chain = _load(self.path)
+        if chain is None:
+            raise integrity_error(self.path, "the ledger file is missing")
+        return chain
+
+
+def _load(path: Path) -> Chain | None:
+    """The checked chain of the ledger at ``path``; None if there is none (nor an anchor
+    that says releases were recorded). Hold the lock."""
+    anchor = read_anchor(path)
+    if not path.exists():
+        if anchor is None or (anchor.records == 1 and anchor.epsilon_spent == 0):
+            return None  # never created, or its creation crashed before the ledger
+        raise integrity_error(
+            path,
+            f"the ledger is missing, but its anchor records {anchor.records} records and "
+            f"ε {anchor.epsilon_spent:.3g} spent",
         )
-    return events
+    text = path.read_text()
+    version = _version(text)
+    if version == 1:
+        return _upgrade(path, text, anchor)
+    if version != FORMAT_VERSION:
+        raise LedgerError(
+            f"privacy ledger {path} has format version {version}; this primia reads "
+            f"versions 1 and {FORMAT_VERSION}"
+        )
+    chain = parse(path, text)
+    if anchor is None:
+        raise integrity_error(
+            path,
+            "its anchor is missing (deleted, or the ledger was copied without it), so a cut "
+            "ledger cannot be told from a whole one",
+        )
+    chain, note = reconcile(path, chain, anchor)
+    if note:
+        log.warning("privacy ledger %s: %s", path, note)
+        write_anchor(path, Anchor.of(chain, PrivacyLedger(path, chain).spent_epsilon()))
+    return chain
+
+
+def _upgrade(path: Path, text: str, anchor: Anchor | None) -> Chain:
+    """Chain a version-1 ledger, anchor first (the upgrade is deterministic, so a crash
+    before the ledger is rewritten is finished at the next open)."""
+    chain = migrate(path, text)
+    if anchor is not None:
+        if anchor.ledger_id != chain.ledger_id or anchor.last_hash != chain.last_hash:
+            raise integrity_error(
+                path,
+                "the file is in the old unchained format but a chained ledger's anchor is "
+                "beside it: the chained ledger was replaced",
+            )
+    else:
+        log.warning(
+            "privacy ledger %s: upgrading from format version 1 to %d (hash-chained, with an "
+            "anchor); the records before the upgrade could not be checked",
+            path,
+            FORMAT_VERSION,
+        )
+        write_anchor(path, Anchor.of(chain, PrivacyLedger(path, chain).spent_epsilon()))
+    atomic_write_bytes(path, chain.text())
+    return chain
+
+
+def _version(text: str) -> object:
+    first = text.split("\n", 1)[0]
+    try:
+        header = json.loads(first)
+    except json.JSONDecodeError:
+        return FORMAT_VERSION  # let the chain's check name the line
+    return header.get("version") if isinstance(header, dict) else FORMAT_VERSION
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path``'s lock file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "a") as lock:

@@ -152,3 +152,30 @@ def test_a_detailed_evaluation_passes_over_each_split_once(
     assert compared  # the same scores behind both: the same AUROC per label
     for detailed_auroc, pooled_auroc in compared:
         assert detailed_auroc == pytest.approx(pooled_auroc)
+
+
+def test_a_ledger_cut_while_the_node_runs_refuses_the_next_round(owner: DataOwner) -> None:
+    """Issue 22: the ledger is read and checked again before each task; without that the
+    node would train from what it holds in memory, or from a cut file."""
+    owner.train(TrainTask("t1", 1, SPEC, _weights(), PLAN))
+    path = owner.ledger.path
+    path.write_text(path.read_text().splitlines()[0] + "\n")  # reduced to its header
+    with pytest.raises(TaskRefused) as refused:
+        owner.train(TrainTask("t2", 2, SPEC, _weights(), PLAN))
+    assert refused.value.reason == Refusal.LEDGER_INTEGRITY
+    assert "holds 1 records but its anchor 3" in refused.value.detail
+    assert "primia ledger repair" in refused.value.detail
+
+
+def test_a_coordinator_record_above_the_ledger_refuses_until_repaired(owner: DataOwner) -> None:
+    from primia.train.ledger_repair import repair
+
+    assert owner.check_coordinator_record(0.0) is None
+    problem = owner.check_coordinator_record(1.5)
+    assert problem is not None and "coordinator recorded 1.5" in str(problem)
+    with pytest.raises(TaskRefused) as refused:
+        owner.train(TrainTask("t1", 1, SPEC, _weights(), PLAN))
+    assert refused.value.reason == Refusal.LEDGER_INTEGRITY
+    repair(owner.ledger.path, at_least=1.5, accept=True)
+    assert owner.check_coordinator_record(1.5) is None
+    assert owner.ledger.spent_epsilon() == pytest.approx(1.5)

@@ -17,6 +17,7 @@ class RefusalReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REFUSAL_REASON_INCOMPATIBLE_MODEL: _ClassVar[RefusalReason]
     REFUSAL_REASON_FAILED: _ClassVar[RefusalReason]
     REFUSAL_REASON_PROTOCOL_VIOLATION: _ClassVar[RefusalReason]
+    REFUSAL_REASON_LEDGER_INTEGRITY: _ClassVar[RefusalReason]
 
 class Split(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -30,6 +31,7 @@ REFUSAL_REASON_INVALID_WEIGHTS: RefusalReason
 REFUSAL_REASON_INCOMPATIBLE_MODEL: RefusalReason
 REFUSAL_REASON_FAILED: RefusalReason
 REFUSAL_REASON_PROTOCOL_VIOLATION: RefusalReason
+REFUSAL_REASON_LEDGER_INTEGRITY: RefusalReason
 SPLIT_UNSPECIFIED: Split
 SPLIT_VALIDATION: Split
 SPLIT_TEST: Split
@@ -49,7 +51,7 @@ class Chunk(_message.Message):
     def __init__(self, blob_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class NodeMessage(_message.Message):
-    __slots__ = ("hello", "chunk", "train_result", "evaluate_result", "refused", "progress", "keys", "shares", "masked_input", "unmask_shares")
+    __slots__ = ("hello", "chunk", "train_result", "evaluate_result", "refused", "progress", "keys", "shares", "masked_input", "unmask_shares", "ledger_alarm")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     TRAIN_RESULT_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +62,7 @@ class NodeMessage(_message.Message):
     SHARES_FIELD_NUMBER: _ClassVar[int]
     MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
     UNMASK_SHARES_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ALARM_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     chunk: Chunk
     train_result: TrainResult
@@ -70,7 +73,18 @@ class NodeMessage(_message.Message):
     shares: ShareBundle
     masked_input: MaskedInput
     unmask_shares: UnmaskShares
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train_result: _Optional[_Union[TrainResult, _Mapping]] = ..., evaluate_result: _Optional[_Union[EvaluateResult, _Mapping]] = ..., refused: _Optional[_Union[TaskRefused, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., keys: _Optional[_Union[KeyAdvertisement, _Mapping]] = ..., shares: _Optional[_Union[ShareBundle, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_shares: _Optional[_Union[UnmaskShares, _Mapping]] = ...) -> None: ...
+    ledger_alarm: LedgerAlarm
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train_result: _Optional[_Union[TrainResult, _Mapping]] = ..., evaluate_result: _Optional[_Union[EvaluateResult, _Mapping]] = ..., refused: _Optional[_Union[TaskRefused, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., keys: _Optional[_Union[KeyAdvertisement, _Mapping]] = ..., shares: _Optional[_Union[ShareBundle, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_shares: _Optional[_Union[UnmaskShares, _Mapping]] = ..., ledger_alarm: _Optional[_Union[LedgerAlarm, _Mapping]] = ...) -> None: ...
+
+class LedgerAlarm(_message.Message):
+    __slots__ = ("ledger_epsilon", "recorded_epsilon", "detail")
+    LEDGER_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ledger_epsilon: float
+    recorded_epsilon: float
+    detail: str
+    def __init__(self, ledger_epsilon: _Optional[float] = ..., recorded_epsilon: _Optional[float] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("protocol_version", "software_version", "dataset", "privacy", "device")
@@ -255,14 +269,16 @@ class CoordinatorMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateTask, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., key_roster: _Optional[_Union[KeyRoster, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol_version", "node_name", "run_id")
+    __slots__ = ("protocol_version", "node_name", "run_id", "recorded_epsilon_spent")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     node_name: str
     run_id: str
-    def __init__(self, protocol_version: _Optional[int] = ..., node_name: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
+    recorded_epsilon_spent: float
+    def __init__(self, protocol_version: _Optional[int] = ..., node_name: _Optional[str] = ..., run_id: _Optional[str] = ..., recorded_epsilon_spent: _Optional[float] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
     __slots__ = ("architecture", "num_outputs", "width", "in_channels", "image_size", "task", "label_names")
@@ -517,7 +533,7 @@ class StatusReply(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., rounds: _Optional[int] = ..., min_nodes: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("name", "connected", "activity", "epsilon_spent", "epsilon_budget", "rounds_contributed", "device")
+    __slots__ = ("name", "connected", "activity", "epsilon_spent", "epsilon_budget", "rounds_contributed", "device", "ledger_alarm")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_FIELD_NUMBER: _ClassVar[int]
@@ -525,6 +541,7 @@ class NodeStatus(_message.Message):
     EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_CONTRIBUTED_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ALARM_FIELD_NUMBER: _ClassVar[int]
     name: str
     connected: bool
     activity: str
@@ -532,7 +549,8 @@ class NodeStatus(_message.Message):
     epsilon_budget: float
     rounds_contributed: int
     device: str
-    def __init__(self, name: _Optional[str] = ..., connected: _Optional[bool] = ..., activity: _Optional[str] = ..., epsilon_spent: _Optional[float] = ..., epsilon_budget: _Optional[float] = ..., rounds_contributed: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+    ledger_alarm: str
+    def __init__(self, name: _Optional[str] = ..., connected: _Optional[bool] = ..., activity: _Optional[str] = ..., epsilon_spent: _Optional[float] = ..., epsilon_budget: _Optional[float] = ..., rounds_contributed: _Optional[int] = ..., device: _Optional[str] = ..., ledger_alarm: _Optional[str] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
     __slots__ = ("round", "contributors", "dropped", "loss", "mean_auroc", "seconds")
