@@ -3,6 +3,8 @@
 A plan is public: every node sees it. A node checks it against its own
 :class:`PlanLimits` before it touches its data, and refuses, with the reason, a plan that
 would train without DP when DP is required, for too long, or with absurd parameters.
+The DP floors that depend on the node's data (the noise multiplier the plan's ε implies
+on this node, ε per run) are checked by :func:`primia.federated.policy.dp_problems`.
 Whether the plan fits the node's privacy budget is its ledger's decision
 (:meth:`primia.train.ledger.PrivacyLedger.reserve`).
 """
@@ -52,6 +54,23 @@ class PlanLimits:
     max_lr: float = 1.0
     max_grad_norm: float = 100.0
     max_image_size: int = 1024
+    min_noise_multiplier: float = 0.5
+    """The least noise multiplier σ this node trains with: a plan whose target ε needs less
+    noise on this node's data is refused (the coordinator may ask for less noise only down
+    to here)."""
+    max_epsilon_per_run: float | None = None
+    """The most ε this node spends in one coordinator run (its rounds composed); None: only
+    ``privacy.epsilon_budget`` bounds it."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.min_noise_multiplier) and self.min_noise_multiplier >= 0):
+            raise ConfigError(
+                f"limits.min_noise_multiplier must be 0 or more, not {self.min_noise_multiplier}"
+            )
+        if self.max_epsilon_per_run is not None and not self.max_epsilon_per_run > 0:
+            raise ConfigError(
+                f"limits.max_epsilon_per_run must be positive, not {self.max_epsilon_per_run}"
+            )
 
 
 def plan_problems(plan: TrainPlan, limits: PlanLimits, *, delta_budget: float) -> list[str]:

@@ -75,6 +75,8 @@ class NodeStatus:
     epsilon_budget: float = 0.0
     rounds_contributed: int = 0
     device: str = ""
+    last_refusal: str = ""
+    """The node's latest refusal of a training task, with its reason ("round N: …")."""
 
 
 class NodeRegistry:
@@ -155,6 +157,11 @@ class NodeRegistry:
             self._update(
                 name, epsilon_spent=privacy.epsilon_spent, epsilon_budget=privacy.epsilon_budget
             )
+
+    def record_refusal(self, name: str, refusal: str) -> None:
+        """Keep ``refusal`` as the node's latest (shown until the next one)."""
+        with self._changed:
+            self._update(name, last_refusal=refusal)
 
     def record_contribution(self, name: str) -> None:
         with self._changed:

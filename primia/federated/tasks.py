@@ -29,6 +29,8 @@ class Refusal(StrEnum):
     INCOMPATIBLE_MODEL = "incompatible_model"
     FAILED = "failed"
     PROTOCOL_VIOLATION = "protocol_violation"
+    POLICY = "policy"
+    """Outside the node's policy (``[policy]`` and the DP floors of ``[limits]``)."""
 
 
 class TaskRefused(PrimiaError):

@@ -35,6 +35,7 @@ _REFUSALS = {
     Refusal.INCOMPATIBLE_MODEL: pb.REFUSAL_REASON_INCOMPATIBLE_MODEL,
     Refusal.FAILED: pb.REFUSAL_REASON_FAILED,
     Refusal.PROTOCOL_VIOLATION: pb.REFUSAL_REASON_PROTOCOL_VIOLATION,
+    Refusal.POLICY: pb.REFUSAL_REASON_POLICY,
 }
 _SPLITS: dict[Split, pb.Split] = {"validation": pb.SPLIT_VALIDATION, "test": pb.SPLIT_TEST}
 
@@ -270,6 +271,7 @@ def status_to_proto(status: NodeStatus) -> pb.NodeStatus:
         epsilon_budget=status.epsilon_budget,
         rounds_contributed=status.rounds_contributed,
         device=status.device,
+        last_refusal=status.last_refusal,
     )
 
 
@@ -282,6 +284,7 @@ def status_from_proto(message: pb.NodeStatus) -> NodeStatus:
         epsilon_budget=message.epsilon_budget,
         rounds_contributed=message.rounds_contributed,
         device=message.device,
+        last_refusal=message.last_refusal,
     )
 
 

@@ -80,6 +80,7 @@ class NodeClient:
             compute=config.compute,
             state_dir=config.state_dir,
             default_image_size=default_image_size,
+            policy=config.policy,
         )
         return cls(config, owner)
 
@@ -143,6 +144,8 @@ class _Session:
         self._assembler = BlobAssembler()
         self._blobs: OrderedDict[str, Blob] = OrderedDict()
         self._name = ""
+        self._run = ""
+        """The coordinator's run id (from its Welcome): the ledger counts ε per run."""
         self._secure: dict[str, SecureContribution] = {}
         """The round in secure aggregation, by task id (one at a time)."""
 
@@ -154,6 +157,7 @@ class _Session:
             kind = message.WhichOneof("kind")
             if kind == "welcome":
                 self._name = message.welcome.node_name
+                self._run = message.welcome.run_id
                 log.info(
                     "joined the federation as %s (run %s)",
                     message.welcome.node_name,
@@ -205,6 +209,8 @@ class _Session:
             )
             if task.secure is not None:
                 self._secure.clear()  # an unfinished earlier round is abandoned
+                # The node's policy first: nothing is advertised for a round it refuses.
+                self._owner.admit(task, run=self._run)
                 contribution = SecureContribution(
                     task,
                     self._name,
@@ -236,7 +242,7 @@ class _Session:
                 )
             )
 
-        trained = self._owner.train(task, on_progress=progress)
+        trained = self._owner.train(task, on_progress=progress, run=self._run)
         if trained.release is not None:
             log.info(
                 "round %d: released an update at eps %.2f (sigma %.2f); spent %.2f of %.2f",

@@ -242,6 +242,7 @@ def test_refusal_without_a_reason_is_a_failure():
             epsilon_budget=8.0,
             rounds_contributed=4,
             device="cuda:0",
+            last_refusal="round 2: policy: policy.min_participants=3: the round announces 2",
         ),
     ],
 )
