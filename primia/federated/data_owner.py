@@ -200,7 +200,9 @@ class DataOwner:
         problems = aggregation_problems(self._policy, secure)
         if problems:
             raise TaskRefused(Refusal.POLICY, "; ".join(problems))
-        problems = plan_problems(task.plan, self._limits, delta_budget=self._privacy.delta)
+        problems = plan_problems(
+            task.plan, self._limits, delta_budget=self._privacy.delta, name_settings=True
+        )
         if problems:
             raise TaskRefused(Refusal.INVALID_PLAN, "; ".join(problems))
         splits = self._splits_for(task.spec)
