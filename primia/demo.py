@@ -186,6 +186,15 @@ def _write_configs(out: Path, settings: DemoSettings, sites: list[str], port: in
             "privacy": {"epsilon_budget": settings.epsilon_budget, "delta": settings.delta},
             # Three nodes and a coordinator share the machine's cores: one thread each.
             "compute": {"threads": 1, "max_physical_batch_size": 64},
+            # What each hospital takes part in: the consortium's model only, and plaintext
+            # aggregation only when the demo is run to compare with it.
+            "policy": {
+                "aggregation": ["secure", "plaintext"]
+                if settings.aggregation == "plaintext"
+                else ["secure"],
+                "min_participants": max(2, min(3, len(sites))),
+                "models": [{"architecture": settings.model, "width": settings.width}],
+            },
         }
         (out / f"node-{site}.toml").write_text(tomli_w.dumps(node))
 
