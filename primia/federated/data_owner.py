@@ -180,6 +180,10 @@ class DataOwner:
             software_version=__version__,
         )
 
+    @property
+    def policy(self) -> NodePolicy:
+        return self._policy
+
     def privacy_state(self) -> PrivacyState:
         budget = self.ledger.budget
         return PrivacyState(

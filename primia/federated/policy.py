@@ -147,6 +147,19 @@ def aggregation_problems(policy: NodePolicy, setup: Setup | None) -> list[str]:
     return problems
 
 
+def roster_problems(policy: NodePolicy, advertised: Sequence[str]) -> list[str]:
+    """Why a key roster of the nodes ``advertised`` (their keys verified against the
+    consortium's CA) is too small: participants announced but never heard from do not
+    count towards ``min_participants``."""
+    if len(advertised) >= policy.min_participants:
+        return []
+    return [
+        f"policy.min_participants={policy.min_participants}: only {len(advertised)} "
+        f"participants advertised keys ({', '.join(sorted(advertised))}); this node sends "
+        "no share"
+    ]
+
+
 def required_threshold(policy: NodePolicy, participants: int) -> int:
     """The smallest Shamir threshold ``policy`` accepts for ``participants`` nodes."""
     return max(majority(participants), policy.min_threshold)

@@ -31,6 +31,7 @@ from primia.crypto.ring import ring_bytes
 from primia.crypto.secagg import AggregationFailed, ProtocolViolation
 from primia.errors import PrimiaError
 from primia.federated.data_owner import DataOwner
+from primia.federated.policy import roster_problems
 from primia.federated.secure import SecureContribution
 from primia.federated.tasks import (
     EvaluateTask,
@@ -268,7 +269,12 @@ class _Session:
                 )
             client = contribution.client
             if isinstance(message, pb.KeyRoster):
-                bundle = client.share(secure_codec.roster_from_proto(message))
+                roster = secure_codec.roster_from_proto(message)
+                bundle = client.share(roster)  # verifies every advertisement first
+                advertised = [keys.node for keys in roster.keys]
+                problems = roster_problems(self._owner.policy, advertised)
+                if problems:
+                    raise TaskRefused(Refusal.POLICY, "; ".join(problems))
                 self._send(pb.NodeMessage(shares=secure_codec.bundle_to_proto(task_id, bundle)))
             elif isinstance(message, pb.ShareDelivery):
                 client.receive_shares(secure_codec.delivery_from_proto(message, self._name))

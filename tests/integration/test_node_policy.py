@@ -28,6 +28,7 @@ from primia.federated.data_owner import DataOwner
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
 from primia.federated.policy import AcceptedModel, NodePolicy
 from primia.federated.tasks import LocalTraining, TrainTask
+from primia.nodes import node_client
 from primia.nodes.server import CoordinatorServer
 from primia.nodes.status import fetch_status
 from primia.train.ledger import PrivacyLedger
@@ -49,8 +50,9 @@ def _federate(
     *,
     coordinator: dict[str, Any],
     nodes: dict[str, Any],
+    sites: tuple[str, ...] = SITES,
 ) -> Outcome:
-    """One round at three nodes; the coordinator keeps serving until its status is read."""
+    """One round at ``sites``; the coordinator keeps serving until its status is read."""
     config = consortium.coordinator_config(
         run_dir, rounds=1, max_attempts=1, final_test=False, **coordinator
     )
@@ -60,7 +62,7 @@ def _federate(
         consortium.start_node(
             consortium.node_config(site, port, run_dir.parent / f"{run_dir.name}-{site}", **nodes)
         )
-        for site in SITES
+        for site in sites
     ]
     outcome: dict[str, Any] = {}
 
@@ -89,18 +91,22 @@ def _ledger_releases(run_dir: Path, site: str) -> int:
 
 
 def _assert_refused_by_all(
-    outcome: Outcome, run_dir: Path, caplog: pytest.LogCaptureFixture, expected: str
+    outcome: Outcome,
+    run_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    expected: str,
+    sites: tuple[str, ...] = SITES,
 ) -> None:
     """Every node refused, naming ``expected``; nothing was trained, nothing aggregated."""
     assert isinstance(outcome.error, FederationFailed)
     assert rounds_of(run_dir) == []
     refusals = {node.name: node.last_refusal for node in outcome.status.nodes}
-    for site in SITES:
+    for site in sites:
         assert refusals[site].startswith("round 1: policy: "), refusals[site]
         assert expected in refusals[site]
         assert _ledger_releases(run_dir, site) == 0  # refused before any DP step
     node_log = [r.getMessage() for r in caplog.records if r.name == "primia.nodes.node_client"]
-    assert sum("refused task" in line and expected in line for line in node_log) == len(SITES)
+    assert sum("refused task" in line and expected in line for line in node_log) == len(sites)
 
 
 @pytest.fixture
@@ -195,6 +201,38 @@ def test_a_threshold_of_2_among_5_is_refused(
         caplog,
         "policy.min_threshold=2: the round's threshold is 2 of 5",
     )
+
+
+def test_a_participant_list_padded_with_a_node_that_never_answers_is_refused(
+    consortium: Consortium,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two nodes are connected; the coordinator announces a third (site9) to meet the
+    nodes' min_participants = 3, which would make the sum one of two updates."""
+
+    def padded(**values: Any) -> Setup:
+        return Setup(**{**values, "participants": (*values["participants"], "site9")})
+
+    monkeypatch.setattr(secure, "Setup", padded)
+    two = ("site0", "site1")
+    coordinator = {"startup_wait_s": 1.0}
+    # Without the roster check the two nodes share, train and upload: a round of two.
+    with monkeypatch.context() as unchecked:
+        unchecked.setattr(node_client, "roster_problems", lambda policy, advertised: [])
+        allowed = _federate(
+            consortium, tmp_path / "allowed", coordinator=coordinator, nodes={}, sites=two
+        )
+    assert allowed.error is None
+    assert rounds_of(tmp_path / "allowed")[0]["contributors"] == list(two)
+
+    with caplog.at_level(logging.WARNING):
+        refused = _federate(
+            consortium, tmp_path / "refused", coordinator=coordinator, nodes={}, sites=two
+        )
+    expected = "policy.min_participants=3: only 2 participants advertised keys (site0, site1)"
+    _assert_refused_by_all(refused, tmp_path / "refused", caplog, expected, sites=two)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from primia.federated.policy import (
     dp_problems,
     model_problems,
     required_threshold,
+    roster_problems,
 )
 from primia.models.checkpoint import ModelSpec
 
@@ -83,6 +84,14 @@ def test_too_few_participants_are_refused():
     (problem,) = aggregation_problems(DEFAULT, setup(2, 2))
     assert problem == "policy.min_participants=3: the round announces 2 participants (site0, site1)"
     assert aggregation_problems(NodePolicy(min_participants=2), setup(2, 2)) == []
+
+
+def test_participants_that_never_advertised_keys_do_not_count():
+    assert roster_problems(DEFAULT, ["site0", "site1", "site2"]) == []
+    (problem,) = roster_problems(DEFAULT, ["site1", "site0"])
+    assert problem.startswith(
+        "policy.min_participants=3: only 2 participants advertised keys (site0, site1)"
+    )
 
 
 def test_every_aggregation_problem_is_reported():
