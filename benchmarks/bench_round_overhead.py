@@ -114,7 +114,9 @@ def _prepare(work: Path, sites: list[str], patients: int) -> pki.TLSFiles:
     return coordinator
 
 
-def _write_node_config(work: Path, site: str, port: int) -> Path:
+def _write_node_config(
+    work: Path, site: str, port: int, *, aggregation: Aggregation, nodes: int
+) -> Path:
     node = {
         "coordinator": f"127.0.0.1:{port}",
         "coordinator_name": COORDINATOR,
@@ -125,6 +127,12 @@ def _write_node_config(work: Path, site: str, port: int) -> Path:
         # RDP: the PRV accountant's calibration takes seconds at tiny data's sampling rates.
         "privacy": {"epsilon_budget": 10.0, "accountant": "rdp"},
         "compute": {"threads": 1},
+        # The plaintext baseline needs nodes that allow it; a round of two, nodes that
+        # accept two participants.
+        "policy": {
+            "aggregation": ["secure", "plaintext"] if aggregation == "plaintext" else ["secure"],
+            "min_participants": max(2, min(3, nodes)),
+        },
     }
     path = work / f"node-{site}.toml"
     path.write_text(tomli_w.dumps(node))
@@ -206,7 +214,11 @@ def run_federation(
     thread = threading.Thread(target=federate, name="federation", daemon=True)
     try:
         for site in sites:
-            processes[site] = _start_node(work, site, _write_node_config(work, site, port))
+            processes[site] = _start_node(
+                work,
+                site,
+                _write_node_config(work, site, port, aggregation=aggregation, nodes=nodes),
+            )
         thread.start()
         while thread.is_alive():
             thread.join(timeout=1.0)

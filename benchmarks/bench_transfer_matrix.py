@@ -100,6 +100,11 @@ def run(
             "privacy": {"epsilon_budget": 2 * sum(epsilons) + 1, "accountant": "rdp"},
             "limits": {"require_dp": False},
             "compute": {"threads": 1},
+            # A site-local model reaches the coordinator as one node's update (plaintext).
+            "policy": {
+                "aggregation": ["secure", "plaintext"],
+                "min_participants": max(2, min(3, len(sites))),
+            },
         }
         (work / f"node-{site}.toml").write_text(tomli_w.dumps(node))
         processes.append(

@@ -33,6 +33,7 @@ from primia.federated.coordinator import FederationStatus
 from primia.federated.coordinator_config import CoordinatorConfig, ModelConfig
 from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, TrainPlan
+from primia.federated.policy import AcceptedModel, NodePolicy
 from primia.federated.registry import NodeStatus
 from primia.launch import free_port, start_primia, stop_all, tail
 from primia.rpc.node_config import NodeConfig
@@ -187,6 +188,15 @@ def _write_configs(out: Path, settings: DemoSettings, sites: list[str], port: in
             privacy=PrivacySettings(epsilon_budget=settings.epsilon_budget, delta=settings.delta),
             # Three nodes and a coordinator share the machine's cores: one thread each.
             compute=ComputeSettings(threads=1, max_physical_batch_size=64),
+            # What each hospital takes part in: the consortium's model only, and plaintext
+            # aggregation only when the demo is run to compare with it.
+            policy=NodePolicy(
+                aggregation=("secure", "plaintext")
+                if settings.aggregation == "plaintext"
+                else ("secure",),
+                min_participants=max(2, min(3, len(sites))),
+                models=(AcceptedModel(settings.model, settings.width),),
+            ),
         )
         write_toml(node, out / f"node-{site}.toml")
 

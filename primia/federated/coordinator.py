@@ -227,6 +227,7 @@ class Federation:
             for name, reason in contributions.refused.items():
                 log.warning("round %d: %s refused: %s", round_number, name, reason)
                 self.registry.set_activity(name, "refused: " + reason.split(":")[0])
+                self.registry.record_refusal(name, f"round {round_number}: {reason}")
             for name, reason in contributions.dropped.items():
                 log.warning("round %d: %s dropped out: %s", round_number, name, reason)
             if contributions.failure is not None:

@@ -1,10 +1,14 @@
 """The data owner's side of a federation: train and evaluate the global model locally.
 
 A :class:`DataOwner` holds one institution's dataset and privacy ledger. For a training
-task it checks, before touching any image, that
+task it checks (:meth:`DataOwner.admit`), before it trains or shares anything, that
 
+* the task is within the node's :class:`~primia.federated.policy.NodePolicy`: its
+  aggregation (plaintext only if allowed by name), participants and threshold, and a
+  model the node trains (the first one accepted is pinned when the policy lists none),
+* the plan is within the node's :class:`~primia.federated.plan.PlanLimits`, including
+  the DP floors on this node's data (noise multiplier, ε per coordinator run),
 * the model fits its data (task, label names, input channels) and its limits,
-* the plan is within the node's :class:`~primia.federated.plan.PlanLimits`,
 * the weights are exactly the model's tensors (names, shapes, dtypes, finite values),
 * the plan's DP release fits the node's budget — the ledger reserves it before the first
   step (see :meth:`primia.train.ledger.PrivacyLedger.reserve`),
@@ -17,6 +21,7 @@ example-level for this node's data, composed over rounds by the ledger.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -34,6 +39,14 @@ from primia.errors import ConfigError, LedgerError, LedgerIntegrityError, Privac
 from primia.evaluate.bootstrap import secret_seed
 from primia.evaluate.evaluation import evaluate_scores
 from primia.federated.plan import PlanLimits, plan_problems
+from primia.federated.policy import (
+    AcceptedModel,
+    NodePolicy,
+    accepted_models,
+    aggregation_problems,
+    dp_problems,
+    model_problems,
+)
 from primia.federated.privacy_record import below
 from primia.federated.tasks import (
     DatasetSummary,
@@ -55,13 +68,14 @@ from primia.models.checkpoint import ModelSpec
 from primia.scoring.predict import dataset_scores, predict
 from primia.train.accounting import AccountantName
 from primia.train.ledger import Budget, PrivacyLedger
-from primia.train.local import fit, logits_of, metrics_of, resolve_device
+from primia.train.local import dp_mechanism, fit, logits_of, metrics_of, resolve_device
 from primia.train.train_config import LEDGER_FILENAME, DPConfig, GradSampleMode, TrainConfig
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float, str], None]
 EVALUATION_KEY_FILENAME = "evaluation.key"
+PINNED_MODEL_FILENAME = "pinned-model.json"
 
 
 @dataclass(frozen=True)
@@ -122,11 +136,19 @@ class DataOwner:
         compute: ComputeSettings,
         state_dir: Path,
         default_image_size: int = 64,
+        policy: NodePolicy | None = None,
     ) -> None:
         self._data = data
         self._privacy = privacy
         self._limits = limits
         self._compute = compute
+        self._policy = policy or NodePolicy()
+        self._pin_path = state_dir / PINNED_MODEL_FILENAME
+        if self._policy.allows_plaintext:
+            log.warning(
+                "policy.aggregation allows plaintext: a coordinator that asks for it receives "
+                "this node's updates in the clear"
+            )
         state_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = PrivacyLedger.open(
             state_dir / LEDGER_FILENAME,
@@ -160,6 +182,10 @@ class DataOwner:
             device=_describe(self.device),
             software_version=__version__,
         )
+
+    @property
+    def policy(self) -> NodePolicy:
+        return self._policy
 
     def privacy_state(self) -> PrivacyState:
         budget = self.ledger.budget
@@ -203,46 +229,63 @@ class DataOwner:
             f"--at-least {recorded:.6g} --accept` (docs/privacy.md, 'Ledger integrity')"
         )
 
-    def train(self, task: TrainTask, on_progress: ProgressCallback | None = None) -> LocalTraining:
-        """Train from the task's weights under its plan (see above). The update stays
-        tensors, for the caller to encode: as safetensors
-        (:meth:`~primia.federated.tasks.LocalTraining.as_safetensors`), or into the ring
-        for secure aggregation."""
-        started = time.perf_counter()
+    def admit(self, task: TrainTask, *, run: str = "") -> None:
+        """Refuse ``task`` (:class:`TaskRefused`) unless this node's policy, limits and data
+        allow it; ``run`` is the coordinator's run id, by which ε per run is counted.
+
+        The node calls it before it advertises keys for a secure round, and :meth:`train`
+        calls it again; it reads only the task, the data's size and the ledger. When the
+        policy lists no model, the first model admitted is pinned. A ledger that fails its
+        integrity check, or reports less than the coordinator recorded, refuses first."""
         problem = self._ledger_problem()
         if problem is not None:
             raise TaskRefused(Refusal.LEDGER_INTEGRITY, str(problem))
-        problems = plan_problems(task.plan, self._limits, delta_budget=self._privacy.delta)
+        secure = task.secure.setup if task.secure is not None else None
+        problems = aggregation_problems(self._policy, secure)
+        if problems:
+            raise TaskRefused(Refusal.POLICY, "; ".join(problems))
+        problems = plan_problems(
+            task.plan, self._limits, delta_budget=self._privacy.delta, name_settings=True
+        )
         if problems:
             raise TaskRefused(Refusal.INVALID_PLAN, "; ".join(problems))
+        splits = self._splits_for(task.spec)
+        accepted = accepted_models(self._policy, self._pinned_model())
+        parameters = sum(tensor.numel() for tensor in task.spec.shapes().values())
+        problems = model_problems(self._policy, task.spec, parameters=parameters, accepted=accepted)
+        if task.plan.dp.enabled:
+            mechanism = dp_mechanism(self._train_config(task), examples=len(splits.train))
+            problems += dp_problems(
+                self._limits,
+                noise_multiplier=mechanism.noise_multiplier,
+                run_epsilon=self.ledger.spent_epsilon(extra=mechanism, run=run),
+                run=run,
+            )
+        if problems:
+            raise TaskRefused(Refusal.POLICY, "; ".join(problems))
+        if not accepted:
+            self._pin(AcceptedModel.of(task.spec))
+        if secure is None:
+            log.warning(
+                "round %d: this node's update goes to the coordinator in the clear "
+                "(plaintext aggregation, allowed by policy.aggregation)",
+                task.round,
+            )
+
+    def train(
+        self, task: TrainTask, on_progress: ProgressCallback | None = None, *, run: str = ""
+    ) -> LocalTraining:
+        """Train from the task's weights under its plan, once :meth:`admit` allows it. The
+        update stays tensors, for the caller to encode: as safetensors
+        (:meth:`~primia.federated.tasks.LocalTraining.as_safetensors`), or into the ring
+        for secure aggregation."""
+        started = time.perf_counter()
+        self.admit(task, run=run)
         splits = self._splits_for(task.spec)
         global_state = self._global_state(task.spec, task.weights)
         model = task.spec.build_with({name: t.clone() for name, t in global_state.items()})
         plan = task.plan
-        config = TrainConfig(
-            data=self._data.path,
-            out=Path("."),
-            model=task.spec.architecture,
-            width=task.spec.width,
-            image_size=task.spec.image_size,
-            epochs=plan.epochs,
-            batch_size=plan.batch_size,
-            max_physical_batch_size=self._compute.max_physical_batch_size,
-            optimizer=plan.optimizer,
-            lr=plan.lr,
-            momentum=plan.momentum,
-            weight_decay=plan.weight_decay,
-            device=str(self.device),
-            progress=False,
-            dp=DPConfig(
-                enabled=plan.dp.enabled,
-                epsilon=plan.dp.epsilon,
-                delta=plan.dp.delta,
-                max_grad_norm=plan.dp.max_grad_norm,
-                accountant=self._privacy.accountant,
-                grad_sample_mode=self._compute.grad_sample_mode,
-            ),
-        )
+        config = self._train_config(task)
 
         def after_epoch(epoch: int, record: dict[str, object], _: torch.nn.Module) -> None:
             log.info(
@@ -264,6 +307,7 @@ class DataOwner:
                 description=f"federated round {task.round} ({task.task_id})",
                 after_epoch=after_epoch,
                 ledger=self.ledger,
+                run=run,
             )
         except PrivacyBudgetExceeded as error:
             raise TaskRefused(Refusal.BUDGET_EXCEEDED, str(error)) from error
@@ -292,6 +336,34 @@ class DataOwner:
             release=release,
             privacy=self.privacy_state(),
             started=started,
+        )
+
+    def _train_config(self, task: TrainTask) -> TrainConfig:
+        """How this node trains ``task``: the plan on this node's data, device and accountant."""
+        plan = task.plan
+        return TrainConfig(
+            data=self._data.path,
+            out=Path("."),
+            model=task.spec.architecture,
+            width=task.spec.width,
+            image_size=task.spec.image_size,
+            epochs=plan.epochs,
+            batch_size=plan.batch_size,
+            max_physical_batch_size=self._compute.max_physical_batch_size,
+            optimizer=plan.optimizer,
+            lr=plan.lr,
+            momentum=plan.momentum,
+            weight_decay=plan.weight_decay,
+            device=str(self.device),
+            progress=False,
+            dp=DPConfig(
+                enabled=plan.dp.enabled,
+                epsilon=plan.dp.epsilon,
+                delta=plan.dp.delta,
+                max_grad_norm=plan.dp.max_grad_norm,
+                accountant=self._privacy.accountant,
+                grad_sample_mode=self._compute.grad_sample_mode,
+            ),
         )
 
     def evaluate(self, task: EvaluateTask) -> EvaluationOutcome:
@@ -371,6 +443,31 @@ class DataOwner:
                 f"{train.num_outputs}",
             )
         return splits
+
+    def _pinned_model(self) -> AcceptedModel | None:
+        """The model this node pinned on its first training task (None: none yet)."""
+        if not self._pin_path.exists():
+            return None
+        try:
+            values = json.loads(self._pin_path.read_text())
+            return AcceptedModel(str(values["architecture"]), values.get("width"))
+        except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as error:
+            raise ConfigError(
+                f"{self._pin_path} is not a pinned model ({error}); delete it to pin the next "
+                "model trained, or list the consortium's model in policy.models"
+            ) from error
+
+    def _pin(self, model: AcceptedModel) -> None:
+        atomic_write_bytes(
+            self._pin_path,
+            json.dumps({"architecture": model.architecture, "width": model.width}).encode(),
+        )
+        log.warning(
+            "pinned the model %s: this node trains no other (list the models it may train "
+            "in policy.models; delete %s to pin again)",
+            model,
+            self._pin_path,
+        )
 
     def _splits_at(self, image_size: int) -> Splits:
         if image_size not in self._splits:

@@ -47,6 +47,15 @@ def render(status: FederationStatus) -> RenderableType:
             node.device or "-",
         )
     parts: list[RenderableType] = [header, nodes]
+    refusals = [node for node in status.nodes if node.last_refusal]
+    if refusals:
+        # In full: a refusal names the node's setting and the value the coordinator asked.
+        lines = Table(show_edge=False, pad_edge=False)
+        for column in ("node", "last refusal"):
+            lines.add_column(column)
+        for node in refusals:
+            lines.add_row(node.name, Text(node.last_refusal, style="yellow"))
+        parts.append(lines)
     if status.history:
         rounds = Table(show_edge=False, pad_edge=False)
         for column in ("round", "val. AUROC", "val. loss", "nodes", "left out", "seconds"):

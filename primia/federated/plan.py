@@ -3,6 +3,8 @@
 A plan is public: every node sees it. A node checks it against its own
 :class:`PlanLimits` before it touches its data, and refuses, with the reason, a plan that
 would train without DP when DP is required, for too long, or with absurd parameters.
+The DP floors that depend on the node's data (the noise multiplier the plan's ε implies
+on this node, ε per run) are checked by :func:`primia.federated.policy.dp_problems`.
 Whether the plan fits the node's privacy budget is its ledger's decision
 (:meth:`primia.train.ledger.PrivacyLedger.reserve`).
 """
@@ -52,17 +54,47 @@ class PlanLimits:
     max_lr: float = 1.0
     max_grad_norm: float = 100.0
     max_image_size: int = 1024
+    min_noise_multiplier: float = 0.5
+    """The least noise multiplier σ this node trains with: a plan whose target ε needs less
+    noise on this node's data is refused (the coordinator may ask for less noise only down
+    to here)."""
+    max_epsilon_per_run: float | None = None
+    """The most ε this node spends in one coordinator run (its rounds composed); None: only
+    ``privacy.epsilon_budget`` bounds it."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.min_noise_multiplier) and self.min_noise_multiplier >= 0):
+            raise ConfigError(
+                f"limits.min_noise_multiplier must be 0 or more, not {self.min_noise_multiplier}"
+            )
+        if self.max_epsilon_per_run is not None and not self.max_epsilon_per_run > 0:
+            raise ConfigError(
+                f"limits.max_epsilon_per_run must be positive, not {self.max_epsilon_per_run}"
+            )
 
 
-def plan_problems(plan: TrainPlan, limits: PlanLimits, *, delta_budget: float) -> list[str]:
-    """Why ``plan`` is unacceptable under ``limits`` (empty when it is acceptable)."""
+def plan_problems(
+    plan: TrainPlan, limits: PlanLimits, *, delta_budget: float, name_settings: bool = False
+) -> list[str]:
+    """Why ``plan`` is unacceptable under ``limits`` (empty when it is acceptable); with
+    ``name_settings``, each bound is followed by the node's setting that sets it."""
+
+    def setting(name: str) -> str:
+        return f" ({name})" if name_settings else ""
+
     problems = []
     if not 1 <= plan.epochs <= limits.max_epochs:
-        problems.append(f"epochs={plan.epochs} is outside [1, {limits.max_epochs}]")
+        problems.append(
+            f"epochs={plan.epochs} is outside [1, {limits.max_epochs}]"
+            + setting("limits.max_epochs")
+        )
     if not 1 <= plan.batch_size <= limits.max_batch_size:
-        problems.append(f"batch_size={plan.batch_size} is outside [1, {limits.max_batch_size}]")
+        problems.append(
+            f"batch_size={plan.batch_size} is outside [1, {limits.max_batch_size}]"
+            + setting("limits.max_batch_size")
+        )
     if not (math.isfinite(plan.lr) and 0 < plan.lr <= limits.max_lr):
-        problems.append(f"lr={plan.lr} is outside (0, {limits.max_lr}]")
+        problems.append(f"lr={plan.lr} is outside (0, {limits.max_lr}]" + setting("limits.max_lr"))
     if plan.optimizer not in ("adam", "sgd"):
         problems.append(f"optimizer={plan.optimizer!r} is not adam or sgd")
     if not (math.isfinite(plan.momentum) and 0 <= plan.momentum < 1):
@@ -72,17 +104,25 @@ def plan_problems(plan: TrainPlan, limits: PlanLimits, *, delta_budget: float) -
     dp = plan.dp
     if not dp.enabled:
         if limits.require_dp:
-            problems.append("the plan trains without DP and this node requires DP")
+            problems.append(
+                "the plan trains without DP and this node requires DP"
+                + setting("limits.require_dp")
+            )
         return problems
     if not (math.isfinite(dp.epsilon) and 0 < dp.epsilon <= limits.max_epsilon_per_round):
         problems.append(
             f"dp.epsilon={dp.epsilon} is outside (0, {limits.max_epsilon_per_round}] per round"
+            + setting("limits.max_epsilon_per_round")
         )
     if not 0 < dp.delta <= delta_budget:
-        problems.append(f"dp.delta={dp.delta} is outside (0, {delta_budget}], the node's delta")
+        problems.append(
+            f"dp.delta={dp.delta} is outside (0, {delta_budget}], the node's delta"
+            + setting("privacy.delta")
+        )
     if not (math.isfinite(dp.max_grad_norm) and 0 < dp.max_grad_norm <= limits.max_grad_norm):
         problems.append(
             f"dp.max_grad_norm={dp.max_grad_norm} is outside (0, {limits.max_grad_norm}]"
+            + setting("limits.max_grad_norm")
         )
     return problems
 

@@ -78,6 +78,8 @@ class NodeStatus:
     device: str = ""
     ledger_alarm: str = ""
     """Non-empty while the node's ledger reports less ε than this run recorded for it."""
+    last_refusal: str = ""
+    """The node's latest refusal of a training task, with its reason ("round N: …")."""
 
 
 class NodeRegistry:
@@ -174,6 +176,11 @@ class NodeRegistry:
     def set_ledger_alarm(self, name: str, alarm: str) -> None:
         with self._changed:
             self._update(name, ledger_alarm=alarm)
+
+    def record_refusal(self, name: str, refusal: str) -> None:
+        """Keep ``refusal`` as the node's latest (shown until the next one)."""
+        with self._changed:
+            self._update(name, last_refusal=refusal)
 
     def record_contribution(self, name: str) -> None:
         with self._changed:

@@ -30,6 +30,8 @@ class Refusal(StrEnum):
     FAILED = "failed"
     PROTOCOL_VIOLATION = "protocol_violation"
     LEDGER_INTEGRITY = "ledger_integrity"
+    POLICY = "policy"
+    """Outside the node's policy (``[policy]`` and the DP floors of ``[limits]``)."""
 
 
 class TaskRefused(PrimiaError):

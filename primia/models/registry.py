@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -26,6 +27,17 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
 def model_names() -> list[str]:
     return sorted(_FACTORIES)
+
+
+def default_width(name: str) -> int | None:
+    """The width ``name`` is built with when none is given (None: unknown, or no width)."""
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        return None
+    parameter = inspect.signature(factory).parameters.get("width")
+    if parameter is None or not isinstance(parameter.default, int):
+        return None
+    return parameter.default
 
 
 def build_model(

@@ -36,6 +36,7 @@ _REFUSALS = {
     Refusal.FAILED: pb.REFUSAL_REASON_FAILED,
     Refusal.PROTOCOL_VIOLATION: pb.REFUSAL_REASON_PROTOCOL_VIOLATION,
     Refusal.LEDGER_INTEGRITY: pb.REFUSAL_REASON_LEDGER_INTEGRITY,
+    Refusal.POLICY: pb.REFUSAL_REASON_POLICY,
 }
 MAX_ALARM_LENGTH = 2000
 _SPLITS: dict[Split, pb.Split] = {"validation": pb.SPLIT_VALIDATION, "test": pb.SPLIT_TEST}
@@ -273,6 +274,7 @@ def status_to_proto(status: NodeStatus) -> pb.NodeStatus:
         rounds_contributed=status.rounds_contributed,
         device=status.device,
         ledger_alarm=status.ledger_alarm,
+        last_refusal=status.last_refusal,
     )
 
 
@@ -286,6 +288,7 @@ def status_from_proto(message: pb.NodeStatus) -> NodeStatus:
         rounds_contributed=message.rounds_contributed,
         device=message.device,
         ledger_alarm=message.ledger_alarm,
+        last_refusal=message.last_refusal,
     )
 
 

@@ -32,6 +32,7 @@ from primia.crypto.ring import ring_bytes
 from primia.crypto.secagg import AggregationFailed, ProtocolViolation
 from primia.errors import PrimiaError
 from primia.federated.data_owner import DataOwner
+from primia.federated.policy import roster_problems
 from primia.federated.secure import SecureContribution
 from primia.federated.tasks import (
     EvaluateTask,
@@ -80,6 +81,7 @@ class NodeClient:
             compute=config.compute,
             state_dir=config.state_dir,
             default_image_size=default_image_size,
+            policy=config.policy,
         )
         return cls(config, owner)
 
@@ -143,6 +145,8 @@ class _Session:
         self._assembler = BlobAssembler()
         self._blobs: OrderedDict[str, Blob] = OrderedDict()
         self._name = ""
+        self._run = ""
+        """The coordinator's run id (from its Welcome): the ledger counts ε per run."""
         self._secure: dict[str, SecureContribution] = {}
         """The round in secure aggregation, by task id (one at a time)."""
 
@@ -154,6 +158,7 @@ class _Session:
             kind = message.WhichOneof("kind")
             if kind == "welcome":
                 self._name = message.welcome.node_name
+                self._run = message.welcome.run_id
                 log.info(
                     "joined the federation as %s (run %s)",
                     message.welcome.node_name,
@@ -223,6 +228,8 @@ class _Session:
             )
             if task.secure is not None:
                 self._secure.clear()  # an unfinished earlier round is abandoned
+                # The node's policy first: nothing is advertised for a round it refuses.
+                self._owner.admit(task, run=self._run)
                 contribution = SecureContribution(
                     task,
                     self._name,
@@ -254,7 +261,7 @@ class _Session:
                 )
             )
 
-        trained = self._owner.train(task, on_progress=progress)
+        trained = self._owner.train(task, on_progress=progress, run=self._run)
         if trained.release is not None:
             log.info(
                 "round %d: released an update at eps %.2f (sigma %.2f); spent %.2f of %.2f",
@@ -280,7 +287,12 @@ class _Session:
                 )
             client = contribution.client
             if isinstance(message, pb.KeyRoster):
-                bundle = client.share(secure_codec.roster_from_proto(message))
+                roster = secure_codec.roster_from_proto(message)
+                bundle = client.share(roster)  # verifies every advertisement first
+                advertised = [keys.node for keys in roster.keys]
+                problems = roster_problems(self._owner.policy, advertised)
+                if problems:
+                    raise TaskRefused(Refusal.POLICY, "; ".join(problems))
                 self._send(pb.NodeMessage(shares=secure_codec.bundle_to_proto(task_id, bundle)))
             elif isinstance(message, pb.ShareDelivery):
                 client.receive_shares(secure_codec.delivery_from_proto(message, self._name))

@@ -22,6 +22,15 @@ Example::
     [limits]
     require_dp = true
     max_epochs = 10
+    min_noise_multiplier = 0.5           # the least DP noise this node trains with
+    max_epsilon_per_round = 2.0
+    max_epsilon_per_run = 6.0
+
+    [policy]                             # what this node takes part in (see docs)
+    aggregation = ["secure"]             # add "plaintext" only to let the coordinator see updates
+    min_participants = 3
+    min_threshold = 2                    # and at least a strict majority of the participants
+    models = [{ architecture = "resnet9" }]   # empty: the first model trained is pinned
 
     [compute]
     device = "auto"                      # CUDA when present
@@ -39,6 +48,7 @@ from primia.config import load_toml, rebase_paths
 from primia.errors import ConfigError
 from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySettings
 from primia.federated.plan import PlanLimits
+from primia.federated.policy import NodePolicy
 from primia.pki import TLSFiles
 
 
@@ -52,6 +62,7 @@ class NodeConfig:
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     limits: PlanLimits = field(default_factory=PlanLimits)
     compute: ComputeSettings = field(default_factory=ComputeSettings)
+    policy: NodePolicy = field(default_factory=NodePolicy)
     reconnect_max_s: float = 30.0
     """The longest wait between attempts to reach the coordinator (back-off doubles to it)."""
     exit_when_done: bool = False

@@ -5,7 +5,8 @@ ledger keeps one JSON line per event in a file next to the data:
 
 * ``header``   — format version, the accountant used to compose, and the budget;
 * ``budget``   — the operator changed the budget (kept, so the change is auditable);
-* ``reserve``  — a planned release (σ, q, steps), written *before* the first training step;
+* ``reserve``  — a planned release (σ, q, steps), written *before* the first training step
+  (with the coordinator's ``run`` id for a federated round, so a node can bound ε per run);
 * ``complete`` — the steps actually run, written after training (never more than reserved).
 
 The spent ε is the composition, by the ledger's accountant, of every release — reserved
@@ -86,6 +87,8 @@ class Release:
     epsilon: float
     description: str
     completed: bool
+    run: str = ""
+    """The coordinator run the release was made for (empty outside a federation)."""
 
 
 class PrivacyLedger:
@@ -195,13 +198,17 @@ class PrivacyLedger:
                     epsilon=float(done["epsilon"]) if done else float(plan["epsilon"]),
                     description=str(plan.get("description", "")),
                     completed=done is not None,
+                    run=str(plan.get("run", "")),
                 )
             )
         return releases
 
-    def spent_epsilon(self, extra: Mechanism | None = None) -> float:
-        """ε at the budget's δ of all releases composed (plus ``extra``, if given)."""
-        history = [release.mechanism for release in self.releases()]
+    def spent_epsilon(self, extra: Mechanism | None = None, *, run: str | None = None) -> float:
+        """ε at the budget's δ of all releases composed (plus ``extra``, if given); with
+        ``run``, of that coordinator run's releases only."""
+        history = [
+            release.mechanism for release in self.releases() if run is None or release.run == run
+        ]
         if extra is not None:
             history.append(extra)
         carried = sum(float(e["carried_epsilon"]) for e in self._events if e["event"] == "repair")
@@ -211,7 +218,13 @@ class PrivacyLedger:
         return max(0.0, self.budget.epsilon - self.spent_epsilon())
 
     def reserve(
-        self, mechanism: Mechanism, *, epsilon: float, delta: float, description: str = ""
+        self,
+        mechanism: Mechanism,
+        *,
+        epsilon: float,
+        delta: float,
+        description: str = "",
+        run: str = "",
     ) -> str:
         """Record a planned release before it runs; refuse it if the budget would be exceeded.
 
@@ -243,6 +256,8 @@ class PrivacyLedger:
                     "delta": delta,
                     "description": description,
                     "time": _now(),
+                    # a federated round's run id, so that a node can bound ε per run
+                    **({"run": run} if run else {}),
                 }
             )
             return release_id

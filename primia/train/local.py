@@ -190,6 +190,7 @@ def fit(
     validation: RadiographDataset | None = None,
     after_epoch: Callable[[int, dict[str, Any], nn.Module], None] | None = None,
     ledger: PrivacyLedger | None = None,
+    run: str = "",
 ) -> FitResult:
     """Train ``model`` (in place, from its current weights) on ``train`` as ``config`` says.
 
@@ -198,7 +199,8 @@ def fit(
     reports what it spent. ``after_epoch(epoch, record, model)`` is called after every
     epoch with the epoch's loss, ε and (given ``validation``) validation metrics. A caller
     that holds the dataset's ledger open passes it as ``ledger``; otherwise the one at
-    ``config.ledger_path`` is opened (created with ``config.dp``'s budget).
+    ``config.ledger_path`` is opened (created with ``config.dp``'s budget). ``run`` names
+    the coordinator run a federated round's release belongs to, in the ledger.
     """
     check_model(model)
     model.to(device)
@@ -219,9 +221,9 @@ def fit(
         )
     if ledger is not None:
         dp = config.dp
-        mechanism = _plan(config, batches_per_epoch=batches_per_epoch)
+        mechanism = dp_mechanism(config, examples=len(train_set))
         release_id = ledger.reserve(
-            mechanism, epsilon=dp.epsilon, delta=dp.delta, description=description
+            mechanism, epsilon=dp.epsilon, delta=dp.delta, description=description, run=run
         )
         loop_class = FastDPLoop if dp.grad_sample_mode == "fast" else OpacusLoop
         loop = loop_class(
@@ -343,9 +345,12 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _plan(config: TrainConfig, *, batches_per_epoch: int) -> Mechanism:
-    """The DP mechanism of the whole run: Poisson sampling at the rate that makes an epoch
-    ``batches_per_epoch`` steps, σ calibrated to the target ε over all steps."""
+def dp_mechanism(config: TrainConfig, *, examples: int) -> Mechanism:
+    """The DP mechanism of the whole run on ``examples`` training examples: Poisson
+    sampling at the rate that makes an epoch ⌈examples / batch size⌉ steps, σ calibrated to
+    the target ε over all steps (what a node checks against its noise floor before it
+    trains, and then trains with)."""
+    batches_per_epoch = math.ceil(examples / config.batch_size)
     sample_rate = 1.0 / batches_per_epoch
     steps = config.epochs * batches_per_epoch
     sigma = noise_for_target(

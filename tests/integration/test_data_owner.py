@@ -14,6 +14,7 @@ from primia.evaluate import predict as predict_module
 from primia.federated import data_owner
 from primia.federated.data_owner import ComputeSettings, DataOwner, DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
+from primia.federated.policy import AcceptedModel, NodePolicy
 from primia.federated.tasks import EvaluateTask, EvaluationDetail, Refusal, TaskRefused, TrainTask
 from primia.federated.weights import decode_like, encode
 from primia.models.checkpoint import ModelSpec
@@ -26,6 +27,7 @@ SPEC = ModelSpec(
     label_names=("pneumonia", "effusion", "cardiomegaly", "nodule"),
 )
 PLAN = TrainPlan(epochs=1, batch_size=8, dp=DPPlan(epsilon=1.0))
+PLAINTEXT_ALLOWED = NodePolicy(aggregation=("secure", "plaintext"))
 
 
 @pytest.fixture
@@ -37,6 +39,7 @@ def owner(synth_data: Path, tmp_path: Path) -> DataOwner:
         compute=ComputeSettings(threads=1),
         state_dir=tmp_path / "state",
         default_image_size=32,
+        policy=PLAINTEXT_ALLOWED,  # these tasks come without a secure-aggregation setup
     )
 
 
@@ -46,9 +49,10 @@ def _weights(spec: ModelSpec = SPEC) -> Blob:
 
 
 def _refusal(owner: DataOwner, task: TrainTask) -> TaskRefused:
+    before = owner.ledger.releases()
     with pytest.raises(TaskRefused) as refused:
         owner.train(task)
-    assert owner.ledger.releases() == []  # nothing was reserved, nothing trained
+    assert owner.ledger.releases() == before  # nothing was reserved, nothing trained
     return refused.value
 
 
@@ -113,6 +117,78 @@ def test_refuses_a_release_beyond_its_budget(owner: DataOwner) -> None:
     greedy = dataclasses.replace(PLAN, dp=DPPlan(epsilon=5.0))
     refusal = _refusal(owner, TrainTask("t", 1, SPEC, _weights(), greedy))
     assert refusal.reason is Refusal.BUDGET_EXCEEDED and "budget" in refusal.detail
+
+
+def test_a_plaintext_task_is_refused_by_the_default_policy(
+    synth_data: Path, tmp_path: Path
+) -> None:
+    owner = DataOwner(
+        data=DataSettings(path=synth_data, site="site1"),
+        privacy=PrivacySettings(accountant="rdp"),
+        limits=PlanLimits(),
+        compute=ComputeSettings(threads=1),
+        state_dir=tmp_path / "state",
+        default_image_size=32,
+    )
+    refusal = _refusal(owner, TrainTask("t", 1, SPEC, _weights(), PLAN))
+    assert refusal.reason is Refusal.POLICY
+    assert refusal.detail.startswith("policy.aggregation=['secure']: the coordinator asks for")
+
+
+def test_the_first_model_trained_is_pinned_and_kept_across_restarts(
+    synth_data: Path, tmp_path: Path
+) -> None:
+    def start() -> DataOwner:
+        return DataOwner(
+            data=DataSettings(path=synth_data, site="site1"),
+            privacy=PrivacySettings(accountant="rdp"),
+            limits=PlanLimits(),
+            compute=ComputeSettings(threads=1),
+            state_dir=tmp_path / "state",
+            default_image_size=32,
+            policy=PLAINTEXT_ALLOWED,
+        )
+
+    start().train(TrainTask("t1", 1, SPEC, _weights(), PLAN))
+    owner = start()  # the node restarted: the pin is on disk
+    wider = dataclasses.replace(SPEC, width=32)
+    refusal = _refusal(owner, TrainTask("t2", 2, wider, _weights(wider), PLAN))
+    assert refusal.reason is Refusal.POLICY
+    assert refusal.detail.startswith("policy.models (pinned)=['cnn (width 16)']")
+    assert "cnn (width 32)" in refusal.detail
+    lenet = dataclasses.replace(SPEC, architecture="lenet")
+    assert (
+        "lenet (width 12)"
+        in _refusal(owner, TrainTask("t3", 2, lenet, _weights(lenet), PLAN)).detail
+    )
+    # The same model at its default width stated explicitly is the same model.
+    explicit = dataclasses.replace(SPEC, width=16)
+    owner.train(TrainTask("t4", 2, explicit, _weights(explicit), PLAN))
+
+
+def test_noise_below_the_floor_and_epsilon_above_the_run_cap_are_refused(
+    synth_data: Path, tmp_path: Path
+) -> None:
+    owner = DataOwner(
+        data=DataSettings(path=synth_data, site="site1"),
+        privacy=PrivacySettings(epsilon_budget=100.0, accountant="rdp"),
+        limits=PlanLimits(min_noise_multiplier=0.9, max_epsilon_per_run=1.2),
+        compute=ComputeSettings(threads=1),
+        state_dir=tmp_path / "state",
+        default_image_size=32,
+        policy=dataclasses.replace(PLAINTEXT_ALLOWED, models=(AcceptedModel("cnn"),)),
+    )
+    loud = dataclasses.replace(PLAN, dp=DPPlan(epsilon=8.0))
+    refusal = _refusal(owner, TrainTask("t1", 1, SPEC, _weights(), loud))
+    assert refusal.reason is Refusal.POLICY
+    assert refusal.detail.startswith("limits.min_noise_multiplier=0.9: the plan's target ε")
+    owner.train(TrainTask("t2", 1, SPEC, _weights(), PLAN), run="run-a")
+    # A second ε = 1 release in run-a composes above 1.2; in another run it is fine.
+    with pytest.raises(TaskRefused, match=r"limits.max_epsilon_per_run=1.2: .* in run run-a"):
+        owner.train(TrainTask("t3", 2, SPEC, _weights(), PLAN), run="run-a")
+    assert len(owner.ledger.releases()) == 1  # refused before anything was reserved
+    owner.train(TrainTask("t4", 1, SPEC, _weights(), PLAN), run="run-b")
+    assert [release.run for release in owner.ledger.releases()] == ["run-a", "run-b"]
 
 
 def test_a_detailed_evaluation_passes_over_each_split_once(

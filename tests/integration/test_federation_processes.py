@@ -15,6 +15,7 @@ import tomli_w
 from conftest import SITES, Consortium, rounds_of, wait_until
 
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
+from primia.federated.policy import NodePolicy
 from primia.rpc.coordinator_server import CoordinatorServer
 from primia.train.ledger import PrivacyLedger
 
@@ -35,9 +36,13 @@ def test_a_node_killed_mid_round_is_a_dropout(consortium: Consortium, tmp_path: 
     server = CoordinatorServer(consortium.coordinator_config(tmp_path / "run", plan=plan))
     port = server.start()
     limits = PlanLimits(max_epochs=100)
+    # Round 2 runs without the killed node: its two survivors must accept a round of two.
+    survivors = NodePolicy(min_participants=2)
     for site in ("site0", "site1"):
         consortium.start_node(
-            consortium.node_config(site, port, tmp_path / f"state-{site}", limits=limits)
+            consortium.node_config(
+                site, port, tmp_path / f"state-{site}", limits=limits, policy=survivors
+            )
         )
     node = consortium.node_config("site2", port, tmp_path / "state-site2")
     config = {

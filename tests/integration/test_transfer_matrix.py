@@ -18,6 +18,7 @@ from primia.blobs import BlobChunk
 from primia.data.synth import SynthConfig, write_dataset
 from primia.federated.data_owner import DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
+from primia.federated.policy import NodePolicy
 from primia.rpc.coordinator_session import NodeSession
 from primia.rpc.generated import federation_pb2 as pb
 from primia.train.ledger import PrivacyLedger
@@ -69,6 +70,9 @@ def _run(
                 data=DataSettings(path=data, site=site, test_fraction=0.3),
                 privacy=PrivacySettings(epsilon_budget=30.0, accountant="rdp"),
                 limits=PlanLimits(require_dp=False),
+                # A site-local model is one node's update at the coordinator (plaintext),
+                # and the federated model is aggregated over the two sites.
+                policy=NodePolicy(aggregation=("secure", "plaintext"), min_participants=2),
             )
         )
     result = run_transfer_matrix(config, settings, server=server)

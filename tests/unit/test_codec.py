@@ -242,6 +242,7 @@ def test_refusal_without_a_reason_is_a_failure():
             epsilon_budget=8.0,
             rounds_contributed=4,
             device="cuda:0",
+            last_refusal="round 2: policy: policy.min_participants=3: the round announces 2",
         ),
     ],
 )
@@ -266,6 +267,26 @@ def test_federation_status_round_trip_keeps_what_it_counts(unit):
     console = Console(width=200, record=True)
     console.print(render(received))
     assert f"{unit} 3/8" in console.export_text()
+
+
+def test_primia_status_shows_each_nodes_latest_refusal_in_full():
+    refusal = (
+        "round 2: policy: policy.aggregation=['secure']: the coordinator asks for plaintext "
+        "aggregation"
+    )
+    status = FederationStatus(
+        run_id="r1",
+        state="waiting for nodes",
+        round=2,
+        rounds=3,
+        min_nodes=2,
+        nodes=[NodeStatus("alpha", connected=True, last_refusal=refusal), NodeStatus("beta")],
+        history=[],
+    )
+    console = Console(width=300, record=True)
+    console.print(render(codec.status_of(wire(codec.reply_of(status)))))
+    text = console.export_text()
+    assert "last refusal" in text and refusal in text
 
 
 def test_a_status_from_an_older_coordinator_counts_rounds():

@@ -140,6 +140,14 @@ def test_every_problem_is_reported_not_just_the_first():
         assert any(problem.startswith(prefix + "=") for problem in problems), prefix
 
 
+def test_a_node_names_the_setting_behind_each_bound():
+    plan = TrainPlan(epochs=30, dp=DPPlan(epsilon=12.0))
+    assert plan_problems(plan, LIMITS, delta_budget=DELTA_BUDGET, name_settings=True) == [
+        "epochs=30 is outside [1, 20] (limits.max_epochs)",
+        "dp.epsilon=12.0 is outside (0, 10.0] per round (limits.max_epsilon_per_round)",
+    ]
+
+
 def test_coordinator_accepts_a_sound_plan_and_plans_without_dp():
     check_coordinator_plan(TrainPlan())
     check_coordinator_plan(with_dp(enabled=False))

@@ -49,6 +49,25 @@ def test_over_budget_plan_is_refused_and_not_recorded(tmp_path):
     assert path.read_text() == lines_before
 
 
+def test_epsilon_per_run_composes_only_that_runs_releases(tmp_path):
+    path = tmp_path / "l.jsonl"
+    ledger = PrivacyLedger.open(path, budget=Budget(100.0, DELTA))
+    first, second = plan(1.0), plan(2.0)
+    ledger.reserve(first, epsilon=1.0, delta=DELTA, run="run-a")
+    ledger.reserve(second, epsilon=2.0, delta=DELTA, run="run-b")
+    ledger.reserve(first, epsilon=1.0, delta=DELTA)  # outside any federation
+    reopened = PrivacyLedger.open(path)
+    assert [release.run for release in reopened.releases()] == ["run-a", "run-b", ""]
+    assert reopened.spent_epsilon(run="run-a") == pytest.approx(epsilon_of([first], delta=DELTA))
+    assert reopened.spent_epsilon(extra=first, run="run-a") == pytest.approx(
+        epsilon_of([first, first], delta=DELTA)
+    )
+    assert reopened.spent_epsilon(run="run-c") == 0.0
+    assert reopened.spent_epsilon() == pytest.approx(
+        epsilon_of([first, second, first], delta=DELTA)
+    )
+
+
 def test_composition_is_tighter_than_the_sum_but_grows(tmp_path):
     ledger = PrivacyLedger.open(tmp_path / "l.jsonl", budget=Budget(100.0, DELTA))
     for _ in range(3):

@@ -18,6 +18,7 @@ class RefusalReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REFUSAL_REASON_FAILED: _ClassVar[RefusalReason]
     REFUSAL_REASON_PROTOCOL_VIOLATION: _ClassVar[RefusalReason]
     REFUSAL_REASON_LEDGER_INTEGRITY: _ClassVar[RefusalReason]
+    REFUSAL_REASON_POLICY: _ClassVar[RefusalReason]
 
 class Split(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,6 +33,7 @@ REFUSAL_REASON_INCOMPATIBLE_MODEL: RefusalReason
 REFUSAL_REASON_FAILED: RefusalReason
 REFUSAL_REASON_PROTOCOL_VIOLATION: RefusalReason
 REFUSAL_REASON_LEDGER_INTEGRITY: RefusalReason
+REFUSAL_REASON_POLICY: RefusalReason
 SPLIT_UNSPECIFIED: Split
 SPLIT_VALIDATION: Split
 SPLIT_TEST: Split
@@ -533,7 +535,7 @@ class StatusReply(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., state: _Optional[str] = ..., round: _Optional[int] = ..., rounds: _Optional[int] = ..., min_nodes: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("name", "connected", "activity", "epsilon_spent", "epsilon_budget", "rounds_contributed", "device", "ledger_alarm")
+    __slots__ = ("name", "connected", "activity", "epsilon_spent", "epsilon_budget", "rounds_contributed", "device", "ledger_alarm", "last_refusal")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_FIELD_NUMBER: _ClassVar[int]
@@ -542,6 +544,7 @@ class NodeStatus(_message.Message):
     ROUNDS_CONTRIBUTED_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     LEDGER_ALARM_FIELD_NUMBER: _ClassVar[int]
+    LAST_REFUSAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     connected: bool
     activity: str
@@ -550,7 +553,8 @@ class NodeStatus(_message.Message):
     rounds_contributed: int
     device: str
     ledger_alarm: str
-    def __init__(self, name: _Optional[str] = ..., connected: _Optional[bool] = ..., activity: _Optional[str] = ..., epsilon_spent: _Optional[float] = ..., epsilon_budget: _Optional[float] = ..., rounds_contributed: _Optional[int] = ..., device: _Optional[str] = ..., ledger_alarm: _Optional[str] = ...) -> None: ...
+    last_refusal: str
+    def __init__(self, name: _Optional[str] = ..., connected: _Optional[bool] = ..., activity: _Optional[str] = ..., epsilon_spent: _Optional[float] = ..., epsilon_budget: _Optional[float] = ..., rounds_contributed: _Optional[int] = ..., device: _Optional[str] = ..., ledger_alarm: _Optional[str] = ..., last_refusal: _Optional[str] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
     __slots__ = ("round", "contributors", "dropped", "loss", "mean_auroc", "seconds")
