@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from primia.blobs import Blob
-from primia.evaluate import predict as predict_module
+from primia.scoring import predict as predict_module
 from primia.federated import data_owner
 from primia.federated.data_owner import ComputeSettings, DataOwner, DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
