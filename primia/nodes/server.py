@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import grpc
@@ -26,7 +25,8 @@ from primia.federated.coordinator import Federation, FederationStatus
 from primia.federated.registry import NodeRegistry
 from primia.nodes import rpc
 from primia.nodes.coordinator_service import CoordinatorService
-from primia.transport.tls import server_credentials, server_options
+from primia.transport.guard import CallGuard, guarded_server
+from primia.transport.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,13 @@ class CoordinatorServer:
             job(self.registry) if job is not None else Federation(config, self.registry, stop=stop)
         )
         ca_pem, _, _ = config.tls.read()
+        self.guard = CallGuard(config.limits, ca_pem, name="coordinator", long_lived=("Join",))
         self._service = CoordinatorService(
-            registry=self.registry, ca_pem=ca_pem, status=self.job.status
+            registry=self.registry,
+            ca_pem=ca_pem,
+            status=self.job.status,
+            guard=self.guard,
+            status_access=config.status_access,
         )
         self._server: grpc.Server | None = None
         self.port = 0
@@ -71,9 +76,9 @@ class CoordinatorServer:
         # with more threads, OpenMP's idle workers spin after every operation on the cores
         # the nodes' streams need (9% of two cores while ten updates arrived, measured).
         torch.set_num_threads(1)
-        # Two threads per node (its stream and its reader) plus status and probe calls.
-        workers = 2 * len(self.config.roster) + 8
-        server = grpc.server(ThreadPoolExecutor(max_workers=workers), options=server_options())
+        # A worker thread for every call the limits admit (each node's Join, and status
+        # and probe calls); calls over a limit are refused at once, never queued.
+        server = guarded_server(self.guard)
         rpc.add_to_server(self._service, server)
         try:
             port = server.add_secure_port(self.config.listen, server_credentials(self.config.tls))
