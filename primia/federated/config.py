@@ -33,7 +33,7 @@ Example::
     delta = 1e-5
 
     [limits]                          # all optional: what one certificate may cost
-    max_calls = 64                    # concurrent calls in all
+    max_calls = 0                     # concurrent calls in all; 0: 2 x roster + 16, >= 64
     max_calls_per_peer = 4            # per certificate
     first_message_s = 10.0            # a call's first message must come this soon
     max_blobs_kept = 2                # per Join stream, awaiting a result
@@ -166,7 +166,7 @@ class CoordinatorConfig:
     def __post_init__(self) -> None:
         if not self.roster:
             raise ConfigError("roster is empty; list the node names allowed to join")
-        if self.limits.max_calls < len(self.roster) + 8:
+        if self.limits.max_calls and self.limits.max_calls < len(self.roster) + 8:
             raise ConfigError(
                 f"limits.max_calls={self.limits.max_calls} is too few for a roster of "
                 f"{len(self.roster)} (each node holds a Join stream, and status and probe "

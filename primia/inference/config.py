@@ -17,7 +17,7 @@ The model owner (``primia infer serve --config model-owner.toml``)::
     key = "pki/model-owner.key"
 
     [limits]                                   # optional, as the coordinator's
-    max_calls = 64
+    max_calls = 0                              # 0: 64
     max_calls_per_peer = 4
     first_message_s = 10.0
 

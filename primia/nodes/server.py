@@ -26,6 +26,7 @@ from primia.federated.registry import NodeRegistry
 from primia.nodes import rpc
 from primia.nodes.coordinator_service import CoordinatorService
 from primia.transport.guard import CallGuard, guarded_server
+from primia.transport.limits import DEFAULT_MAX_CALLS
 from primia.transport.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ class CoordinatorServer:
             job(self.registry) if job is not None else Federation(config, self.registry, stop=stop)
         )
         ca_pem, _, _ = config.tls.read()
-        self.guard = CallGuard(config.limits, ca_pem, name="coordinator", long_lived=("Join",))
+        # Each node holds a Join stream for the whole federation; room for status and probes.
+        limits = config.limits.sized(max(DEFAULT_MAX_CALLS, 2 * len(config.roster) + 16))
+        self.guard = CallGuard(limits, ca_pem, name="coordinator", long_lived=("Join",))
         self._service = CoordinatorService(
             registry=self.registry,
             ca_pem=ca_pem,

@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 import grpc
 
 from primia.transport.limits import (
+    DEFAULT_MAX_CALLS,
     REFUSING_THREADS,
     Admission,
     Deadlines,
@@ -116,7 +117,7 @@ class CallGuard:
     ) -> None:
         """``long_lived``: methods (e.g. ``"Join"``) whose streams may be silent between
         messages for as long as the server keeps them (keepalive watches their peer)."""
-        self.limits = limits
+        self.limits = limits.sized(DEFAULT_MAX_CALLS)
         self.admission = Admission(limits)
         self._ca_pem = ca_pem
         self._name = name

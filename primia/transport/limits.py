@@ -33,7 +33,7 @@ from __future__ import annotations
 import threading
 import unicodedata
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -55,8 +55,9 @@ class LimitExceeded(PrimiaError):
 class ServerLimits:
     """``[limits]`` of a server's config; see the module docstring for what each bounds."""
 
-    max_calls: int = 64
-    """Concurrent calls in all (the worker pool has this many threads, plus a few)."""
+    max_calls: int = 0
+    """Concurrent calls in all (the worker pool has this many threads, plus a few); 0:
+    sized by the server (:meth:`sized`)."""
     max_calls_per_peer: int = 4
     """Concurrent calls per certificate: a node needs 1 (Join) plus a status or a probe."""
     first_message_s: float = 10.0
@@ -73,7 +74,11 @@ class ServerLimits:
     """At most one log line per peer and kind of malformed input this often."""
 
     def __post_init__(self) -> None:
-        for key in ("max_calls", "max_calls_per_peer", "max_text", "max_blobs_kept"):
+        if self.max_calls < 0:
+            raise ConfigError(
+                f"limits.max_calls must be 0 (automatic) or more, got {self.max_calls}"
+            )
+        for key in ("max_calls_per_peer", "max_text", "max_blobs_kept"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"limits.{key} must be at least 1, got {getattr(self, key)}")
         for key in ("first_message_s", "silence_s", "log_every_s"):
@@ -84,11 +89,17 @@ class ServerLimits:
                 f"limits.max_blob_bytes_kept must be at least {MIB} (1 MiB), got "
                 f"{self.max_blob_bytes_kept}"
             )
-        if self.max_calls_per_peer > self.max_calls:
+        if self.max_calls and self.max_calls_per_peer > self.max_calls:
             raise ConfigError(
                 f"limits.max_calls_per_peer ({self.max_calls_per_peer}) exceeds limits.max_calls "
                 f"({self.max_calls}); raise max_calls or lower max_calls_per_peer"
             )
+
+    def sized(self, automatic: int) -> ServerLimits:
+        """These limits with ``max_calls`` set to ``automatic`` if it was left at 0."""
+        if self.max_calls:
+            return self
+        return replace(self, max_calls=max(automatic, self.max_calls_per_peer))
 
     @property
     def pool_size(self) -> int:
@@ -98,6 +109,8 @@ class ServerLimits:
 
 
 REFUSING_THREADS = 4
+DEFAULT_MAX_CALLS = 64
+"""``max_calls`` when left at 0, unless the server needs more (a coordinator's roster)."""
 
 
 class Admission:
@@ -112,7 +125,7 @@ class Admission:
     """
 
     def __init__(self, limits: ServerLimits) -> None:
-        self._limits = limits
+        self._limits = limits.sized(DEFAULT_MAX_CALLS)
         self._open: dict[str, int] = {}
         self._total = 0
         self._lock = threading.Lock()

@@ -101,7 +101,7 @@ def test_check_strings_finds_long_strings_in_nested_and_repeated_fields() -> Non
 @pytest.mark.parametrize(
     "values",
     [
-        {"max_calls": 0},
+        {"max_calls": -1},
         {"max_calls_per_peer": 5, "max_calls": 4},
         {"first_message_s": 0},
         {"max_blob_bytes_kept": 100},
@@ -144,3 +144,9 @@ def test_status_access_by_role() -> None:
 def test_status_access_refuses_unknown_roles() -> None:
     with pytest.raises(ConfigError, match="operator"):
         StatusAccess(everything=("operator",))
+
+
+def test_max_calls_left_at_zero_is_sized_by_the_server() -> None:
+    assert ServerLimits().sized(100).max_calls == 100
+    assert ServerLimits(max_calls=10).sized(100).max_calls == 10
+    assert Admission(ServerLimits()).open_calls() == 0  # usable unsized: the default cap
