@@ -3,9 +3,11 @@ rounds without them (issue 22), in one run, alternating.
 
 The coordinator runs as its own process (``primia coordinator serve``), so its memory is
 its own; the honest nodes (default 10) are threads of this process, each with its own
-certificate, stream and ledger. Rounds alternate: odd rounds clean, even rounds abused
-(round 1, the warm-up, is left out). During an abused round, with certificates of the
-consortium:
+certificate, stream and ledger; the attackers are a third process, so the CPU they burn
+(TLS, hashing their junk) is measured apart: on a small machine it is taken from the
+nodes' training, which no server-side limit can prevent. Rounds alternate: odd rounds
+clean, even rounds abused (round 1, the warm-up, is left out). During an abused round,
+with certificates of the consortium:
 
 * **idle calls** — two certificates (role inference, and a node not on the roster) keep
   opening calls to Join, GetStatus and Probe that never send a message, 10 per
@@ -215,6 +217,37 @@ def _rss(pid: int) -> int:
     return 0
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _abused(rounds_file: Path, rounds: int) -> bool:
+    """Whether the round now running is an abused one (even), none once all are done."""
+    done = len(rounds_file.read_text().splitlines()) if rounds_file.exists() else 0
+    return done < rounds and (done + 1) % 2 == 0
+
+
+def attack_main(args: argparse.Namespace) -> None:
+    """The attacker process: abuse during even rounds; print what came back, as JSON."""
+    attack = Attack(args.attack_at, args.pki, honest=args.honest)
+    attack.start()
+    while True:
+        done = len(args.rounds_file.read_text().splitlines()) if args.rounds_file.exists() else 0
+        if done >= args.rounds:
+            break
+        if _abused(args.rounds_file, args.rounds):
+            attack.on.set()
+        else:
+            attack.on.clear()
+        time.sleep(0.05)
+    attack.on.clear()
+    attack.done.set()
+    print(json.dumps({**attack.outcomes, "junk_sent": attack.junk_sent}))
+
+
 def main() -> None:
     reuse_freed_memory()  # as the primia command does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -223,9 +256,16 @@ def main() -> None:
     parser.add_argument(
         "--patients", type=int, default=30, help="per site; sets how long a round trains"
     )
+    parser.add_argument("--attack-at", help=argparse.SUPPRESS)
+    parser.add_argument("--pki", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--honest", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(1)
     logging.basicConfig(level=logging.ERROR, force=True)
+    if args.attack_at:
+        attack_main(args)
+        return
+    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         write_dataset(
@@ -297,30 +337,46 @@ def main() -> None:
             client = NodeClient.from_config(node, default_image_size=32)
             threading.Thread(target=client.serve, name=name, daemon=True).start()
             clients.append(client)
-        attack = Attack(address, work / "pki", honest=names[1])
-        attack.start()
         rounds_file = work / "run" / "rounds.jsonl"
+        attacker = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--attack-at",
+                address,
+                "--pki",
+                str(work / "pki"),
+                "--honest",
+                names[1],
+                "--rounds-file",
+                str(rounds_file),
+                "--rounds",
+                str(args.rounds),
+            ],
+            stdout=subprocess.PIPE,
+            env=os.environ,
+            text=True,
+        )
         peak = {"clean": 0, "abused": 0}
+        cpu = {
+            "clean": {"coordinator": 0.0, "attackers": 0.0, "wall": 0.0},
+            "abused": {"coordinator": 0.0, "attackers": 0.0, "wall": 0.0},
+        }
         print(f"load average before: {load_average()}")
         watch = CpuWatch()
+        last = (time.perf_counter(), _cpu(coordinator.pid), _cpu(attacker.pid))
         while coordinator.poll() is None:
-            done = len(rounds_file.read_text().splitlines()) if rounds_file.exists() else 0
-            if done >= args.rounds:
-                attack.done.set()
-            current = done + 1
-            abused = current % 2 == 0 and not attack.done.is_set()
-            if abused:
-                attack.on.set()
-            else:
-                attack.on.clear()
+            kind = "abused" if _abused(rounds_file, args.rounds) else "clean"
             try:
-                kind = "abused" if abused else "clean"
                 peak[kind] = max(peak[kind], _rss(coordinator.pid))
+                now = (time.perf_counter(), _cpu(coordinator.pid), _cpu(attacker.pid))
             except OSError:
                 break
+            for key, index in (("wall", 0), ("coordinator", 1), ("attackers", 2)):
+                cpu[kind][key] += now[index] - last[index]
+            last = now
             time.sleep(0.05)
-        attack.on.clear()
-        attack.done.set()
+        outcomes = json.loads(attacker.communicate(timeout=60)[0])
         load_after = load_average()
         for client in clients:
             client.stop()
@@ -353,8 +409,15 @@ def main() -> None:
         f"abused rounds {peak['abused'] / MIB:.0f} MiB"
     )
     print(f"every honest node contributed to every round: {all_contributed}")
-    print(f"junk blobs sent: {attack.junk_sent} x 4 MiB")
-    for what, count in sorted(attack.outcomes.items()):
+    for kind in ("clean", "abused"):
+        spent = cpu[kind]
+        wall = max(spent["wall"], 1e-9)
+        print(
+            f"CPU in {kind} rounds: coordinator {spent['coordinator'] / wall:.0%} of a core, "
+            f"attacker process {spent['attackers'] / wall:.0%} of a core"
+        )
+    print(f"junk blobs sent: {outcomes.pop('junk_sent')} x 4 MiB; what the attackers got back:")
+    for what, count in sorted(outcomes.items()):
         print(f"  {what}: {count}")
     foreign = watch.foreign_share()
     share = "n/a" if foreign is None else f"{foreign:.0%}"

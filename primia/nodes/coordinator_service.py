@@ -60,6 +60,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self._limits = guard.limits
         self._status_access = status_access or StatusAccess()
         self._readers: list[threading.Thread] = []
+        self._probing: set[str] = set()
+        self._probe_lock = threading.Lock()
         self._chunk_messages = ChunkMessages()
 
     def Join(
@@ -155,7 +157,30 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self, request_iterator: Iterator[BlobChunk | pb.Chunk], context: grpc.ServicerContext
     ) -> pb.ProbeReceipt:
         identity = self._authorize(context, "Probe", roles=("node", "coordinator"), roster=True)
-        assembler = BlobAssembler(max_size=MAX_PROBE_SIZE, max_in_flight=1)
+        # One probe at a time per certificate, so a peer holds at most one probe's bytes.
+        with self._probe_lock:
+            busy = identity.name in self._probing
+            self._probing.add(identity.name)
+        if busy:
+            abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{identity.name} already runs a probe; one at a time per certificate",
+            )
+        try:
+            return self._probe(identity, request_iterator, context)
+        finally:
+            with self._probe_lock:
+                self._probing.discard(identity.name)
+
+    def _probe(
+        self,
+        identity: Identity,
+        request_iterator: Iterator[BlobChunk | pb.Chunk],
+        context: grpc.ServicerContext,
+    ) -> pb.ProbeReceipt:
+        size = min(MAX_PROBE_SIZE, self._limits.max_blob_bytes_kept)
+        assembler = BlobAssembler(max_size=size, max_in_flight=1)
         started = time.perf_counter()
         try:
             for chunk in request_iterator:

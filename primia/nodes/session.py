@@ -311,28 +311,36 @@ class NodeSession:
             raise codec.MessageError(f"unexpected {kind or 'empty'} message in a session")
 
     def _chunk(self, chunk: BlobChunk | pb.Chunk) -> None:
-        if len(chunk.blob_id) > self._limits.max_text:
+        limits = self._limits
+        if len(chunk.blob_id) > limits.max_text:
             raise BlobError(
                 f"a blob_id of {len(chunk.blob_id)} characters; the limit is "
-                f"{self._limits.max_text} (limits.max_text)"
+                f"{limits.max_text} (limits.max_text)"
             )
+        if chunk.offset == 0:
+            # Refused at its first chunk, a blob over the limits costs no hashing or copy.
+            self._check_room(chunk.blob_id, chunk.total_size)
         blob = self._assembler.add(chunk)
         if blob is None:
             return
-        limits = self._limits
         with self._lock:
-            kept = list(self._received.values())
-            size = sum(len(other.data) for other in kept) + len(blob.data)
-            if len(kept) >= limits.max_blobs_kept or size > limits.max_blob_bytes_kept:
-                raise BlobError(
-                    f"blob {blob.blob_id!r} refused: {len(kept)} blobs of "
-                    f"{size - len(blob.data)} bytes already wait for a result on this stream, "
-                    f"and the limits are {limits.max_blobs_kept} blobs "
-                    f"(limits.max_blobs_kept) and {limits.max_blob_bytes_kept} bytes "
-                    "(limits.max_blob_bytes_kept); send each update just before its result"
-                )
+            self._check_room(blob.blob_id, len(blob.data))
             if not self._closed:
                 self._received[blob.blob_id] = blob
+
+    def _check_room(self, blob_id: str, size: int) -> None:
+        """Raise :class:`BlobError` unless a blob of ``size`` bytes may be kept next to the
+        completed blobs this stream already has."""
+        limits = self._limits
+        kept = list(self._received.values())
+        held = sum(len(other.data) for other in kept)
+        if len(kept) >= limits.max_blobs_kept or held + size > limits.max_blob_bytes_kept:
+            raise BlobError(
+                f"blob {blob_id!r} refused: {len(kept)} blobs of {held} bytes already wait "
+                f"for a result on this stream, and the limits are {limits.max_blobs_kept} "
+                f"blobs (limits.max_blobs_kept) and {limits.max_blob_bytes_kept} bytes "
+                "(limits.max_blob_bytes_kept); send each update just before its result"
+            )
 
     def _evaluate_result(self, result: pb.EvaluateResult) -> None:
         future = self._take(result.task_id, "evaluate")

@@ -268,3 +268,37 @@ def test_fuzzed_messages_on_every_method_then_a_round_completes(
     report = _round(server, consortium, tmp_path)
     assert report["nodes"]["site0"]["rounds_contributed"] == 1
     assert report["nodes"]["site1"]["rounds_contributed"] == 1
+
+
+def test_a_probe_silent_mid_stream_is_ended_and_probes_run_one_at_a_time(
+    consortium: Consortium, tmp_path: Path
+) -> None:
+    server = _server(consortium, tmp_path, limits=ServerLimits(silence_s=1.0))
+    release = threading.Event()
+    first = pb.Chunk(blob_id="p", offset=0, data=b"a" * 10, total_size=20, sha256=b"\1" * 32)
+
+    def stalled() -> Iterator[bytes]:
+        yield first.SerializeToString()  # half the blob, then nothing
+        release.wait()
+
+    try:
+        with secure_channel(
+            f"127.0.0.1:{server.port}", consortium.nodes["site2"], server_name="coordinator"
+        ) as channel:
+            probe = channel.stream_unary(
+                METHODS[2], request_serializer=lambda b: b, response_deserializer=lambda b: b
+            )
+            held = probe.future(stalled(), timeout=30)
+            probing = server._service._probing  # the names whose probe is running
+            wait_until(lambda: "site2" in probing, 10, "the first probe to start")
+            with pytest.raises(grpc.RpcError) as second:
+                probe(iter([first.SerializeToString()]), timeout=30)
+            assert second.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "one at a time" in (second.value.details() or "")
+            error = held.exception(timeout=20)
+            assert isinstance(error, grpc.RpcError)
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "limits.silence_s" in (error.details() or "")
+    finally:
+        release.set()
+        server.stop(grace=0)
