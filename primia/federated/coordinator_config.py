@@ -32,6 +32,16 @@ Example::
     epsilon = 1.0
     delta = 1e-5
 
+    [limits]                          # all optional: what one certificate may cost
+    max_calls = 0                     # concurrent calls in all; 0: 2 x roster + 16, >= 64
+    max_calls_per_peer = 4            # per certificate
+    first_message_s = 10.0            # a call's first message must come this soon
+    max_blobs_kept = 2                # per Join stream, awaiting a result
+
+    [status_access]                   # all optional: who sees what of `primia status`
+    everything = ["coordinator"]
+    own_row = ["node"]
+
 Relative paths are taken from the file's folder.
 """
 
@@ -46,6 +56,8 @@ from primia.crypto.ring import ring_bits_problem
 from primia.data.synth import FINDINGS
 from primia.errors import ConfigError
 from primia.federated.plan import TrainPlan, check_coordinator_plan
+from primia.federated.status_access import StatusAccess
+from primia.limits import ServerLimits
 from primia.models import model_names
 from primia.models.checkpoint import ModelSpec
 from primia.pki import TLSFiles
@@ -145,10 +157,20 @@ class CoordinatorConfig:
     progress: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     plan: TrainPlan = field(default_factory=TrainPlan)
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    """What one certificate holder may cost the server (see docs/operator-guide.md)."""
+    status_access: StatusAccess = field(default_factory=StatusAccess)
+    """Which certificate roles see which part of ``primia status``."""
 
     def __post_init__(self) -> None:
         if not self.roster:
             raise ConfigError("roster is empty; list the node names allowed to join")
+        if self.limits.max_calls and self.limits.max_calls < len(self.roster) + 8:
+            raise ConfigError(
+                f"limits.max_calls={self.limits.max_calls} is too few for a roster of "
+                f"{len(self.roster)} (each node holds a Join stream, and status and probe "
+                f"calls need room); set it to at least {len(self.roster) + 8}"
+            )
         if len(set(self.roster)) != len(self.roster):
             raise ConfigError("roster lists a name twice")
         if self.rounds < 1:

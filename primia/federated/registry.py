@@ -2,8 +2,11 @@
 
 A :class:`NodeLink` is one node's live session, whatever carries it (the gRPC servicer
 implements it). The :class:`NodeRegistry` admits a link only for a name on the roster,
-replaces an older link of the same name (a node that reconnected), and keeps per-node
-status (activity, ε spent) for the progress display and ``primia status``.
+and keeps per-node status (activity, ε spent) for the progress display and ``primia
+status``. A node holds one link at a time: a second link of a name whose link is still
+:meth:`~NodeLink.alive` is refused (:class:`AlreadyConnected`: two processes hold that
+certificate, or a take-over is being tried), and one whose link died replaces it (the
+node reconnected before the old stream's end was processed).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from primia.crypto.secagg import (
     UnmaskRequest,
     UnmaskShares,
 )
+from primia.errors import PrimiaError
 from primia.federated.privacy_record import PrivacyRecord
 from primia.federated.tasks import (
     EvaluateTask,
@@ -32,6 +36,10 @@ from primia.federated.tasks import (
     TrainOutcome,
     TrainTask,
 )
+
+
+class AlreadyConnected(PrimiaError):
+    """A node tried to connect while its previous link is alive."""
 
 
 class NodeLink(Protocol):
@@ -65,6 +73,9 @@ class NodeLink(Protocol):
     def shutdown(self, reason: str, *, finished: bool) -> None: ...
 
     def close(self, reason: str) -> None: ...
+
+    def alive(self) -> bool:
+        """Whether the link still carries messages (not closed, its stream active)."""
 
 
 @dataclass(frozen=True)
@@ -110,11 +121,20 @@ class NodeRegistry:
         return view
 
     def admit(self, link: NodeLink) -> None:
-        """Register ``link``; a previous link of the same node is closed (it reconnected)."""
+        """Register ``link``; raise :class:`AlreadyConnected` if the node's previous link
+        is alive, else close that one (the node reconnected after it died)."""
         if link.name not in self._status:
             raise ValueError(f"{link.name} is not on the roster")
         with self._changed:
             previous = self._links.get(link.name)
+            if previous is not None and previous.alive():
+                raise AlreadyConnected(
+                    f"{link.name} is already connected, and one certificate may hold one "
+                    "Join stream at a time. If this node restarted, the coordinator drops "
+                    "its old stream once it is found dead (at most ~30 s, HTTP/2 keepalive) "
+                    "and a retry then gets in; if no other copy of this node should run, "
+                    "its certificate may have been copied: revoke it and issue a new one"
+                )
             self._links[link.name] = link
             self._update(
                 link.name,
@@ -128,7 +148,7 @@ class NodeRegistry:
         if self.privacy_record is not None:
             self.privacy_record.update(link.name, link.info.privacy)
         if previous is not None:
-            previous.close("the node connected again")
+            previous.close("its stream died and the node connected again")
 
     def leave(self, link: NodeLink) -> None:
         """Forget ``link`` if it is still the node's current one."""

@@ -16,6 +16,11 @@ The model owner (``primia infer serve --config model-owner.toml``)::
     certificate = "pki/model-owner.pem"        # role inference
     key = "pki/model-owner.key"
 
+    [limits]                                   # optional, as the coordinator's
+    max_calls = 0                              # 0: 64
+    max_calls_per_peer = 4
+    first_message_s = 10.0
+
 The crypto provider (``primia infer crypto-provider --config crypto-provider.toml``)::
 
     listen = "0.0.0.0:50062"
@@ -37,11 +42,12 @@ uses the interface of the host name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from primia.config import load_toml, rebase_paths
 from primia.errors import ConfigError
+from primia.limits import ServerLimits
 from primia.pki import TLSFiles
 
 
@@ -63,6 +69,8 @@ class ModelOwnerConfig:
     threads: int = 0
     """Torch threads per session; 0: PyTorch's default (the machine's cores)."""
     network_interface: str = ""
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    """What one certificate holder may cost the server (see docs/operator-guide.md)."""
 
     def __post_init__(self) -> None:
         _check_address("listen", self.listen)
@@ -95,6 +103,7 @@ class CryptoProviderConfig:
     threads: int = 1
     """Torch threads per session; dealing is light."""
     network_interface: str = ""
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
     def __post_init__(self) -> None:
         _check_address("listen", self.listen)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -30,11 +29,13 @@ from primia.inference.sessions import (
     SessionRefused,
     SessionTable,
 )
+from primia.limits import ServerLimits
 from primia.models.checkpoint import ModelSpec, find_checkpoint, load_model
 from primia.pki import TLSFiles
 from primia.rpc.generated import inference_pb2 as pb
 from primia.rpc.generated import inference_pb2_grpc as pb_grpc
-from primia.rpc.tls import secure_channel, server_credentials, server_options
+from primia.rpc.guard import CallGuard, guarded_server
+from primia.rpc.tls import secure_channel, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +54,23 @@ class InferenceServer:
         tls: TLSFiles,
         table: SessionTable,
         add_servicer: Callable[[grpc.Server], None],
+        limits: ServerLimits | None = None,
     ) -> None:
+        """Every call passes a :class:`~primia.rpc.guard.CallGuard` of ``limits``."""
         self.name = name
         self.table = table
         self.port = 0
         self._listen = listen
         self._tls = tls
         self._add_servicer = add_servicer
+        self.guard = CallGuard(limits or ServerLimits(), tls.read()[0], name=name)
         self._server: grpc.Server | None = None
         self._stopped = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name=f"{name}-reaper", daemon=True)
 
     def start(self) -> int:
         """Listen; return the port (useful with port 0)."""
-        server = grpc.server(ThreadPoolExecutor(max_workers=8), options=server_options())
+        server = guarded_server(self.guard)
         self._add_servicer(server)
         try:
             self.port = server.add_secure_port(self._listen, server_credentials(self._tls))
@@ -153,6 +157,7 @@ def model_owner_server(
         tls=config.tls,
         table=sessions.table,
         add_servicer=lambda server: pb_grpc.add_ModelOwnerServicer_to_server(service, server),
+        limits=config.limits,
     )
 
 
@@ -171,4 +176,5 @@ def crypto_provider_server(config: CryptoProviderConfig) -> InferenceServer:
         tls=config.tls,
         table=sessions.table,
         add_servicer=lambda server: pb_grpc.add_CryptoProviderServicer_to_server(service, server),
+        limits=config.limits,
     )

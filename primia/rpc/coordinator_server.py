@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import grpc
@@ -26,9 +25,11 @@ from primia.federated.coordinator_config import CoordinatorConfig
 from primia.federated.privacy_record import FILENAME as PRIVACY_RECORD
 from primia.federated.privacy_record import PrivacyRecord
 from primia.federated.registry import NodeRegistry
+from primia.limits import DEFAULT_MAX_CALLS
 from primia.rpc import methods
 from primia.rpc.coordinator_service import CoordinatorService
-from primia.rpc.tls import server_credentials, server_options
+from primia.rpc.guard import CallGuard, guarded_server
+from primia.rpc.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,15 @@ class CoordinatorServer:
             job(self.registry) if job is not None else Federation(config, self.registry, stop=stop)
         )
         ca_pem, _, _ = config.tls.read()
+        # Each node holds a Join stream for the whole federation; room for status and probes.
+        limits = config.limits.sized(max(DEFAULT_MAX_CALLS, 2 * len(config.roster) + 16))
+        self.guard = CallGuard(limits, ca_pem, name="coordinator", long_lived=("Join",))
         self._service = CoordinatorService(
-            registry=self.registry, ca_pem=ca_pem, status=self.job.status
+            registry=self.registry,
+            ca_pem=ca_pem,
+            status=self.job.status,
+            guard=self.guard,
+            status_access=config.status_access,
         )
         self._server: grpc.Server | None = None
         self.port = 0
@@ -75,9 +83,9 @@ class CoordinatorServer:
         # with more threads, OpenMP's idle workers spin after every operation on the cores
         # the nodes' streams need (9% of two cores while ten updates arrived, measured).
         torch.set_num_threads(1)
-        # Two threads per node (its stream and its reader) plus status and probe calls.
-        workers = 2 * len(self.config.roster) + 8
-        server = grpc.server(ThreadPoolExecutor(max_workers=workers), options=server_options())
+        # A worker thread for every call the limits admit (each node's Join, and status
+        # and probe calls); calls over a limit are refused at once, never queued.
+        server = guarded_server(self.guard)
         methods.add_to_server(self._service, server)
         try:
             port = server.add_secure_port(self.config.listen, server_credentials(self.config.tls))

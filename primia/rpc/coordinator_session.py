@@ -8,6 +8,13 @@ the weights). Inbound, the
 stream's reader thread hands each message to :meth:`NodeSession.handle`, which settles
 the task's future. When the stream ends, every pending future fails with
 :class:`~primia.federated.tasks.NodeDropped`.
+
+What a node can make its session hold is bounded (:class:`~primia.limits.ServerLimits`):
+completed blobs that no result has named (``max_blobs_kept``, ``max_blob_bytes_kept``;
+the next one is refused and freed), two blobs in flight of at most
+``max_blob_bytes_kept`` each, every string in a message (``max_text``; the message is
+refused), and the errors queued back to it (``MAX_QUEUED_ERRORS``; beyond that they are
+counted, not queued). Bad messages are logged once per ``log_every_s`` with a count.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import replace
@@ -40,6 +48,13 @@ from primia.federated.tasks import (
     TrainOutcome,
     TrainTask,
 )
+from primia.limits import (
+    LimitExceeded,
+    LogThrottle,
+    ServerLimits,
+    check_strings,
+    clean_text,
+)
 from primia.rpc import codec, evaluation_codec, secure_codec
 from primia.rpc.chunk_wire import messages_of
 from primia.rpc.generated import federation_pb2 as pb
@@ -48,7 +63,11 @@ log = logging.getLogger(__name__)
 
 _END = object()
 MAX_UPDATE_SIZE = 8 * 1024 * 1024 * 1024
-"""Bytes a node's update may announce; a bigger one is refused before it is buffered."""
+"""Bytes a node's update may announce; a bigger one is refused before it is buffered
+(also never more than the session's ``max_blob_bytes_kept``)."""
+MAX_QUEUED_ERRORS = 64
+"""ProtocolErrors waiting to be sent to a node; a node that sends junk without reading
+the answers cannot grow the queue further."""
 
 
 class ChunkMessages:
@@ -87,11 +106,20 @@ class NodeSession:
         info: NodeInfo,
         registry: NodeRegistry,
         chunk_messages: ChunkMessages | None = None,
+        *,
+        limits: ServerLimits | None = None,
+        active: Callable[[], bool] = lambda: True,
+        peer: str = "",
     ) -> None:
         self.name = name
         self._chunk_messages = chunk_messages or ChunkMessages()
         self.info = info
         self._registry = registry
+        self._limits = limits or ServerLimits()
+        self._active = active
+        self._peer = peer
+        self._throttle = LogThrottle(self._limits.log_every_s)
+        self._queued_errors = 0
         self._outbound: queue.Queue[object] = queue.Queue()
         self._pending: dict[tuple[str, str], Future[Any]] = {}
         """Futures by (task id, what answer they wait for)."""
@@ -99,7 +127,9 @@ class NodeSession:
         self._received: dict[str, Blob] = {}
         self._evaluations: dict[str, EvaluateTask] = {}
         """Evaluation tasks awaiting their result, to check a detailed one against."""
-        self._assembler = BlobAssembler(max_size=MAX_UPDATE_SIZE)
+        self._assembler = BlobAssembler(
+            max_size=min(MAX_UPDATE_SIZE, self._limits.max_blob_bytes_kept), max_in_flight=2
+        )
         self._lock = threading.Lock()
         self._closed = False
 
@@ -176,10 +206,21 @@ class NodeSession:
             self._closed = True
             pending = list(self._pending.values())
             self._pending.clear()
+            self._received.clear()
         for future in pending:
             _settle(future, error=NodeDropped(f"{self.name}: {reason}"))
         self._assembler.discard()
         self._outbound.put(_END)
+
+    def alive(self) -> bool:
+        with self._lock:
+            closed = self._closed
+        return not closed and self._active()
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of completed blobs that no result has named yet."""
+        return sum(len(blob.data) for blob in list(self._received.values()))
 
     # ---- the stream -----------------------------------------------------------------
 
@@ -203,17 +244,30 @@ class NodeSession:
                 yield from self._chunk_messages.of(item)
             else:
                 assert isinstance(item, pb.CoordinatorMessage)
+                if item.WhichOneof("kind") == "error":
+                    with self._lock:
+                        self._queued_errors -= 1
                 yield item
 
     def handle(self, message: pb.NodeMessage | BlobChunk) -> None:
         """Take one message from the node; a bad one is answered with a ProtocolError."""
         try:
+            if not isinstance(message, BlobChunk):
+                check_strings(message, self._limits.max_text)
             self._dispatch(message)
-        except (BlobError, codec.MessageError) as error:
-            log.warning("bad message from %s: %s", self.name, error)
-            self.report_error(str(error))
+        except (BlobError, codec.MessageError, LimitExceeded) as error:
+            detail = clean_text(str(error), 2 * self._limits.max_text)
+            held_back = self._throttle.admit(type(error).__name__, time.monotonic())
+            if held_back is not None:
+                more = f" ({held_back} more like it not logged)" if held_back else ""
+                log.warning("bad message from %s: %s%s", self.name, detail, more)
+            self.report_error(detail)
 
     def report_error(self, detail: str) -> None:
+        with self._lock:
+            if self._queued_errors >= MAX_QUEUED_ERRORS:
+                return  # the node does not read its answers; the log has counted them
+            self._queued_errors += 1
         self._outbound.put(pb.CoordinatorMessage(error=pb.ProtocolError(detail=detail)))
 
     def _dispatch(self, message: pb.NodeMessage | BlobChunk) -> None:
@@ -258,14 +312,43 @@ class NodeSession:
             )
         elif kind == "progress":
             progress = message.progress
-            self._registry.set_activity(self.name, f"{progress.stage} ({progress.fraction:.0%})")
+            stage = clean_text(progress.stage, self._limits.max_text)
+            fraction = progress.fraction if 0.0 <= progress.fraction <= 1.0 else 0.0
+            self._registry.set_activity(self.name, f"{stage} ({fraction:.0%})")
         else:
             raise codec.MessageError(f"unexpected {kind or 'empty'} message in a session")
 
     def _chunk(self, chunk: BlobChunk | pb.Chunk) -> None:
+        limits = self._limits
+        if len(chunk.blob_id) > limits.max_text:
+            raise BlobError(
+                f"a blob_id of {len(chunk.blob_id)} characters; the limit is "
+                f"{limits.max_text} (limits.max_text)"
+            )
+        if chunk.offset == 0:
+            # Refused at its first chunk, a blob over the limits costs no hashing or copy.
+            self._check_room(chunk.blob_id, chunk.total_size)
         blob = self._assembler.add(chunk)
-        if blob is not None:
-            self._received[blob.blob_id] = blob
+        if blob is None:
+            return
+        with self._lock:
+            self._check_room(blob.blob_id, len(blob.data))
+            if not self._closed:
+                self._received[blob.blob_id] = blob
+
+    def _check_room(self, blob_id: str, size: int) -> None:
+        """Raise :class:`BlobError` unless a blob of ``size`` bytes may be kept next to the
+        completed blobs this stream already has."""
+        limits = self._limits
+        kept = list(self._received.values())
+        held = sum(len(other.data) for other in kept)
+        if len(kept) >= limits.max_blobs_kept or held + size > limits.max_blob_bytes_kept:
+            raise BlobError(
+                f"blob {blob_id!r} refused: {len(kept)} blobs of {held} bytes already wait "
+                f"for a result on this stream, and the limits are {limits.max_blobs_kept} "
+                f"blobs (limits.max_blobs_kept) and {limits.max_blob_bytes_kept} bytes "
+                "(limits.max_blob_bytes_kept); send each update just before its result"
+            )
 
     def _evaluate_result(self, result: pb.EvaluateResult) -> None:
         future = self._take(result.task_id, "evaluate")

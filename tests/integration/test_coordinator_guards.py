@@ -17,7 +17,7 @@ from primia.cli import main
 from primia.rpc.coordinator_server import CoordinatorServer
 from primia.rpc.generated import federation_pb2 as pb
 from primia.rpc.generated import federation_pb2_grpc as pb_grpc
-from primia.rpc.status import fetch_status
+from primia.rpc.status import StatusUnavailable, fetch_status
 from primia.rpc.tls import secure_channel
 
 
@@ -163,11 +163,8 @@ def test_bad_messages_get_clear_errors_and_the_server_lives(
     _alive(server, consortium)
 
 
-def test_primia_status_prints_the_federation(
-    server: CoordinatorServer, consortium: Consortium, capsys: pytest.CaptureFixture[str]
-) -> None:
-    files = consortium.nodes["site2"]
-    code = main(
+def _primia_status(server: CoordinatorServer, files: pki.TLSFiles) -> int:
+    return main(
         [
             "status",
             "--coordinator",
@@ -180,6 +177,25 @@ def test_primia_status_prints_the_federation(
             str(files.key),
         ]
     )
+
+
+def test_primia_status_prints_the_federation(
+    server: CoordinatorServer, consortium: Consortium, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = _primia_status(server, consortium.coordinator)  # an operator sees every node
     out = capsys.readouterr().out
     assert code == 0
     assert server.federation.run_id in out and "site0" in out and "not connected" in out
+    assert "site2" in out
+
+
+def test_status_shows_a_node_its_own_row_and_others_nothing(
+    server: CoordinatorServer, consortium: Consortium, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _primia_status(server, consortium.nodes["site2"]) == 0
+    out = capsys.readouterr().out
+    assert server.federation.run_id in out and "site2" in out
+    assert "site0" not in out and "site1" not in out
+    viewer = pki.tls_files(consortium.pki_dir, "viewer")  # role inference
+    with pytest.raises(StatusUnavailable, match=r"PERMISSION_DENIED.*status_access"):
+        fetch_status(f"127.0.0.1:{server.port}", viewer, timeout=5)

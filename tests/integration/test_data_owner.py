@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from primia.blobs import Blob
-from primia.scoring import predict as predict_module
 from primia.federated import data_owner
 from primia.federated.data_owner import ComputeSettings, DataOwner, DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
@@ -18,6 +17,7 @@ from primia.federated.policy import AcceptedModel, NodePolicy
 from primia.federated.tasks import EvaluateTask, EvaluationDetail, Refusal, TaskRefused, TrainTask
 from primia.federated.weights import decode_like, encode
 from primia.models.checkpoint import ModelSpec
+from primia.scoring import predict as predict_module
 
 SPEC = ModelSpec(
     architecture="cnn",

@@ -3,7 +3,9 @@
 import threading
 import time
 
-from primia.federated.registry import NodeRegistry, NodeStatus
+import pytest
+
+from primia.federated.registry import AlreadyConnected, NodeRegistry, NodeStatus
 from primia.federated.tasks import DatasetSummary, NodeInfo, PrivacyState
 
 ROSTER = ("alpha", "beta", "gamma")
@@ -23,9 +25,13 @@ class FakeLink:
             software_version="0.1",
         )
         self.closed: list[str] = []
+        self.stream_alive = True
 
     def close(self, reason: str) -> None:
         self.closed.append(reason)
+
+    def alive(self) -> bool:
+        return self.stream_alive and not self.closed
 
 
 def status_of(registry: NodeRegistry, name: str) -> NodeStatus:
@@ -73,12 +79,24 @@ def test_leave_disconnects_the_node():
     assert alpha.closed == []
 
 
-def test_a_second_link_of_the_same_name_replaces_and_closes_the_first():
+def test_a_second_link_while_the_first_is_alive_is_refused():
     registry = NodeRegistry(ROSTER)
     old, new = FakeLink("alpha"), FakeLink("alpha", device="cuda:1")
     registry.admit(old)
+    with pytest.raises(AlreadyConnected, match=r"alpha is already connected.*revoke"):
+        registry.admit(new)
+    assert old.closed == []
+    assert registry.connected() == [old]
+    assert status_of(registry, "alpha").device == "cpu"
+
+
+def test_a_second_link_after_the_first_died_replaces_and_closes_it():
+    registry = NodeRegistry(ROSTER)
+    old, new = FakeLink("alpha"), FakeLink("alpha", device="cuda:1")
+    registry.admit(old)
+    old.stream_alive = False  # its stream died before the reader noticed
     registry.admit(new)
-    assert old.closed == ["the node connected again"]
+    assert old.closed == ["its stream died and the node connected again"]
     assert new.closed == []
     assert registry.connected() == [new]
     assert status_of(registry, "alpha").device == "cuda:1"
@@ -88,6 +106,7 @@ def test_leave_of_a_stale_link_keeps_the_new_one():
     registry = NodeRegistry(ROSTER)
     old, new = FakeLink("alpha"), FakeLink("alpha")
     registry.admit(old)
+    old.stream_alive = False
     registry.admit(new)
     registry.leave(old)  # the old session's stream ends after the node reconnected
     assert registry.connected() == [new]

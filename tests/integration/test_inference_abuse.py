@@ -1,0 +1,105 @@
+"""Members of the consortium holding the inference servers' calls (issue 22): the model
+owner and the crypto provider, real gRPC servers on loopback with mutual TLS, keep
+serving everyone else, and each caller is held to its own share of calls.
+
+No CrypTen session is started: a call the servicer answers (a description, a refusal of
+a malformed request) shows that a worker thread was free to serve it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from abuse import IdleCalls
+
+from primia import pki
+from primia.inference.client import describe_model
+from primia.inference.party_config import CryptoProviderConfig, DataOwnerConfig, ModelOwnerConfig
+from primia.inference.server import InferenceServer, crypto_provider_server, model_owner_server
+from primia.limits import ServerLimits
+from primia.models.checkpoint import ModelSpec, save_model
+from primia.rpc.generated import inference_pb2 as pb
+from primia.rpc.generated import inference_pb2_grpc as pb_grpc
+from primia.rpc.tls import secure_channel
+
+SPEC = ModelSpec("cnn", num_outputs=3, width=4, image_size=32, label_names=("a", "b", "c"))
+LIMITS = ServerLimits(max_calls=16, max_calls_per_peer=4, first_message_s=2.0)
+OWNER_METHODS = ("/primia.v1.ModelOwner/Describe", "/primia.v1.ModelOwner/OpenSession")
+DEALER_METHODS = ("/primia.v1.CryptoProvider/Deal",)
+
+
+@pytest.fixture
+def servers(consortium_pki: Path, tmp_path: Path) -> Iterator[tuple[InferenceServer, ...]]:
+    model_path = tmp_path / "model.safetensors"
+    save_model(model_path, SPEC.build().eval(), SPEC)
+    dealer = crypto_provider_server(
+        CryptoProviderConfig(
+            tls=pki.tls_files(consortium_pki, "crypto-provider"),
+            listen="127.0.0.1:0",
+            limits=LIMITS,
+        )
+    )
+    dealer.start()
+    owner = model_owner_server(
+        ModelOwnerConfig(
+            tls=pki.tls_files(consortium_pki, "model-owner"),
+            listen="127.0.0.1:0",
+            crypto_provider=f"127.0.0.1:{dealer.port}",
+            limits=LIMITS,
+        ),
+        model_path,
+    )
+    owner.start()
+    yield owner, dealer
+    owner.stop()
+    dealer.stop()
+
+
+def test_idle_calls_leave_the_model_owner_and_crypto_provider_serving(
+    servers: tuple[InferenceServer, ...], consortium_pki: Path
+) -> None:
+    owner, dealer = servers
+    # Before the limits each server had 8 worker threads: 15 silent calls held them all.
+    attackers = [
+        IdleCalls(
+            f"127.0.0.1:{server.port}",
+            pki.tls_files(consortium_pki, holder),
+            name,
+            methods,
+            15,
+        ).open()
+        for server, name, methods in (
+            (owner, "model-owner", OWNER_METHODS),
+            (dealer, "crypto-provider", DEALER_METHODS),
+        )
+        for holder in ("viewer", "site2")
+    ]
+    try:
+        data_owner = DataOwnerConfig(
+            tls=pki.tls_files(consortium_pki, "site0"), server=f"127.0.0.1:{owner.port}"
+        )
+        assert describe_model(data_owner).spec == SPEC
+        with secure_channel(
+            f"127.0.0.1:{dealer.port}",
+            pki.tls_files(consortium_pki, "model-owner"),
+            server_name="crypto-provider",
+        ) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                pb_grpc.CryptoProviderStub(channel).Deal(pb.DealRequest(), timeout=20)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # it was served
+        ended = [outcome for attacker in attackers for outcome in attacker.codes(timeout=30)]
+    finally:
+        for attacker in attackers:
+            attacker.close()
+    assert len(ended) == 60, "every idle call was ended by its server"
+    details = [detail for _, detail in ended]
+    assert {code for code, _ in ended} <= {
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+    # Each caller held at most its own share: 4 of its 15 calls waited for the deadline.
+    assert sum("limits.first_message_s" in detail for detail in details) == 4 * len(attackers)
+    assert sum("limits.max_calls_per_peer" in detail for detail in details) == 11 * len(attackers)
