@@ -35,9 +35,6 @@ import unicodedata
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
 
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
-
 from primia.errors import ConfigError, PrimiaError
 
 MIB = 1 << 20
@@ -253,20 +250,3 @@ def check_text(field: str, text: str, limit: int) -> str:
             "(limits.max_text); send a shorter one",
         )
     return clean_text(text, limit)
-
-
-def check_strings(message: Message, limit: int, *, path: str = "") -> None:
-    """Raise :class:`LimitExceeded` naming the first string field of ``message`` (nested
-    and repeated ones too) longer than ``limit`` characters. Bytes fields are not text."""
-    for field, value in message.ListFields():
-        name = f"{path}{field.name}"
-        if field.type == FieldDescriptor.TYPE_STRING:
-            for text in value if _repeated(field) else (value,):
-                check_text(name, text, limit)
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            for item in value if _repeated(field) else (value,):
-                check_strings(item, limit, path=f"{name}.")
-
-
-def _repeated(field: FieldDescriptor) -> bool:
-    return bool(field.is_repeated)

@@ -30,13 +30,14 @@ from primia.federated.coordinator import FederationStatus
 from primia.federated.privacy_record import below
 from primia.federated.registry import AlreadyConnected, NodeRegistry
 from primia.federated.status_access import StatusAccess, StatusDenied
-from primia.limits import LimitExceeded, check_strings, clean_text
+from primia.limits import LimitExceeded, clean_text
 from primia.pki import Identity, Role
 from primia.rpc import codec
 from primia.rpc.coordinator_session import ChunkMessages, NodeSession
 from primia.rpc.generated import federation_pb2 as pb
 from primia.rpc.generated import federation_pb2_grpc as pb_grpc
 from primia.rpc.guard import CallGuard
+from primia.rpc.text_fields import check_strings
 from primia.rpc.tls import abort, authorize
 
 log = logging.getLogger(__name__)

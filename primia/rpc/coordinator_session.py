@@ -52,12 +52,12 @@ from primia.limits import (
     LimitExceeded,
     LogThrottle,
     ServerLimits,
-    check_strings,
     clean_text,
 )
 from primia.rpc import codec, evaluation_codec, secure_codec
 from primia.rpc.chunk_wire import messages_of
 from primia.rpc.generated import federation_pb2 as pb
+from primia.rpc.text_fields import check_strings
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from primia.limits import (
     LimitExceeded,
     LogThrottle,
     ServerLimits,
-    check_strings,
     check_text,
     clean_text,
 )
 from primia.rpc.generated import federation_pb2 as pb
+from primia.rpc.text_fields import check_strings
 
 
 def test_admission_caps_each_peer_and_the_total() -> None:
