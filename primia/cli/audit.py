@@ -282,7 +282,8 @@ def _invert(args: argparse.Namespace) -> int:
     )
     run = run_inversion_audit(config)
     table = Table(
-        title=f"gradient inversion ({args.attack}, threat {args.threat}), per image and means"
+        title=f"gradient inversion ({args.attack}, threat {args.threat}): means; "
+        "the verdict counts images"
     )
     for column in COLUMNS:
         table.add_column(column)
@@ -300,11 +301,11 @@ def _invert(args: argparse.Namespace) -> int:
             f"{s.reidentified_images:.0%} / {s.reidentified_patients:.0%}" + verifier,
             "-" if audit.epsilon is None else f"{audit.epsilon:.3g}",
             f"{s.labels_exact_images} of {s.images}",
-            s.verdict + ("" if s.leaked_images else f" ({CAVEAT})"),
+            s.verdict,
         )
     console = Console()
     console.print(table)
-    console.print(f"[bold]{CAVEAT}[/bold]")
+    console.print(f"[bold]caveat:[/bold] {CAVEAT}")
     for audit in run.audits:
         if audit.refusal is not None:
             console.print(f"{audit.settings['defense']}: {refusal_line(audit)}")
