@@ -106,11 +106,13 @@ def recover_from_head(
     if counting is not None:
         column = weight[:, counting]
         counts = (-column * batch_size * label_norm / scale).round().clamp(0, batch_size)
-        isolated = {
-            j: (weight[j] / column[j]).float()
-            for j in range(head.out_features)
-            if counts[j] == 1 and column[j] < 0
-        }
+        isolated = _distinct(
+            {
+                j: (weight[j] / column[j]).float()
+                for j in range(head.out_features)
+                if counts[j] == 1 and column[j] < 0
+            }
+        )
         if isolated or batch_size > 1:
             labels = None
             if batch_size == 1:
@@ -141,9 +143,22 @@ def recover_from_head(
     ).double()[0]
     counts = (batch_size * (probabilities - bias * label_norm / scale)).round()
     counts = counts.clamp(0, batch_size)
-    isolated = {
-        j: (weight[j] / bias[j]).float()
-        for j in range(head.out_features)
-        if counts[j] == 1 and bias[j] < 0 and probabilities[j] < 0.5 / batch_size
-    }
+    isolated = _distinct(
+        {
+            j: (weight[j] / bias[j]).float()
+            for j in range(head.out_features)
+            if counts[j] == 1 and bias[j] < 0 and probabilities[j] < 0.5 / batch_size
+        }
+    )
     return HeadRecovery(isolated, counts.to(torch.int64).cpu(), None)
+
+
+def _distinct(isolated: dict[int, Tensor]) -> dict[int, Tensor]:
+    """One entry per image: an image alone with two labels is isolated by both rows, which
+    then hold the same features (to float precision); the first label keeps it."""
+    kept: dict[int, Tensor] = {}
+    for j, features in isolated.items():
+        scale = features.norm().clamp_min(1e-12)
+        if all((features - other).norm() > 1e-3 * scale for other in kept.values()):
+            kept[j] = features
+    return kept

@@ -88,9 +88,9 @@ def feature_attack(
         counting=crafted.counting if crafted is not None else None,
         scale=scale,
     )
-    labels = _labels(model, observed, recovery, task, count, prior, scale)
+    slots = list(recovery.features)[:count]
+    labels = _labels(model, observed, recovery, slots, task, count, prior, scale)
     start = prior.expand(count, *prior.shape[1:]).clone()
-    slots = list(recovery.features)
     targets = torch.stack([recovery.features[j] for j in slots]).to(device) if slots else None
     if targets is not None:
         decode = crafted.decode if crafted is not None and crafted.decode is not None else None
@@ -124,6 +124,7 @@ def _labels(
     model: nn.Module,
     observed: Update,
     recovery: HeadRecovery,
+    slots: list[int],
     task: Task,
     count: int,
     prior: Tensor,
@@ -136,7 +137,7 @@ def _labels(
     labels = recover_labels(
         model, observed, task=task, count=count, prior=prior, update_scale=scale
     ).to(prior.device)
-    for slot, j in enumerate(recovery.features):
+    for slot, j in enumerate(slots):
         if task is Task.MULTICLASS:
             labels[slot] = j
         else:
