@@ -3,8 +3,8 @@
 The gradient-inversion audit simulates an observer of a node's update (the update itself,
 a DP-SGD update, or the secure aggregate of several nodes; an honest coordinator or one
 that sends crafted weights), attacks it with DLG, iDLG, Inverting Gradients, or the
-analytic and learned-prior attacks, and scores the reconstructions against the originals and against a
-prior (the dataset's mean image)::
+analytic and learned-prior attacks, and scores the reconstructions against the originals
+and against a prior (the dataset's mean image)::
 
     from primia.audit import AttackConfig, InversionConfig, run_inversion_audit
 
