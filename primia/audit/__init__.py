@@ -1,9 +1,10 @@
 """Privacy audits: what an attacker can recover from what leaves a node.
 
 The gradient-inversion audit simulates an observer of a node's update (the update itself,
-a DP-SGD update, or the secure aggregate of several nodes), attacks it with DLG, iDLG or
-Inverting Gradients, and scores the reconstructions against the originals and against a
-prior (the dataset's mean image)::
+a DP-SGD update, or the secure aggregate of several nodes; an honest coordinator or one
+that sends crafted weights), attacks it with DLG, iDLG, Inverting Gradients, or the
+analytic and learned-prior attacks, and scores the reconstructions against the originals
+and against a prior (the dataset's mean image)::
 
     from primia.audit import AttackConfig, InversionConfig, run_inversion_audit
 
@@ -19,6 +20,7 @@ from primia.audit.attacks import AttackConfig, AttackName
 from primia.audit.inversion import InversionConfig, InversionRun, run_inversion_audit
 from primia.audit.release import Defense, UpdateRule
 from primia.audit.results import InversionAudit, Summary
+from primia.audit.threats import Threat
 
 __all__ = [
     "AttackConfig",
@@ -28,6 +30,7 @@ __all__ = [
     "InversionConfig",
     "InversionRun",
     "Summary",
+    "Threat",
     "UpdateRule",
     "run_inversion_audit",
 ]

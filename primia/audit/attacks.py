@@ -7,6 +7,9 @@ Each attack optimises dummy images x (and, for DLG, dummy labels) so that the up
   with the labels ŷ = σ(λ) (softmax for multiclass) optimised jointly from random λ.
 * **iDLG** (Zhao et al., 2020): DLG with the labels recovered analytically first
   (:func:`primia.audit.labels.recover_labels`), so only the images are optimised.
+* **analytic** and **feature-ig** start from the features and labels the last Linear
+  layer gives away, with a prior learned from public images
+  (:mod:`primia.audit.feature_attacks`).
 * **Inverting Gradients** (Geiping et al., NeurIPS 2020): minimise
   1 − ⟨u(x, y), o⟩ / (‖u(x, y)‖‖o‖) + α·TV(x) with Adam on the *signed* gradient, the
   step size divided by 10 at 3/8, 5/8 and 7/8 of the iterations, x kept in the box
@@ -40,10 +43,27 @@ class AttackName(StrEnum):
     DLG = "dlg"
     IDLG = "idlg"
     IG = "ig"
+    ANALYTIC = "analytic"
+    FEATURE_IG = "feature-ig"
 
 
-DEFAULT_ITERATIONS = {AttackName.DLG: 300, AttackName.IDLG: 300, AttackName.IG: 2000}
-DEFAULT_LEARNING_RATE = {AttackName.DLG: 1.0, AttackName.IDLG: 1.0, AttackName.IG: 0.1}
+FEATURE_ATTACKS = frozenset({AttackName.ANALYTIC, AttackName.FEATURE_IG})
+"""Attacks that start from the last Linear layer (:mod:`primia.audit.feature_attacks`)."""
+
+DEFAULT_ITERATIONS = {
+    AttackName.DLG: 300,
+    AttackName.IDLG: 300,
+    AttackName.IG: 2000,
+    AttackName.ANALYTIC: 1,
+    AttackName.FEATURE_IG: 300,
+}
+DEFAULT_LEARNING_RATE = {
+    AttackName.DLG: 1.0,
+    AttackName.IDLG: 1.0,
+    AttackName.IG: 0.1,
+    AttackName.ANALYTIC: 1.0,
+    AttackName.FEATURE_IG: 0.003,
+}
 LBFGS_CHUNK = 10
 """L-BFGS iterations per optimizer call, so progress is reported as it goes."""
 
@@ -81,7 +101,11 @@ class AttackConfig:
 
     @property
     def recovers_labels_first(self) -> bool:
-        return self.name is not AttackName.DLG
+        return self.name in {AttackName.IDLG, AttackName.IG}
+
+    @property
+    def from_features(self) -> bool:
+        return self.name in FEATURE_ATTACKS
 
 
 @dataclass(frozen=True)
@@ -126,6 +150,8 @@ def invert(
 ) -> Reconstruction:
     """Run the configured attack; ``labels`` are the recovered ones (iDLG and IG need
     them; DLG ignores them). ``shape`` is the dummy batch's, ``[groups·B, C, S, S]``."""
+    if config.from_features:
+        raise ValueError(f"{config.name} runs in primia.audit.feature_attacks, not here")
     device = observed[0].device
     best: Reconstruction | None = None
     for restart in range(config.restarts):

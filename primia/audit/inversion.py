@@ -27,13 +27,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
-from primia.audit.attacks import Advance, AttackConfig, invert
+from primia.audit.attacks import Advance, AttackConfig, Reconstruction, invert
+from primia.audit.feature_attacks import Knowledge, feature_attack
 from primia.audit.labels import recover_labels
 from primia.audit.linking import link_with_verifier
 from primia.audit.metrics import match, score_images
+from primia.audit.prior import fit_decoder, public_images
 from primia.audit.release import Defense, UpdateRule, epsilon_cost, observe
 from primia.audit.report import ReportFiles, write_report
 from primia.audit.results import AttackOutcome, InversionAudit, summarize
+from primia.audit.threats import Threat, consistency_check, craft, node_digests, observe_crafted
 from primia.audit.verifier import load_verifier
 from primia.data import RadiographDataset, Task, open_dataset
 from primia.errors import ConfigError, ModelError
@@ -74,6 +77,13 @@ class InversionConfig:
     verifier: Path | None = None
     """A verifier from ``primia audit reid``: also judge whether each reconstruction links
     back to its patient (:mod:`primia.audit.linking`)."""
+    threat: str = "honest"
+    """What the coordinator sends (:class:`primia.audit.threats.Threat`): the model as it
+    is (``honest``), trap weights to every node (``trap``), or trap weights to the target
+    and others to the rest (``inconsistent``)."""
+    public: Path | None = None
+    """The attacker's public images for the learned prior (another site's dataset); None:
+    a synthetic set (:func:`primia.audit.prior.public_images`)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.images < 1:
@@ -87,6 +97,10 @@ class InversionConfig:
                 raise ConfigError(f"unknown defense {name!r}; choose none, dp or secagg")
         if not 0 < self.delta < 1:
             raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
+        if self.threat not in {t.value for t in Threat}:
+            raise ConfigError(
+                f"unknown threat {self.threat!r}; choose honest, trap or inconsistent"
+            )
 
     def rule(self, defense: str) -> UpdateRule:
         return UpdateRule(
@@ -108,6 +122,7 @@ class InversionConfig:
             "image_size": image_size,
             "checkpoint": str(self.checkpoint) if self.checkpoint else "none (untrained)",
             "attack": self.attack.name.value,
+            "threat": self.threat,
             "iterations": self.attack.steps,
             "restarts": self.attack.restarts,
             "attack_learning_rate": self.attack.lr,
@@ -147,8 +162,16 @@ def run_inversion_audit(config: InversionConfig) -> InversionRun:
     model = model.to(device).eval()
     images = to_float(dataset.uint8_tensors()[0], torch.device("cpu"))
     prior = images.mean(dim=0)
+    crafted = craft(Threat(config.threat), model, task=dataset.task, image_size=dataset.image_size)
+    knowledge = Knowledge(model, None, prior.unsqueeze(0), crafted)
+    if config.attack.from_features:
+        public = public_images(config.public, image_size=dataset.image_size)
+        sent = crafted.target if crafted is not None else model
+        with torch.random.fork_rng():
+            decoder = fit_decoder(sent, public)
+        knowledge = Knowledge(model, decoder, public.mean(0, keepdim=True), crafted)
     audits = [
-        _audit(config, defense, model, spec, dataset, images, prior, device)
+        _audit(config, defense, model, spec, dataset, images, prior, device, knowledge)
         for defense in config.defenses
     ]
     if config.verifier is not None:
@@ -213,6 +236,7 @@ def _audit(
     images: Tensor,
     prior: Tensor,
     device: torch.device,
+    knowledge: Knowledge,
 ) -> InversionAudit:
     rule = config.rule(defense)
     attacks = math.ceil(config.images / config.batch_size)
@@ -244,6 +268,7 @@ def _audit(
                     noise,
                     device,
                     advance,
+                    knowledge,
                 )
             )
     epsilon = None
@@ -251,13 +276,23 @@ def _audit(
         epsilon = epsilon_cost(
             rule, batch_size=config.batch_size, dataset_size=len(dataset), delta=config.delta
         )
+    crafted = knowledge.crafted
+    refusal = consistency_check(node_digests(crafted, model, rule.nodes))
+    notes = _notes(config, rule, epsilon, len(dataset))
+    if crafted is not None:
+        notes += [f"Crafted by the coordinator: {note}." for note in crafted.notes]
+        notes.append(
+            "primia's node policy (accepted architectures and widths) accepts these weights: "
+            "they keep the architecture and width; only their values are crafted."
+        )
     return InversionAudit(
         settings=config.settings(defense, spec, dataset.image_size),
         prior=prior[0].numpy(),
         outcomes=outcomes,
         summary=summarize(outcomes),
         epsilon=epsilon,
-        notes=_notes(config, rule, epsilon, len(dataset)),
+        notes=notes,
+        refusal=refusal,
     )
 
 
@@ -273,6 +308,7 @@ def _attack_once(
     noise: torch.Generator,
     device: torch.device,
     advance: Advance,
+    knowledge: Knowledge,
 ) -> AttackOutcome:
     task = dataset.task
     targets = torch.stack([dataset.target(int(i)) for i in chosen])
@@ -284,28 +320,22 @@ def _attack_once(
         )
     ]
     started = time.perf_counter()
-    observed = observe(model, batches, task, rule, generator=noise)
-    labels = None
-    if config.attack.recovers_labels_first:
-        scale = rule.local_lr * rule.local_steps if rule.local_steps > 1 else 1.0
-        labels = recover_labels(
-            model,
-            observed,
-            task=task,
-            count=len(chosen),
-            prior=prior.unsqueeze(0).to(device),
-            update_scale=scale,
-        )
-    found = invert(
-        config.attack,
-        model=model,
-        observed=observed,
-        task=task,
-        rule=rule,
-        shape=tuple(batch_images.shape),
-        labels=labels,
-        num_outputs=dataset.num_outputs,
-        advance=advance,
+    if knowledge.crafted is not None:
+        observed = observe_crafted(knowledge.crafted, batches, task, rule, generator=noise)
+    else:
+        observed = observe(model, batches, task, rule, generator=noise)
+    found = _reconstruct(
+        config,
+        rule,
+        model,
+        task,
+        observed,
+        batch_images.shape,
+        prior,
+        device,
+        dataset.num_outputs,
+        advance,
+        knowledge,
     )
     seconds = time.perf_counter() - started
     originals = batch_images[:, 0].numpy()
@@ -321,6 +351,55 @@ def _attack_once(
         label_accuracies=_label_accuracies(found.labels[matched], targets, task),
     )
     return AttackOutcome(originals, reconstructions[matched], scores, seconds, found.loss)
+
+
+def _reconstruct(
+    config: InversionConfig,
+    rule: UpdateRule,
+    model: nn.Module,
+    task: Task,
+    observed: list[Tensor],
+    shape: torch.Size,
+    prior: Tensor,
+    device: torch.device,
+    num_outputs: int,
+    advance: Advance,
+    knowledge: Knowledge,
+) -> Reconstruction:
+    if config.attack.from_features:
+        return feature_attack(
+            config.attack,
+            knowledge,
+            observed=observed,
+            task=task,
+            rule=rule,
+            shape=tuple(shape),
+            advance=advance,
+        )
+    if knowledge.crafted is not None:
+        model = knowledge.crafted.target
+    labels = None
+    if config.attack.recovers_labels_first:
+        scale = rule.local_lr * rule.local_steps if rule.local_steps > 1 else 1.0
+        labels = recover_labels(
+            model,
+            observed,
+            task=task,
+            count=shape[0],
+            prior=prior.unsqueeze(0).to(device),
+            update_scale=scale,
+        )
+    return invert(
+        config.attack,
+        model=model,
+        observed=observed,
+        task=task,
+        rule=rule,
+        shape=tuple(shape),
+        labels=labels,
+        num_outputs=num_outputs,
+        advance=advance,
+    )
 
 
 def _label_accuracies(recovered: Tensor, true: Tensor, task: Task) -> list[float]:

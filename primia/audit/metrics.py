@@ -169,6 +169,7 @@ def score_images(
                 prior_ssim=prior_ssim,
                 leakage=leakage_value(rec_ssim, prior_ssim),
                 label_accuracy=float(label_accuracies[i]),
+                labels_exact=float(label_accuracies[i]) == 1.0,
                 nearest_image_correct=found[i] == index,
                 nearest_patient_correct=reference_patient_ids[found[i]] == patient,
             )

@@ -31,6 +31,7 @@ from PIL import Image
 
 from primia import __version__
 from primia.audit.results import (
+    CAVEAT,
     LEAKAGE_THRESHOLD,
     PSNR_MARGIN_DB,
     AttackOutcome,
@@ -91,13 +92,23 @@ def _report_document(audits: Sequence[InversionAudit], created: datetime) -> dic
         "primia_version": __version__,
         "created": created.isoformat(timespec="seconds"),
         "thresholds": {"leakage": LEAKAGE_THRESHOLD, "psnr_margin_db": PSNR_MARGIN_DB},
+        "caveat": CAVEAT,
         "audits": [
             {
                 "settings": audit.settings,
                 "epsilon": audit.epsilon,
                 "notes": audit.notes,
+                "refusal": audit.refusal,
                 "summary": asdict(audit.summary),
-                "images": [asdict(score) for score in _scores(audit)],
+                "images": [
+                    asdict(score)
+                    | {
+                        "reconstructed": score.reconstructed,
+                        "reidentified": score.reidentified,
+                        "leaked": score.leaked,
+                    }
+                    for score in _scores(audit)
+                ],
                 "attacks": [
                     {
                         "seconds": outcome.seconds,
@@ -153,10 +164,13 @@ def _grid_labels(audits: Sequence[InversionAudit]) -> list[str]:
 
 
 def _grid(audit: InversionAudit) -> np.ndarray:
-    """The grid as ``uint8[H, W]``: up to :data:`MAX_GRID_IMAGES` originals on the top row,
-    their reconstructions below, the prior at the right of both rows."""
+    """The grid as ``uint8[H, W]``: up to :data:`MAX_GRID_IMAGES` originals (leaked first)
+    on the top row, their reconstructions below, the prior at the right of both rows."""
     originals = np.concatenate([outcome.originals for outcome in audit.outcomes])
     reconstructions = np.concatenate([outcome.reconstructions for outcome in audit.outcomes])
+    # Leaked images first, so the grid shows what leaked even when it is cut.
+    order = sorted(range(len(originals)), key=lambda i: not _scores(audit)[i].leaked)
+    originals, reconstructions = originals[order], reconstructions[order]
     shown = min(len(originals), MAX_GRID_IMAGES)
     scale = _tile_scale(audit.prior.shape[-1])
     tile = audit.prior.shape[-1] * scale
@@ -197,8 +211,10 @@ h1 { margin-bottom: 0.2rem; }
 section.audit { border-top: 1px solid #ccc; margin-top: 2rem; padding-top: 0.5rem; }
 .verdict { font-size: 2rem; font-weight: bold; padding: 0.4rem 0.8rem;
            border-radius: 0.3rem; display: inline-block; margin: 0.3rem 0; }
-.verdict.safe { background: #e2f4e5; color: #1b6b31; }
+.verdict.inconclusive { background: #eeeeee; color: #333; }
 .verdict.leaks { background: #fde3e1; color: #a3191b; }
+.caveat { font-weight: bold; color: #5a4500; }
+.refusal { border-left: 4px solid #555; padding-left: 0.6rem; }
 .why { color: #444; }
 table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.9rem; }
 th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
@@ -294,13 +310,17 @@ def _settings_table(audits: Sequence[InversionAudit], names: list[str]) -> str:
 
 def _audit_section(audit: InversionAudit, name: str, grid: Path) -> str:
     summary = audit.summary
-    leaks = summary.verdict == "reconstructable"
+    leaks = summary.leaked_images > 0
     parts = [
         '<section class="audit">',
         f"<h2>{_e(name)}</h2>",
-        f'<div class="verdict {"leaks" if leaks else "safe"}">{_e(summary.verdict)}</div>',
+        f'<div class="verdict {"leaks" if leaks else "inconclusive"}">{_e(summary.verdict)}</div>',
+        f'<p class="caveat">{_e(CAVEAT)}</p>',
         f'<p class="why">{_e(_why(audit))}</p>',
+        f"<p>{_e(findings_line(audit))}</p>",
     ]
+    if audit.refusal is not None:
+        parts.append(f'<p class="refusal">{_e(refusal_line(audit))}</p>')
     if audit.epsilon is not None:
         parts.append(
             f"<p>Privacy cost of the observed update: ε = {_e(_number(audit.epsilon))} "
@@ -311,8 +331,8 @@ def _audit_section(audit: InversionAudit, name: str, grid: Path) -> str:
     parts.append(
         f'<figure><img src="{_e(grid.name)}" '
         f'alt="{_e("originals, reconstructions and the prior of " + name)}">'
-        "<figcaption>top: originals; bottom: reconstructions; right: the prior (dataset "
-        "mean image)"
+        "<figcaption>top: originals (leaked images first); bottom: reconstructions; "
+        "right: the prior (dataset mean image)"
         + (
             _e(f". The grid shows the first {shown} of the {summary.images} attacked images.")
             if summary.images > shown
@@ -330,15 +350,34 @@ def _audit_section(audit: InversionAudit, name: str, grid: Path) -> str:
 
 
 def _why(audit: InversionAudit) -> str:
-    """The verdict's reason, as the two thresholds applied to this audit's means."""
+    """The per-image rule and which images met it."""
     s = audit.summary
-    needed = s.prior_psnr + PSNR_MARGIN_DB
-    leakage = "≥" if s.leakage >= LEAKAGE_THRESHOLD else "<"
-    psnr = "≥" if s.psnr >= needed else "<"
+    leaked = [score for score in _scores(audit) if score.leaked]
+    which = ", ".join(f"#{score.dataset_index} (patient {score.patient_id})" for score in leaked)
     return (
-        f"Mean leakage value {_number(s.leakage)} {leakage} {LEAKAGE_THRESHOLD}; mean PSNR "
-        f"{_number(s.psnr)} dB {psnr} {_number(needed)} dB (the prior's "
-        f"{_number(s.prior_psnr)} dB + {PSNR_MARGIN_DB} dB)."
+        f"An image leaks when it is reconstructed (its PSNR ≥ the prior's + {PSNR_MARGIN_DB} "
+        f"dB and its leakage value ≥ {LEAKAGE_THRESHOLD}) or re-identified (its nearest image "
+        "is the original or the patient's, or the verifier links it to the patient). "
+        f"Reconstructed: {s.reconstructed_images} of {s.images}; re-identified: "
+        f"{s.reidentified_any} of {s.images}." + (f" Leaked: {which}." if leaked else "")
+    )
+
+
+def findings_line(audit: InversionAudit) -> str:
+    """Label recovery as what it is: leakage of the patients' findings."""
+    s = audit.summary
+    return (
+        f"Findings (labels) leaked: all findings recovered exactly for {s.labels_exact_images} "
+        f"of {s.images} images ({_percent(s.label_accuracy)} of labels right); a diagnosis "
+        "is patient data."
+    )
+
+
+def refusal_line(audit: InversionAudit) -> str:
+    """What primia's checks do against this threat, beside what would leak without them."""
+    return (
+        f"{audit.refusal}. The verdict above is what leaks without that check; with it "
+        "(primia's default), no update is sent."
     )
 
 
@@ -382,6 +421,9 @@ def _metrics_table(audit: InversionAudit) -> str:
 
 def _images_table(outcomes: Sequence[AttackOutcome]) -> str:
     columns = (
+        "leaked",
+        "reconstructed",
+        "re-identified",
         "attack",
         "dataset index",
         "patient",
@@ -395,34 +437,46 @@ def _images_table(outcomes: Sequence[AttackOutcome]) -> str:
         "re-identified patient",
     )
     rows = []
-    for attack, outcome in enumerate(outcomes, start=1):
-        for score in outcome.scores:
-            cells = (
-                str(attack),
-                str(score.dataset_index),
-                score.patient_id,
-                _number(score.psnr),
-                _number(score.prior_psnr),
-                _number(score.ssim),
-                _number(score.prior_ssim),
-                _number(score.leakage),
-                _percent(score.label_accuracy),
-                "yes" if score.nearest_image_correct else "no",
-                "yes" if score.nearest_patient_correct else "no",
-            )
-            rows.append("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>")
+    ordered = sorted(
+        (
+            (attack, score)
+            for attack, outcome in enumerate(outcomes, start=1)
+            for score in outcome.scores
+        ),
+        key=lambda pair: not pair[1].leaked,
+    )
+    for attack, score in ordered:
+        cells = (
+            "LEAKED" if score.leaked else "no leak found",
+            "yes" if score.reconstructed else "no",
+            "yes" if score.reidentified else "no",
+            str(attack),
+            str(score.dataset_index),
+            score.patient_id,
+            _number(score.psnr),
+            _number(score.prior_psnr),
+            _number(score.ssim),
+            _number(score.prior_ssim),
+            _number(score.leakage),
+            _percent(score.label_accuracy),
+            "yes" if score.nearest_image_correct else "no",
+            "yes" if score.nearest_patient_correct else "no",
+        )
+        rows.append("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>")
     header = "".join(f"<th>{_e(column)}</th>" for column in columns)
     return (
-        "<table><caption>Per image (in the order of the grid's columns)</caption>"
+        "<table><caption>Per image, leaked images first</caption>"
         f"<tr>{header}</tr>" + "".join(rows) + "</table>"
     )
 
 
 def _how_to_read() -> str:
     paragraphs = [
-        f"An audit is called “reconstructable” when the mean leakage value ≥ "
-        f"{LEAKAGE_THRESHOLD} and the mean PSNR ≥ the prior's mean PSNR + {PSNR_MARGIN_DB} "
-        "dB; otherwise it is called “not better than the prior”.",
+        "The verdict counts images, not means: an image leaks when it is reconstructed (its "
+        f"leakage value ≥ {LEAKAGE_THRESHOLD} and its PSNR ≥ its prior's + {PSNR_MARGIN_DB} "
+        "dB) or re-identified (nearest image or patient, or the verifier); the verdict says "
+        "“leaks: k of N images reconstructed or re-identified”, or, when none did, “no leak "
+        "found by these attacks: inconclusive, not a proof of safety”.",
         "The prior is the dataset's mean image: an attacker can produce it without seeing "
         "any update, so it is the baseline a reconstruction has to beat to show that the "
         "update leaked something about a particular radiograph.",
@@ -440,9 +494,7 @@ def _how_to_read() -> str:
         "hospital's dataset is the original itself. Re-identified patients: the share whose "
         "nearest image belongs to the original's patient — a reconstruction can point to a "
         "patient without matching the exact radiograph.",
-        "Caveat: “not better than the prior” holds for this attack and these settings, not "
-        "for every attack: a stronger attack, more attack steps, smaller batches or another "
-        "model may reconstruct what this one did not.",
+        "Caveat: " + CAVEAT,
     ]
     return (
         '<section class="how"><h2>How to read this</h2>'

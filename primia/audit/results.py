@@ -9,17 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-Verdict = Literal["reconstructable", "not better than the prior"]
+Verdict = str
+"""":data:`NO_LEAK` or "leaks: k of N images reconstructed or re-identified"."""
 
 LEAKAGE_THRESHOLD = 0.10
-"""A defense's images count as reconstructable when the mean leakage value (the SSIM gain
-over the prior, as a fraction of the gain a perfect copy would have) reaches this ..."""
+"""An image counts as reconstructed when its leakage value (the SSIM gain over the prior,
+as a fraction of the gain a perfect copy would have) reaches this ..."""
 PSNR_MARGIN_DB = 1.0
-"""... and the mean PSNR beats the prior's by at least this many decibels."""
+"""... and its PSNR beats the prior's by at least this many decibels."""
+NO_LEAK = "no leak found by these attacks: inconclusive, not a proof of safety"
+CAVEAT = (
+    "An audit can show a leak, never its absence: a stronger attack, more iterations, other "
+    "images or a coordinator that crafts its weights may recover what these attacks did not."
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,27 @@ class ImageScore:
     nearest_image_correct: bool
     nearest_patient_correct: bool
     verifier_patient_correct: bool | None = None
+    labels_exact: bool | None = None
+    """Every label (finding) of the image recovered exactly; None where not scored."""
+
+    @property
+    def reconstructed(self) -> bool:
+        """PSNR ≥ the prior's + :data:`PSNR_MARGIN_DB` and leakage ≥ :data:`LEAKAGE_THRESHOLD`."""
+        return self.leakage >= LEAKAGE_THRESHOLD and self.psnr >= self.prior_psnr + PSNR_MARGIN_DB
+
+    @property
+    def reidentified(self) -> bool:
+        """The nearest image is the original or the patient's, or the verifier links it."""
+        return (
+            self.nearest_image_correct
+            or self.nearest_patient_correct
+            or self.verifier_patient_correct is True
+        )
+
+    @property
+    def leaked(self) -> bool:
+        """The verdict's rule for one image: reconstructed or re-identified."""
+        return self.reconstructed or self.reidentified
 
 
 @dataclass(frozen=True)
@@ -80,6 +107,10 @@ class Summary:
     seconds_per_attack: float
     verdict: Verdict
     reidentified_by_verifier: float | None = None
+    leaked_images: int = 0
+    reconstructed_images: int = 0
+    reidentified_any: int = 0
+    labels_exact_images: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,14 +125,18 @@ class InversionAudit:
     summary: Summary
     epsilon: float | None = None
     notes: list[str] = field(default_factory=list)
+    refusal: str | None = None
+    """Why primia's nodes would refuse what the coordinator sent (the model-consistency
+    check, :func:`primia.audit.threats.consistency_check`); None when nothing refuses it.
+    The scores then say what would leak without that check."""
 
 
-def verdict(leakage: float, psnr: float, prior_psnr: float) -> Verdict:
-    """ "reconstructable" when both thresholds above are met, else "not better than the
-    prior"."""
-    if leakage >= LEAKAGE_THRESHOLD and psnr >= prior_psnr + PSNR_MARGIN_DB:
-        return "reconstructable"
-    return "not better than the prior"
+def verdict(leaked: int, images: int) -> Verdict:
+    """The verdict over ``images`` attacked images of which ``leaked`` met the per-image
+    rule (:attr:`ImageScore.leaked`)."""
+    if leaked:
+        return f"leaks: {leaked} of {images} images reconstructed or re-identified"
+    return NO_LEAK
 
 
 def summarize(outcomes: Sequence[AttackOutcome]) -> Summary:
@@ -117,6 +152,7 @@ def summarize(outcomes: Sequence[AttackOutcome]) -> Summary:
     prior_psnr = mean([min(s.prior_psnr, 100.0) for s in scores])
     leakage = mean([s.leakage for s in scores])
     linked = [s.verifier_patient_correct for s in scores]
+    leaked = sum(s.leaked for s in scores)
     return Summary(
         images=len(scores),
         mse=mean([s.mse for s in scores]),
@@ -129,8 +165,12 @@ def summarize(outcomes: Sequence[AttackOutcome]) -> Summary:
         reidentified_images=mean([float(s.nearest_image_correct) for s in scores]),
         reidentified_patients=mean([float(s.nearest_patient_correct) for s in scores]),
         seconds_per_attack=mean([o.seconds for o in outcomes]),
-        verdict=verdict(leakage, psnr, prior_psnr),
+        verdict=verdict(leaked, len(scores)),
         reidentified_by_verifier=None
         if None in linked
         else mean([float(correct) for correct in linked if correct is not None]),
+        leaked_images=leaked,
+        reconstructed_images=sum(s.reconstructed for s in scores),
+        reidentified_any=sum(s.reidentified for s in scores),
+        labels_exact_images=sum(s.labels_exact is True for s in scores),
     )

@@ -30,7 +30,17 @@ Defenses (one audit each; give several to compare them in one report):
 
 Attacks: dlg (L-BFGS on the gradient distance, labels optimised too), idlg (labels
 recovered analytically first, then as dlg), ig (Inverting Gradients: cosine similarity,
-total-variation prior, Adam on signed gradients, restarts).
+total-variation prior, Adam on signed gradients, restarts), analytic (features and labels
+from the last Linear layer, images by a prior learned on public images), feature-ig
+(analytic, then refined by full-gradient matching).
+
+Threats (--threat, what the coordinator sends):
+  honest        the model as it is
+  trap          crafted weights to every node: a head with zero weights and bias -30, a
+                counting feature, and where the architecture permits an imprint
+  inconsistent  trap weights to the target, weights with a zero update to the others
+                (model inconsistency against secure aggregation); primia's
+                model-consistency check refuses it, the report says so
 """
 
 INVERT_EPILOG = """\
@@ -40,11 +50,17 @@ examples:
   primia audit invert --data data/synth --checkpoint runs/demo/run --attack ig \\
       --defense none dp --batch-size 4 --images 8 --iterations 2000 --out audit/trained
 
+  primia audit invert --data data/synth --model resnet9 --image-size 32 \
+      --attack feature-ig --defense none dp --out audit/resnet9
+  primia audit invert --data data/synth --model lenet --width 17 --image-size 32 \
+      --attack analytic --threat inconsistent --defense secagg --batch-size 4 --out audit/mi
+
 AUDIT_DIR receives report.html (open it in a browser), report.json and one PNG grid per
-defense (originals above reconstructions, the prior beside them). A defense is
-"reconstructable" when the mean leakage value reaches 0.1 and the mean PSNR beats the
-prior's by 1 dB; "not better than the prior" holds for this attack and these settings,
-not for every attack.
+defense (originals above reconstructions, the prior beside them). An image leaks when it
+is reconstructed (leakage value >= 0.1 and PSNR >= the prior's + 1 dB) or re-identified
+(nearest image or patient, or the verifier). The verdict is "leaks: k of N images
+reconstructed or re-identified", or "no leak found by these attacks: inconclusive, not a
+proof of safety": an audit can show a leak, never its absence.
 """
 
 COLUMNS = (
@@ -55,6 +71,7 @@ COLUMNS = (
     "labels",
     "re-id image / patient (/ verifier)",
     "ε",
+    "findings exact",
     "verdict",
 )
 
@@ -172,7 +189,23 @@ def _add_invert_options(parser: argparse.ArgumentParser) -> None:
     )
     attack = parser.add_argument_group("the attack")
     attack.add_argument(
-        "--attack", choices=["dlg", "idlg", "ig"], default="ig", help="the attack (default ig)"
+        "--attack",
+        choices=["dlg", "idlg", "ig", "analytic", "feature-ig"],
+        default="ig",
+        help="the attack (default ig)",
+    )
+    attack.add_argument(
+        "--threat",
+        choices=["honest", "trap", "inconsistent"],
+        default="honest",
+        help="what the coordinator sends (default honest)",
+    )
+    attack.add_argument(
+        "--public",
+        type=Path,
+        metavar="DIR",
+        help="analytic, feature-ig: the attacker's public images (another site's dataset) "
+        "for the learned prior (default: a synthetic set)",
     )
     attack.add_argument(
         "--iterations",
@@ -213,6 +246,8 @@ def defenses_in(values: Sequence[str]) -> tuple[str, ...]:
 
 def _invert(args: argparse.Namespace) -> int:
     from primia.audit import AttackConfig, AttackName, InversionConfig, run_inversion_audit
+    from primia.audit.report import refusal_line
+    from primia.audit.results import CAVEAT
 
     config = InversionConfig(
         data=args.data,
@@ -242,9 +277,14 @@ def _invert(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         verifier=args.verifier,
+        threat=args.threat,
+        public=args.public,
     )
     run = run_inversion_audit(config)
-    table = Table(title=f"gradient inversion ({args.attack}), means over the attacked images")
+    table = Table(
+        title=f"gradient inversion ({args.attack}, threat {args.threat}): means; "
+        "the verdict counts images"
+    )
     for column in COLUMNS:
         table.add_column(column)
     for audit in run.audits:
@@ -260,10 +300,15 @@ def _invert(args: argparse.Namespace) -> int:
             f"{s.label_accuracy:.0%}",
             f"{s.reidentified_images:.0%} / {s.reidentified_patients:.0%}" + verifier,
             "-" if audit.epsilon is None else f"{audit.epsilon:.3g}",
+            f"{s.labels_exact_images} of {s.images}",
             s.verdict,
         )
     console = Console()
     console.print(table)
+    console.print(f"[bold]caveat:[/bold] {CAVEAT}")
+    for audit in run.audits:
+        if audit.refusal is not None:
+            console.print(f"{audit.settings['defense']}: {refusal_line(audit)}")
     if run.files is not None:
         console.print(f"report: {run.files.html}")
     return 0

@@ -1,0 +1,130 @@
+"""Figure: what the attacks of issue 23 recover, by attack × threat × defense × batch × model.
+
+On synthetic radiographs (3 sites × 20 patients × 4 images; the attacker's learned prior is
+fitted on a separate synthetic set of other sites and patients), primia's ResNet-9
+(width 16 by default, ``--resnet-width 64`` for the default width), the small GroupNorm
+CNN (width 16) and the DLG LeNet at width 17 (the width its imprint needs at 32 px, plus
+the counting channel), untrained and trained (2 local DP-SGD epochs at ε = 3 — a stand-in
+for a few federated rounds, which are too slow on this machine), at 32 and 64 px. Threats:
+an honest coordinator, trap weights to every node, model inconsistency (secure
+aggregation only). Defenses: none, DP-SGD (σ = 1, C = 1), the secure mean of 4 nodes.
+Batch 1 attacks 4 images (4 updates), batch 8 one update of 8 (secure aggregation: 4 × 8).
+
+Per cell: images leaked of N (reconstructed: PSNR ≥ prior + 1 dB and leakage ≥ 0.1; or
+re-identified: nearest image or patient), mean PSNR and the prior's, SSIM, the nearest-image
+and nearest-patient re-identification rates, images whose findings came back exactly,
+seconds per attack, and whether primia's model-consistency check refuses the threat.
+
+    python benchmarks/bench_audit_attacks.py                 # analytic, ~10 min on 2 cores
+    python benchmarks/bench_audit_attacks.py --full          # + feature-ig, ResNet-9 width 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from machine import CpuWatch, load_average
+
+from primia.audit import (
+    AttackConfig,
+    AttackName,
+    InversionAudit,
+    InversionConfig,
+    run_inversion_audit,
+)
+from primia.data.synth import SynthConfig, write_dataset
+from primia.train import DPConfig, TrainConfig, train_local
+
+THREATS = {"honest": ("none", "dp", "secagg"), "trap": ("none", "dp", "secagg")}
+THREATS["inconsistent"] = ("secagg",)
+
+
+def _train(data: Path, out: Path, model: str, width: int, size: int) -> Path:
+    train_local(
+        TrainConfig(
+            data=data,
+            out=out,
+            model=model,
+            width=width,
+            image_size=size,
+            epochs=2,
+            batch_size=32,
+            progress=False,
+            dp=DPConfig(enabled=True, epsilon=3.0),
+        )
+    )
+    return out / "model.safetensors"
+
+
+def _row(label: str, audit: InversionAudit) -> str:
+    s = audit.summary
+    refused = "refused" if audit.refusal else "passes"
+    return (
+        f"| {label} | {audit.settings['threat']} | {audit.settings['defense']} "
+        f"| {s.leaked_images} of {s.images} | {s.psnr:.1f} ({s.prior_psnr:.1f}) "
+        f"| {s.ssim:.2f} ({s.prior_ssim:.2f}) "
+        f"| {s.reidentified_images:.0%} / {s.reidentified_patients:.0%} "
+        f"| {s.labels_exact_images} of {s.images} | {s.seconds_per_attack:.2f} | {refused} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="add feature-ig; ResNet-9 width 64")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--resnet-width", type=int, default=None)
+    parser.add_argument("--iterations", type=int, default=200, help="feature-ig iterations")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    attacks = [AttackName.ANALYTIC] + ([AttackName.FEATURE_IG] if args.full else [])
+    resnet_width = args.resnet_width or (64 if args.full else 16)
+    models = (("resnet9", resnet_width), ("cnn", 16), ("lenet", 17))
+    watch = CpuWatch()
+    started = time.perf_counter()
+    print(f"load average before: {load_average()}")
+    print(
+        "| size · model · state · attack · batch | threat | defense | leaked | PSNR dB (prior) "
+        "| SSIM (prior) | re-id image / patient | findings exact | s / attack | consistency check |"
+    )
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    with tempfile.TemporaryDirectory() as scratch:
+        for size in args.sizes:
+            data = Path(scratch) / f"data{size}"
+            synth = SynthConfig(sites=3, patients_per_site=20, images_per_patient=4, size=size)
+            write_dataset(data, synth, progress=False)
+            for model, width in models:
+                trained = _train(data, Path(scratch) / f"{model}{size}", model, width, size)
+                for state, checkpoint in (("untrained", None), ("trained", trained)):
+                    for attack in attacks:
+                        for batch in (1, 8):
+                            for threat, defenses in THREATS.items():
+                                config = InversionConfig(
+                                    data=data,
+                                    model=None if checkpoint else model,
+                                    width=None if checkpoint else width,
+                                    checkpoint=checkpoint,
+                                    image_size=size,
+                                    attack=AttackConfig(name=attack, iterations=args.iterations),
+                                    threat=threat,
+                                    defenses=defenses,
+                                    batch_size=batch,
+                                    images=4 if batch == 1 else batch,
+                                    nodes=4,
+                                    progress=False,
+                                )
+                                label = f"{size} · {model} · {state} · {attack.value} · {batch}"
+                                for audit in run_inversion_audit(config).audits:
+                                    print(_row(label, audit), flush=True)
+    foreign = watch.foreign_share()
+    share = "n/a" if foreign is None else f"{foreign:.0%}"
+    print(f"load average after: {load_average()}")
+    print(f"total {time.perf_counter() - started:.0f} s; other programs used {share} of the CPUs")
+
+
+if __name__ == "__main__":
+    main()
