@@ -13,6 +13,7 @@ import pytest
 from conftest import Consortium
 
 from primia.cli import main
+from primia.nodes import codec
 from primia.nodes.server import CoordinatorServer
 from primia.nodes.status import fetch_status
 from primia.transport import pki
@@ -29,7 +30,7 @@ def server(consortium: Consortium, tmp_path: Path) -> Iterator[CoordinatorServer
     coordinator.stop(grace=0)
 
 
-def _hello(version: int = 1) -> pb.NodeMessage:
+def _hello(version: int = codec.PROTOCOL_VERSION) -> pb.NodeMessage:
     return pb.NodeMessage(
         hello=pb.Hello(
             protocol_version=version,
