@@ -139,9 +139,12 @@ def _write_node_config(
     return path
 
 
-def _start_node(work: Path, site: str, config: Path) -> subprocess.Popen[bytes]:
+def _start_node(
+    work: Path, site: str, config: Path, primia: list[str] | None = None
+) -> subprocess.Popen[bytes]:
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "primia", "node", "serve", "--config", str(config)]
+    primia = primia or [sys.executable, "-m", "primia"]
+    command = [*primia, "node", "serve", "--config", str(config)]
     with open(work / "logs" / f"{site}.log", "wb") as log:
         return subprocess.Popen(
             [*command, "--exit-when-done"],
@@ -163,9 +166,15 @@ def _stop(processes: dict[str, subprocess.Popen[bytes]], timeout: float) -> None
 
 
 def run_federation(
-    work: Path, nodes: int, rounds: int, patients: int, aggregation: Aggregation = "secure"
+    work: Path,
+    nodes: int,
+    rounds: int,
+    patients: int,
+    aggregation: Aggregation = "secure",
+    node_command: list[str] | None = None,
 ) -> RunResult:
-    """One federation of ``nodes`` node processes in ``work``; the rounds' times."""
+    """One federation of ``nodes`` node processes in ``work``; the rounds' times.
+    ``node_command`` replaces ``python -m primia`` to start the nodes."""
     sites = [f"site{k}" for k in range(nodes)]
     coordinator_tls = _prepare(work, sites, patients)
     config = CoordinatorConfig(
@@ -218,6 +227,7 @@ def run_federation(
                 work,
                 site,
                 _write_node_config(work, site, port, aggregation=aggregation, nodes=nodes),
+                node_command,
             )
         thread.start()
         while thread.is_alive():

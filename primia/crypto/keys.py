@@ -29,7 +29,7 @@ from primia.errors import PrimiaError
 
 PUBLIC_KEY_BYTES = 32
 NONCE_BYTES = 12
-_SIGNED_CONTEXT = b"primia secure aggregation keys v1"
+_SIGNED_CONTEXT = b"primia secure aggregation keys v2"
 
 
 class ForgedKeys(PrimiaError):
@@ -110,8 +110,12 @@ def open_sealed(key: bytes, nonce: bytes, ciphertext: bytes, associated: bytes) 
         raise UndecryptableShare("the ciphertext does not decrypt") from error
 
 
-def signed_payload(session: bytes, node: str, cipher_public: bytes, mask_public: bytes) -> bytes:
-    """The bytes a node signs: what its advertisement claims, unambiguously framed."""
+def signed_payload(
+    session: bytes, node: str, cipher_public: bytes, mask_public: bytes, view: bytes = b""
+) -> bytes:
+    """The bytes a node signs: what its advertisement claims, unambiguously framed; ``view``
+    is what the node was told of the round (the weights', plan's and participants' digests),
+    so the others can check that everyone was told the same."""
     name = node.encode()
     return b"".join(
         [
@@ -122,6 +126,8 @@ def signed_payload(session: bytes, node: str, cipher_public: bytes, mask_public:
             name,
             cipher_public,
             mask_public,
+            len(view).to_bytes(2, "big"),
+            view,
         ]
     )
 

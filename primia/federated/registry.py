@@ -23,6 +23,8 @@ from primia.crypto.secagg import (
     KeyRoster,
     ShareBundle,
     ShareDelivery,
+    SurvivorSignature,
+    SurvivorSignatures,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -48,8 +50,9 @@ class NodeLink(Protocol):
     A training task with ``secure`` set is answered in the steps of secure aggregation:
     the node's keys (:meth:`advertised_keys`, available once :meth:`train` was called), its
     shares (the answer to :meth:`send_roster`), its masked input (the outcome of
-    :meth:`train`, after :meth:`deliver_shares`) and its revealed shares (the answer to
-    :meth:`request_unmask`). A refusal at any step fails every future of the task.
+    :meth:`train`, after :meth:`deliver_shares`), its signature on the survivor set (the
+    answer to :meth:`request_unmask`) and its revealed shares (the answer to
+    :meth:`send_survivor_signatures`). A refusal at any step fails every future of the task.
     """
 
     name: str
@@ -63,7 +66,17 @@ class NodeLink(Protocol):
 
     def deliver_shares(self, task_id: str, delivery: ShareDelivery) -> None: ...
 
-    def request_unmask(self, task_id: str, request: UnmaskRequest) -> Future[UnmaskShares]: ...
+    def request_unmask(self, task_id: str, request: UnmaskRequest) -> Future[SurvivorSignature]: ...
+
+    def send_survivor_signatures(
+        self, task_id: str, signatures: SurvivorSignatures
+    ) -> Future[UnmaskShares]: ...
+
+    def request_unmask_without_consistency_round(
+        self, task_id: str, request: UnmaskRequest
+    ) -> Future[UnmaskShares]:
+        """The semi-honest protocol's unmask step (nodes built without the consistency
+        round, in tests and benchmarks only): the node reveals at once."""
 
     def report_error(self, detail: str) -> None:
         """Tell the node that a message of its was refused, and why."""

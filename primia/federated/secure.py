@@ -11,7 +11,8 @@ The coordinator decodes the sum and divides, so federated averaging keeps its we
 :class:`SecureAggregator` drives the coordinator's state machine over the round's
 :class:`~primia.federated.registry.NodeLink` s: keys and shares (small messages, before
 the nodes train), then the masked inputs (each node masks and uploads as soon as its
-training ends, while others still train), then unmasking; each step is a barrier that
+training ends, while others still train), then the consistency round (survivors sign the
+survivor set) and unmasking; each step is a barrier that
 waits for the nodes still in the round. A node that refuses,
 drops, times out or sends a message that fails a check leaves the round at that step; the
 protocol recovers as long as the threshold of nodes remains, and otherwise the round
@@ -38,6 +39,7 @@ from primia.crypto.secagg import (
     AggregationClient,
     AggregationFailed,
     AggregationServer,
+    ConsistencyChecks,
     MaskedInput,
     ProtocolViolation,
     Setup,
@@ -46,6 +48,7 @@ from primia.crypto.secagg.messages import SESSION_BYTES, majority
 from primia.federated.aggregation import RoundContributions, gather
 from primia.federated.coordinator_config import SecureAggregationConfig
 from primia.federated.registry import NodeLink
+from primia.federated.round_view import round_view
 from primia.federated.tasks import LocalTraining, SecureTask, TrainOutcome, TrainTask
 from primia.federated.weights import State
 
@@ -109,9 +112,17 @@ class SecureAggregator:
 
     name = "secure"
 
-    def __init__(self, settings: SecureAggregationConfig, *, ca_pem: bytes) -> None:
+    def __init__(
+        self,
+        settings: SecureAggregationConfig,
+        *,
+        ca_pem: bytes,
+        checks: ConsistencyChecks | None = None,
+    ) -> None:
         self.settings = settings
         self._ca = ca_pem
+        self.checks = checks or ConsistencyChecks()
+        """Must match the nodes': only tests and benchmarks switch the checks off."""
 
     def collect(
         self,
@@ -149,7 +160,7 @@ class SecureAggregator:
         )
         weight_unit = float(max(1, *(link.info.dataset.train_examples for link in links)))
         secure = SecureTask(setup, weight_unit)
-        server = AggregationServer(setup, ca_pem=self._ca)
+        server = AggregationServer(setup, ca_pem=self._ca, checks=self.checks)
         round_ = _Round(server, by_name, result)
         outcomes = {
             name: by_name[name].train(replace(task, secure=secure)) for name, task in tasks.items()
@@ -181,10 +192,27 @@ class SecureAggregator:
             request = server.close_masked()
             clock.mark("training and masked upload")
 
-            reveals = {
-                name: by_name[name].request_unmask(tasks[name].task_id, request)
-                for name in request.survivors
-            }
+            if self.checks.consistency_round:
+                confirmations = {
+                    name: by_name[name].request_unmask(tasks[name].task_id, request)
+                    for name in request.survivors
+                }
+                round_.gather(
+                    confirmations, step, "sign the survivors", server.receive_confirmation
+                )
+                signatures = server.close_confirmations()
+                clock.mark("consistency round")
+                reveals = {
+                    name: by_name[name].send_survivor_signatures(tasks[name].task_id, signatures)
+                    for name in round_.active(request.survivors)
+                }
+            else:
+                reveals = {
+                    name: by_name[name].request_unmask_without_consistency_round(
+                        tasks[name].task_id, request
+                    )
+                    for name in request.survivors
+                }
             round_.gather(reveals, step, "reveal shares", server.receive_unmask)
             aggregate = server.finish()
             clock.mark("unmasking")
@@ -297,6 +325,7 @@ class SecureContribution:
         certificate_pem: bytes,
         key_pem: bytes,
         ca_pem: bytes,
+        checks: ConsistencyChecks | None = None,
     ) -> None:
         if task.secure is None:
             raise ValueError(f"task {task.task_id} does not ask for secure aggregation")
@@ -307,6 +336,8 @@ class SecureContribution:
             certificate_pem=certificate_pem,
             key_pem=key_pem,
             ca_pem=ca_pem,
+            view=round_view(task),
+            checks=checks,
         )
         self._mask_sum: Future[npt.NDArray[np.unsignedinteger]] | None = None
 

@@ -26,7 +26,8 @@ from primia.federated.tasks import (
 from primia.models.checkpoint import ModelSpec
 from primia.rpc.generated import federation_pb2 as pb
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""2: secure aggregation signs round views and has a consistency round (issue 20)."""
 
 _REFUSALS = {
     Refusal.BUDGET_EXCEEDED: pb.REFUSAL_REASON_BUDGET_EXCEEDED,

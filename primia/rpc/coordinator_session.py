@@ -34,6 +34,8 @@ from primia.crypto.secagg import (
     KeyRoster,
     ShareBundle,
     ShareDelivery,
+    SurvivorSignature,
+    SurvivorSignatures,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -171,7 +173,23 @@ class NodeSession:
         )
         self._submit(task_id, [], message)
 
-    def request_unmask(self, task_id: str, request: UnmaskRequest) -> Future[UnmaskShares]:
+    def request_unmask(self, task_id: str, request: UnmaskRequest) -> Future[SurvivorSignature]:
+        message = pb.CoordinatorMessage(
+            unmask_request=secure_codec.request_to_proto(task_id, request)
+        )
+        return self._submit(task_id, ["confirm"], message)[0]
+
+    def send_survivor_signatures(
+        self, task_id: str, signatures: SurvivorSignatures
+    ) -> Future[UnmaskShares]:
+        message = pb.CoordinatorMessage(
+            survivor_signatures=secure_codec.signatures_to_proto(task_id, signatures)
+        )
+        return self._submit(task_id, ["unmask"], message)[0]
+
+    def request_unmask_without_consistency_round(
+        self, task_id: str, request: UnmaskRequest
+    ) -> Future[UnmaskShares]:
         message = pb.CoordinatorMessage(
             unmask_request=secure_codec.request_to_proto(task_id, request)
         )
@@ -298,6 +316,10 @@ class NodeSession:
             masked = message.masked_input
             masked.result.task_id = masked.task_id
             self._train_result(masked.result, masked.vector_blob, clipped=masked.clipped)
+        elif kind == "survivor_signature":
+            signed = message.survivor_signature
+            future = self._take(signed.task_id, "confirm")
+            _settle(future, result=secure_codec.signature_from_proto(signed, self.name))
         elif kind == "unmask_shares":
             revealed = message.unmask_shares
             future = self._take(revealed.task_id, "unmask")

@@ -171,7 +171,7 @@ class _Session:
                 self._train(message.train)
             elif kind == "evaluate":
                 self._evaluate(message.evaluate)
-            elif kind in ("key_roster", "share_delivery", "unmask_request"):
+            elif kind in ("key_roster", "share_delivery", "unmask_request", "survivor_signatures"):
                 self._secure_step(getattr(message, kind))
             elif kind == "shutdown":
                 log.info("the coordinator ended the session: %s", message.shutdown.reason)
@@ -273,10 +273,14 @@ class _Session:
             )
         return trained
 
-    def _secure_step(self, message: pb.KeyRoster | pb.ShareDelivery | pb.UnmaskRequest) -> None:
+    def _secure_step(
+        self,
+        message: pb.KeyRoster | pb.ShareDelivery | pb.UnmaskRequest | pb.SurvivorSignatures,
+    ) -> None:
         """One step of secure aggregation for the task the message names; a message that
         fails a check abandons the round (the node reveals nothing more). Training runs
-        between the share delivery and the masked upload."""
+        between the share delivery and the masked upload; shares are revealed only after
+        the consistency round (the survivors' signatures on the survivor set)."""
         task_id = message.task_id
         contribution = self._secure.get(task_id)
         try:
@@ -309,8 +313,20 @@ class _Session:
                     result=_result_of(trained.outcome(blob, clipped=masked.clipped)),
                 )
                 self._send(pb.NodeMessage(masked_input=upload))
+            elif isinstance(message, pb.UnmaskRequest) and client.checks.consistency_round:
+                signature = client.confirm(secure_codec.request_from_proto(message))
+                self._send(
+                    pb.NodeMessage(
+                        survivor_signature=secure_codec.signature_to_proto(task_id, signature)
+                    )
+                )
             else:
-                revealed = client.unmask(secure_codec.request_from_proto(message))
+                if isinstance(message, pb.UnmaskRequest):
+                    revealed = client.unmask_without_consistency_round(
+                        secure_codec.request_from_proto(message)
+                    )
+                else:
+                    revealed = client.unmask(secure_codec.signatures_from_proto(message))
                 del self._secure[task_id]
                 self._send(
                     pb.NodeMessage(unmask_shares=secure_codec.unmask_to_proto(task_id, revealed))

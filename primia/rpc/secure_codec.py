@@ -11,10 +11,13 @@ from primia.crypto.secagg import (
     KeyAdvertisement,
     KeyRoster,
     RevealedShare,
+    RoundView,
     SecretKind,
     Setup,
     ShareBundle,
     ShareDelivery,
+    SurvivorSignature,
+    SurvivorSignatures,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -63,10 +66,16 @@ def keys_to_proto(task_id: str, keys: KeyAdvertisement) -> pb.KeyAdvertisement:
         mask_public_key=keys.mask_public,
         certificate=keys.certificate,
         signature=keys.signature,
+        view=pb.RoundView(
+            weights_sha256=keys.view.weights,
+            plan_sha256=keys.view.plan,
+            participants_sha256=keys.view.participants,
+        ),
     )
 
 
 def keys_from_proto(message: pb.KeyAdvertisement) -> KeyAdvertisement:
+    view = message.view
     return KeyAdvertisement(
         session=message.session_id,
         node=message.node,
@@ -74,6 +83,7 @@ def keys_from_proto(message: pb.KeyAdvertisement) -> KeyAdvertisement:
         mask_public=message.mask_public_key,
         certificate=message.certificate,
         signature=message.signature,
+        view=RoundView(view.weights_sha256, view.plan_sha256, view.participants_sha256),
     )
 
 
@@ -137,6 +147,40 @@ def request_to_proto(task_id: str, request: UnmaskRequest) -> pb.UnmaskRequest:
 
 def request_from_proto(message: pb.UnmaskRequest) -> UnmaskRequest:
     return UnmaskRequest(message.session_id, tuple(message.survivors), tuple(message.dropped))
+
+
+def signature_to_proto(task_id: str, signature: SurvivorSignature) -> pb.SurvivorSignature:
+    return pb.SurvivorSignature(
+        task_id=task_id, session_id=signature.session, signature=signature.signature
+    )
+
+
+def signature_from_proto(message: pb.SurvivorSignature, node: str) -> SurvivorSignature:
+    """The signature of ``node`` (the name in its certificate, not one it claims)."""
+    return SurvivorSignature(message.session_id, node, message.signature)
+
+
+def signatures_to_proto(task_id: str, signatures: SurvivorSignatures) -> pb.SurvivorSignatures:
+    return pb.SurvivorSignatures(
+        task_id=task_id,
+        session_id=signatures.session,
+        survivors=list(signatures.survivors),
+        signatures=[
+            pb.NodeSignature(node=signature.node, signature=signature.signature)
+            for signature in signatures.signatures
+        ],
+    )
+
+
+def signatures_from_proto(message: pb.SurvivorSignatures) -> SurvivorSignatures:
+    return SurvivorSignatures(
+        message.session_id,
+        tuple(message.survivors),
+        tuple(
+            SurvivorSignature(message.session_id, signed.node, signed.signature)
+            for signed in message.signatures
+        ),
+    )
 
 
 def unmask_to_proto(task_id: str, revealed: UnmaskShares) -> pb.UnmaskShares:

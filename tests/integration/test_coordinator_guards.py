@@ -14,6 +14,7 @@ from conftest import Consortium
 
 from primia import pki
 from primia.cli import main
+from primia.rpc import codec
 from primia.rpc.coordinator_server import CoordinatorServer
 from primia.rpc.generated import federation_pb2 as pb
 from primia.rpc.generated import federation_pb2_grpc as pb_grpc
@@ -29,7 +30,7 @@ def server(consortium: Consortium, tmp_path: Path) -> Iterator[CoordinatorServer
     coordinator.stop(grace=0)
 
 
-def _hello(version: int = 1) -> pb.NodeMessage:
+def _hello(version: int = codec.PROTOCOL_VERSION) -> pb.NodeMessage:
     return pb.NodeMessage(
         hello=pb.Hello(
             protocol_version=version,

@@ -145,7 +145,11 @@ class InProcessNode:
         assert self.contribution is not None
         if self._gone("unmask"):
             return _done(error=NodeDropped(f"{self.name} left"))
-        return _done(self.contribution.client.unmask(request))
+        return _done(self.contribution.client.confirm(request))
+
+    def send_survivor_signatures(self, task_id: str, signatures: Any) -> Future:
+        assert self.contribution is not None
+        return _done(self.contribution.client.unmask(signatures))
 
     def report_error(self, detail: str) -> None:
         self.errors.append(detail)

@@ -30,6 +30,7 @@ from primia.crypto.secagg import (
     Setup,
     ShareBundle,
     ShareDelivery,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -130,6 +131,13 @@ class Round:
     def until_unmask(self) -> UnmaskRequest:
         return self.masked(self.until_masked())
 
+    def reveal(self, request: UnmaskRequest) -> dict[str, UnmaskShares]:
+        """The consistency round then unmasking, by every survivor of ``request``."""
+        for name in request.survivors:
+            self.server.receive_confirmation(name, self.clients[name].confirm(request))
+        signatures = self.server.close_confirmations()
+        return {name: self.clients[name].unmask(signatures) for name in request.survivors}
+
 
 # ---- 1. the secure sum is the plaintext sum, bit for bit -------------------------------
 
@@ -183,8 +191,8 @@ def test_aggregate_reports_what_each_survivor_clipped(consortium):
         masked = _mask(client, deliveries[name], run.inputs[name])
         run.server.receive_masked(name, replace(masked, clipped=count))
     request = run.server.close_masked()
-    for name, client in run.clients.items():
-        run.server.receive_unmask(name, client.unmask(request))
+    for name, revealed in run.reveal(request).items():
+        run.server.receive_unmask(name, revealed)
 
     aggregate = run.server.finish()
 
@@ -206,8 +214,8 @@ def test_masks_computed_while_training_are_the_ones_added_and_still_cancel(conso
         assert not np.array_equal(masked.values, run.inputs[name])
         run.server.receive_masked(name, masked)
     request = run.server.close_masked()
-    for name, client in run.clients.items():
-        run.server.receive_unmask(name, client.unmask(request))
+    for name, revealed in run.reveal(request).items():
+        run.server.receive_unmask(name, revealed)
 
     aggregate = run.server.finish()
 
@@ -258,7 +266,7 @@ def test_a_client_reveals_nothing_when_told_most_nodes_dropped(consortium):
     claim = replace(request, survivors=("node00", "node01"), dropped=NAMES[2:5])
     client = run.clients["node00"]
     with pytest.raises(AggregationFailed, match="needs 3"):
-        client.unmask(claim)
+        client.confirm(claim)
     assert client.state is ClientState.ABORTED
 
 
@@ -272,8 +280,7 @@ def test_an_altered_revealed_share_fails_the_round_instead_of_a_wrong_sum(consor
             run.server.receive_masked(name, _mask(client, deliveries[name], run.inputs[name]))
     request = run.server.close_masked()
     assert request.dropped == ("node04",)
-    for name in request.survivors:
-        revealed = run.clients[name].unmask(request)
+    for name, revealed in run.reveal(request).items():
         if name == "node00":
             altered = tuple(
                 replace(share, share=bytes(65) + b"\x01") if share.owner == owner else share
@@ -347,7 +354,7 @@ def test_the_coordinator_never_receives_an_unmasked_input(consortium):
     view = _coordinator_view(consortium, setup, inputs)
 
     kinds = {type(message) for message in view}
-    assert kinds == {KeyAdvertisement, ShareBundle, MaskedInput, UnmaskShares}
+    assert kinds == {KeyAdvertisement, ShareBundle, MaskedInput, SurvivorSignature, UnmaskShares}
     uploads = [message for message in view if isinstance(message, MaskedInput)]
     for upload in uploads:
         for name, encoded in inputs.items():
@@ -536,11 +543,11 @@ def test_an_unmask_request_calling_a_node_both_survivor_and_dropped_is_refused(c
     client = run.clients["node00"]
 
     with pytest.raises(ProtocolViolation, match=r"\['node03'\] both survivors and dropped"):
-        client.unmask(both)
+        client.confirm(both)
 
     assert client.state is ClientState.ABORTED
     with pytest.raises(ProtocolViolation, match="aborted"):
-        client.unmask(request)
+        client.confirm(request)
 
 
 def test_an_unmask_request_that_omits_a_contributor_is_refused(consortium):
@@ -548,7 +555,7 @@ def test_an_unmask_request_that_omits_a_contributor_is_refused(consortium):
     request = run.until_unmask()
     partial = replace(request, survivors=NAMES[:4], dropped=())
     with pytest.raises(ProtocolViolation, match="accounts for"):
-        run.clients["node00"].unmask(partial)
+        run.clients["node00"].confirm(partial)
 
 
 def test_an_unmask_request_that_calls_the_client_dropped_is_refused(consortium):
@@ -556,7 +563,7 @@ def test_an_unmask_request_that_calls_the_client_dropped_is_refused(consortium):
     request = run.until_unmask()
     claim = replace(request, survivors=NAMES[1:5], dropped=("node00",))
     with pytest.raises(ProtocolViolation, match="does not count 'node00' a survivor"):
-        run.clients["node00"].unmask(claim)
+        run.clients["node00"].confirm(claim)
 
 
 def test_the_server_refuses_messages_out_of_order(consortium):
@@ -617,7 +624,11 @@ def test_every_message_round_trips_through_protobuf(consortium):
         run.server.receive_shares(name, bundle)
     deliveries = run.server.close_shares()
     request = run.masked(deliveries)
-    revealed = {name: client.unmask(request) for name, client in run.clients.items()}
+    confirmations = {name: run.clients[name].confirm(request) for name in request.survivors}
+    for name, confirmation in confirmations.items():
+        run.server.receive_confirmation(name, confirmation)
+    signatures = run.server.close_confirmations()
+    revealed = {name: run.clients[name].unmask(signatures) for name in request.survivors}
     codec = secure_codec
     cases: list[tuple[Callable[..., Any], Callable[..., object], object, tuple[str, ...]]] = [
         *((codec.keys_to_proto, codec.keys_from_proto, ad, ()) for ad in roster.keys),
@@ -628,6 +639,11 @@ def test_every_message_round_trips_through_protobuf(consortium):
             for n, d in deliveries.items()
         ),
         (codec.request_to_proto, codec.request_from_proto, request, ()),
+        *(
+            (codec.signature_to_proto, codec.signature_from_proto, c, (n,))
+            for n, c in confirmations.items()
+        ),
+        (codec.signatures_to_proto, codec.signatures_from_proto, signatures, ()),
         *((codec.unmask_to_proto, codec.unmask_from_proto, r, (n,)) for n, r in revealed.items()),
     ]
 

@@ -7,7 +7,8 @@ associated data bind to it, so nothing can be replayed across rounds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
@@ -28,6 +29,11 @@ class ProtocolViolation(PrimiaError):
 class AggregationFailed(PrimiaError):
     """Too few parties remain (fewer than the threshold) or the protocol was attacked: the
     round is abandoned and nothing about any input has been revealed."""
+
+
+class InconsistentRound(ProtocolViolation):
+    """The coordinator told different nodes different things (weights, plan, participants,
+    or who survived): the node abandons the round before it sends or reveals any share."""
 
 
 class SecretKind(StrEnum):
@@ -85,10 +91,99 @@ class Setup:
                 f"{self.round}'s ({self.session.hex()[:8]}…): a replayed or delayed message"
             )
 
+    def consistency_quorum(self) -> int:
+        """Signatures on one survivor set a node needs before it reveals a share:
+        max(t, ⌊n/2⌋ + 1) over the n participants.
+
+        Two sets that each gather this many signatures share a signer (2·q > n), and an
+        honest node signs one set per round; so no two sets can both be confirmed, and no
+        node's self mask and mask key can both be revealed, whatever t the coordinator
+        chose (t ≤ n/2 alone would let it split the nodes into two halves, each told the
+        other half dropped). With c colluding nodes the guarantee needs q > (n + c) / 2.
+        """
+        return max(self.threshold, majority(len(self.participants)))
+
 
 def majority(participants: int) -> int:
     """The default threshold: more than half of the participants."""
     return participants // 2 + 1
+
+
+DIGEST_BYTES = 32
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """What a node was told of the round, as SHA-256 digests: the global weights it
+    received, the round's plan (a canonical encoding) and the participant list.
+
+    Each node signs its view into its key advertisement and abandons the round unless
+    every advertisement it accepts carries the same view, so a coordinator cannot give
+    one node other weights (Pasquini et al., CCS 2022), another plan or another roster
+    than the rest. Empty digests: no view bound (only when the check is switched off).
+    """
+
+    weights: bytes = b""
+    plan: bytes = b""
+    participants: bytes = b""
+
+    def encoded(self) -> bytes:
+        """The three digests, length-framed, as they are signed."""
+        return b"".join(
+            len(part).to_bytes(1, "big") + part
+            for part in (self.weights, self.plan, self.participants)
+        )
+
+    def differences(self, other: RoundView) -> list[str]:
+        """Which of the three digests differ between ``self`` and ``other``."""
+        return [
+            what
+            for what, mine, theirs in (
+                ("weights", self.weights, other.weights),
+                ("plan", self.plan, other.plan),
+                ("participants", self.participants, other.participants),
+            )
+            if mine != theirs
+        ]
+
+    def problems(self) -> list[str]:
+        return [
+            f"the {what} digest is {len(part)} bytes, not {DIGEST_BYTES}"
+            for what, part in (
+                ("weights", self.weights),
+                ("plan", self.plan),
+                ("participants", self.participants),
+            )
+            if len(part) not in (0, DIGEST_BYTES)
+        ]
+
+
+@dataclass(frozen=True)
+class ConsistencyChecks:
+    """The defences against a coordinator that tells nodes different things; both on by
+    default. Neither is read from configuration or from the wire (a coordinator that could
+    switch them off would): only tests that show what they prevent, and the benchmark of
+    their cost, build the parties with :data:`UNSAFE_WITHOUT_CONSISTENCY_CHECKS`."""
+
+    model_consistency: bool = True
+    """Bind the round view into the key advertisement and compare everyone's."""
+    consistency_round: bool = True
+    """Survivors sign U3; a node reveals only after a quorum of signatures on its U3."""
+
+
+UNSAFE_WITHOUT_CONSISTENCY_CHECKS = ConsistencyChecks(
+    model_consistency=False, consistency_round=False
+)
+"""Semi-honest-coordinator secure aggregation (before issue 20): tests and benchmarks only."""
+
+
+def participants_digest(participants: tuple[str, ...]) -> bytes:
+    """SHA-256 of the participant names, each length-framed, in order."""
+    digest = hashlib.sha256(b"primia participants v1")
+    for name in participants:
+        encoded = name.encode()
+        digest.update(len(encoded).to_bytes(2, "big") + encoded)
+    return digest.digest()
 
 
 @dataclass(frozen=True)
@@ -100,6 +195,8 @@ class KeyAdvertisement:
     certificate: bytes
     """The node's TLS certificate (PEM), whose key signed the advertisement."""
     signature: bytes
+    view: RoundView = field(default_factory=RoundView)
+    """What the node was told of the round, signed with its keys."""
 
 
 def verify_keys(advertisement: KeyAdvertisement, session: bytes, ca_pem: bytes) -> None:
@@ -117,8 +214,17 @@ def verify_keys(advertisement: KeyAdvertisement, session: bytes, ca_pem: bytes) 
             raise ProtocolViolation(
                 f"the {what} key of {advertisement.node!r} is unusable: {error}"
             ) from error
+    problems = advertisement.view.problems()
+    if problems:
+        raise ProtocolViolation(
+            f"the round view of {advertisement.node!r} is malformed: " + "; ".join(problems)
+        )
     payload = keys.signed_payload(
-        session, advertisement.node, advertisement.cipher_public, advertisement.mask_public
+        session,
+        advertisement.node,
+        advertisement.cipher_public,
+        advertisement.mask_public,
+        advertisement.view.encoded(),
     )
     try:
         keys.verify(
@@ -170,6 +276,55 @@ class UnmaskRequest:
     session: bytes
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SurvivorSignature:
+    """A survivor's signature on the survivor set U3 it was told (the consistency round):
+    ECDSA with its TLS certificate's key over :func:`survivors_payload`."""
+
+    session: bytes
+    node: str
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class SurvivorSignatures:
+    """What the coordinator gathered: signatures of survivors on one set U3; a node
+    reveals its shares only when enough of them (the consistency quorum) sign the set it
+    signed itself."""
+
+    session: bytes
+    survivors: tuple[str, ...]
+    signatures: tuple[SurvivorSignature, ...]
+
+
+def survivors_payload(session: bytes, survivors: tuple[str, ...]) -> bytes:
+    """The bytes a survivor signs: the round's session and the sorted survivor names,
+    framed so that no two sets encode alike."""
+    parts = [b"primia survivors v1", len(session).to_bytes(2, "big"), session]
+    for name in sorted(survivors):
+        encoded = name.encode()
+        parts.append(len(encoded).to_bytes(2, "big") + encoded)
+    return b"".join(parts)
+
+
+def verify_survivor_signature(
+    signature: SurvivorSignature, survivors: tuple[str, ...], certificate_pem: bytes, ca_pem: bytes
+) -> None:
+    """Check that ``signature`` is its node's signature on ``survivors`` for its session,
+    made with the certificate this consortium's CA issued it; :class:`InconsistentRound`
+    if not."""
+    payload = survivors_payload(signature.session, survivors)
+    try:
+        keys.verify(certificate_pem, ca_pem, signature.node, payload, signature.signature)
+    except keys.ForgedKeys as error:
+        raise InconsistentRound(
+            f"the signature said to be {signature.node!r}'s on the survivors "
+            f"{sorted(survivors)} does not verify: the coordinator altered it or "
+            f"{signature.node!r} signed another survivor set (it was told another story of "
+            "who dropped)"
+        ) from error
 
 
 @dataclass(frozen=True)

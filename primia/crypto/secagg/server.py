@@ -1,6 +1,13 @@
 """The coordinator's side of secure aggregation: a state machine, one instance per round.
 
-    KEYS ──close_keys──▶ SHARES ──close_shares──▶ MASKED ──close_masked──▶ UNMASK ──finish──▶ DONE
+    KEYS ──close_keys──▶ SHARES ──close_shares──▶ MASKED ──close_masked──▶ CONFIRM
+        ──close_confirmations──▶ UNMASK ──finish──▶ DONE
+
+CONFIRM is the consistency round (Bonawitz et al. 2017, malicious server): the survivors
+sign the survivor set U3 announced by ``close_masked``, and ``close_confirmations`` hands
+every survivor the signatures, which each checks before it reveals anything (see
+:mod:`.client`). A server built without the consistency round (tests and benchmarks
+only) goes from MASKED straight to UNMASK.
 
 In each state it accepts one kind of message (``receive_*``) from the nodes still in the
 round and refuses anything else with :class:`ProtocolViolation` naming the sender and the
@@ -24,6 +31,7 @@ from primia.crypto.prg import MaskGenerator
 from primia.crypto.secagg.client import MASK_PURPOSE
 from primia.crypto.secagg.messages import (
     AggregationFailed,
+    ConsistencyChecks,
     KeyAdvertisement,
     KeyRoster,
     MaskedInput,
@@ -32,10 +40,13 @@ from primia.crypto.secagg.messages import (
     Setup,
     ShareBundle,
     ShareDelivery,
+    SurvivorSignature,
+    SurvivorSignatures,
     UnmaskRequest,
     UnmaskShares,
     pair_sign,
     verify_keys,
+    verify_survivor_signature,
 )
 
 
@@ -43,6 +54,7 @@ class ServerState(Enum):
     KEYS = "collecting keys"
     SHARES = "collecting shares"
     MASKED = "collecting masked inputs"
+    CONFIRM = "collecting survivor signatures"
     UNMASK = "collecting unmask shares"
     DONE = "done"
     FAILED = "failed"
@@ -61,16 +73,23 @@ class Aggregate:
 class AggregationServer:
     """The coordinator's run of one round's protocol (see the module docstring).
 
-    With ``ca_pem`` it checks each key advertisement's signature on arrival, so a node
-    with a broken certificate is left out before the others see its keys.
+    With ``ca_pem`` it checks each key advertisement's and survivor signature on arrival,
+    so a node with a broken certificate is left out before the others see its keys.
     """
 
-    def __init__(self, setup: Setup, *, ca_pem: bytes | None = None) -> None:
+    def __init__(
+        self,
+        setup: Setup,
+        *,
+        ca_pem: bytes | None = None,
+        checks: ConsistencyChecks | None = None,
+    ) -> None:
         problems = setup.problems()
         if problems:
             raise ValueError("unusable secure-aggregation setup: " + "; ".join(problems))
         self.setup = setup
         self.state = ServerState.KEYS
+        self.checks = checks or ConsistencyChecks()
         self._ca = ca_pem
         self._dtype = setup.fixed_point().dtype
         self._keys: dict[str, KeyAdvertisement] = {}
@@ -81,6 +100,7 @@ class AggregationServer:
         self._revealed: dict[str, UnmaskShares] = {}
         self._contributors: tuple[str, ...] = ()
         self._request: UnmaskRequest | None = None
+        self._confirmed: dict[str, SurvivorSignature] = {}
 
     # ---- step 1: keys ---------------------------------------------------------------
 
@@ -169,10 +189,47 @@ class AggregationServer:
         survivors = tuple(sorted(self._uploaded))
         dropped = tuple(name for name in self._contributors if name not in self._uploaded)
         self._request = UnmaskRequest(self.setup.session, survivors, dropped)
-        self.state = ServerState.UNMASK
+        if self.checks.consistency_round:
+            self._need(len(survivors), "nodes uploaded masked inputs", self._quorum())
+            self.state = ServerState.CONFIRM
+        else:
+            self.state = ServerState.UNMASK
         return self._request
 
-    # ---- step 4: unmask -------------------------------------------------------------
+    # ---- step 4: consistency round ------------------------------------------------
+
+    def receive_confirmation(self, node: str, signature: SurvivorSignature) -> None:
+        self._expect(ServerState.CONFIRM, node, "a survivor signature")
+        self._check(node, signature.session, "survivor signature")
+        assert self._request is not None
+        if signature.node != node or node not in self._request.survivors:
+            raise ProtocolViolation(f"{node!r} signed the survivors but is not a survivor")
+        if node in self._confirmed:
+            raise ProtocolViolation(f"{node!r} signed the survivors twice")
+        if self._ca is not None:
+            try:
+                verify_survivor_signature(
+                    signature, self._request.survivors, self._keys[node].certificate, self._ca
+                )
+            except ProtocolViolation as error:
+                raise ProtocolViolation(
+                    f"{node!r}'s signature on the survivors does not verify: {error}"
+                ) from error
+        self._confirmed[node] = signature
+
+    def close_confirmations(self) -> SurvivorSignatures:
+        """The signatures on U3 that every survivor checks before it reveals."""
+        self._expect(ServerState.CONFIRM, None, "the end of the consistency round")
+        self._need(len(self._confirmed), "survivors signed the survivor set", self._quorum())
+        assert self._request is not None
+        self.state = ServerState.UNMASK
+        return SurvivorSignatures(
+            self.setup.session,
+            self._request.survivors,
+            tuple(self._confirmed[name] for name in sorted(self._confirmed)),
+        )
+
+    # ---- step 5: unmask -------------------------------------------------------------
 
     def receive_unmask(self, node: str, revealed: UnmaskShares) -> None:
         self._expect(ServerState.UNMASK, node, "unmask shares")
@@ -180,6 +237,8 @@ class AggregationServer:
         assert self._request is not None
         if revealed.node != node or node not in self._request.survivors:
             raise ProtocolViolation(f"{node!r} sent unmask shares but is not a survivor")
+        if self.checks.consistency_round and node not in self._confirmed:
+            raise ProtocolViolation(f"{node!r} sent unmask shares without signing the survivors")
         if node in self._revealed:
             raise ProtocolViolation(f"{node!r} sent unmask shares twice")
         wanted = {(name, SecretKind.SELF_MASK) for name in self._request.survivors} | {
@@ -263,10 +322,15 @@ class AggregationServer:
                 f"{what}{sender} arrived while the protocol is {self.state.value}"
             )
 
-    def _need(self, count: int, what: str) -> None:
-        if count < self.setup.threshold:
+    def _quorum(self) -> int:
+        return self.setup.consistency_quorum()
+
+    def _need(self, count: int, what: str, needed: int | None = None) -> None:
+        needed = self.setup.threshold if needed is None else needed
+        if count < needed:
             self.state = ServerState.FAILED
+            which = "the threshold" if needed == self.setup.threshold else "the consistency quorum"
             raise AggregationFailed(
-                f"only {count} {what}; secure aggregation needs {self.setup.threshold} "
-                "(the threshold): the round is abandoned and nothing was revealed"
+                f"only {count} {what}; secure aggregation needs {needed} "
+                f"({which}): the round is abandoned and nothing was revealed"
             )

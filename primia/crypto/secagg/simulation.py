@@ -1,9 +1,9 @@
 """The whole protocol in one process: for tests, benchmarks and reading the protocol.
 
 :func:`simulate` plays every node's :class:`AggregationClient` and the coordinator's
-:class:`AggregationServer` through the four steps, dropping the nodes named in
-``drop_before`` at the step named, and times each side. Nothing is mocked: the messages
-are the ones the gRPC path carries.
+:class:`AggregationServer` through the five steps (four without the consistency
+round), dropping the nodes named in ``drop_before`` at the step named, and times each
+side. Nothing is mocked: the messages are the ones the gRPC path carries.
 """
 
 from __future__ import annotations
@@ -18,8 +18,16 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from primia.crypto.secagg.client import AggregationClient
-from primia.crypto.secagg.messages import Setup
+from primia.crypto import keys, shamir
+from primia.crypto.prg import MaskGenerator
+from primia.crypto.secagg.client import MASK_PURPOSE, AggregationClient
+from primia.crypto.secagg.messages import (
+    ConsistencyChecks,
+    SecretKind,
+    Setup,
+    UnmaskShares,
+    pair_sign,
+)
 from primia.crypto.secagg.server import Aggregate, AggregationServer
 
 M = TypeVar("M")
@@ -33,6 +41,7 @@ class Step(IntEnum):
     SHARES = 2
     MASKED = 3
     UNMASK = 4
+    """Before the consistency round (it then neither signs nor reveals)."""
 
 
 @dataclass(frozen=True)
@@ -57,12 +66,14 @@ def simulate(
     *,
     drop_before: Mapping[str, Step] | None = None,
     observe: Callable[[str, object], None] | None = None,
+    checks: ConsistencyChecks | None = None,
 ) -> tuple[Aggregate, Timings]:
     """Run one round; ``observe(sender, message)`` sees every message the coordinator
     receives (the coordinator's whole view)."""
     drop_before = drop_before or {}
+    checks = checks or ConsistencyChecks()
     timings = Timings()
-    server = AggregationServer(setup, ca_pem=ca_pem)
+    server = AggregationServer(setup, ca_pem=ca_pem, checks=checks)
     clients = {
         name: AggregationClient(
             setup,
@@ -70,6 +81,7 @@ def simulate(
             certificate_pem=credentials[name].certificate_pem,
             key_pem=credentials[name].key_pem,
             ca_pem=ca_pem,
+            checks=checks,
         )
         for name in setup.participants
     }
@@ -117,8 +129,63 @@ def simulate(
             uploaded.append(name)
     request = by_server(server.close_masked)
 
-    for name in uploaded:
-        if alive(name, Step.UNMASK):
-            revealed = by_client(name, partial(clients[name].unmask, request))
+    survivors = [name for name in uploaded if alive(name, Step.UNMASK)]
+    if not checks.consistency_round:
+        for name in survivors:
+            revealed = by_client(
+                name, partial(clients[name].unmask_without_consistency_round, request)
+            )
             by_server(partial(server.receive_unmask, name, revealed))
+        return by_server(server.finish), timings
+
+    for name in survivors:
+        signature = by_client(name, partial(clients[name].confirm, request))
+        by_server(partial(server.receive_confirmation, name, signature))
+    signatures = by_server(server.close_confirmations)
+    for name in survivors:
+        revealed = by_client(name, partial(clients[name].unmask, signatures))
+        by_server(partial(server.receive_unmask, name, revealed))
     return by_server(server.finish), timings
+
+
+def unmask_one(
+    setup: Setup,
+    target: str,
+    masked: npt.NDArray[np.unsignedinteger],
+    revealed: Mapping[str, UnmaskShares],
+    mask_publics: Mapping[str, bytes],
+) -> npt.NDArray[np.unsignedinteger]:
+    """What a coordinator holding t shares of ``target``'s self-mask seed b and t of its
+    mask key s learns: its input x = y − PRG(b) − Σ_v ±PRG(s_target,v), bit for bit.
+
+    This is the attack the consistency round prevents (a coordinator that tells some
+    nodes ``target`` survived and others that it dropped); tests use it to show that
+    without the round the attack succeeds. ``revealed`` maps each revealing node to what
+    it revealed, ``mask_publics`` every contributor's mask public key (from the roster).
+    ValueError when fewer than t shares of either secret were revealed.
+    """
+    found: dict[SecretKind, dict[int, bytes]] = {kind: {} for kind in SecretKind}
+    for holder, message in revealed.items():
+        for share in message.shares:
+            if share.owner == target:
+                found[share.kind][setup.index(holder)] = share.share
+    for kind, shares in found.items():
+        if len(shares) < setup.threshold:
+            raise ValueError(
+                f"{len(shares)} shares of {target!r}'s {kind.value} were revealed; "
+                f"rebuilding it needs {setup.threshold}"
+            )
+    seed = shamir.combine(dict(list(found[SecretKind.SELF_MASK].items())[: setup.threshold]))
+    mask_key = keys.KeyPair.from_private_bytes(
+        shamir.combine(dict(list(found[SecretKind.MASK_KEY].items())[: setup.threshold]))
+    )
+    total = masked.copy()
+    masks = MaskGenerator(setup.vector_length, setup.fixed_point().dtype)
+    masks.add(total, seed, -1)
+    for peer, public in mask_publics.items():
+        if peer != target:
+            pair_seed = keys.agree(
+                mask_key.private, public, purpose=MASK_PURPOSE, session=setup.session
+            )
+            masks.add(total, pair_seed, -pair_sign(target, peer))
+    return total

@@ -53,7 +53,7 @@ class Chunk(_message.Message):
     def __init__(self, blob_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class NodeMessage(_message.Message):
-    __slots__ = ("hello", "chunk", "train_result", "evaluate_result", "refused", "progress", "keys", "shares", "masked_input", "unmask_shares", "ledger_alarm")
+    __slots__ = ("hello", "chunk", "train_result", "evaluate_result", "refused", "progress", "keys", "shares", "masked_input", "unmask_shares", "ledger_alarm", "survivor_signature")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     TRAIN_RESULT_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class NodeMessage(_message.Message):
     MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
     UNMASK_SHARES_FIELD_NUMBER: _ClassVar[int]
     LEDGER_ALARM_FIELD_NUMBER: _ClassVar[int]
+    SURVIVOR_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     chunk: Chunk
     train_result: TrainResult
@@ -76,7 +77,8 @@ class NodeMessage(_message.Message):
     masked_input: MaskedInput
     unmask_shares: UnmaskShares
     ledger_alarm: LedgerAlarm
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train_result: _Optional[_Union[TrainResult, _Mapping]] = ..., evaluate_result: _Optional[_Union[EvaluateResult, _Mapping]] = ..., refused: _Optional[_Union[TaskRefused, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., keys: _Optional[_Union[KeyAdvertisement, _Mapping]] = ..., shares: _Optional[_Union[ShareBundle, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_shares: _Optional[_Union[UnmaskShares, _Mapping]] = ..., ledger_alarm: _Optional[_Union[LedgerAlarm, _Mapping]] = ...) -> None: ...
+    survivor_signature: SurvivorSignature
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train_result: _Optional[_Union[TrainResult, _Mapping]] = ..., evaluate_result: _Optional[_Union[EvaluateResult, _Mapping]] = ..., refused: _Optional[_Union[TaskRefused, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., keys: _Optional[_Union[KeyAdvertisement, _Mapping]] = ..., shares: _Optional[_Union[ShareBundle, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_shares: _Optional[_Union[UnmaskShares, _Mapping]] = ..., ledger_alarm: _Optional[_Union[LedgerAlarm, _Mapping]] = ..., survivor_signature: _Optional[_Union[SurvivorSignature, _Mapping]] = ...) -> None: ...
 
 class LedgerAlarm(_message.Message):
     __slots__ = ("ledger_epsilon", "recorded_epsilon", "detail")
@@ -249,7 +251,7 @@ class TaskProgress(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., fraction: _Optional[float] = ..., stage: _Optional[str] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "chunk", "train", "evaluate", "shutdown", "error", "key_roster", "share_delivery", "unmask_request")
+    __slots__ = ("welcome", "chunk", "train", "evaluate", "shutdown", "error", "key_roster", "share_delivery", "unmask_request", "survivor_signatures")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +261,7 @@ class CoordinatorMessage(_message.Message):
     KEY_ROSTER_FIELD_NUMBER: _ClassVar[int]
     SHARE_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     UNMASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    SURVIVOR_SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     chunk: Chunk
     train: TrainTask
@@ -268,7 +271,8 @@ class CoordinatorMessage(_message.Message):
     key_roster: KeyRoster
     share_delivery: ShareDelivery
     unmask_request: UnmaskRequest
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateTask, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., key_roster: _Optional[_Union[KeyRoster, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ...) -> None: ...
+    survivor_signatures: SurvivorSignatures
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateTask, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., key_roster: _Optional[_Union[KeyRoster, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., survivor_signatures: _Optional[_Union[SurvivorSignatures, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("protocol_version", "node_name", "run_id", "recorded_epsilon_spent")
@@ -405,7 +409,7 @@ class SecureAggregation(_message.Message):
     def __init__(self, session_id: _Optional[bytes] = ..., participants: _Optional[_Iterable[str]] = ..., threshold: _Optional[int] = ..., ring_bits: _Optional[int] = ..., clip: _Optional[float] = ..., vector_length: _Optional[int] = ..., weight_unit: _Optional[float] = ...) -> None: ...
 
 class KeyAdvertisement(_message.Message):
-    __slots__ = ("task_id", "session_id", "node", "cipher_public_key", "mask_public_key", "certificate", "signature")
+    __slots__ = ("task_id", "session_id", "node", "cipher_public_key", "mask_public_key", "certificate", "signature", "view")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -413,6 +417,7 @@ class KeyAdvertisement(_message.Message):
     MASK_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     session_id: bytes
     node: str
@@ -420,7 +425,18 @@ class KeyAdvertisement(_message.Message):
     mask_public_key: bytes
     certificate: bytes
     signature: bytes
-    def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., node: _Optional[str] = ..., cipher_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., certificate: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    view: RoundView
+    def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., node: _Optional[str] = ..., cipher_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., certificate: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., view: _Optional[_Union[RoundView, _Mapping]] = ...) -> None: ...
+
+class RoundView(_message.Message):
+    __slots__ = ("weights_sha256", "plan_sha256", "participants_sha256")
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PLAN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    weights_sha256: bytes
+    plan_sha256: bytes
+    participants_sha256: bytes
+    def __init__(self, weights_sha256: _Optional[bytes] = ..., plan_sha256: _Optional[bytes] = ..., participants_sha256: _Optional[bytes] = ...) -> None: ...
 
 class KeyRoster(_message.Message):
     __slots__ = ("task_id", "session_id", "keys")
@@ -489,6 +505,36 @@ class UnmaskRequest(_message.Message):
     survivors: _containers.RepeatedScalarFieldContainer[str]
     dropped: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SurvivorSignature(_message.Message):
+    __slots__ = ("task_id", "session_id", "signature")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    session_id: bytes
+    signature: bytes
+    def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class NodeSignature(_message.Message):
+    __slots__ = ("node", "signature")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    signature: bytes
+    def __init__(self, node: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SurvivorSignatures(_message.Message):
+    __slots__ = ("task_id", "session_id", "survivors", "signatures")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    session_id: bytes
+    survivors: _containers.RepeatedScalarFieldContainer[str]
+    signatures: _containers.RepeatedCompositeFieldContainer[NodeSignature]
+    def __init__(self, task_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., survivors: _Optional[_Iterable[str]] = ..., signatures: _Optional[_Iterable[_Union[NodeSignature, _Mapping]]] = ...) -> None: ...
 
 class RevealedShare(_message.Message):
     __slots__ = ("owner", "kind", "share")
