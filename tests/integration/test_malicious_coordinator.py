@@ -38,6 +38,7 @@ from primia.crypto.secagg import (
     UnmaskShares,
 )
 from primia.crypto.secagg.simulation import unmask_one
+from primia.federated import data_owner
 from primia.federated.coordinator import FederationFailed
 from primia.federated.coordinator_config import SecureAggregationConfig
 from primia.federated.secure import SecureAggregator, SecureContribution
@@ -71,10 +72,20 @@ def _run(server: CoordinatorServer) -> dict[str, Any]:
 
 
 def _start(
-    consortium: Consortium, tmp_path: Path, nodes: int, threshold: int = 0
+    consortium: Consortium,
+    tmp_path: Path,
+    nodes: int,
+    threshold: int = 0,
+    monkeypatch: pytest.MonkeyPatch | None = None,
 ) -> CoordinatorServer:
     """A coordinator for one round of ``nodes`` nodes (data of the 3 synthetic sites,
-    reused) and the nodes, started."""
+    reused) and the nodes, started.
+
+    A threshold of at most half the nodes is refused by every node's policy before keys
+    are advertised (tests/integration/test_node_policy.py); to test the consistency
+    round as the second line of defence, ``monkeypatch`` lifts that policy check."""
+    if monkeypatch is not None and 0 < 2 * threshold <= nodes:
+        monkeypatch.setattr(data_owner, "aggregation_problems", lambda policy, setup: [])
     names = _names(nodes)
     for name in names:
         if name not in consortium.nodes:
@@ -344,7 +355,7 @@ def test_different_dropout_stories_unmask_no_one(
     threshold: int,
 ) -> None:
     lie = _tell_different_stories(monkeypatch)
-    server = _start(consortium_of_five, tmp_path, nodes, threshold)
+    server = _start(consortium_of_five, tmp_path, nodes, threshold, monkeypatch)
     with pytest.raises(FederationFailed):
         _run(server)
 
@@ -371,7 +382,7 @@ def test_without_the_consistency_round_dropout_stories_unmask_the_target(
     but one side is short of t."""
     lie = _tell_different_stories(monkeypatch)
     _without_checks(monkeypatch)
-    server = _start(consortium_of_five, tmp_path, nodes, threshold)
+    server = _start(consortium_of_five, tmp_path, nodes, threshold, monkeypatch)
     with pytest.raises(FederationFailed):
         _run(server)
 

@@ -77,7 +77,7 @@ def _federate(
     runner.join(timeout=240)
     try:
         assert not runner.is_alive(), "the federation did not finish"
-        status = fetch_status(f"127.0.0.1:{port}", consortium.nodes["site0"], timeout=10)
+        status = fetch_status(f"127.0.0.1:{port}", consortium.coordinator, timeout=10)
     finally:
         server.stop()
         for client in clients:
