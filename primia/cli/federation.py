@@ -36,7 +36,9 @@ Restarted on the same run_dir, the coordinator resumes after the last completed 
 
 NODE_EPILOG = """\
 The node dials out to the coordinator (no inbound port is needed at the hospital), keeps
-one stream open, and trains when asked. It refuses plans outside its [limits] and any
+one stream open, and trains when asked. It refuses tasks outside its [policy] (plaintext
+aggregation unless allowed, too few participants, a threshold below a strict majority, a
+model it does not train), plans outside its [limits] (including the noise floor) and any
 release that would exceed its [privacy] budget; its privacy ledger is
 STATE_DIR/privacy-ledger.jsonl. It reconnects with back-off when the coordinator is gone.
 """
