@@ -17,6 +17,7 @@ from primia.models.checkpoint import ModelSpec
 from primia.nodes.codec import spec_to_proto
 from primia.transport.generated import inference_pb2 as pb
 from primia.transport.generated import inference_pb2_grpc as pb_grpc
+from primia.transport.limits import clean_text
 from primia.transport.pki import Identity
 from primia.transport.tls import abort, authorize
 
@@ -82,6 +83,14 @@ class CryptoProviderService(pb_grpc.CryptoProviderServicer):
         identity = authorize(context, self._ca_pem, "Deal", roles=("inference",))
         if not request.session_id or not request.rendezvous_host:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "Deal needs a session and a host")
+        for field in (request.session_id, request.rendezvous_host):
+            if len(field) > 255 or clean_text(field, 255) != field:
+                abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "Deal's session_id and rendezvous_host must be at most 255 printable "
+                    f"characters, got {clean_text(field, 64)!r}",
+                )
         if not 0 < request.rendezvous_port < 65536 or request.deadline_s <= 0:
             abort(
                 context,
