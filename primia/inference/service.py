@@ -19,6 +19,12 @@ from primia.rpc.codec import spec_to_proto
 from primia.rpc.generated import inference_pb2 as pb
 from primia.rpc.generated import inference_pb2_grpc as pb_grpc
 from primia.rpc.tls import abort, authorize
+from primia.rpc.codec import spec_to_proto
+from primia.rpc.generated import inference_pb2 as pb
+from primia.rpc.generated import inference_pb2_grpc as pb_grpc
+from primia.limits import clean_text
+from primia.pki import Identity
+from primia.rpc.tls import abort, authorize
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,14 @@ class CryptoProviderService(pb_grpc.CryptoProviderServicer):
         identity = authorize(context, self._ca_pem, "Deal", roles=("inference",))
         if not request.session_id or not request.rendezvous_host:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "Deal needs a session and a host")
+        for field in (request.session_id, request.rendezvous_host):
+            if len(field) > 255 or clean_text(field, 255) != field:
+                abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "Deal's session_id and rendezvous_host must be at most 255 printable "
+                    f"characters, got {clean_text(field, 64)!r}",
+                )
         if not 0 < request.rendezvous_port < 65536 or request.deadline_s <= 0:
             abort(
                 context,

@@ -15,7 +15,9 @@ their handler runs:
 3. A watchdog thread ends a call whose first message (or next message, mid-stream) is
    late with DEADLINE_EXCEEDED naming the limit; the handler's wait then ends.
 4. A message that cannot be parsed ends its call with INVALID_ARGUMENT, logged once per
-   peer per ``log_every_s`` with a count, instead of gRPC's traceback for each.
+   peer per ``log_every_s`` with a count, instead of gRPC's traceback for each; a unary
+   request with a string over ``max_text`` is refused with RESOURCE_EXHAUSTED (streams
+   check their own messages, e.g. :class:`~primia.rpc.coordinator_session.NodeSession`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import Message
 
 from primia.limits import (
     DEFAULT_MAX_CALLS,
@@ -39,6 +42,7 @@ from primia.limits import (
     LimitExceeded,
     LogThrottle,
     ServerLimits,
+    check_strings,
     clean_text,
 )
 from primia.pki import CertificateRejected
@@ -160,6 +164,11 @@ class CallGuard:
                     request = next(requests)
                 except StopIteration:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{short} needs a request")
+                if isinstance(request, Message):
+                    try:
+                        check_strings(request, self.limits.max_text)
+                    except LimitExceeded as exceeded:
+                        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exceeded))
                 return unary(request, context)
 
         if handler.response_streaming:

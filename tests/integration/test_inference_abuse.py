@@ -100,6 +100,42 @@ def test_idle_calls_leave_the_model_owner_and_crypto_provider_serving(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.DEADLINE_EXCEEDED,
     }
-    # Each caller held at most its own share: 4 of its 15 calls waited for the deadline.
-    assert sum("limits.first_message_s" in detail for detail in details) == 4 * len(attackers)
-    assert sum("limits.max_calls_per_peer" in detail for detail in details) == 11 * len(attackers)
+    # Each caller held at most its own share: 4 of its 15 calls waited for the deadline,
+    # the rest were refused at once (a few more may be admitted once those have ended,
+    # when a loaded machine opens the 15 calls over more than first_message_s).
+    # In a burst gRPC itself may refuse calls beyond the pool, before the guard sees them.
+    waited = sum("limits.first_message_s" in detail for detail in details)
+    refused = sum(
+        "limits.max_calls_per_peer" in detail or "Concurrent RPC limit" in detail
+        for detail in details
+    )
+    assert waited + refused == len(ended), details
+    assert waited >= 4 * len(attackers) and refused >= 8 * len(attackers)
+
+
+def test_the_crypto_provider_refuses_oversized_and_control_character_fields(
+    servers: tuple[InferenceServer, ...], consortium_pki: Path
+) -> None:
+    _, dealer = servers
+    with secure_channel(
+        f"127.0.0.1:{dealer.port}",
+        pki.tls_files(consortium_pki, "model-owner"),
+        server_name="crypto-provider",
+    ) as channel:
+        deal = pb_grpc.CryptoProviderStub(channel).Deal
+        forged = pb.DealRequest(
+            session_id="s\nINFO dealing for session x",
+            rendezvous_host="h",
+            rendezvous_port=1,
+            deadline_s=1,
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            deal(forged, timeout=20)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "printable" in (refused.value.details() or "")
+        huge = pb.DealRequest(session_id="s", rendezvous_host="h" * (2 * LIMITS.max_text))
+        with pytest.raises(grpc.RpcError) as refused:
+            deal(huge, timeout=20)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "limits.max_text" in (refused.value.details() or "")
+    assert dealer.table.running == []  # no dealing process was started for either

@@ -177,7 +177,8 @@ def test_bytes_that_are_not_protobuf_are_an_error(federation: Federation) -> Non
             response_deserializer=pb.ProbeReceipt.FromString,
         )
         call(iter([b"\xff\xff\xff garbage"]), timeout=10)
-    assert refused.value.code() == grpc.StatusCode.INTERNAL  # gRPC: cannot deserialize
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # the guard's, not INTERNAL
+    assert "could not be parsed" in (refused.value.details() or "")
     _assert_serving(federation)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from primia.config import from_mapping
 from primia.errors import ConfigError
+from primia.federated.coordinator_config import CoordinatorConfig
 from primia.federated.coordinator import FederationStatus
 from primia.federated.registry import NodeStatus
 from primia.federated.status_access import StatusAccess, StatusDenied
@@ -150,3 +152,22 @@ def test_max_calls_left_at_zero_is_sized_by_the_server() -> None:
     assert ServerLimits().sized(100).max_calls == 100
     assert ServerLimits(max_calls=10).sized(100).max_calls == 10
     assert Admission(ServerLimits()).open_calls() == 0  # usable unsized: the default cap
+
+
+def test_limits_and_status_access_read_from_a_coordinator_config() -> None:
+    tls = {"ca": "ca.pem", "certificate": "c.pem", "key": "c.key"}
+    config = from_mapping(
+        CoordinatorConfig,
+        {
+            "tls": tls,
+            "roster": ["a", "b"],
+            "limits": {"max_calls_per_peer": 3, "first_message_s": 5},
+            "status_access": {"everything": ["coordinator", "inference"], "own_row": []},
+        },
+    )
+    assert config.limits.max_calls_per_peer == 3 and config.limits.first_message_s == 5.0
+    assert config.status_access.own_row == ()
+    with pytest.raises(ConfigError, match=r"max_calls=5 is too few for a roster of 2"):
+        from_mapping(
+            CoordinatorConfig, {"tls": tls, "roster": ["a", "b"], "limits": {"max_calls": 5}}
+        )
