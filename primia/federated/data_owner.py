@@ -196,9 +196,7 @@ class DataOwner:
             accountant=self.ledger.accountant,
         )
 
-    def check_coordinator_record(
-        self, recorded_epsilon: float | None
-    ) -> LedgerIntegrityError | None:
+    def check_coordinator_record(self, recorded_epsilon: float | None) -> LedgerError | None:
         """Remember the ε the coordinator recorded for this node and compare it with the
         ledger (read again from disk): the error that makes :meth:`train` refuse, or None.
 
@@ -211,10 +209,10 @@ class DataOwner:
         self._recorded_epsilon = recorded_epsilon
         return self._ledger_problem()
 
-    def _ledger_problem(self) -> LedgerIntegrityError | None:
+    def _ledger_problem(self) -> LedgerError | None:
         try:
             self.ledger.reload()
-        except LedgerIntegrityError as error:
+        except LedgerError as error:
             return error
         recorded = self._recorded_epsilon
         spent = self.ledger.spent_epsilon()

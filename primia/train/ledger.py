@@ -297,12 +297,13 @@ class PrivacyLedger:
         budget = self.budget
         before = self._chain
         self._chain = before.extended(event)
+        first = anchored_first(event, (budget.epsilon, budget.delta))
         try:
-            anchor = Anchor.of(self._chain, self.spent_epsilon())
+            anchor = Anchor.of(self._chain, self.spent_epsilon(), anchored_first=first)
         except BaseException:
             self._chain = before
             raise
-        if anchored_first(event, (budget.epsilon, budget.delta)):
+        if first:
             write_anchor(self.path, anchor)
             atomic_write_bytes(self.path, self._chain.text())
         else:

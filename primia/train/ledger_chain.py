@@ -4,9 +4,10 @@ Each line of the ledger is the canonical JSON of one record (keys sorted, no spa
 ASCII). Record i carries ``prev`` = SHA-256 of line i−1 (64 zeros for the header), so
 changing, inserting or removing any record but the last breaks the chain at the next
 line. The *anchor* (``<ledger>.anchor``, a separate file written atomically) holds the
-ledger's id, its record count, the hashes of its last two lines, the last record's event
-and the ε spent; it catches what the chain alone cannot: the last lines cut, the last
-record changed, the file reduced to its header or deleted.
+ledger's id, its record count, the hashes of its last two lines, the last record's event,
+whether that record was anchored first, and the ε spent; it catches what the chain alone
+cannot: the last lines cut, the last record changed, the file reduced to its header or
+deleted.
 
 Write order, so that a crash between the two atomic writes never under-reports ε:
 
@@ -16,8 +17,9 @@ Write order, so that a crash between the two atomic writes never under-reports �
   in full) — only such records are adopted, so an appended ``complete`` is not.
 * a record that can lower the reported ε or raise the budget (``complete``, a higher
   ``budget``): anchor first, then ledger. A crash in between leaves the ledger one record
-  short of the anchor, whose ``previous_hash`` and ``last_event`` say which: the record is
-  lost, its release counts with the steps it reserved (over-reporting).
+  short of the anchor, whose ``previous_hash`` and ``anchored_first`` say so: the record
+  is lost, its release counts with the steps it reserved (over-reporting). Only then is
+  a ledger one record short accepted.
 * a new ledger: anchor first (one record, ε 0), so a crash leaves an anchor that says
   nothing was spent; the next open creates the ledger again.
 
@@ -109,9 +111,12 @@ class Anchor:
     previous_hash: str
     last_event: str
     epsilon_spent: float
+    anchored_first: bool = False
+    """The last record was anchored before it was written (it may lower ε): a ledger one
+    record short of this anchor is a crash between the writes, and over-reports."""
 
     @classmethod
-    def of(cls, chain: Chain, epsilon_spent: float) -> Anchor:
+    def of(cls, chain: Chain, epsilon_spent: float, *, anchored_first: bool = False) -> Anchor:
         return cls(
             ledger_id=chain.ledger_id,
             records=len(chain.lines),
@@ -119,6 +124,7 @@ class Anchor:
             previous_hash=chain.hashes[-2] if len(chain.hashes) > 1 else GENESIS,
             last_event=str(chain.records[-1]["event"]),
             epsilon_spent=epsilon_spent,
+            anchored_first=anchored_first,
         )
 
 
@@ -147,6 +153,7 @@ def read_anchor(path: Path) -> Anchor | None:
             previous_hash=str(data["previous_hash"]),
             last_event=str(data["last_event"]),
             epsilon_spent=float(data["epsilon_spent"]),
+            anchored_first=data.get("anchored_first") is True,
         )
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise integrity_error(path, f"its anchor {location.name} is unreadable ({error})") from None
@@ -218,11 +225,7 @@ def reconcile(path: Path, chain: Chain, anchor: Anchor) -> tuple[Chain, str]:
             f"adopted {n - anchored} record(s) past the anchor (reserve or tighter budget: a "
             "crash between writing the ledger and its anchor)"
         )
-    if (
-        n == anchored - 1
-        and chain.last_hash == anchor.previous_hash
-        and anchor.last_event in ("complete", "budget")
-    ):
+    if n == anchored - 1 and chain.last_hash == anchor.previous_hash and anchor.anchored_first:
         return chain, (
             f"the anchored last record ({anchor.last_event}) was never written (a crash between "
             "writing the anchor and the ledger); its release counts as reserved"

@@ -307,3 +307,12 @@ def test_the_cli_verifies_and_repairs_only_with_accept(ledger_path: Path, capsys
     assert "nothing written" in capsys.readouterr().out
     assert main(["ledger", "repair", str(ledger_path), "--accept"]) == 0
     assert main(["ledger", "verify", str(ledger_path)]) == 0
+
+
+def test_a_cut_tighter_budget_is_not_taken_for_a_crash(ledger_path: Path) -> None:
+    """A tighter budget is written ledger first; cutting it would loosen the budget."""
+    PrivacyLedger.open(ledger_path, budget=Budget(5.0, DELTA), accountant="rdp")
+    lines = ledger_path.read_text().splitlines()
+    assert json.loads(lines[-1])["event"] == "budget"
+    ledger_path.write_text("\n".join(lines[:-1]) + "\n")
+    refused(ledger_path, "holds 5 records but its anchor 6")
