@@ -84,7 +84,7 @@ def _communicator_class() -> type:
     """SecureCommunicator, built on CrypTen's base class once CrypTen is importable."""
     from crypten.communicator.communicator import Communicator, _logging
 
-    class SecureCommunicator(Communicator):  # type: ignore[misc]
+    class SecureCommunicator(Communicator):
         BYTES_PER_ELEMENT = 8
         instance: SecureCommunicator | None = None
         pending_links: Links | None = None
@@ -182,7 +182,7 @@ def _communicator_class() -> type:
             return result if batched else result[0]
 
         @_logging
-        def gather(self, tensor: torch.Tensor, dst: int) -> list[torch.Tensor | None]:
+        def gather(self, tensor: torch.Tensor, dst: int) -> list[Any]:
             if dst != self.rank:
                 self.links.send_tensor(dst, tensor)
                 return [None]
@@ -316,9 +316,8 @@ def install(links: Links, *, world_size: int) -> None:
     import crypten.communicator as communicator_module
     import crypten.mpc.provider.ttp_provider as ttp_provider
 
-    cls = getattr(install, "_class", None) or _communicator_class()
-    install._class = cls  # type: ignore[attr-defined]
+    cls: Any = _communicator_class()
     cls.pending_links = links
     cls.pending_world_size = world_size
-    communicator_module.DistributedCommunicator = cls  # type: ignore[attr-defined]
-    ttp_provider.dist = _TorchDistributedStandIn(cls)  # type: ignore[attr-defined]
+    communicator_module.DistributedCommunicator = cls
+    ttp_provider.dist = _TorchDistributedStandIn(cls)

@@ -29,6 +29,7 @@ all-reduce send first, then receive) and frames from one peer arrive in order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import socket
@@ -268,7 +269,8 @@ def establish(
     finally:
         if acceptor is not None:
             acceptor.stop()
-    writers, readers = {}, {}
+    writers: dict[int, ssl.SSLSocket] = {}
+    readers: dict[int, ssl.SSLSocket] = {}
     for (rank, direction), connection in connections.items():
         connection.settimeout(None)
         peer_dials = next(p for p in plan.peers if p.rank == rank).dials_us
@@ -407,10 +409,8 @@ class _Acceptor:
 
 
 def _close(connection: Any) -> None:
-    try:
+    with contextlib.suppress(OSError):
         connection.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     connection.close()
 
 

@@ -65,8 +65,9 @@ def local_plans(pki_dir: Path, session_id: str = "local") -> dict[int, LinkPlan]
 def local_consortium(directory: Path) -> Path:
     """A CA and the three parties' certificates in ``directory``."""
     pki.init_ca(directory, "local")
-    for name, role in zip(NAMES, ("inference", "node", "inference"), strict=True):
-        pki.issue(directory, name, role)
+    pki.issue(directory, NAMES[0], "inference")
+    pki.issue(directory, NAMES[1], "node")
+    pki.issue(directory, NAMES[2], "inference")
     return directory
 
 
@@ -122,16 +123,13 @@ def _run(
         owner = source.take("model owner", model_owner, (meeting[0], spec, weights, shape))
         taken.append(owner)
         if plans is not None:
-            meeting[2] = _with_port(plans[2], 0, _port(owner, deadline))
+            owner_port = _port(owner, deadline)
+            meeting[2] = _with_port(plans[2], 0, owner_port)
         dealer = source.take("crypto provider", processes.crypto_provider, (meeting[2],))
         taken.append(dealer)
         if plans is not None:
             dealer_port = _port(dealer, deadline)
-            meeting[1] = _with_port(
-                _with_port(plans[1], 0, meeting[2].peers[0].port),
-                2,
-                dealer_port,  # type: ignore[union-attr]
-            )
+            meeting[1] = _with_port(_with_port(plans[1], 0, owner_port), 2, dealer_port)
         data = source.take("data owner", data_owner, (meeting[1], spec, pixels))
         taken.append(data)
         # the data owner first: its result is the latency; the others end right after it

@@ -38,13 +38,6 @@ WORLD_SIZE = 2
 """The computing parties; the crypto provider joins as rank WORLD_SIZE."""
 
 
-def use_network_interface(name: str) -> None:
-    """Have gloo (in the party processes started from now on) use interface ``name``;
-    empty: the interface of the host name."""
-    if name:
-        os.environ["GLOO_SOCKET_IFNAME"] = name
-
-
 @dataclass(frozen=True)
 class Rendezvous:
     """A gloo rendezvous (unauthenticated, unencrypted; benchmarks only)."""

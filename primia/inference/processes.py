@@ -121,6 +121,11 @@ class PartyProcess:
         self.wait(0)
         return self.stage in (Stage.JOINED, Stage.ENDED)
 
+    def ready(self, timeout_s: float) -> bool:
+        """Whether it has imported everything (waiting up to ``timeout_s`` for it)."""
+        self._pump(timeout_s, until=lambda: self.stage is not Stage.STARTING)
+        return self.stage is not Stage.STARTING and self._outcome is None
+
     def listening(self, timeout_s: float) -> int | None:
         """The port it listens on for its peers, once it does (None: not within
         ``timeout_s``, or it ended first)."""
@@ -208,6 +213,18 @@ class PartyPool:
             process.start()
         process.assign(name, target, args)
         return process
+
+    def prestart(self, count: int, timeout_s: float = 300.0) -> None:
+        """Start ``count`` idle processes now and wait until they are ready."""
+        started = [
+            PartyProcess(f"idle {self._name} process", threads=self._threads) for _ in range(count)
+        ]
+        for process in started:
+            process.start()
+        for process in started:
+            process.ready(timeout_s)
+        with self._lock:
+            self._idle.extend(started)
 
     @property
     def idle(self) -> int:

@@ -79,7 +79,7 @@ def tensor_payload(tensor: torch.Tensor) -> memoryview:
     array = tensor.detach().cpu().contiguous().clone().numpy()
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return memoryview(array).cast("B")
+    return memoryview(array.data).cast("B")
 
 
 def value_frame(value: Any) -> tuple[bytes, bytes]:
@@ -113,9 +113,10 @@ def read_header(read_exact: Callable[[int], bytes], *, max_bytes: int) -> Header
 
 def empty_payload(header: Header) -> tuple[torch.Tensor, memoryview]:
     """A tensor for ``header``'s frame and the writable bytes its payload is read into."""
-    assert header.dtype is not None  # only tensor headers reach here
+    if header.dtype is None:
+        raise WireError("a value frame has no tensor payload")
     tensor = torch.empty(header.shape, dtype=header.dtype)
-    return tensor, memoryview(tensor.view(-1).view(torch.uint8).numpy()).cast("B")
+    return tensor, memoryview(tensor.view(-1).view(torch.uint8).numpy().data).cast("B")
 
 
 _NONE, _TRUE, _FALSE = b"N", b"T", b"F"
