@@ -87,6 +87,7 @@ class PartyProcess:
         self._job = (target, args) if target is not None else None
         self.stage = Stage.STARTING
         self.port: int | None = None
+        self._joined = False
         self._outcome: PartyOutcome | None = None
         self._lock = threading.Lock()
 
@@ -117,9 +118,9 @@ class PartyProcess:
 
     @property
     def joined(self) -> bool:
-        """Whether its links are up (or it already ended)."""
+        """Whether its links came up."""
         self.wait(0)
-        return self.stage in (Stage.JOINED, Stage.ENDED)
+        return self._joined
 
     def ready(self, timeout_s: float) -> bool:
         """Whether it has imported everything (waiting up to ``timeout_s`` for it)."""
@@ -162,7 +163,7 @@ class PartyProcess:
         elif kind == "listening":
             self.port, self.stage = int(value), Stage.LISTENING
         elif kind == "joined":
-            self.stage = Stage.JOINED
+            self.stage, self._joined = Stage.JOINED, True
         elif kind == "error":
             self._end(PartyOutcome(error=f"{self.name}: {value}"))
         elif isinstance(value, tuple):

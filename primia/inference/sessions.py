@@ -144,7 +144,10 @@ class SessionTable:
             now = time.monotonic()
             if session.state is SessionState.OPEN and session.party.joined:
                 session.state = SessionState.JOINED
-            if outcome is not None:
+            if outcome is not None and outcome.error and session.state is SessionState.OPEN:
+                session.state = SessionState.EXPIRED
+                session.detail = f"its peers did not join within join_timeout_s: {outcome.error}"
+            elif outcome is not None:
                 session.state = SessionState.FAILED if outcome.error else SessionState.DONE
                 session.detail = outcome.error or _describe(outcome)
             elif session.state is SessionState.OPEN and now > session.join_deadline:

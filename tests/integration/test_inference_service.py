@@ -241,7 +241,9 @@ def test_an_unreachable_crypto_provider_is_reported(consortium_pki: Path, tmp_pa
 
 
 def _config(parties: Parties, name: str) -> DataOwnerConfig:
-    return DataOwnerConfig(tls=pki.tls_files(parties.pki_dir, name), server=parties.data_owner.server)
+    return DataOwnerConfig(
+        tls=pki.tls_files(parties.pki_dir, name), server=parties.data_owner.server
+    )
 
 
 class _stub:
