@@ -22,9 +22,10 @@ then role). A listener binds only to the configured address, on a port of the co
 range, and accepts nothing once its peers are in or ``join_timeout_s`` passed. Refused
 connections are logged and never count: the real peer can still join afterwards.
 
-Messages are frames of :mod:`primia.inference.wire`. A link has a sending thread and a
-receiving thread per peer, so a send never waits for the peer to read (both parties of an
-all-reduce send first, then receive) and frames from one peer arrive in order.
+Messages are frames of :mod:`primia.inference.wire`. A party writes its frames from
+the calling thread and reads each peer's frames ahead in a receiving thread of its own, so
+a send never waits for the peer's computation (both parties of an all-reduce send first,
+then receive) and frames from one peer arrive in order.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -170,7 +171,7 @@ class Links:
         }
 
     def send_tensor(self, dst: int, tensor: torch.Tensor) -> threading.Event:
-        """Queue ``tensor`` (copied now) for ``dst``; the event is set once it is sent."""
+        """Send ``tensor`` to ``dst``; the returned event is set (it is sent)."""
         return self._outbox(dst).put(wire.tensor_header(tensor), wire.tensor_payload(tensor))
 
     def send_value(self, dst: int, value: Any) -> threading.Event:
@@ -429,45 +430,36 @@ def _read_into(connection: Any, view: memoryview) -> None:
         filled += received
 
 
-@dataclass
 class _Outbox:
-    """Frames for one peer, sent in order by a thread of their own."""
+    """Frames for one peer, written by the calling thread. A send never waits for the
+    peer's computation: the peer's receiving thread reads every frame as it arrives."""
 
-    rank: int
-    sock: Any
-    _queue: queue.Queue[tuple[bytes, Any, threading.Event] | None] = field(
-        default_factory=queue.Queue
-    )
-    _error: BaseException | None = None
-
-    def __post_init__(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"mpc-send-{self.rank}", daemon=True)
-        self._thread.start()
+    def __init__(self, rank: int, sock: Any) -> None:
+        self.rank = rank
+        self.sock = sock
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
 
     def put(self, header: bytes, payload: Any) -> threading.Event:
-        if self._error is not None:
-            raise LinkError(f"the link to rank {self.rank} broke: {self._error}")
-        done = threading.Event()
-        self._queue.put((header, payload, done))
-        return done
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            header, payload, done = item
+        with self._lock:
+            if self._error is not None:
+                raise LinkError(f"the link to rank {self.rank} broke: {self._error}")
             try:
                 self.sock.sendall(header)
                 if len(payload):
                     self.sock.sendall(payload)
             except OSError as error:
                 self._error = error
-                done.set()
-                return
-            done.set()
+                raise LinkError(f"the link to rank {self.rank} broke: {error}") from error
+        return _SENT
+
+    def close(self) -> None:
+        with self._lock:  # a send in progress finishes first
+            pass
+
+
+_SENT = threading.Event()
+_SENT.set()
 
 
 class _Inbox:

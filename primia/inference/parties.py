@@ -94,12 +94,12 @@ Progress = Callable[[str, int], None]
 its links are up (see :mod:`primia.inference.processes`)."""
 
 
-def _quiet(event: str, value: int) -> None:
+def no_progress(event: str, value: int) -> None:
     return None
 
 
 @contextmanager
-def join(meeting: Meeting, rank: int, progress: Progress = _quiet) -> Iterator[_Session]:
+def join(meeting: Meeting, rank: int, progress: Progress = no_progress) -> Iterator[_Session]:
     """Start CrypTen as ``rank`` with the TTP provider, counting what it communicates."""
     started = time.perf_counter()
     crypten = import_crypten()
@@ -143,7 +143,7 @@ def open_to(x: Any, rank: int) -> torch.Tensor | None:
     return None if raw is None else (raw.double() / x.encoder.scale).float()
 
 
-def crypto_provider(meeting: Meeting, progress: Progress = _quiet) -> PartyStats:
+def crypto_provider(meeting: Meeting, progress: Progress = no_progress) -> PartyStats:
     """Deal correlated randomness until the model owner ends the session."""
     with join(meeting, CRYPTO_PROVIDER, progress) as session, warnings.catch_warnings():
         # TTPServer calls crypten.init() again, which warns that CrypTen is initialised
@@ -157,7 +157,7 @@ def model_owner(
     spec: ModelSpec,
     state: dict[str, torch.Tensor],
     input_shape: tuple[int, ...],
-    progress: Progress = _quiet,
+    progress: Progress = no_progress,
 ) -> PartyStats:
     """Share the weights, run the model on the data owner's shared images; learn nothing."""
     model = spec.build()
@@ -171,7 +171,7 @@ def model_owner(
 
 
 def data_owner(
-    meeting: Meeting, spec: ModelSpec, images: torch.Tensor, progress: Progress = _quiet
+    meeting: Meeting, spec: ModelSpec, images: torch.Tensor, progress: Progress = no_progress
 ) -> tuple[torch.Tensor, PartyStats]:
     """Share the images, run the model owner's shared model; return the logits (only here)."""
     model = spec.build()  # the architecture only: the weights come shared from the owner

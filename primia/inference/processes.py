@@ -227,6 +227,20 @@ class PartyPool:
         with self._lock:
             self._idle.extend(started)
 
+    def wait_warm(self, timeout_s: float) -> bool:
+        """Wait until ``size`` idle processes are ready (benchmarks time warm sessions)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                idle = list(self._idle)
+            if len(idle) >= self.size and all(p.ready(0) for p in idle):
+                return True
+            if idle:
+                idle[-1].ready(min(1.0, max(deadline - time.monotonic(), 0.0)))
+            else:
+                time.sleep(0.2)
+        return False
+
     @property
     def idle(self) -> int:
         with self._lock:
@@ -264,7 +278,7 @@ class PartyPool:
 
 
 def crypto_provider(
-    meeting: parties.Meeting, progress: parties.Progress = parties._quiet
+    meeting: parties.Meeting, progress: parties.Progress = parties.no_progress
 ) -> parties.PartyStats:
     return parties.crypto_provider(meeting, progress)
 
@@ -274,7 +288,7 @@ def model_owner(
     spec: ModelSpec,
     weights: bytes,
     shape: tuple[int, ...],
-    progress: parties.Progress = parties._quiet,
+    progress: parties.Progress = parties.no_progress,
 ) -> parties.PartyStats:
     """The model owner's party; ``weights`` are safetensors bytes (the pipe copies them)."""
     return parties.model_owner(meeting, spec, load_safetensors(weights), shape, progress)
@@ -284,7 +298,7 @@ def data_owner(
     meeting: parties.Meeting,
     spec: ModelSpec,
     images: np.ndarray,
-    progress: parties.Progress = parties._quiet,
+    progress: parties.Progress = parties.no_progress,
 ) -> tuple[np.ndarray, parties.PartyStats]:
     logits, stats = parties.data_owner(meeting, spec, torch.from_numpy(images), progress)
     return logits.numpy(), stats

@@ -74,9 +74,9 @@ def tensor_header(tensor: torch.Tensor) -> bytes:
 
 
 def tensor_payload(tensor: torch.Tensor) -> memoryview:
-    """``tensor``'s elements, little-endian, C order, in a buffer of their own (a copy, so
-    the caller may change ``tensor`` while the frame waits to be sent)."""
-    array = tensor.detach().cpu().contiguous().clone().numpy()
+    """``tensor``'s elements, little-endian, C order (a view where the tensor is already
+    contiguous: send it before changing the tensor)."""
+    array = tensor.detach().cpu().contiguous().numpy()
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     return memoryview(array.data).cast("B")
