@@ -37,7 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_encrypted_inference import crypten_data_owner, crypten_model_owner, radiographs
+from bench_encrypted_inference import (
+    batchnorm_copy,
+    crypten_data_owner,
+    crypten_model_owner,
+    radiographs,
+)
 from machine import CpuWatch, load_average
 
 from primia.inference.client import predict
@@ -128,6 +133,9 @@ def _local(
     """Seconds per image of warm run_local sessions: TLS and gloo alternating, then plain
     CrypTen."""
     pool = PartyPool(3, threads=threads, name="bench")
+    model = spec.build()
+    model.load_state_dict(state)
+    crypten_state = batchnorm_copy(model, seed=0).state_dict()
     times: dict[str, list[float]] = {"tls": [], "gloo": [], "crypten": []}
     try:
         order = [("tls", True), ("gloo", False)] * repeats
@@ -141,8 +149,10 @@ def _local(
                 if label == "crypten"
                 else {}
             )
+            # plain CrypTen runs the BatchNorm copy of the model (its converter's input)
+            weights = crypten_state if label == "crypten" else state
             run = run_local(
-                spec, state, images, secure=secure, pool=pool, threads=threads, **functions
+                spec, weights, images, secure=secure, pool=pool, threads=threads, **functions
             )
             times[label].append(run.seconds / len(images))
     finally:
