@@ -276,13 +276,17 @@ def unconvertible(model: nn.Module, shape: tuple[int, ...]) -> str | None:
 
 
 def crypten_model_owner(
-    rendezvous: parties.Rendezvous, spec: ModelSpec, weights: bytes, shape: tuple[int, ...]
+    rendezvous: parties.Meeting,
+    spec: ModelSpec,
+    weights: bytes,
+    shape: tuple[int, ...],
+    progress: parties.Progress = parties.no_progress,
 ) -> parties.PartyStats:
     """Plain CrypTen's model owner: convert the BatchNorm copy, share it, run it."""
     model = batchnorm_copy(spec.build(), seed=0)
     model.load_state_dict(load_safetensors(weights))
     converted = from_pytorch(import_crypten(), model, shape)
-    with parties.join(rendezvous, parties.MODEL_OWNER) as session:
+    with parties.join(rendezvous, parties.MODEL_OWNER, progress) as session:
         crypten = session.crypten
         private = converted.encrypt(src=parties.MODEL_OWNER).eval()
         images = crypten.cryptensor(torch.zeros(shape), src=parties.DATA_OWNER)
@@ -291,13 +295,16 @@ def crypten_model_owner(
 
 
 def crypten_data_owner(
-    rendezvous: parties.Rendezvous, spec: ModelSpec, images: np.ndarray
+    rendezvous: parties.Meeting,
+    spec: ModelSpec,
+    images: np.ndarray,
+    progress: parties.Progress = parties.no_progress,
 ) -> tuple[np.ndarray, parties.PartyStats]:
     """Plain CrypTen's data owner: the same graph (other values), the owner's weights."""
     shape = tuple(images.shape)
     model = batchnorm_copy(spec.build(), seed=1)  # the architecture only
     converted = from_pytorch(import_crypten(), model, shape)
-    with parties.join(rendezvous, parties.DATA_OWNER) as session:
+    with parties.join(rendezvous, parties.DATA_OWNER, progress) as session:
         crypten = session.crypten
         private = converted.encrypt(src=parties.MODEL_OWNER).eval()
         shared = crypten.cryptensor(torch.from_numpy(images), src=parties.DATA_OWNER)

@@ -9,7 +9,11 @@
 :func:`predict` checks the images against the model's public description before it asks
 for a session, so a wrong size or channel count costs no MPC. The data owner's party runs
 in a process of its own with the session's deadline: if the model owner vanishes, the
-call fails when the deadline passes instead of hanging.
+call fails when the deadline passes instead of hanging. Its MPC links admit only the model
+owner (the name in ``server_name``) and the crypto provider the offer names (one of
+``crypto_providers`` if that is set), both by their certificates. A
+:class:`~primia.inference.processes.PartyPool` passed as ``pool`` keeps its processes warm
+between predictions.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ import torch
 from primia.errors import PrimiaError
 from primia.inference import processes
 from primia.inference.inputs import check_images, probabilities
+from primia.inference.links import LinkPeer, LinkPlan
 from primia.inference.parties import (
+    CRYPTO_PROVIDER,
     DATA_OWNER,
+    MODEL_OWNER,
     WORLD_SIZE,
     PartyStats,
-    Rendezvous,
-    use_network_interface,
 )
 from primia.inference.party_config import DataOwnerConfig
 from primia.models.checkpoint import ModelSpec
@@ -38,7 +43,7 @@ from primia.rpc.generated import inference_pb2 as pb
 from primia.rpc.generated import inference_pb2_grpc as pb_grpc
 from primia.rpc.tls import secure_channel
 
-CALL_TIMEOUT_S = 60.0
+CALL_TIMEOUT_S = 300.0
 """How long a Describe or OpenSession call may take (the latter starts processes)."""
 DEADLINE_MARGIN_S = 30.0
 """The data owner's party outlives the model owner's deadline by this much at most."""
@@ -72,7 +77,11 @@ def describe_model(config: DataOwnerConfig) -> ServedModel:
 
 
 def predict(
-    images: torch.Tensor, config: DataOwnerConfig, *, served: ServedModel | None = None
+    images: torch.Tensor,
+    config: DataOwnerConfig,
+    *,
+    served: ServedModel | None = None,
+    pool: processes.PartyPool | None = None,
 ) -> Prediction:
     """Encrypted inference on ``images`` (N, C, S, S in [0, 1]); only this process learns
     the logits. ``served`` is the model's description if the caller has it already."""
@@ -81,22 +90,79 @@ def predict(
         stub = pb_grpc.ModelOwnerStub(channel)
         served = served or _describe(config, stub)
         check_images(images, served.spec, served.max_batch)
+        # without a pool, start the party process before asking, so that the session's
+        # short join deadline is not spent importing CrypTen
+        if pool is None:
+            pool = processes.PartyPool(0, threads=config.threads)
+            pool.prestart(1)
         request = pb.SessionRequest(input_shape=list(images.shape))
         offer = _call(config, stub.OpenSession, request)
+    return join_session(offer, images, config, pool=pool, started=started)
+
+
+def link_plan(offer: pb.SessionOffer, config: DataOwnerConfig) -> LinkPlan:
+    """The data owner's links for ``offer``: to the model owner named ``server_name`` and
+    to the crypto provider the offer names, if ``crypto_providers`` admits it."""
     if offer.world_size != WORLD_SIZE or offer.rank != DATA_OWNER:
         raise PredictionFailed(
             f"the model owner offered rank {offer.rank} of {offer.world_size}; this version "
             f"joins as rank {DATA_OWNER} of {WORLD_SIZE}: upgrade one of the two"
         )
-    spec = _spec(offer.model)
-    use_network_interface(config.network_interface)
-    party = processes.PartyProcess(
-        f"data owner of session {offer.session_id}",
-        processes.data_owner,
-        (Rendezvous(offer.rendezvous_host, offer.rendezvous_port), spec, images.float().numpy()),
-        threads=config.threads,
+    dealer = offer.crypto_provider_name
+    if config.crypto_providers and dealer not in config.crypto_providers:
+        raise PredictionFailed(
+            f"the model owner named the crypto provider {dealer!r}, not one of "
+            f"{', '.join(config.crypto_providers)} (crypto_providers)"
+        )
+    if not dealer or dealer == config.server_name:
+        raise PredictionFailed(
+            f"the model owner named {dealer!r} as the crypto provider: it must be a third party"
+        )
+    return LinkPlan(
+        offer.session_id,
+        DATA_OWNER,
+        (
+            LinkPeer(
+                MODEL_OWNER,
+                config.server_name,
+                ("inference",),
+                offer.rendezvous_host,
+                offer.rendezvous_port,
+            ),
+            LinkPeer(
+                CRYPTO_PROVIDER,
+                dealer,
+                ("inference",),
+                offer.crypto_provider_host,
+                offer.crypto_provider_port,
+            ),
+        ),
+        config.tls,
+        join_timeout_s=offer.join_timeout_s or 30.0,
     )
-    party.start()
+
+
+def join_session(
+    offer: pb.SessionOffer,
+    images: torch.Tensor,
+    config: DataOwnerConfig,
+    *,
+    pool: processes.PartyPool | None = None,
+    started: float | None = None,
+) -> Prediction:
+    """Run the data owner's party of the session ``offer`` describes on ``images``."""
+    started = time.perf_counter() if started is None else started
+    plan = link_plan(offer, config)
+    spec = _spec(offer.model)
+    name = f"data owner of session {offer.session_id}"
+    arguments = (plan, spec, images.float().numpy())
+    if pool is None:
+        party = processes.PartyProcess(
+            name, processes.data_owner, arguments, threads=config.threads
+        )
+        party.start()
+    else:
+        party = pool.take(name, processes.data_owner, arguments)
     try:
         outcome = party.wait(offer.deadline_s + DEADLINE_MARGIN_S)
     finally:

@@ -123,9 +123,16 @@ def _write_configs(out: Path, model_owner_port: int, dealer_port: int) -> None:
             "threads": 1,  # three parties share this machine's cores
             "tls": _tls("model-owner"),
         },
-        "crypto-provider": {"listen": f"127.0.0.1:{dealer_port}", "tls": _tls("crypto-provider")},
+        "crypto-provider": {
+            "listen": f"127.0.0.1:{dealer_port}",
+            "mpc_host": "127.0.0.1",
+            # the only model owner it deals for, and the only address it dials for it
+            "model_owners": [{"name": "model-owner", "host": "127.0.0.1", "ports": [29500, 29599]}],
+            "tls": _tls("crypto-provider"),
+        },
         "data-owner": {
             "server": f"127.0.0.1:{model_owner_port}",
+            "crypto_providers": ["crypto-provider"],
             "threads": 1,
             "tls": _tls("data-owner"),
         },

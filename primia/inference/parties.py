@@ -1,10 +1,14 @@
 """The three parties of an encrypted inference session, each in its own process.
 
 Ranks: 0 the model owner, 1 the data owner, 2 the crypto provider (CrypTen's TTP dealer,
-which deals Beaver triples and learns nothing of inputs or weights). They meet at a
-rendezvous (``tcp://host:port``, gloo over TCP). CrypTen's default "trusted first party"
-provider lets party 0 generate every triple, so the model owner could unmask the image;
-it is never used: :func:`join` sets the TTP provider before CrypTen starts.
+which deals Beaver triples and learns nothing of inputs or weights). They talk over the
+session's mutual-TLS links (a :class:`~primia.inference.links.LinkPlan`, see
+:mod:`primia.inference.links` and :mod:`primia.inference.communicator`). A
+:class:`Rendezvous` instead runs CrypTen's own gloo process group, unauthenticated and
+unencrypted: only benchmarks use it, to measure what the secured links cost. CrypTen's
+default "trusted first party" provider lets party 0 generate every triple, so the model
+owner could unmask the image; it is never used: :func:`join` sets the TTP provider before
+CrypTen starts.
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ import resource
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from primia.inference import communicator
 from primia.inference.compat import import_crypten
 from primia.inference.encrypted import EncryptedModel
+from primia.inference.links import LinkPlan, bind_listener, establish
 from primia.models.checkpoint import ModelSpec
 
 MODEL_OWNER = 0
@@ -32,15 +38,10 @@ WORLD_SIZE = 2
 """The computing parties; the crypto provider joins as rank WORLD_SIZE."""
 
 
-def use_network_interface(name: str) -> None:
-    """Have gloo (in the party processes started from now on) use interface ``name``;
-    empty: the interface of the host name."""
-    if name:
-        os.environ["GLOO_SOCKET_IFNAME"] = name
-
-
 @dataclass(frozen=True)
 class Rendezvous:
+    """A gloo rendezvous (unauthenticated, unencrypted; benchmarks only)."""
+
     host: str
     port: int
 
@@ -86,21 +87,43 @@ class _Session:
         )
 
 
+Meeting = LinkPlan | Rendezvous
+"""How a party meets its peers."""
+Progress = Callable[[str, int], None]
+"""Told ``("listening", port)`` once the party listens for its peers, ``("joined", 0)`` once
+its links are up (see :mod:`primia.inference.processes`)."""
+
+
+def no_progress(event: str, value: int) -> None:
+    return None
+
+
 @contextmanager
-def join(rendezvous: Rendezvous, rank: int) -> Iterator[_Session]:
+def join(meeting: Meeting, rank: int, progress: Progress = no_progress) -> Iterator[_Session]:
     """Start CrypTen as ``rank`` with the TTP provider, counting what it communicates."""
     started = time.perf_counter()
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TTP"
     crypten.cfg.communicator.verbose = True
-    os.environ.update(
-        {
-            "WORLD_SIZE": str(WORLD_SIZE),
-            "RANK": str(rank),
-            "RENDEZVOUS": rendezvous.url,
-            "DISTRIBUTED_BACKEND": "gloo",
-        }
-    )
+    if isinstance(meeting, LinkPlan):
+        if meeting.rank != rank:
+            raise ValueError(f"the link plan is rank {meeting.rank}'s, not rank {rank}'s")
+        listener = None
+        if meeting.listens:
+            listener = bind_listener(meeting.listen_host, meeting.listen_ports)
+            progress("listening", listener.getsockname()[1])
+        links = establish(meeting, listener)
+        progress("joined", 0)
+        communicator.install(links, world_size=WORLD_SIZE)
+    else:
+        os.environ.update(
+            {
+                "WORLD_SIZE": str(WORLD_SIZE),
+                "RANK": str(rank),
+                "RENDEZVOUS": meeting.url,
+                "DISTRIBUTED_BACKEND": "gloo",
+            }
+        )
     crypten.init()
     try:
         yield _Session(crypten, rank, started)
@@ -120,9 +143,9 @@ def open_to(x: Any, rank: int) -> torch.Tensor | None:
     return None if raw is None else (raw.double() / x.encoder.scale).float()
 
 
-def crypto_provider(rendezvous: Rendezvous) -> PartyStats:
+def crypto_provider(meeting: Meeting, progress: Progress = no_progress) -> PartyStats:
     """Deal correlated randomness until the model owner ends the session."""
-    with join(rendezvous, CRYPTO_PROVIDER) as session, warnings.catch_warnings():
+    with join(meeting, CRYPTO_PROVIDER, progress) as session, warnings.catch_warnings():
         # TTPServer calls crypten.init() again, which warns that CrypTen is initialised
         warnings.filterwarnings("ignore", "CrypTen is already initialized")
         session.crypten.mpc.provider.TTPServer()
@@ -130,15 +153,16 @@ def crypto_provider(rendezvous: Rendezvous) -> PartyStats:
 
 
 def model_owner(
-    rendezvous: Rendezvous,
+    meeting: Meeting,
     spec: ModelSpec,
     state: dict[str, torch.Tensor],
     input_shape: tuple[int, ...],
+    progress: Progress = no_progress,
 ) -> PartyStats:
     """Share the weights, run the model on the data owner's shared images; learn nothing."""
     model = spec.build()
     model.load_state_dict(state)
-    with join(rendezvous, MODEL_OWNER) as session:
+    with join(meeting, MODEL_OWNER, progress) as session:
         crypten = session.crypten
         encrypted = EncryptedModel(model, src=MODEL_OWNER, crypten=crypten)
         images = crypten.cryptensor(torch.zeros(input_shape), src=DATA_OWNER)
@@ -147,11 +171,11 @@ def model_owner(
 
 
 def data_owner(
-    rendezvous: Rendezvous, spec: ModelSpec, images: torch.Tensor
+    meeting: Meeting, spec: ModelSpec, images: torch.Tensor, progress: Progress = no_progress
 ) -> tuple[torch.Tensor, PartyStats]:
     """Share the images, run the model owner's shared model; return the logits (only here)."""
     model = spec.build()  # the architecture only: the weights come shared from the owner
-    with join(rendezvous, DATA_OWNER) as session:
+    with join(meeting, DATA_OWNER, progress) as session:
         crypten = session.crypten
         encrypted = EncryptedModel(model, src=MODEL_OWNER, crypten=crypten)
         shared = crypten.cryptensor(images, src=DATA_OWNER)

@@ -3,13 +3,16 @@
 The model owner (``primia infer serve --config model-owner.toml``)::
 
     listen = "0.0.0.0:50061"                   # gRPC (mutual TLS): data owners ask here
-    rendezvous_host = "10.8.0.1"               # this machine's address on the private network
+    rendezvous_host = "10.8.0.1"               # the address the MPC links listen on (one)
     rendezvous_ports = [29500, 29599]          # one port per concurrent session
     crypto_provider = "10.8.0.3:50062"
     crypto_provider_name = "crypto-provider"   # the name in its certificate
     max_sessions = 2
+    max_sessions_per_caller = 1                # open sessions one data owner may hold
     max_batch = 8
     session_timeout_s = 900
+    join_timeout_s = 30                        # a session not joined by then is ended
+    pool_size = 1                              # party processes kept started (warm)
 
     [tls]
     ca = "pki/ca.pem"
@@ -24,7 +27,15 @@ The model owner (``primia infer serve --config model-owner.toml``)::
 The crypto provider (``primia infer crypto-provider --config crypto-provider.toml``)::
 
     listen = "0.0.0.0:50062"
+    mpc_host = "10.8.0.3"                      # the address its MPC links listen on
+    mpc_ports = [29600, 29699]
     max_sessions = 4
+    max_sessions_per_caller = 2
+
+    [[model_owners]]                           # the only model owners it deals for
+    name = "model-owner"                       # the name in its certificate
+    host = "10.8.0.1"                          # the only address it dials for them
+    ports = [29500, 29599]                     # their rendezvous_ports
 
     [tls]  # its own certificate, role inference
 
@@ -32,12 +43,13 @@ The data owner (``primia infer predict --config data-owner.toml ...``)::
 
     server = "10.8.0.1:50061"
     server_name = "model-owner"                # the name in the model owner's certificate
+    crypto_providers = ["crypto-provider"]     # names it accepts; empty: any `inference`
 
     [tls]  # its certificate, role node or inference
 
-Relative paths are taken from the file's folder. ``network_interface`` (any file) names
-the interface gloo uses for the MPC links (e.g. ``"wg0"`` for a WireGuard VPN); empty, it
-uses the interface of the host name.
+Relative paths are taken from the file's folder. ``network_interface`` (any file) is read
+for older files and only matters to the unauthenticated gloo path benchmarks compare with:
+the MPC links listen on ``rendezvous_host`` / ``mpc_host`` and are mutual TLS.
 """
 
 from __future__ import annotations
@@ -64,8 +76,14 @@ class ModelOwnerConfig:
     allowed_data_owners: tuple[str, ...] = ()
     """Names (from their certificates) that may open sessions; empty: any of the consortium."""
     max_sessions: int = 2
+    max_sessions_per_caller: int = 1
+    """Open sessions one data owner (certificate name) may hold at once."""
     max_batch: int = 8
     session_timeout_s: float = 900.0
+    join_timeout_s: float = 30.0
+    """A session whose parties' links are not all up this long after it opened is ended."""
+    pool_size: int = 1
+    """Party processes kept started and idle, so a session starts computing at once."""
     threads: int = 0
     """Torch threads per session; 0: PyTorch's default (the machine's cores)."""
     network_interface: str = ""
@@ -75,31 +93,56 @@ class ModelOwnerConfig:
     def __post_init__(self) -> None:
         _check_address("listen", self.listen)
         _check_address("crypto_provider", self.crypto_provider)
-        if len(self.rendezvous_ports) != 2 or not (
-            0 < self.rendezvous_ports[0] <= self.rendezvous_ports[1] < 65536
-        ):
-            raise ConfigError(
-                f"rendezvous_ports must be [FIRST, LAST] with 0 < FIRST <= LAST < 65536, got "
-                f"{list(self.rendezvous_ports)}"
-            )
+        _check_ports("rendezvous_ports", self.rendezvous_ports)
+        _check_listen_host("rendezvous_host", self.rendezvous_host)
         _check_positive(
             max_sessions=self.max_sessions,
+            max_sessions_per_caller=self.max_sessions_per_caller,
             max_batch=self.max_batch,
             session_timeout_s=self.session_timeout_s,
+            join_timeout_s=self.join_timeout_s,
         )
+        _check_not_negative(pool_size=self.pool_size)
 
     @property
-    def ports(self) -> range:
-        return range(self.rendezvous_ports[0], self.rendezvous_ports[1] + 1)
+    def ports(self) -> tuple[int, int]:
+        return self.rendezvous_ports[0], self.rendezvous_ports[1]
+
+
+@dataclass(frozen=True)
+class ModelOwnerEntry:
+    """A model owner the crypto provider deals for, and where it dials that model owner."""
+
+    name: str
+    """The name in its certificate."""
+    host: str
+    """The address of its MPC links (its ``rendezvous_host``)."""
+    ports: tuple[int, ...] = (29500, 29599)
+    """Its ``rendezvous_ports``: a Deal naming a port outside is refused."""
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.host:
+            raise ConfigError("every [[model_owners]] entry needs a name and a host")
+        _check_ports(f"model_owners {self.name!r} ports", self.ports)
 
 
 @dataclass(frozen=True)
 class CryptoProviderConfig:
     tls: TLSFiles
     listen: str = "0.0.0.0:50062"
+    mpc_host: str = "127.0.0.1"
+    """The address its MPC links listen on (for data owners) and that it tells them."""
+    mpc_ports: tuple[int, ...] = (29600, 29699)
+    model_owners: tuple[ModelOwnerEntry, ...] = ()
+    """The only model owners it deals for; empty: it deals for none."""
     max_sessions: int = 4
+    max_sessions_per_caller: int = 2
+    """Sessions one model owner may have it deal for at once."""
     session_timeout_s: float = 900.0
     """The longest a session may hold a dealer, whatever the model owner asks."""
+    join_timeout_s: float = 30.0
+    """A session whose links are not all up this long after the Deal is ended."""
+    pool_size: int = 1
     threads: int = 1
     """Torch threads per session; dealing is light."""
     network_interface: str = ""
@@ -107,7 +150,18 @@ class CryptoProviderConfig:
 
     def __post_init__(self) -> None:
         _check_address("listen", self.listen)
-        _check_positive(max_sessions=self.max_sessions, session_timeout_s=self.session_timeout_s)
+        _check_ports("mpc_ports", self.mpc_ports)
+        _check_listen_host("mpc_host", self.mpc_host)
+        _check_positive(
+            max_sessions=self.max_sessions,
+            max_sessions_per_caller=self.max_sessions_per_caller,
+            session_timeout_s=self.session_timeout_s,
+            join_timeout_s=self.join_timeout_s,
+        )
+        _check_not_negative(pool_size=self.pool_size)
+        names = [entry.name for entry in self.model_owners]
+        if len(set(names)) != len(names):
+            raise ConfigError("model_owners names a model owner twice; keep one entry each")
 
 
 @dataclass(frozen=True)
@@ -115,6 +169,9 @@ class DataOwnerConfig:
     tls: TLSFiles
     server: str = "127.0.0.1:50061"
     server_name: str = "model-owner"
+    crypto_providers: tuple[str, ...] = ()
+    """Crypto providers (certificate names) it accepts in a session; empty: any with role
+    ``inference`` that the model owner names."""
     threads: int = 0
     network_interface: str = ""
 
@@ -138,6 +195,27 @@ def _check_address(key: str, value: str) -> None:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"{key} {value!r} must be HOST:PORT")
+
+
+def _check_ports(key: str, ports: tuple[int, ...]) -> None:
+    if len(ports) != 2 or not (0 < ports[0] <= ports[1] < 65536):
+        raise ConfigError(
+            f"{key} must be [FIRST, LAST] with 0 < FIRST <= LAST < 65536, got {list(ports)}"
+        )
+
+
+def _check_listen_host(key: str, host: str) -> None:
+    if not host or host in ("0.0.0.0", "::"):
+        raise ConfigError(
+            f"{key} must be one address of this machine (the MPC links listen only there), "
+            f"not {host!r}"
+        )
+
+
+def _check_not_negative(**values: int) -> None:
+    for key, value in values.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be 0 or more, got {value}")
 
 
 def _check_positive(**values: float) -> None:

@@ -4,7 +4,9 @@
 >>> server.start(); server.wait()                             # doctest: +SKIP
 
 Each server reaps its sessions once a second (:meth:`SessionTable.reap`), so a session
-whose data owner vanished is stopped at its deadline even when no new request arrives.
+whose data owner vanished, or never came, is stopped at its deadline even when no new
+request arrives. Each keeps ``pool_size`` party processes started (a
+:class:`~primia.inference.processes.PartyPool`), so a session starts computing at once.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import grpc
 
 from primia.errors import ConfigError
 from primia.federated.weights import encode
-from primia.inference.parties import Rendezvous, use_network_interface
 from primia.inference.party_config import CryptoProviderConfig, ModelOwnerConfig
+from primia.inference.processes import PartyPool
 from primia.inference.service import CryptoProviderService, ModelOwnerService
 from primia.inference.sessions import (
     Dealer,
     DealerSessions,
+    DealFor,
+    Endpoint,
+    Limits,
     ModelOwnerSessions,
     Refusal,
     SessionRefused,
@@ -39,8 +44,9 @@ from primia.rpc.tls import secure_channel, server_credentials
 
 log = logging.getLogger(__name__)
 
-DEAL_TIMEOUT_S = 20.0
-"""How long the model owner waits for the crypto provider to accept a session."""
+DEAL_TIMEOUT_S = 150.0
+"""How long the model owner waits for the crypto provider to accept a session (its party
+process listening; a cold one on a busy machine takes a while)."""
 
 
 class InferenceServer:
@@ -111,22 +117,27 @@ def load_served_model(path: Path) -> tuple[ModelSpec, bytes]:
 def remote_dealer(address: str, server_name: str, tls: TLSFiles) -> Dealer:
     """A :data:`Dealer` that asks the crypto provider at ``address`` over mutual TLS."""
 
-    def deal(session_id: str, rendezvous: Rendezvous, deadline_s: float) -> None:
+    def deal(session_id: str, port: int, deadline_s: float, data_owner: str) -> Endpoint:
         with secure_channel(address, tls, server_name=server_name) as channel:
             request = pb.DealRequest(
                 session_id=session_id,
-                rendezvous_host=rendezvous.host,
-                rendezvous_port=rendezvous.port,
+                rendezvous_port=port,
                 deadline_s=deadline_s,
+                data_owner_name=data_owner,
             )
             try:
-                pb_grpc.CryptoProviderStub(channel).Deal(request, timeout=DEAL_TIMEOUT_S)
+                receipt = pb_grpc.CryptoProviderStub(channel).Deal(request, timeout=DEAL_TIMEOUT_S)
             except grpc.RpcError as error:
                 raise SessionRefused(
                     Refusal.UNAVAILABLE,
                     f"the crypto provider at {address} did not take the session: "
                     f"{error.code().name}: {error.details()}",
                 ) from error
+        if not receipt.host or not 0 < receipt.port < 65536:
+            raise SessionRefused(
+                Refusal.UNAVAILABLE, f"the crypto provider at {address} named no MPC port"
+            )
+        return Endpoint(receipt.host, receipt.port)
 
     return deal
 
@@ -137,18 +148,23 @@ def model_owner_server(
     """The model owner's server for the model at ``model`` (see :func:`load_served_model`)."""
     spec, weights = load_served_model(model)
     ca_pem, _, _ = config.tls.read()
-    use_network_interface(config.network_interface)
     sessions = ModelOwnerSessions(
         spec,
         weights,
         dealer=dealer
         or remote_dealer(config.crypto_provider, config.crypto_provider_name, config.tls),
+        tls=config.tls,
+        crypto_provider_name=config.crypto_provider_name,
         rendezvous_host=config.rendezvous_host,
         ports=config.ports,
-        max_sessions=config.max_sessions,
+        limits=Limits(
+            max_sessions=config.max_sessions,
+            max_sessions_per_caller=config.max_sessions_per_caller,
+            session_timeout_s=config.session_timeout_s,
+            join_timeout_s=config.join_timeout_s,
+        ),
         max_batch=config.max_batch,
-        session_timeout_s=config.session_timeout_s,
-        threads=config.threads,
+        pool=PartyPool(config.pool_size, threads=config.threads, name="model owner"),
     )
     service = ModelOwnerService(sessions, ca_pem=ca_pem, allowed=config.allowed_data_owners)
     return InferenceServer(
@@ -163,11 +179,23 @@ def model_owner_server(
 
 def crypto_provider_server(config: CryptoProviderConfig) -> InferenceServer:
     ca_pem, _, _ = config.tls.read()
-    use_network_interface(config.network_interface)
+    if not config.model_owners:
+        log.warning("no [[model_owners]] configured: this crypto provider deals for no one")
     sessions = DealerSessions(
-        max_sessions=config.max_sessions,
-        session_timeout_s=config.session_timeout_s,
-        threads=config.threads,
+        tls=config.tls,
+        model_owners=tuple(
+            DealFor(entry.name, entry.host, (entry.ports[0], entry.ports[1]))
+            for entry in config.model_owners
+        ),
+        mpc_host=config.mpc_host,
+        mpc_ports=(config.mpc_ports[0], config.mpc_ports[1]),
+        limits=Limits(
+            max_sessions=config.max_sessions,
+            max_sessions_per_caller=config.max_sessions_per_caller,
+            session_timeout_s=config.session_timeout_s,
+            join_timeout_s=config.join_timeout_s,
+        ),
+        pool=PartyPool(config.pool_size, threads=config.threads, name="crypto provider"),
     )
     service = CryptoProviderService(sessions, ca_pem=ca_pem)
     return InferenceServer(

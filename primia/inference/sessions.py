@@ -2,15 +2,21 @@
 
 No transport here: the gRPC servicers (:mod:`primia.inference.service`) call these.
 
-A session is one party process (:mod:`primia.inference.processes`) with a deadline:
+A session is one party process (:mod:`primia.inference.processes`, taken warm from a
+:class:`~primia.inference.processes.PartyPool`) with two deadlines:
 
-    RUNNING ──(the party reports)──────────▶ DONE | FAILED
-       └─────(the deadline passes: killed)─▶ EXPIRED
+    OPEN ──(its links are up)──▶ JOINED ──(the party reports)──▶ DONE | FAILED
+      │                            └──(session deadline: killed)──▶ EXPIRED
+      └──(join deadline passes: killed)───────────────────────────▶ EXPIRED
 
-Sessions are isolated: each has its own rendezvous port and its own processes, so two data
-owners' sessions never share a process group. A data owner that vanishes mid-session makes
-the others' gloo calls fail (the session ends FAILED) or leaves them waiting (it ends
-EXPIRED at its deadline); either way the process is gone and its port free.
+The join deadline (``join_timeout_s``, short) ends a session whose peers never come, so
+sessions opened and abandoned cannot hold the server's slots; the session deadline
+(``session_timeout_s``) bounds a joined one. A server runs at most ``max_sessions`` at
+once and at most ``max_sessions_per_caller`` for one caller (certificate name); beyond,
+the caller is refused (BUSY, gRPC RESOURCE_EXHAUSTED) with a message naming the limit.
+
+Sessions are isolated: each has its own processes and its own links, admitting only the
+peers named for it (:mod:`primia.inference.links`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from __future__ import annotations
 import enum
 import logging
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,13 +32,19 @@ from dataclasses import dataclass
 from primia.errors import PrimiaError
 from primia.inference import processes
 from primia.inference.inputs import check_input_shape
-from primia.inference.parties import WORLD_SIZE, Rendezvous
+from primia.inference.links import LinkPeer, LinkPlan
+from primia.inference.parties import CRYPTO_PROVIDER, DATA_OWNER, MODEL_OWNER, WORLD_SIZE
 from primia.models.checkpoint import ModelSpec
+from primia.pki import TLSFiles, identity_of
 
 log = logging.getLogger(__name__)
 
 FINISHED_KEPT = 100
 """Finished sessions remembered (for status and tests)."""
+LISTEN_TIMEOUT_S = 120.0
+"""How long a party process may take to listen for its peers (a cold one imports CrypTen)."""
+DATA_OWNER_ROLES = ("node", "inference")
+SERVER_ROLES = ("inference",)
 
 
 class SessionRefused(PrimiaError):
@@ -48,13 +59,17 @@ class Refusal(enum.Enum):
     INVALID = "invalid"
     """The request cannot be served as it is (wrong shape, too many images)."""
     BUSY = "busy"
-    """The server runs its maximum of sessions; try again later."""
+    """The server, or this caller, is at a limit on open sessions; try again later."""
     UNAVAILABLE = "unavailable"
     """A party the session needs (the crypto provider) cannot be reached."""
+    FORBIDDEN = "forbidden"
+    """The caller may not ask this (a model owner the crypto provider does not deal for, a
+    port outside the range configured for it)."""
 
 
 class SessionState(enum.Enum):
-    RUNNING = "running"
+    OPEN = "open"
+    JOINED = "joined"
     DONE = "done"
     FAILED = "failed"
     EXPIRED = "expired"
@@ -67,30 +82,42 @@ class Session:
     party: processes.PartyProcess
     deadline: float
     """On the monotonic clock."""
+    join_deadline: float
     port: int = 0
-    state: SessionState = SessionState.RUNNING
+    state: SessionState = SessionState.OPEN
     detail: str = ""
 
 
 class SessionTable:
     """The sessions of one server: started, watched, reaped at their deadlines."""
 
-    def __init__(self, *, max_sessions: int) -> None:
+    def __init__(self, *, max_sessions: int, max_sessions_per_caller: int | None = None) -> None:
         self.max_sessions = max_sessions
+        self.max_sessions_per_caller = max_sessions_per_caller or max_sessions
         self._lock = threading.Lock()
         self._reaping = threading.Lock()
         self._running: dict[str, Session] = {}
         self.finished: list[Session] = []
+        self.pool: processes.PartyPool | None = None
 
-    def reserve(self) -> None:
-        """Raise :class:`SessionRefused` (BUSY) if no session can start now."""
+    def reserve(self, caller: str) -> None:
+        """Raise :class:`SessionRefused` (BUSY, naming the limit) if ``caller`` may not
+        start a session now. Call it and :meth:`add` under one lock of the caller's."""
         self.reap()
         with self._lock:
             if len(self._running) >= self.max_sessions:
                 raise SessionRefused(
                     Refusal.BUSY,
-                    f"the server runs its maximum of {self.max_sessions} sessions; "
-                    "try again in a minute",
+                    f"the server runs its maximum of {self.max_sessions} sessions "
+                    "(max_sessions); try again in a minute",
+                )
+            held = sum(session.peer == caller for session in self._running.values())
+            if held >= self.max_sessions_per_caller:
+                raise SessionRefused(
+                    Refusal.BUSY,
+                    f"{caller} holds {held} open sessions, its limit "
+                    f"(max_sessions_per_caller = {self.max_sessions_per_caller}); finish one "
+                    "or wait for it to be ended",
                 )
 
     def add(self, session: Session) -> None:
@@ -114,10 +141,19 @@ class SessionTable:
         ended = []
         for session in self.running:
             outcome = session.party.wait(0)
-            if outcome is not None:
+            now = time.monotonic()
+            if session.state is SessionState.OPEN and session.party.joined:
+                session.state = SessionState.JOINED
+            if outcome is not None and outcome.error and session.state is SessionState.OPEN:
+                session.state = SessionState.EXPIRED
+                session.detail = f"its peers did not join within join_timeout_s: {outcome.error}"
+            elif outcome is not None:
                 session.state = SessionState.FAILED if outcome.error else SessionState.DONE
                 session.detail = outcome.error or _describe(outcome)
-            elif time.monotonic() > session.deadline:
+            elif session.state is SessionState.OPEN and now > session.join_deadline:
+                session.state = SessionState.EXPIRED
+                session.detail = "its peers did not join within join_timeout_s; stopped it"
+            elif now > session.deadline:
                 session.state = SessionState.EXPIRED
                 session.detail = "its deadline passed before the session ended; stopped it"
             else:
@@ -141,9 +177,19 @@ class SessionTable:
         return ended
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
         for session in self.running:
             session.party.kill()
         self.reap()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a party's MPC links listen."""
+
+    host: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -151,16 +197,30 @@ class Offer:
     """Where and how the data owner joins a session (sent back as a SessionOffer)."""
 
     session_id: str
-    rendezvous: Rendezvous
+    model_owner: Endpoint
+    crypto_provider: Endpoint
+    crypto_provider_name: str
     spec: ModelSpec
     input_shape: tuple[int, ...]
     deadline_s: float
+    join_timeout_s: float
     world_size: int = WORLD_SIZE
 
 
-Dealer = Callable[[str, Rendezvous, float], None]
-"""Asks the crypto provider to join session ``id`` at ``rendezvous`` for ``deadline_s``;
+Dealer = Callable[[str, int, float, str], Endpoint]
+"""Asks the crypto provider to deal for session ``id`` (the model owner's MPC port, the
+deadline, the data owner's name); returns where its party listens for the data owner, or
 raises :class:`SessionRefused` (UNAVAILABLE) when it cannot."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A server's limits on sessions (see the module's docstring)."""
+
+    max_sessions: int
+    max_sessions_per_caller: int
+    session_timeout_s: float
+    join_timeout_s: float
 
 
 class ModelOwnerSessions:
@@ -172,22 +232,29 @@ class ModelOwnerSessions:
         weights: bytes,
         *,
         dealer: Dealer,
+        tls: TLSFiles,
+        crypto_provider_name: str,
         rendezvous_host: str,
-        ports: range,
-        max_sessions: int,
+        ports: tuple[int, int],
+        limits: Limits,
         max_batch: int,
-        session_timeout_s: float,
-        threads: int = 0,
+        pool: processes.PartyPool,
     ) -> None:
         self.spec = spec
         self.max_batch = max_batch
-        self.table = SessionTable(max_sessions=max_sessions)
+        self.limits = limits
+        self.table = SessionTable(
+            max_sessions=limits.max_sessions,
+            max_sessions_per_caller=limits.max_sessions_per_caller,
+        )
+        self.table.pool = pool
         self._weights = weights
         self._dealer = dealer
+        self._tls = tls
+        self._dealer_name = crypto_provider_name
         self._host = rendezvous_host
         self._ports = ports
-        self._timeout_s = session_timeout_s
-        self._threads = threads
+        self._pool = pool
         self._opening = threading.Lock()
 
     def open(self, input_shape: tuple[int, ...], peer: str) -> Offer:
@@ -196,81 +263,173 @@ class ModelOwnerSessions:
             check_input_shape(input_shape, self.spec, self.max_batch)
         except PrimiaError as error:
             raise SessionRefused(Refusal.INVALID, str(error)) from error
-        with self._opening:  # one at a time, so two sessions never pick the same port
-            self.table.reserve()
-            port = self._free_port()
-            session_id = secrets.token_hex(8)
-            rendezvous = Rendezvous(self._host, port)
-            party = processes.PartyProcess(
+        if peer == self._dealer_name:
+            raise SessionRefused(Refusal.FORBIDDEN, f"{peer} is this server's crypto provider")
+        session_id = secrets.token_hex(8)
+        plan = LinkPlan(
+            session_id,
+            MODEL_OWNER,
+            (
+                LinkPeer(DATA_OWNER, peer, DATA_OWNER_ROLES),
+                LinkPeer(CRYPTO_PROVIDER, self._dealer_name, SERVER_ROLES),
+            ),
+            self._tls,
+            listen_host=self._host,
+            listen_ports=self._ports,
+            join_timeout_s=self.limits.join_timeout_s,
+        )
+        with self._opening:  # the limits hold for requests that arrive together
+            self.table.reserve(peer)
+            party = self._pool.take(
                 f"model owner of session {session_id}",
                 processes.model_owner,
-                (rendezvous, self.spec, self._weights, input_shape),
-                threads=self._threads,
+                (plan, self.spec, self._weights, input_shape),
             )
-            party.start()
+            now = time.monotonic()
             session = Session(
-                session_id, peer, party, time.monotonic() + self._timeout_s, port=port
+                session_id,
+                peer,
+                party,
+                deadline=now + self.limits.session_timeout_s,
+                join_deadline=now + self.limits.join_timeout_s + LISTEN_TIMEOUT_S,
             )
             self.table.add(session)
         try:
-            self._dealer(session_id, rendezvous, self._timeout_s)
+            port = _listening(party)
+            session.port = port
+            session.join_deadline = time.monotonic() + self.limits.join_timeout_s
+            dealer = self._dealer(session_id, port, self.limits.session_timeout_s, peer)
         except Exception:
             party.kill()
             self.table.reap()
             raise
         log.info(
-            "session %s opened for %s at %s, images %s",
+            "session %s opened for %s at %s:%d, images %s",
             session_id,
             peer,
-            rendezvous.url,
+            self._host,
+            port,
             "×".join(map(str, input_shape)),
         )
-        return Offer(session_id, rendezvous, self.spec, input_shape, self._timeout_s)
-
-    def _free_port(self) -> int:
-        in_use = self.table.ports_in_use()
-        for port in self._ports:
-            if port not in in_use and _bindable(port):
-                return port
-        raise SessionRefused(
-            Refusal.BUSY,
-            f"no free rendezvous port in {self._ports.start}-{self._ports.stop - 1}; "
-            "widen rendezvous_ports or wait for a session to end",
+        return Offer(
+            session_id,
+            Endpoint(self._host, port),
+            dealer,
+            self._dealer_name,
+            self.spec,
+            input_shape,
+            self.limits.session_timeout_s,
+            self.limits.join_timeout_s,
         )
+
+
+@dataclass(frozen=True)
+class DealFor:
+    """A model owner the crypto provider deals for: its name and its MPC address."""
+
+    name: str
+    host: str
+    ports: tuple[int, int]
 
 
 class DealerSessions:
-    """The crypto provider's side: one dealing process per session."""
+    """The crypto provider's side: one dealing process per session, only for the model
+    owners of its configuration, dialling only the address configured for each."""
 
-    def __init__(self, *, max_sessions: int, session_timeout_s: float, threads: int = 1) -> None:
-        self.table = SessionTable(max_sessions=max_sessions)
-        self._timeout_s = session_timeout_s
-        self._threads = threads
-
-    def deal(self, session_id: str, rendezvous: Rendezvous, deadline_s: float, peer: str) -> None:
-        """Join ``rendezvous`` as the dealer until the session ends or ``deadline_s`` passes
-        (at most this provider's own ``session_timeout_s``)."""
-        self.table.reserve()
-        party = processes.PartyProcess(
-            f"crypto provider of session {session_id}",
-            processes.crypto_provider,
-            (rendezvous,),
-            threads=self._threads,
+    def __init__(
+        self,
+        *,
+        tls: TLSFiles,
+        model_owners: tuple[DealFor, ...],
+        mpc_host: str,
+        mpc_ports: tuple[int, int],
+        limits: Limits,
+        pool: processes.PartyPool,
+    ) -> None:
+        self.limits = limits
+        self.table = SessionTable(
+            max_sessions=limits.max_sessions,
+            max_sessions_per_caller=limits.max_sessions_per_caller,
         )
-        party.start()
-        deadline = time.monotonic() + min(deadline_s, self._timeout_s)
-        self.table.add(Session(session_id, peer, party, deadline))
-        log.info("dealing for session %s of %s at %s", session_id, peer, rendezvous.url)
+        self.table.pool = pool
+        self._tls = tls
+        self._own_name = identity_of(tls.read()[1]).name
+        self._model_owners = {entry.name: entry for entry in model_owners}
+        self._host = mpc_host
+        self._ports = mpc_ports
+        self._pool = pool
+        self._dealing = threading.Lock()
 
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    def deal(
+        self, session_id: str, port: int, deadline_s: float, data_owner: str, caller: str
+    ) -> Endpoint:
+        """Deal for ``caller``'s session ``session_id`` with ``data_owner``, until it ends
+        or ``deadline_s`` passes (at most this provider's own ``session_timeout_s``);
+        return where this party listens for the data owner."""
+        entry = self._model_owners.get(caller)
+        if entry is None:
+            raise SessionRefused(
+                Refusal.FORBIDDEN,
+                f"{caller} is not among the model owners this crypto provider deals for; "
+                "its operator adds it under [[model_owners]]",
+            )
+        first, last = entry.ports
+        if not first <= port <= last:
+            raise SessionRefused(
+                Refusal.FORBIDDEN,
+                f"port {port} is outside {caller}'s configured ports {first}-{last}",
+            )
+        if not data_owner or data_owner in (caller, self._own_name):
+            raise SessionRefused(
+                Refusal.INVALID, f"the data owner {data_owner!r} cannot be a party of its own"
+            )
+        plan = LinkPlan(
+            session_id,
+            CRYPTO_PROVIDER,
+            (
+                LinkPeer(MODEL_OWNER, caller, SERVER_ROLES, entry.host, port),
+                LinkPeer(DATA_OWNER, data_owner, DATA_OWNER_ROLES),
+            ),
+            self._tls,
+            listen_host=self._host,
+            listen_ports=self._ports,
+            join_timeout_s=self.limits.join_timeout_s,
+        )
+        with self._dealing:
+            self.table.reserve(caller)
+            party = self._pool.take(
+                f"crypto provider of session {session_id}", processes.crypto_provider, (plan,)
+            )
+            now = time.monotonic()
+            session = Session(
+                session_id,
+                caller,
+                party,
+                deadline=now + min(deadline_s, self.limits.session_timeout_s),
+                join_deadline=now + self.limits.join_timeout_s + LISTEN_TIMEOUT_S,
+            )
+            self.table.add(session)
         try:
-            probe.bind(("", port))
-        except OSError:
-            return False
-    return True
+            session.port = _listening(party)
+        except Exception:
+            party.kill()
+            self.table.reap()
+            raise
+        session.join_deadline = time.monotonic() + self.limits.join_timeout_s
+        log.info("dealing for session %s of %s with %s", session_id, caller, data_owner)
+        return Endpoint(self._host, session.port)
+
+
+def _listening(party: processes.PartyProcess) -> int:
+    port = party.listening(LISTEN_TIMEOUT_S)
+    if port is None:
+        outcome = party.wait(0)
+        raise SessionRefused(
+            Refusal.UNAVAILABLE,
+            f"the {party.name} did not start listening: "
+            f"{outcome.error if outcome else f'not within {LISTEN_TIMEOUT_S:g} s'}",
+        )
+    return port
 
 
 def _describe(outcome: processes.PartyOutcome) -> str:

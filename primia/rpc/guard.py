@@ -42,10 +42,10 @@ from primia.limits import (
     LimitExceeded,
     LogThrottle,
     ServerLimits,
-    check_strings,
     clean_text,
 )
 from primia.pki import CertificateRejected
+from primia.rpc.text_fields import check_strings
 from primia.rpc.tls import peer_identity, server_options
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,13 @@ from PIL import Image
 from primia import pki
 from primia.errors import DataError
 from primia.inference import processes
-from primia.inference.client import PredictionFailed, describe_model, predict
-from primia.inference.parties import Rendezvous
-from primia.inference.party_config import CryptoProviderConfig, DataOwnerConfig, ModelOwnerConfig
+from primia.inference.client import PredictionFailed, describe_model, link_plan, predict
+from primia.inference.party_config import (
+    CryptoProviderConfig,
+    DataOwnerConfig,
+    ModelOwnerConfig,
+    ModelOwnerEntry,
+)
 from primia.inference.server import InferenceServer, crypto_provider_server, model_owner_server
 from primia.inference.sessions import SessionState
 from primia.launch import free_port
@@ -51,20 +55,36 @@ class Parties:
     pki_dir: Path
 
 
+OWNER_PORTS = (29700, 29799)
+
+
 def _start(
-    pki_dir: Path, model_path: Path, *, session_timeout_s: float = 120.0, dealer_port: int = 0
+    pki_dir: Path,
+    model_path: Path,
+    *,
+    session_timeout_s: float = 120.0,
+    join_timeout_s: float = 30.0,
+    dealer_port: int = 0,
 ) -> tuple[InferenceServer, InferenceServer]:
     dealer = crypto_provider_server(
-        CryptoProviderConfig(tls=pki.tls_files(pki_dir, "crypto-provider"), listen="127.0.0.1:0")
+        CryptoProviderConfig(
+            tls=pki.tls_files(pki_dir, "crypto-provider"),
+            listen="127.0.0.1:0",
+            mpc_ports=(29800, 29899),
+            model_owners=(ModelOwnerEntry("model-owner", "127.0.0.1", OWNER_PORTS),),
+            join_timeout_s=join_timeout_s,
+        )
     )
     port = dealer.start()
     owner_config = ModelOwnerConfig(
         tls=pki.tls_files(pki_dir, "model-owner"),
         listen="127.0.0.1:0",
         crypto_provider=f"127.0.0.1:{dealer_port or port}",
-        rendezvous_ports=(29700, 29799),
+        rendezvous_ports=OWNER_PORTS,
         max_batch=4,
+        max_sessions_per_caller=2,
         session_timeout_s=session_timeout_s,
+        join_timeout_s=join_timeout_s,
     )
     owner = model_owner_server(owner_config, model_path)
     owner.start()
@@ -170,7 +190,7 @@ def test_certificates_with_the_wrong_role_are_refused(parties: Parties) -> None:
     files = pki.tls_files(parties.pki_dir, "site1")
     with secure_channel(dealer_address, files, server_name="crypto-provider") as channel:
         request = pb.DealRequest(
-            session_id="x", rendezvous_host="127.0.0.1", rendezvous_port=1, deadline_s=5
+            session_id="x", rendezvous_port=29700, deadline_s=5, data_owner_name="site1"
         )
         with pytest.raises(grpc.RpcError) as refused:
             pb_grpc.CryptoProviderStub(channel).Deal(request, timeout=30)
@@ -188,7 +208,7 @@ def test_a_data_owner_that_vanishes_does_not_hang_the_servers(parties: Parties) 
     party = processes.PartyProcess(
         "data owner",
         processes.data_owner,
-        (Rendezvous("127.0.0.1", joined.rendezvous_port), SPEC, images.numpy()),
+        (link_plan(joined, _config(parties, "site1")), SPEC, images.numpy()),
         threads=1,
     )
     party.start()
@@ -218,6 +238,12 @@ def test_an_unreachable_crypto_provider_is_reported(consortium_pki: Path, tmp_pa
     finally:
         owner.stop()
         dealer.stop()
+
+
+def _config(parties: Parties, name: str) -> DataOwnerConfig:
+    return DataOwnerConfig(
+        tls=pki.tls_files(parties.pki_dir, name), server=parties.data_owner.server
+    )
 
 
 class _stub:

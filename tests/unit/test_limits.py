@@ -6,8 +6,8 @@ import pytest
 
 from primia.config import from_mapping
 from primia.errors import ConfigError
-from primia.federated.coordinator_config import CoordinatorConfig
 from primia.federated.coordinator import FederationStatus
+from primia.federated.coordinator_config import CoordinatorConfig
 from primia.federated.registry import NodeStatus
 from primia.federated.status_access import StatusAccess, StatusDenied
 from primia.limits import (

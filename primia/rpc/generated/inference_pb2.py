@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from primia.rpc.generated import federation_pb2 as primia_dot_v1_dot_federation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19primia/v1/inference.proto\x12\tprimia.v1\x1a\x1aprimia/v1/federation.proto\"\x11\n\x0f\x44\x65scribeRequest\"I\n\x10ModelDescription\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.primia.v1.ModelSpec\x12\x11\n\tmax_batch\x18\x02 \x01(\r\"%\n\x0eSessionRequest\x12\x13\n\x0binput_shape\x18\x01 \x03(\r\"\xcb\x01\n\x0cSessionOffer\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x17\n\x0frendezvous_host\x18\x02 \x01(\t\x12\x17\n\x0frendezvous_port\x18\x03 \x01(\r\x12\x12\n\nworld_size\x18\x04 \x01(\r\x12\x0c\n\x04rank\x18\x05 \x01(\r\x12*\n\x05model\x18\x06 \x01(\x0b\x32\x1b.primia.v1.ModelDescription\x12\x13\n\x0binput_shape\x18\x07 \x03(\r\x12\x12\n\ndeadline_s\x18\x08 \x01(\x01\"g\n\x0b\x44\x65\x61lRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x17\n\x0frendezvous_host\x18\x02 \x01(\t\x12\x17\n\x0frendezvous_port\x18\x03 \x01(\r\x12\x12\n\ndeadline_s\x18\x04 \x01(\x01\"\x1b\n\x0b\x44\x65\x61lReceipt\x12\x0c\n\x04rank\x18\x01 \x01(\r2\x94\x01\n\nModelOwner\x12\x43\n\x08\x44\x65scribe\x12\x1a.primia.v1.DescribeRequest\x1a\x1b.primia.v1.ModelDescription\x12\x41\n\x0bOpenSession\x12\x19.primia.v1.SessionRequest\x1a\x17.primia.v1.SessionOffer2H\n\x0e\x43ryptoProvider\x12\x36\n\x04\x44\x65\x61l\x12\x16.primia.v1.DealRequest\x1a\x16.primia.v1.DealReceiptb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19primia/v1/inference.proto\x12\tprimia.v1\x1a\x1aprimia/v1/federation.proto\"\x11\n\x0f\x44\x65scribeRequest\"I\n\x10ModelDescription\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.primia.v1.ModelSpec\x12\x11\n\tmax_batch\x18\x02 \x01(\r\"%\n\x0eSessionRequest\x12\x13\n\x0binput_shape\x18\x01 \x03(\r\"\xbd\x02\n\x0cSessionOffer\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x17\n\x0frendezvous_host\x18\x02 \x01(\t\x12\x17\n\x0frendezvous_port\x18\x03 \x01(\r\x12\x12\n\nworld_size\x18\x04 \x01(\r\x12\x0c\n\x04rank\x18\x05 \x01(\r\x12*\n\x05model\x18\x06 \x01(\x0b\x32\x1b.primia.v1.ModelDescription\x12\x13\n\x0binput_shape\x18\x07 \x03(\r\x12\x12\n\ndeadline_s\x18\x08 \x01(\x01\x12\x1c\n\x14\x63rypto_provider_host\x18\t \x01(\t\x12\x1c\n\x14\x63rypto_provider_port\x18\n \x01(\r\x12\x1c\n\x14\x63rypto_provider_name\x18\x0b \x01(\t\x12\x16\n\x0ejoin_timeout_s\x18\x0c \x01(\x01\"~\n\x0b\x44\x65\x61lRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x17\n\x0frendezvous_port\x18\x03 \x01(\r\x12\x12\n\ndeadline_s\x18\x04 \x01(\x01\x12\x17\n\x0f\x64\x61ta_owner_name\x18\x05 \x01(\tJ\x04\x08\x02\x10\x03R\x0frendezvous_host\"7\n\x0b\x44\x65\x61lReceipt\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r2\x94\x01\n\nModelOwner\x12\x43\n\x08\x44\x65scribe\x12\x1a.primia.v1.DescribeRequest\x1a\x1b.primia.v1.ModelDescription\x12\x41\n\x0bOpenSession\x12\x19.primia.v1.SessionRequest\x1a\x17.primia.v1.SessionOffer2H\n\x0e\x43ryptoProvider\x12\x36\n\x04\x44\x65\x61l\x12\x16.primia.v1.DealRequest\x1a\x16.primia.v1.DealReceiptb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,13 +40,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONREQUEST']._serialized_start=162
   _globals['_SESSIONREQUEST']._serialized_end=199
   _globals['_SESSIONOFFER']._serialized_start=202
-  _globals['_SESSIONOFFER']._serialized_end=405
-  _globals['_DEALREQUEST']._serialized_start=407
-  _globals['_DEALREQUEST']._serialized_end=510
-  _globals['_DEALRECEIPT']._serialized_start=512
-  _globals['_DEALRECEIPT']._serialized_end=539
-  _globals['_MODELOWNER']._serialized_start=542
-  _globals['_MODELOWNER']._serialized_end=690
-  _globals['_CRYPTOPROVIDER']._serialized_start=692
-  _globals['_CRYPTOPROVIDER']._serialized_end=764
+  _globals['_SESSIONOFFER']._serialized_end=519
+  _globals['_DEALREQUEST']._serialized_start=521
+  _globals['_DEALREQUEST']._serialized_end=647
+  _globals['_DEALRECEIPT']._serialized_start=649
+  _globals['_DEALRECEIPT']._serialized_end=704
+  _globals['_MODELOWNER']._serialized_start=707
+  _globals['_MODELOWNER']._serialized_end=855
+  _globals['_CRYPTOPROVIDER']._serialized_start=857
+  _globals['_CRYPTOPROVIDER']._serialized_end=929
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,7 @@ class SessionRequest(_message.Message):
     def __init__(self, input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SessionOffer(_message.Message):
-    __slots__ = ("session_id", "rendezvous_host", "rendezvous_port", "world_size", "rank", "model", "input_shape", "deadline_s")
+    __slots__ = ("session_id", "rendezvous_host", "rendezvous_port", "world_size", "rank", "model", "input_shape", "deadline_s", "crypto_provider_host", "crypto_provider_port", "crypto_provider_name", "join_timeout_s")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RENDEZVOUS_HOST_FIELD_NUMBER: _ClassVar[int]
     RENDEZVOUS_PORT_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,10 @@ class SessionOffer(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    CRYPTO_PROVIDER_HOST_FIELD_NUMBER: _ClassVar[int]
+    CRYPTO_PROVIDER_PORT_FIELD_NUMBER: _ClassVar[int]
+    CRYPTO_PROVIDER_NAME_FIELD_NUMBER: _ClassVar[int]
+    JOIN_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     rendezvous_host: str
     rendezvous_port: int
@@ -44,22 +48,30 @@ class SessionOffer(_message.Message):
     model: ModelDescription
     input_shape: _containers.RepeatedScalarFieldContainer[int]
     deadline_s: float
-    def __init__(self, session_id: _Optional[str] = ..., rendezvous_host: _Optional[str] = ..., rendezvous_port: _Optional[int] = ..., world_size: _Optional[int] = ..., rank: _Optional[int] = ..., model: _Optional[_Union[ModelDescription, _Mapping]] = ..., input_shape: _Optional[_Iterable[int]] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+    crypto_provider_host: str
+    crypto_provider_port: int
+    crypto_provider_name: str
+    join_timeout_s: float
+    def __init__(self, session_id: _Optional[str] = ..., rendezvous_host: _Optional[str] = ..., rendezvous_port: _Optional[int] = ..., world_size: _Optional[int] = ..., rank: _Optional[int] = ..., model: _Optional[_Union[ModelDescription, _Mapping]] = ..., input_shape: _Optional[_Iterable[int]] = ..., deadline_s: _Optional[float] = ..., crypto_provider_host: _Optional[str] = ..., crypto_provider_port: _Optional[int] = ..., crypto_provider_name: _Optional[str] = ..., join_timeout_s: _Optional[float] = ...) -> None: ...
 
 class DealRequest(_message.Message):
-    __slots__ = ("session_id", "rendezvous_host", "rendezvous_port", "deadline_s")
+    __slots__ = ("session_id", "rendezvous_port", "deadline_s", "data_owner_name")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
-    RENDEZVOUS_HOST_FIELD_NUMBER: _ClassVar[int]
     RENDEZVOUS_PORT_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    DATA_OWNER_NAME_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    rendezvous_host: str
     rendezvous_port: int
     deadline_s: float
-    def __init__(self, session_id: _Optional[str] = ..., rendezvous_host: _Optional[str] = ..., rendezvous_port: _Optional[int] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+    data_owner_name: str
+    def __init__(self, session_id: _Optional[str] = ..., rendezvous_port: _Optional[int] = ..., deadline_s: _Optional[float] = ..., data_owner_name: _Optional[str] = ...) -> None: ...
 
 class DealReceipt(_message.Message):
-    __slots__ = ("rank",)
+    __slots__ = ("rank", "host", "port")
     RANK_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
     rank: int
-    def __init__(self, rank: _Optional[int] = ...) -> None: ...
+    host: str
+    port: int
+    def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...

@@ -166,8 +166,10 @@ class CryptoProviderServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Deal(self, request, context):
-        """Asks the crypto provider to deal for one session (role `inference` only). It joins the
-        rendezvous as the last rank and serves correlated randomness until the session ends.
+        """Asks the crypto provider to deal for one session (role `inference`, and only model
+        owners its configuration lists). It dials the caller's MPC port at the address its
+        configuration names for the caller (never one from the request), listens for the data
+        owner, and serves correlated randomness until the session ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
