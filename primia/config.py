@@ -96,8 +96,8 @@ def to_mapping(config: Any) -> dict[str, Any]:
             value = to_mapping(value)
         elif isinstance(value, Path):
             value = str(value)
-        elif isinstance(value, tuple):
-            value = list(value)
+        elif isinstance(value, tuple | list):
+            value = [to_mapping(item) if dataclasses.is_dataclass(item) else item for item in value]
         result[field.name] = value
     return result
 

@@ -22,16 +22,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomli_w
 import torch
 from PIL import Image
 
 from primia import pki
+from primia.config import write_toml
 from primia.data.synth import SynthConfig, generate
 from primia.errors import PrimiaError
 from primia.inference.client import PredictionFailed, describe_model, predict
 from primia.inference.inputs import load_images, output_names, probabilities
-from primia.inference.party_config import DataOwnerConfig, load_data_owner_config
+from primia.inference.party_config import (
+    CryptoProviderConfig,
+    DataOwnerConfig,
+    ModelOwnerConfig,
+    ModelOwnerEntry,
+    load_data_owner_config,
+)
 from primia.inference.server import load_served_model
 from primia.launch import free_port, start_primia, stop_all, tail
 from primia.models.checkpoint import find_checkpoint, load_model
@@ -110,35 +116,34 @@ def _issue_certificates(directory: Path) -> None:
         pki.issue(directory, party, "inference")
 
 
-def _tls(party: str) -> dict[str, str]:
-    return {"ca": "pki/ca.pem", "certificate": f"pki/{party}.pem", "key": f"pki/{party}.key"}
-
-
 def _write_configs(out: Path, model_owner_port: int, dealer_port: int) -> None:
-    configs: dict[str, dict[str, Any]] = {
-        "model-owner": {
-            "listen": f"127.0.0.1:{model_owner_port}",
-            "rendezvous_host": "127.0.0.1",
-            "crypto_provider": f"127.0.0.1:{dealer_port}",
-            "threads": 1,  # three parties share this machine's cores
-            "tls": _tls("model-owner"),
-        },
-        "crypto-provider": {
-            "listen": f"127.0.0.1:{dealer_port}",
-            "mpc_host": "127.0.0.1",
+    """The three parties' configuration files, built as the typed configs that
+    ``primia infer serve``, ``crypto-provider`` and ``predict`` read back."""
+    pki_dir = Path("pki")
+    configs = {
+        "model-owner": ModelOwnerConfig(
+            tls=pki.tls_files(pki_dir, "model-owner"),
+            listen=f"127.0.0.1:{model_owner_port}",
+            rendezvous_host="127.0.0.1",
+            crypto_provider=f"127.0.0.1:{dealer_port}",
+            threads=1,  # three parties share this machine's cores
+        ),
+        "crypto-provider": CryptoProviderConfig(
+            tls=pki.tls_files(pki_dir, "crypto-provider"),
+            listen=f"127.0.0.1:{dealer_port}",
+            mpc_host="127.0.0.1",
             # the only model owner it deals for, and the only address it dials for it
-            "model_owners": [{"name": "model-owner", "host": "127.0.0.1", "ports": [29500, 29599]}],
-            "tls": _tls("crypto-provider"),
-        },
-        "data-owner": {
-            "server": f"127.0.0.1:{model_owner_port}",
-            "crypto_providers": ["crypto-provider"],
-            "threads": 1,
-            "tls": _tls("data-owner"),
-        },
+            model_owners=(ModelOwnerEntry("model-owner", "127.0.0.1", (29500, 29599)),),
+        ),
+        "data-owner": DataOwnerConfig(
+            tls=pki.tls_files(pki_dir, "data-owner"),
+            server=f"127.0.0.1:{model_owner_port}",
+            crypto_providers=("crypto-provider",),
+            threads=1,
+        ),
     }
     for party, config in configs.items():
-        (out / f"{party}.toml").write_text(tomli_w.dumps(config))
+        write_toml(config, out / f"{party}.toml")
 
 
 def _write_images(folder: Path, count: int, size: int) -> list[Path]:
