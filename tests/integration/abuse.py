@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from primia.pki import TLSFiles
+from primia.rpc import codec
 from primia.rpc.generated import federation_pb2 as pb
 from primia.rpc.tls import secure_channel
 
@@ -75,7 +76,7 @@ class IdleCalls:
 def hello(device: str = "cpu") -> pb.NodeMessage:
     return pb.NodeMessage(
         hello=pb.Hello(
-            protocol_version=1,
+            protocol_version=codec.PROTOCOL_VERSION,
             device=device,
             dataset=pb.DatasetSummary(task="multilabel", train_examples=10),
             privacy=pb.PrivacyState(epsilon_budget=10, delta=1e-5),

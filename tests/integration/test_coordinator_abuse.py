@@ -23,6 +23,7 @@ from conftest import Consortium, wait_until
 
 from primia import pki
 from primia.blobs import MIB
+from primia.federated.policy import NodePolicy
 from primia.limits import ServerLimits
 from primia.rpc.coordinator_server import CoordinatorServer
 from primia.rpc.generated import federation_pb2 as pb
@@ -47,9 +48,14 @@ def _server(consortium: Consortium, tmp_path: Path, **overrides: Any) -> Coordin
 
 
 def _round(server: CoordinatorServer, consortium: Consortium, tmp_path: Path) -> dict[str, Any]:
-    """Run one round with the honest nodes site0 and site1; return the report."""
+    """Run one round with the honest nodes site0 and site1 (whose policy accepts a secure
+    round of two); return the report."""
     for site in ("site0", "site1"):
-        consortium.start_node(consortium.node_config(site, server.port, tmp_path / f"s-{site}"))
+        consortium.start_node(
+            consortium.node_config(
+                site, server.port, tmp_path / f"s-{site}", policy=NodePolicy(min_participants=2)
+            )
+        )
     report: dict[str, Any] = {}
     runner = threading.Thread(target=lambda: report.update(server.run()))
     runner.start()
