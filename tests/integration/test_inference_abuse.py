@@ -124,8 +124,8 @@ def test_the_crypto_provider_refuses_oversized_and_control_character_fields(
     ) as channel:
         deal = pb_grpc.CryptoProviderStub(channel).Deal
         forged = pb.DealRequest(
-            session_id="s\nINFO dealing for session x",
-            rendezvous_host="h",
+            session_id="s",
+            data_owner_name="d\nINFO dealing for session x",
             rendezvous_port=1,
             deadline_s=1,
         )
@@ -133,7 +133,7 @@ def test_the_crypto_provider_refuses_oversized_and_control_character_fields(
             deal(forged, timeout=20)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "printable" in (refused.value.details() or "")
-        huge = pb.DealRequest(session_id="s", rendezvous_host="h" * (2 * LIMITS.max_text))
+        huge = pb.DealRequest(session_id="s", data_owner_name="h" * (2 * LIMITS.max_text))
         with pytest.raises(grpc.RpcError) as refused:
             deal(huge, timeout=20)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -15,11 +15,15 @@ import pytest
 from conftest import Consortium, rounds_of
 
 from primia.federated.coordinator import FederationFailed
+from primia.federated.policy import NodePolicy
 from primia.federated.privacy_record import FILENAME
 from primia.rpc.coordinator_server import CoordinatorServer
 from primia.train.ledger import PrivacyLedger
 from primia.train.ledger_chain import anchor_path
 from primia.train.ledger_repair import repair
+
+PLAINTEXT_ALLOWED = NodePolicy(aggregation=("secure", "plaintext"))
+"""One node: secure aggregation needs more, so its policy must allow plaintext."""
 
 
 def test_a_node_whose_ledger_forgot_releases_refuses_until_repaired(
@@ -43,7 +47,7 @@ def test_a_node_whose_ledger_forgot_releases_refuses_until_repaired(
 
     first = coordinator(rounds=1)
     port = first.start()
-    consortium.start_node(consortium.node_config("site0", port, state))
+    consortium.start_node(consortium.node_config("site0", port, state, policy=PLAINTEXT_ALLOWED))
     first.run()
     spent = PrivacyLedger.open(ledger_path, accountant="rdp").spent_epsilon()
     recorded = json.loads((run_dir / FILENAME).read_text())["nodes"]["site0"]["epsilon_spent"]
@@ -54,7 +58,9 @@ def test_a_node_whose_ledger_forgot_releases_refuses_until_repaired(
 
     second = coordinator(rounds=2)
     port = second.start()
-    node = consortium.start_node(consortium.node_config("site0", port, state))
+    node = consortium.start_node(
+        consortium.node_config("site0", port, state, policy=PLAINTEXT_ALLOWED)
+    )
     # Without the coordinator's record the node would train: its new ledger says 0.
     assert node.owner.ledger.spent_epsilon() == 0.0
     with pytest.raises(FederationFailed):
