@@ -212,7 +212,9 @@ def test_a_data_owner_that_vanishes_does_not_hang_the_servers(parties: Parties) 
         threads=1,
     )
     party.start()
-    time.sleep(4)
+    # Killed while it starts or joins: with warm parties a 2-image session of this small
+    # model can finish within 4 s, and a finished session is not a vanished data owner.
+    time.sleep(1.0)
     party.kill()
 
     states = _wait_until_ended(parties.model_owner, 60)

@@ -222,6 +222,11 @@ def test_encrypted_inference_between_three_hosts(
     configs = {
         "crypto-provider": {
             "listen": f"{crypto_provider.address}:50062",
+            "mpc_host": crypto_provider.address,
+            # the one model owner it deals for, and the only address it dials for it
+            "model_owners": [
+                {"name": "model-owner", "host": model_owner.address, "ports": [29500, 29509]}
+            ],
             "tls": _tls(consortium_pki, "crypto-provider"),
             **common,
         },

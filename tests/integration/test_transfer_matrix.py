@@ -130,7 +130,7 @@ def test_two_site_matrix_end_to_end_and_resumed(
     kinds = {_kind(message) for message in received}
     assert kinds <= {
         *("chunk", "train_result", "evaluate_result", "refused", "progress"),
-        *("keys", "shares", "masked_input", "unmask_shares"),  # secure aggregation
+        *("keys", "shares", "masked_input", "survivor_signature", "unmask_shares"),  # secagg
     }
     assert "refused" not in kinds
     details = [

@@ -12,7 +12,9 @@ from PIL import Image
 
 from primia.errors import ConfigError, DataError
 from primia.inference.inputs import check_images, check_input_shape, load_images, probabilities
+from primia.inference.links import bind_listener
 from primia.inference.party_config import ModelOwnerConfig
+from primia.launch import free_port
 from primia.models.checkpoint import ModelSpec
 from primia.pki import TLSFiles
 
@@ -108,4 +110,10 @@ def test_model_owner_config_is_checked(values: dict[str, object], message: str) 
 
 
 def test_the_port_range_is_inclusive() -> None:
-    assert list(ModelOwnerConfig(tls=TLS, rendezvous_ports=(5, 7)).ports) == [5, 6, 7]
+    assert ModelOwnerConfig(tls=TLS, rendezvous_ports=(5, 7)).ports == (5, 7)
+    port = free_port()
+    listener = bind_listener("127.0.0.1", (port, port))  # the last port counts too
+    try:
+        assert listener.getsockname()[1] == port
+    finally:
+        listener.close()
