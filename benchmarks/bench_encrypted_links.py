@@ -46,7 +46,6 @@ from bench_encrypted_inference import (
 from machine import CpuWatch, load_average
 
 from primia import pki
-from primia.inference.client import predict
 from primia.inference.local import run_local
 from primia.inference.party_config import (
     CryptoProviderConfig,
@@ -55,8 +54,9 @@ from primia.inference.party_config import (
     ModelOwnerEntry,
 )
 from primia.inference.processes import PartyPool
-from primia.inference.server import crypto_provider_server, model_owner_server
 from primia.models.checkpoint import ModelSpec, save_model
+from primia.rpc.inference_client import predict
+from primia.rpc.inference_server import crypto_provider_server, model_owner_server
 
 WARM_TIMEOUT_S = 600.0
 GOALS = {1: 8.0, 8: 4.0}

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from primia.demo import DemoSettings, run_demo
+from primia.demo.federation import DemoSettings, run_demo
 from primia.memory import reuse_freed_memory
 
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                     progress=False,
                 )
                 result = run_demo(settings)
-                auroc[aggregation].append(float(result.report["test"]["mean_auroc"]))
+                auroc[aggregation].append(float(result.result.test.mean_auroc))
             plain, secure = auroc["plaintext"][-1], auroc["secure"][-1]
             print(f"{seed:>4} {plain:9.3f} {secure:7.3f} {secure - plain:+10.3f}", flush=True)
     differences = [s - p for s, p in zip(auroc["secure"], auroc["plaintext"], strict=True)]

@@ -38,14 +38,7 @@ synthetic hospitals on this machine (the README's example; a test runs it)::
 """
 
 from primia.api.consortium import Consortium
-from primia.api.federation import (
-    Coordinator,
-    FederationResult,
-    FinalEvaluation,
-    Node,
-    NodeResult,
-    RoundResult,
-)
+from primia.api.federation import Coordinator, Node
 from primia.data.synth import SynthConfig
 from primia.data.synth import write_dataset as write_synthetic_dataset
 from primia.federated.coordinator_config import (
@@ -55,6 +48,13 @@ from primia.federated.coordinator_config import (
 )
 from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
+from primia.federated.result import (
+    FederationResult,
+    FinalEvaluation,
+    NodeEvaluation,
+    NodeResult,
+    RoundResult,
+)
 from primia.pki import TLSFiles
 from primia.rpc.node_config import NodeConfig
 from primia.train import DPConfig, TrainConfig, train_local
@@ -72,6 +72,7 @@ __all__ = [
     "ModelConfig",
     "Node",
     "NodeConfig",
+    "NodeEvaluation",
     "NodeResult",
     "PlanLimits",
     "PrivacySettings",

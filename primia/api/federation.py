@@ -9,100 +9,14 @@ with mutual TLS; the configurations are the typed ones those commands read from 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 
 from primia.federated.coordinator_config import CoordinatorConfig
+from primia.federated.result import (
+    FederationResult,
+)
 from primia.rpc.coordinator_server import CoordinatorServer
 from primia.rpc.node_client import NodeClient
 from primia.rpc.node_config import NodeConfig
-
-
-@dataclass(frozen=True)
-class RoundResult:
-    """One completed round: who contributed, who did not, and the global model's
-    validation figures pooled over the nodes."""
-
-    round: int
-    contributors: tuple[str, ...]
-    left_out: tuple[str, ...]
-    """Nodes that dropped out or refused the round's task."""
-    validation_loss: float | None
-    validation_mean_auroc: float | None
-    seconds: float
-
-
-@dataclass(frozen=True)
-class FinalEvaluation:
-    """The final model on every node's held-out test patients, pooled."""
-
-    examples: int
-    loss: float | None
-    mean_auroc: float | None
-    auroc: Mapping[str, float | None]
-    """AUROC per label (None where a label has one class only)."""
-
-
-@dataclass(frozen=True)
-class NodeResult:
-    """What a node contributed and what it spent, as its own ledger reported it."""
-
-    rounds_contributed: int
-    epsilon_spent: float
-    epsilon_budget: float
-
-
-@dataclass(frozen=True)
-class FederationResult:
-    run_id: str
-    rounds: tuple[RoundResult, ...]
-    test: FinalEvaluation | None
-    """None when the coordinator was configured without a final test."""
-    nodes: Mapping[str, NodeResult]
-    model: Path
-    """The final global model (safetensors with its spec)."""
-
-    @classmethod
-    def from_report(cls, report: Mapping[str, Any]) -> FederationResult:
-        """The result of a run's report (what :meth:`Coordinator.run` and ``report.json``
-        hold)."""
-        test = report.get("test")
-        return cls(
-            run_id=str(report["run_id"]),
-            rounds=tuple(
-                RoundResult(
-                    round=int(entry["round"]),
-                    contributors=tuple(entry["contributors"]),
-                    left_out=tuple(entry["dropped"]),
-                    validation_loss=entry["validation_loss"],
-                    validation_mean_auroc=entry["validation_mean_auroc"],
-                    seconds=float(entry["seconds"]),
-                )
-                for entry in report["rounds"]
-            ),
-            test=None
-            if test is None
-            else FinalEvaluation(
-                examples=int(test["examples"]),
-                loss=test.get("loss"),
-                mean_auroc=test.get("mean_auroc"),
-                auroc=MappingProxyType(dict(test.get("auroc", {}))),
-            ),
-            nodes=MappingProxyType(
-                {
-                    name: NodeResult(
-                        rounds_contributed=int(node["rounds_contributed"]),
-                        epsilon_spent=float(node["epsilon_spent"]),
-                        epsilon_budget=float(node["epsilon_budget"]),
-                    )
-                    for name, node in report["nodes"].items()
-                }
-            ),
-            model=Path(report["model"]),
-        )
 
 
 class Coordinator:
@@ -119,7 +33,8 @@ class Coordinator:
 
     def run(self) -> FederationResult:
         """Serve until the last round is done, then stop serving; the run's result."""
-        return FederationResult.from_report(self._server.run())
+        result: FederationResult = self._server.run()  # the default job: the federation
+        return result
 
     def stop(self) -> None:
         """Stop serving (a running :meth:`run` fails with the rounds it has)."""

@@ -9,13 +9,6 @@
   :func:`predict` with a :class:`DataOwnerConfig`, returning :class:`Prediction`.
 """
 
-from primia.inference.client import (
-    Prediction,
-    PredictionFailed,
-    ServedModel,
-    describe_model,
-    predict,
-)
 from primia.inference.party_config import (
     CryptoProviderConfig,
     DataOwnerConfig,
@@ -24,7 +17,14 @@ from primia.inference.party_config import (
     load_data_owner_config,
     load_model_owner_config,
 )
-from primia.inference.server import InferenceServer, crypto_provider_server, model_owner_server
+from primia.rpc.inference_client import (
+    Prediction,
+    PredictionFailed,
+    ServedModel,
+    describe_model,
+    predict,
+)
+from primia.rpc.inference_server import InferenceServer, crypto_provider_server, model_owner_server
 
 __all__ = [
     "CryptoProviderConfig",

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from primia.demo import DemoResult, DemoSettings, run_demo
+from primia.demo.federation import DemoResult, DemoSettings, run_demo
 from primia.federated.display import render
 
 HELP = {
@@ -88,38 +88,38 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_summary(result: DemoResult, console: Console) -> None:
-    report = result.report
+    federation = result.result
     rounds = Table(title="rounds (validation, pooled over the nodes)")
     for column in ("round", "AUROC", "loss", "nodes", "left out", "seconds"):
         rounds.add_column(column)
-    for entry in report["rounds"]:
+    for entry in federation.rounds:
         rounds.add_row(
-            str(entry["round"]),
-            _number(entry["validation_mean_auroc"], 3),
-            _number(entry["validation_loss"], 4),
-            str(len(entry["contributors"])),
-            ", ".join(entry["dropped"]) or "-",
-            f"{entry['seconds']:.1f}",
+            str(entry.round),
+            _number(entry.validation_mean_auroc, 3),
+            _number(entry.validation_loss, 4),
+            str(len(entry.contributors)),
+            ", ".join(entry.left_out) or "-",
+            f"{entry.seconds:.1f}",
         )
     console.print(rounds)
     nodes = Table(title="privacy spent per node (ε at δ, composed over rounds by its ledger)")
     for column in ("node", "rounds", "ε spent", "ε budget"):
         nodes.add_column(column)
-    for name, entry in report["nodes"].items():
+    for name, node in federation.nodes.items():
         nodes.add_row(
             name,
-            str(entry["rounds_contributed"]),
-            _number(entry["epsilon_spent"], 2),
-            _number(entry["epsilon_budget"], 2),
+            str(node.rounds_contributed),
+            _number(node.epsilon_spent, 2),
+            _number(node.epsilon_budget, 2),
         )
     console.print(nodes)
-    test = report.get("test") or {}
+    test = federation.test
     per_label = ", ".join(
-        f"{label} {_number(value, 3)}" for label, value in (test.get("auroc") or {}).items()
+        f"{label} {_number(value, 3)}" for label, value in (test.auroc if test else {}).items()
     )
     console.print(
-        f"test AUROC (held-out patients of every node): [bold]{_number(test.get('mean_auroc'), 3)}"
-        f"[/] ({per_label})"
+        "test AUROC (held-out patients of every node): "
+        f"[bold]{_number(test.mean_auroc if test else None, 3)}[/] ({per_label})"
     )
     console.print(
         f"model: {result.out / 'run' / 'model.safetensors'}\n"

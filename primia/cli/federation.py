@@ -15,6 +15,7 @@ from rich.logging import RichHandler
 from primia.cli.connection import add_connection_arguments, tls_files_of
 from primia.cli.groups import print_help
 from primia.federated.display import LiveStatus, render
+from primia.federated.result import FederationResult
 from primia.rpc.coordinator_server import CoordinatorServer
 from primia.rpc.node_client import NodeClient
 from primia.rpc.node_config import NodeConfig, load_node_config
@@ -136,11 +137,10 @@ def _serve_coordinator(args: argparse.Namespace) -> int:
     server = CoordinatorServer(config)
     server.start()
     with LiveStatus(server.federation.status, console=console, enabled=live):
-        report = server.run()
-    test = report.get("test") or {}
-    auroc = test.get("mean_auroc")
+        result: FederationResult = server.run()
+    auroc = result.test.mean_auroc if result.test else None
     print(
-        f"federation {report['run_id']} finished: {len(report['rounds'])} rounds, test AUROC "
+        f"federation {result.run_id} finished: {len(result.rounds)} rounds, test AUROC "
         f"{'n/a' if auroc is None else f'{auroc:.3f}'}; report in "
         f"{config.run_dir / 'report.json'}"
     )

@@ -15,7 +15,7 @@ from rich.table import Table
 from primia.cli.groups import print_help
 
 if TYPE_CHECKING:  # the inference modules load only when a command needs them
-    from primia.inference.server import InferenceServer
+    from primia.rpc.inference_server import InferenceServer
 
 DESCRIPTION = """\
 Predict on a radiograph with a model the data owner never sees, without the model owner
@@ -121,14 +121,14 @@ def _add_config(parser: argparse.ArgumentParser, text: str) -> None:
 
 def _crypto_provider(args: argparse.Namespace) -> int:
     from primia.inference.party_config import load_crypto_provider_config
-    from primia.inference.server import crypto_provider_server
+    from primia.rpc.inference_server import crypto_provider_server
 
     return _run_server(crypto_provider_server(load_crypto_provider_config(args.config)))
 
 
 def _serve(args: argparse.Namespace) -> int:
     from primia.inference.party_config import load_model_owner_config
-    from primia.inference.server import model_owner_server
+    from primia.rpc.inference_server import model_owner_server
 
     return _run_server(model_owner_server(load_model_owner_config(args.config), args.model))
 
@@ -149,9 +149,9 @@ def _run_server(server: InferenceServer) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from primia.errors import ConfigError
-    from primia.inference.client import describe_model, predict
     from primia.inference.inputs import load_images, output_names
     from primia.inference.party_config import load_data_owner_config
+    from primia.rpc.inference_client import describe_model, predict
 
     config = load_data_owner_config(args.config)
     served = describe_model(config)
@@ -192,7 +192,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from primia.inference.demo import run_inference_demo
+    from primia.demo.inference import run_inference_demo
 
     console = Console()
     with console.status("starting the crypto provider and the model owner, then predicting..."):

@@ -28,6 +28,7 @@ import threading
 import time
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -40,6 +41,7 @@ from primia.federated.aggregation import Aggregator, PlaintextAggregator
 from primia.federated.coordinator_config import CoordinatorConfig
 from primia.federated.evaluation import pool
 from primia.federated.registry import NodeLink, NodeRegistry, NodeStatus
+from primia.federated.result import FederationResult, FinalEvaluation, NodeResult, RoundResult
 from primia.federated.rundir import RunDirectory
 from primia.federated.secure import SecureAggregator
 from primia.federated.tasks import (
@@ -137,8 +139,8 @@ class Federation:
                 history=list(self._history),
             )
 
-    def run(self) -> dict[str, Any]:
-        """Run (or resume) the federation; return the report written to ``report.json``."""
+    def run(self) -> FederationResult:
+        """Run (or resume) the federation; return its result (written to ``report.json``)."""
         resume = self._resume
         model = resume.model if resume.model is not None else self._initial_model()
         records = list(resume.rounds)
@@ -163,16 +165,21 @@ class Federation:
             test = None
             if self.config.final_test:
                 self._set_state(self.config.rounds, "final evaluation on test splits")
-                test = self._evaluate(
-                    self.config.rounds, model, "test", self._blob(model, f"r{self.config.rounds}")
+                test = FinalEvaluation.from_pooled(
+                    self._evaluate(
+                        self.config.rounds,
+                        model,
+                        "test",
+                        self._blob(model, f"r{self.config.rounds}"),
+                    )
                 )
-            report = self._report(records, test)
-            self.run_dir.finish(report, model, self.spec)
+            result = self._result(records, test)
+            self.run_dir.finish(result.to_mapping(), model, self.spec)
             self._set_state(self.config.rounds, "finished")
             if self._finish_nodes:
                 for link in self.registry.connected():
                     link.shutdown("the federation has finished", finished=True)
-            return report
+            return result
         except BaseException:
             self._set_state(self._round, "failed")
             raise
@@ -386,32 +393,35 @@ class Federation:
                 writer.add_scalar(key, value, round_number)
         writer.flush()
 
-    def _report(self, records: list[dict[str, Any]], test: dict[str, Any] | None) -> dict[str, Any]:
-        nodes = {status.name: status for status in self.registry.statuses()}
-        return {
-            "run_id": self.run_id,
-            "rounds": [
-                {
-                    "round": r["round"],
-                    "contributors": r["contributors"],
-                    "dropped": sorted(r["dropped"]) + sorted(r["refused"]),
-                    "validation_loss": r["validation"].get("loss"),
-                    "validation_mean_auroc": r["validation"].get("mean_auroc"),
-                    "seconds": r["seconds"],
-                }
+    def _result(
+        self, records: list[dict[str, Any]], test: FinalEvaluation | None
+    ) -> FederationResult:
+        return FederationResult(
+            run_id=self.run_id,
+            rounds=tuple(
+                RoundResult(
+                    round=int(r["round"]),
+                    contributors=tuple(r["contributors"]),
+                    left_out=tuple(sorted(r["dropped"]) + sorted(r["refused"])),
+                    validation_loss=r["validation"].get("loss"),
+                    validation_mean_auroc=r["validation"].get("mean_auroc"),
+                    seconds=float(r["seconds"]),
+                )
                 for r in records
-            ],
-            "test": test,
-            "nodes": {
-                name: {
-                    "rounds_contributed": status.rounds_contributed,
-                    "epsilon_spent": status.epsilon_spent,
-                    "epsilon_budget": status.epsilon_budget,
+            ),
+            test=test,
+            nodes=MappingProxyType(
+                {
+                    status.name: NodeResult(
+                        rounds_contributed=status.rounds_contributed,
+                        epsilon_spent=status.epsilon_spent,
+                        epsilon_budget=status.epsilon_budget,
+                    )
+                    for status in self.registry.statuses()
                 }
-                for name, status in nodes.items()
-            },
-            "model": str(self.run_dir.path / "model.safetensors"),
-        }
+            ),
+            model=self.run_dir.path / "model.safetensors",
+        )
 
 
 def make_aggregator(config: CoordinatorConfig) -> Aggregator:

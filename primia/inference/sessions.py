@@ -1,6 +1,6 @@
 """Encrypted inference sessions as the model owner and the crypto provider keep them.
 
-No transport here: the gRPC servicers (:mod:`primia.inference.service`) call these.
+No transport here: the gRPC servicers (:mod:`primia.rpc.inference_service`) call these.
 
 A session is one party process (:mod:`primia.inference.processes`, taken warm from a
 :class:`~primia.inference.processes.PartyPool`) with two deadlines:
@@ -28,13 +28,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from primia.errors import PrimiaError
+from primia.federated.weights import encode
 from primia.inference import processes
 from primia.inference.inputs import check_input_shape
 from primia.inference.links import LinkPeer, LinkPlan
 from primia.inference.parties import CRYPTO_PROVIDER, DATA_OWNER, MODEL_OWNER, WORLD_SIZE
-from primia.models.checkpoint import ModelSpec
+from primia.models.checkpoint import ModelSpec, find_checkpoint, load_model
 from primia.pki import TLSFiles, identity_of
 
 log = logging.getLogger(__name__)
@@ -441,3 +443,9 @@ def _describe(outcome: processes.PartyOutcome) -> str:
         f"{stats.bytes_communicated / 1e6:.0f} MB communicated, "
         f"peak memory {stats.peak_memory_bytes / 1e9:.2f} GB"
     )
+
+
+def load_served_model(path: Path) -> tuple[ModelSpec, bytes]:
+    """The spec and safetensors weights of the model :func:`find_checkpoint` finds."""
+    model, spec = load_model(find_checkpoint(path))
+    return spec, encode(model.state_dict())

@@ -22,6 +22,8 @@ from primia import pki
 from primia.federated.coordinator_config import CoordinatorConfig, ModelConfig
 from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, TrainPlan
+from primia.federated.result import FederationResult
+from primia.rpc.coordinator_server import CoordinatorServer
 from primia.rpc.node_client import NodeClient
 from primia.rpc.node_config import NodeConfig
 
@@ -34,6 +36,27 @@ def rounds_of(run_dir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run_federation(server: CoordinatorServer, timeout: float = 240) -> FederationResult:
+    """Run ``server``'s federation in a thread (so a test's own threads keep going); its
+    result, or the error it raised."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = server.run()
+        except Exception as error:
+            outcome["error"] = error
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    runner.join(timeout=timeout)
+    assert not runner.is_alive(), "the federation did not finish"
+    if "error" in outcome:
+        raise outcome["error"]
+    result: FederationResult = outcome["result"]
+    return result
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, *logs: Path) -> None:

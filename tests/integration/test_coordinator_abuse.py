@@ -19,11 +19,12 @@ from typing import Any
 import grpc
 import pytest
 from abuse import IdleCalls, hello, junk_blobs, rss_bytes
-from conftest import Consortium, wait_until
+from conftest import Consortium, run_federation, wait_until
 
 from primia import pki
 from primia.blobs import MIB
 from primia.federated.policy import NodePolicy
+from primia.federated.result import FederationResult
 from primia.limits import ServerLimits
 from primia.rpc.coordinator_server import CoordinatorServer
 from primia.rpc.generated import federation_pb2 as pb
@@ -47,7 +48,7 @@ def _server(consortium: Consortium, tmp_path: Path, **overrides: Any) -> Coordin
     return server
 
 
-def _round(server: CoordinatorServer, consortium: Consortium, tmp_path: Path) -> dict[str, Any]:
+def _round(server: CoordinatorServer, consortium: Consortium, tmp_path: Path) -> FederationResult:
     """Run one round with the honest nodes site0 and site1 (whose policy accepts a secure
     round of two); return the report."""
     for site in ("site0", "site1"):
@@ -56,12 +57,7 @@ def _round(server: CoordinatorServer, consortium: Consortium, tmp_path: Path) ->
                 site, server.port, tmp_path / f"s-{site}", policy=NodePolicy(min_participants=2)
             )
         )
-    report: dict[str, Any] = {}
-    runner = threading.Thread(target=lambda: report.update(server.run()))
-    runner.start()
-    runner.join(timeout=180)
-    assert not runner.is_alive(), "the round did not finish"
-    return report
+    return run_federation(server, timeout=180)
 
 
 def _join(port: int, files: pki.TLSFiles, first: pb.NodeMessage):  # type: ignore[no-untyped-def]
@@ -91,8 +87,8 @@ def test_idle_calls_neither_stop_the_coordinator_nor_delay_a_round(
     finally:
         for attacker in attackers:
             attacker.close()
-    assert report["nodes"]["site0"]["rounds_contributed"] == 1
-    assert report["nodes"]["site1"]["rounds_contributed"] == 1
+    assert report.nodes["site0"].rounds_contributed == 1
+    assert report.nodes["site1"].rounds_contributed == 1
     assert len(ended) == 30, "every idle call was ended by the coordinator"
     codes = {code for code, _ in ended}
     assert codes <= {
@@ -272,8 +268,8 @@ def test_fuzzed_messages_on_every_method_then_a_round_completes(
     assert grpc.StatusCode.INTERNAL not in outcomes, outcomes
     assert "Traceback" not in caplog.text and "Exception calling application" not in caplog.text
     report = _round(server, consortium, tmp_path)
-    assert report["nodes"]["site0"]["rounds_contributed"] == 1
-    assert report["nodes"]["site1"]["rounds_contributed"] == 1
+    assert report.nodes["site0"].rounds_contributed == 1
+    assert report.nodes["site1"].rounds_contributed == 1
 
 
 def test_a_probe_silent_mid_stream_is_ended_and_probes_run_one_at_a_time(

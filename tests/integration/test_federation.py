@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SITES, Consortium, rounds_of
+from conftest import SITES, Consortium, rounds_of, run_federation
 
 from primia.federated.coordinator import FederationFailed
 from primia.federated.data_owner import PrivacySettings
@@ -30,17 +30,9 @@ def test_two_round_federation(consortium: Consortium, tmp_path: Path) -> None:
             fetch_status(f"127.0.0.1:{port}", consortium.nodes["site0"], timeout=5)
         )
     )
-    report: dict = {}
-
-    def run() -> None:
-        report.update(server.run())
-
-    runner = threading.Thread(target=run)
-    runner.start()
     watcher.start()
-    runner.join(timeout=240)
+    report = run_federation(server)
     watcher.join(timeout=10)
-    assert not runner.is_alive(), "the federation did not finish"
 
     rounds = rounds_of(tmp_path / "run")
     assert [r["round"] for r in rounds] == [1, 2]
@@ -51,8 +43,8 @@ def test_two_round_federation(consortium: Consortium, tmp_path: Path) -> None:
     assert (tmp_path / "run" / "checkpoints" / "round-0002.safetensors").exists()
     _, spec = load_model(tmp_path / "run" / "model.safetensors")
     assert spec.architecture == "cnn"
-    assert report["test"]["examples"] > 0
-    assert list(report["nodes"]) == list(SITES)
+    assert report.test is not None and report.test.examples > 0
+    assert list(report.nodes) == list(SITES)
     for site in SITES:
         ledger = PrivacyLedger.open(
             tmp_path / f"state-{site}" / "privacy-ledger.jsonl", accountant="rdp"
@@ -60,9 +52,9 @@ def test_two_round_federation(consortium: Consortium, tmp_path: Path) -> None:
         releases = ledger.releases()
         assert len(releases) == 2 and all(release.completed for release in releases)
         assert 1.0 < ledger.spent_epsilon() <= 2.0 + 1e-6  # two releases of ε ≤ 1, composed
-        assert report["nodes"][site]["epsilon_spent"] == ledger.spent_epsilon()
-        assert report["nodes"][site]["rounds_contributed"] == 2
-    assert statuses and statuses[0].rounds == 2 and statuses[0].run_id == report["run_id"]
+        assert report.nodes[site].epsilon_spent == ledger.spent_epsilon()
+        assert report.nodes[site].rounds_contributed == 2
+    assert statuses and statuses[0].rounds == 2 and statuses[0].run_id == report.run_id
 
 
 def test_a_node_out_of_budget_is_left_out(consortium: Consortium, tmp_path: Path) -> None:
@@ -85,7 +77,7 @@ def test_a_node_out_of_budget_is_left_out(consortium: Consortium, tmp_path: Path
     assert "budget" in second["refused"]["site2"]
     ledger = PrivacyLedger.open(tmp_path / "state-site2" / "privacy-ledger.jsonl", accountant="rdp")
     assert len(ledger.releases()) == 1 and ledger.spent_epsilon() <= 1.1
-    assert report["nodes"]["site2"]["rounds_contributed"] == 1
+    assert report.nodes["site2"].rounds_contributed == 1
 
 
 def test_too_few_nodes_fails_the_round_with_a_clear_error(

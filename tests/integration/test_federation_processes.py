@@ -56,8 +56,7 @@ def test_a_node_killed_mid_round_is_a_dropout(consortium: Consortium, tmp_path: 
     }
     (tmp_path / "node.toml").write_text(tomli_w.dumps(config))
     victim = _primia(["node", "serve", "--config", str(tmp_path / "node.toml")], tmp_path / "n.log")
-    report: dict = {}
-    runner = threading.Thread(target=lambda: report.update(server.run()))
+    runner = threading.Thread(target=server.run)
     runner.start()
     try:
 

@@ -16,13 +16,13 @@ import pytest
 from abuse import IdleCalls
 
 from primia import pki
-from primia.inference.client import describe_model
 from primia.inference.party_config import CryptoProviderConfig, DataOwnerConfig, ModelOwnerConfig
-from primia.inference.server import InferenceServer, crypto_provider_server, model_owner_server
 from primia.limits import ServerLimits
 from primia.models.checkpoint import ModelSpec, save_model
 from primia.rpc.generated import inference_pb2 as pb
 from primia.rpc.generated import inference_pb2_grpc as pb_grpc
+from primia.rpc.inference_client import describe_model
+from primia.rpc.inference_server import InferenceServer, crypto_provider_server, model_owner_server
 from primia.rpc.tls import secure_channel
 
 SPEC = ModelSpec("cnn", num_outputs=3, width=4, image_size=32, label_names=("a", "b", "c"))

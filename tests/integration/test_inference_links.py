@@ -20,7 +20,6 @@ import torch
 
 from primia import pki
 from primia.inference import wire
-from primia.inference.client import join_session
 from primia.inference.links import HELLO, MAGIC, LinkPeer, LinkPlan, bind_listener, establish
 from primia.inference.party_config import (
     CryptoProviderConfig,
@@ -28,11 +27,12 @@ from primia.inference.party_config import (
     ModelOwnerConfig,
     ModelOwnerEntry,
 )
-from primia.inference.server import crypto_provider_server, model_owner_server
 from primia.inference.sessions import SessionState
 from primia.models.checkpoint import ModelSpec, save_model
 from primia.rpc.generated import inference_pb2 as pb
 from primia.rpc.generated import inference_pb2_grpc as pb_grpc
+from primia.rpc.inference_client import join_session
+from primia.rpc.inference_server import crypto_provider_server, model_owner_server
 from primia.rpc.tls import secure_channel
 
 pytestmark = pytest.mark.slow

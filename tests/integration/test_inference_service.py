@@ -25,19 +25,19 @@ from PIL import Image
 from primia import pki
 from primia.errors import DataError
 from primia.inference import processes
-from primia.inference.client import PredictionFailed, describe_model, link_plan, predict
 from primia.inference.party_config import (
     CryptoProviderConfig,
     DataOwnerConfig,
     ModelOwnerConfig,
     ModelOwnerEntry,
 )
-from primia.inference.server import InferenceServer, crypto_provider_server, model_owner_server
 from primia.inference.sessions import SessionState
 from primia.launch import free_port
 from primia.models.checkpoint import ModelSpec, save_model
 from primia.rpc.generated import inference_pb2 as pb
 from primia.rpc.generated import inference_pb2_grpc as pb_grpc
+from primia.rpc.inference_client import PredictionFailed, describe_model, link_plan, predict
+from primia.rpc.inference_server import InferenceServer, crypto_provider_server, model_owner_server
 from primia.rpc.tls import secure_channel
 
 pytestmark = pytest.mark.slow
@@ -266,7 +266,7 @@ class _stub:
 def test_the_demo_runs_the_commands_as_separate_processes(tmp_path: Path) -> None:
     """`primia infer demo`: `primia infer crypto-provider` and `primia infer serve` as
     child processes, configured by the files a deployment would use."""
-    from primia.inference.demo import run_inference_demo
+    from primia.demo.inference import run_inference_demo
 
     model_path = tmp_path / "model.safetensors"
     save_model(model_path, SPEC.build(), SPEC)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Consortium, rounds_of
+from conftest import Consortium, rounds_of, run_federation
 
 from primia import pki
 from primia.blobs import Blob
@@ -51,24 +51,6 @@ TARGET = "site0"
 
 def _names(nodes: int) -> list[str]:
     return [f"site{i}" for i in range(nodes)]
-
-
-def _run(server: CoordinatorServer) -> dict[str, Any]:
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["report"] = server.run()
-        except Exception as error:
-            outcome["error"] = error
-
-    runner = threading.Thread(target=run)
-    runner.start()
-    runner.join(timeout=240)
-    assert not runner.is_alive(), "the federation did not finish"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["report"]
 
 
 def _start(
@@ -152,7 +134,7 @@ def test_other_weights_for_one_node_abort_the_round_naming_it(
     _other_weights_for(monkeypatch, "site2")
     server = _start(consortium, tmp_path, 3)
     with caplog.at_level(logging.WARNING), pytest.raises(FederationFailed):
-        _run(server)
+        run_federation(server)
     assert "told ['site2'] a different round" in caplog.text
     assert "site2: other weights" in caplog.text
     assert rounds_of(tmp_path / "run") == []
@@ -163,7 +145,7 @@ def test_without_the_check_other_weights_for_one_node_go_unnoticed(
 ) -> None:
     _other_weights_for(monkeypatch, "site2")
     _without_checks(monkeypatch)
-    _run(_start(consortium, tmp_path, 3))
+    run_federation(_start(consortium, tmp_path, 3))
     (record,) = rounds_of(tmp_path / "run")
     assert record["contributors"] == ["site0", "site1", "site2"]
 
@@ -212,7 +194,7 @@ def test_a_participant_list_that_differs_between_nodes_aborts_the_round(
     senders = _count_shares(monkeypatch)
     server = _start(consortium_of_five, tmp_path, 4)
     with caplog.at_level(logging.WARNING), pytest.raises(FederationFailed):
-        _run(server)
+        run_federation(server)
     assert "told ['site3'] a different round" in caplog.text
     assert "site3: other participants" in caplog.text
     assert senders == []
@@ -227,7 +209,7 @@ def test_without_the_check_a_differing_participant_list_goes_unnoticed(
     server = _start(consortium_of_five, tmp_path, 4)
     # the round may fail later (the Shamir indices disagree), but no check caught the lie
     with contextlib.suppress(FederationFailed):
-        _run(server)
+        run_federation(server)
     assert sorted(senders) == ["site0", "site1", "site2", "site3"]
 
 
@@ -357,7 +339,7 @@ def test_different_dropout_stories_unmask_no_one(
     lie = _tell_different_stories(monkeypatch)
     server = _start(consortium_of_five, tmp_path, nodes, threshold, monkeypatch)
     with pytest.raises(FederationFailed):
-        _run(server)
+        run_federation(server)
 
     assert set(lie.uploads) == set(_names(nodes))  # every node reached the unmask step
     told_dropped = {n for n, story in lie.stories.items() if TARGET in story.dropped}
@@ -384,7 +366,7 @@ def test_without_the_consistency_round_dropout_stories_unmask_the_target(
     _without_checks(monkeypatch)
     server = _start(consortium_of_five, tmp_path, nodes, threshold, monkeypatch)
     with pytest.raises(FederationFailed):
-        _run(server)
+        run_federation(server)
 
     assert TARGET in _owners_of_both_secrets(lie.revealed)
     if 2 * threshold <= nodes:

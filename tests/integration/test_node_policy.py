@@ -27,6 +27,7 @@ from primia.federated.coordinator_config import ModelConfig
 from primia.federated.data_owner import DataOwner
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
 from primia.federated.policy import AcceptedModel, NodePolicy
+from primia.federated.result import FederationResult
 from primia.federated.tasks import LocalTraining, TrainTask
 from primia.rpc import node_client
 from primia.rpc.coordinator_server import CoordinatorServer
@@ -38,7 +39,7 @@ ALLOWS_PLAINTEXT = NodePolicy(aggregation=("secure", "plaintext"))
 
 @dataclasses.dataclass
 class Outcome:
-    report: dict[str, Any] | None
+    result: FederationResult | None
     error: BaseException | None
     status: FederationStatus
     """Fetched over gRPC after the rounds, as ``primia status`` does."""
@@ -68,7 +69,7 @@ def _federate(
 
     def run() -> None:
         try:
-            outcome["report"] = server.job.run()
+            outcome["result"] = server.job.run()
         except BaseException as error:
             outcome["error"] = error
 
@@ -82,7 +83,7 @@ def _federate(
         server.stop()
         for client in clients:
             client.stop()
-    return Outcome(outcome.get("report"), outcome.get("error"), status)
+    return Outcome(outcome.get("result"), outcome.get("error"), status)
 
 
 def _ledger_releases(run_dir: Path, site: str) -> int:

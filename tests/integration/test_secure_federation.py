@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import SITES, Consortium, rounds_of
+from conftest import SITES, Consortium, rounds_of, run_federation
 
 from primia.crypto.keys import KeyPair
 from primia.crypto.secagg import AggregationServer, KeyRoster, MaskedInput
@@ -17,24 +15,6 @@ from primia.federated.coordinator import FederationFailed
 from primia.federated.secure import SecureContribution
 from primia.federated.tasks import LocalTraining
 from primia.rpc.coordinator_server import CoordinatorServer
-
-
-def _run(server: CoordinatorServer) -> dict[str, Any]:
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["report"] = server.run()
-        except Exception as error:
-            outcome["error"] = error
-
-    runner = threading.Thread(target=run)
-    runner.start()
-    runner.join(timeout=240)
-    assert not runner.is_alive(), "the federation did not finish"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["report"]
 
 
 def test_a_node_lost_after_sharing_its_secrets_is_unmasked_away(
@@ -57,14 +37,14 @@ def test_a_node_lost_after_sharing_its_secrets_is_unmasked_away(
         return masked_input(self, trained)
 
     monkeypatch.setattr(SecureContribution, "masked_input", die_at_site2)
-    report = _run(server)
+    report = run_federation(server)
 
     (record,) = rounds_of(tmp_path / "run")
     assert record["aggregation"] == "secure"
     assert record["contributors"] == ["site0", "site1"]
     assert "site2" in record["dropped"]
     assert all(record["train"][site]["clipped"] == 0 for site in ("site0", "site1"))
-    assert report["test"]["examples"] > 0
+    assert report.test is not None and report.test.examples > 0
 
 
 def test_keys_substituted_by_the_coordinator_are_detected_by_the_nodes(
@@ -92,6 +72,6 @@ def test_keys_substituted_by_the_coordinator_are_detected_by_the_nodes(
 
     monkeypatch.setattr(AggregationServer, "close_keys", substitute)
     with caplog.at_level(logging.WARNING), pytest.raises(FederationFailed):
-        _run(server)
+        run_federation(server)
     assert "are not signed by 'site1'" in caplog.text
     assert not (tmp_path / "run" / "rounds.jsonl").exists() or not rounds_of(tmp_path / "run")

@@ -6,15 +6,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 from google.protobuf.message import Message
 from scipy import stats
+from secagg_consortium import Consortium, issue_consortium
 
-from primia import pki
 from primia.crypto import keys
 from primia.crypto.secagg import (
     AggregationClient,
@@ -35,7 +35,7 @@ from primia.crypto.secagg import (
     UnmaskShares,
 )
 from primia.crypto.secagg.messages import majority
-from primia.crypto.secagg.simulation import Credentials, Step, simulate
+from primia.crypto.secagg.simulation import Step, simulate
 from primia.federated.tasks import SecureTask
 from primia.rpc import secure_codec
 from primia.rpc.codec import MessageError
@@ -46,21 +46,9 @@ CLIP = 8.0
 LENGTH = 1000
 
 
-@dataclass(frozen=True)
-class Consortium:
-    ca: bytes
-    credentials: Mapping[str, Credentials]
-
-
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory: pytest.TempPathFactory) -> Consortium:
-    directory = tmp_path_factory.mktemp("pki")
-    ca = pki.init_ca(directory, "test").read_bytes()
-    credentials = {}
-    for name in NAMES:
-        _, certificate, key = pki.issue(directory, name, "node").read()
-        credentials[name] = Credentials(certificate, key)
-    return Consortium(ca, credentials)
+    return issue_consortium(tmp_path_factory.mktemp("pki"), NAMES)
 
 
 def _mask(client: AggregationClient, delivery: ShareDelivery, values: np.ndarray) -> MaskedInput:

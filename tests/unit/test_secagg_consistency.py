@@ -7,12 +7,12 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from secagg_consortium import Consortium, issue_consortium
 
-from primia import pki
 from primia.crypto.secagg import (
     UNSAFE_WITHOUT_CONSISTENCY_CHECKS,
     AggregationClient,
@@ -31,28 +31,16 @@ from primia.crypto.secagg import (
     UnmaskShares,
 )
 from primia.crypto.secagg.messages import participants_digest
-from primia.crypto.secagg.simulation import Credentials, unmask_one
+from primia.crypto.secagg.simulation import unmask_one
 
 NAMES = tuple(f"node{i}" for i in range(5))
 LENGTH = 64
 CLIP = 8.0
 
 
-@dataclass(frozen=True)
-class Consortium:
-    ca: bytes
-    credentials: Mapping[str, Credentials]
-
-
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory: pytest.TempPathFactory) -> Consortium:
-    directory = tmp_path_factory.mktemp("pki")
-    ca = pki.init_ca(directory, "test").read_bytes()
-    credentials = {}
-    for name in NAMES:
-        _, certificate, key = pki.issue(directory, name, "node").read()
-        credentials[name] = Credentials(certificate, key)
-    return Consortium(ca, credentials)
+    return issue_consortium(tmp_path_factory.mktemp("pki"), NAMES)
 
 
 def _setup(nodes: int, threshold: int, participants: tuple[str, ...] | None = None) -> Setup:

@@ -19,10 +19,8 @@ from pathlib import Path
 import grpc
 
 from primia.errors import ConfigError
-from primia.federated.weights import encode
 from primia.inference.party_config import CryptoProviderConfig, ModelOwnerConfig
 from primia.inference.processes import PartyPool
-from primia.inference.service import CryptoProviderService, ModelOwnerService
 from primia.inference.sessions import (
     Dealer,
     DealerSessions,
@@ -33,13 +31,14 @@ from primia.inference.sessions import (
     Refusal,
     SessionRefused,
     SessionTable,
+    load_served_model,
 )
 from primia.limits import ServerLimits
-from primia.models.checkpoint import ModelSpec, find_checkpoint, load_model
 from primia.pki import TLSFiles
 from primia.rpc.generated import inference_pb2 as pb
 from primia.rpc.generated import inference_pb2_grpc as pb_grpc
 from primia.rpc.guard import CallGuard, guarded_server
+from primia.rpc.inference_service import CryptoProviderService, ModelOwnerService
 from primia.rpc.tls import secure_channel, server_credentials
 
 log = logging.getLogger(__name__)
@@ -106,12 +105,6 @@ class InferenceServer:
     def _reap(self) -> None:
         while not self._stopped.wait(1.0):
             self.table.reap()
-
-
-def load_served_model(path: Path) -> tuple[ModelSpec, bytes]:
-    """The spec and safetensors weights of the model :func:`find_checkpoint` finds."""
-    model, spec = load_model(find_checkpoint(path))
-    return spec, encode(model.state_dict())
 
 
 def remote_dealer(address: str, server_name: str, tls: TLSFiles) -> Dealer:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from primia import pki
 from primia.config import write_toml
@@ -35,6 +35,7 @@ from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySe
 from primia.federated.plan import DPPlan, TrainPlan
 from primia.federated.policy import AcceptedModel, NodePolicy
 from primia.federated.registry import NodeStatus
+from primia.federated.result import FederationResult
 from primia.launch import free_port, start_primia, stop_all, tail
 from primia.rpc.node_config import NodeConfig
 from primia.rpc.status import StatusUnavailable, fetch_status
@@ -73,7 +74,7 @@ class DemoSettings:
 @dataclass(frozen=True)
 class DemoResult:
     out: Path
-    report: dict[str, Any]
+    result: FederationResult
     seconds: float
 
 
@@ -135,7 +136,11 @@ def run_demo(
     finally:
         stop_all(processes.values())
     report = json.loads((out / "run" / "report.json").read_text())
-    return DemoResult(out=out, report=report, seconds=time.perf_counter() - started)
+    return DemoResult(
+        out=out,
+        result=FederationResult.from_mapping(report),
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _fresh_folder(out: Path) -> Path:

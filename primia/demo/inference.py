@@ -29,7 +29,6 @@ from primia import pki
 from primia.config import write_toml
 from primia.data.synth import SynthConfig, generate
 from primia.errors import PrimiaError
-from primia.inference.client import PredictionFailed, describe_model, predict
 from primia.inference.inputs import load_images, output_names, probabilities
 from primia.inference.party_config import (
     CryptoProviderConfig,
@@ -38,9 +37,10 @@ from primia.inference.party_config import (
     ModelOwnerEntry,
     load_data_owner_config,
 )
-from primia.inference.server import load_served_model
+from primia.inference.sessions import load_served_model
 from primia.launch import free_port, start_primia, stop_all, tail
 from primia.models.checkpoint import find_checkpoint, load_model
+from primia.rpc.inference_client import PredictionFailed, describe_model, predict
 
 PARTIES = ("model-owner", "crypto-provider", "data-owner")
 STARTUP_TIMEOUT_S = 120.0
