@@ -16,18 +16,21 @@ from primia.data.dicom import load_dicom_folder, read_dicom
 from primia.data.folder import load_image_folder
 from primia.data.formats import FORMATS, detect_format, open_collection
 from primia.data.images import read_image
+from primia.data.inspect import Inspection, inspect_dataset
 from primia.data.manifest import load_manifest
 from primia.data.splits import Splits, patient_split
 
 __all__ = [
     "FORMATS",
     "Collection",
+    "Inspection",
     "RadiographDataset",
     "ReadOptions",
     "Record",
     "Splits",
     "Task",
     "detect_format",
+    "inspect_dataset",
     "load_dicom_folder",
     "load_image_folder",
     "load_manifest",
