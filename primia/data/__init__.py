@@ -14,7 +14,7 @@ from primia.data.collections import Collection, ReadOptions
 from primia.data.dataset import RadiographDataset, Record, Task, only_site
 from primia.data.dicom import load_dicom_folder, read_dicom
 from primia.data.folder import load_image_folder
-from primia.data.formats import FORMATS, detect_format, open_collection
+from primia.data.formats import FORMATS, check_format, detect_format, open_collection
 from primia.data.images import read_image
 from primia.data.inspect import Inspection, inspect_dataset
 from primia.data.manifest import load_manifest
@@ -29,6 +29,7 @@ __all__ = [
     "Record",
     "Splits",
     "Task",
+    "check_format",
     "detect_format",
     "inspect_dataset",
     "load_dicom_folder",

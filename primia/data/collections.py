@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 from primia.data.dataset import RadiographDataset, Record, Task
 from primia.data.dicom import dicom_header, read_radiograph
@@ -64,6 +65,20 @@ class Views(StrEnum):
     ALL = "all"
 
 
+class NamesReadOptions(Protocol):
+    """A configuration that carries the reading options as plain fields (a node's
+    ``[data]`` table, a training run's config)."""
+
+    @property
+    def uncertain(self) -> str: ...
+    @property
+    def vote(self) -> str: ...
+    @property
+    def views(self) -> str: ...
+    @property
+    def skip_missing(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class ReadOptions:
     """How a collection's labels, views, readers and gaps are read (module docstring)."""
@@ -85,6 +100,16 @@ class ReadOptions:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of {choices}") from None
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1); got {self.val_fraction}")
+
+    @classmethod
+    def of(cls, settings: NamesReadOptions) -> ReadOptions:
+        """The options a configuration names (checked: unknown values raise ConfigError)."""
+        return cls(
+            uncertain=settings.uncertain,
+            vote=settings.vote,
+            views=settings.views,
+            skip_missing=settings.skip_missing,
+        )
 
 
 @dataclass(frozen=True)

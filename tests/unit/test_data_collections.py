@@ -244,3 +244,19 @@ def test_bad_cells_name_file_row_column_and_fix(tmp_path: Path, case: tuple) -> 
     edited.write_text(edited.read_text().replace(old, new, 1))
     with pytest.raises(DataError, match=message):
         open_dataset(root, image_size=SIZE, options=ReadOptions(skip_missing=True))
+
+
+def test_training_and_node_settings_carry_the_format(tmp_path: Path) -> None:
+    from primia.cli import build_parser
+    from primia.cli.train import config_from_args
+    from primia.federated.data_owner import DataSettings
+
+    argv = ["train-local", "--data", "d", "--out", "o", "--format", "rsna", "--views", "all"]
+    config = config_from_args(build_parser().parse_args(argv))
+    assert config.format == "rsna" and config.read_options().views == "all"
+    settings = DataSettings(tmp_path, format="chexpert", uncertain="zeros")
+    assert settings.read_options().uncertain == "zeros"
+    with pytest.raises(ConfigError, match="unknown dataset format 'nhi'"):
+        DataSettings(tmp_path, format="nhi")
+    with pytest.raises(ConfigError, match="unknown vote 'all'"):
+        DataSettings(tmp_path, vote="all")
