@@ -98,6 +98,11 @@ def register(subparsers: Any) -> None:
         parser.add_argument(flag, type=kind, default=None, help=text)
     parser.add_argument("--labels", help="comma-separated label columns of a CSV manifest")
     parser.add_argument("--dp", action="store_true", default=None, help="train with DP-SGD")
+    parser.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="leave out a public collection's rows whose image is missing (partial downloads)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -115,6 +120,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values["label_columns"] = [label.strip() for label in args.labels.split(",") if label]
     if args.dp:
         _set(values, "dp.enabled", True)
+    if args.skip_missing:
+        values["skip_missing"] = True
     if args.no_progress:
         values["progress"] = False
     for required in ("data", "out"):

@@ -185,7 +185,7 @@ def _build(
             if not options.skip_missing:
                 raise DataError(
                     f"{entry.source}: image {entry.path} does not exist; download it, or pass "
-                    "--skip-missing (skip_missing=True) to leave such rows out"
+                    "--skip-missing ([data] skip_missing = true on a node) to leave such rows out"
                 )
             skipped["missing image"] = skipped.get("missing image", 0) + 1
             continue

@@ -23,7 +23,7 @@ from primia.data import (
     open_dataset,
     patient_split,
 )
-from primia.data.tables import age_years, label_name, sex_code, view_code
+from primia.data.tables import age_years, hold_out, label_name, sex_code, view_code
 from primia.errors import ConfigError, DataError
 
 
@@ -50,6 +50,13 @@ def test_naming_is_shared_across_collections() -> None:
     assert [sex_code(v) for v in ("Male", "female", "O", "Unknown")] == ["M", "F", "", ""]
     assert [age_years(v) for v in ("058Y", "006M", "58.0", "414", "")] == ["58", "0", "58", "", ""]
     assert [view_code(v) for v in ("pa", "LL", "Lateral")] == ["PA", "LATERAL", "LATERAL"]
+
+
+def test_held_out_patients_do_not_depend_on_row_order() -> None:
+    patients = [f"p{i}" for i in range(40)] * 2
+    held = hold_out(patients, 0.1)
+    assert len(held) == 4 and held == hold_out(list(reversed(patients)), 0.1)
+    assert hold_out(["only"], 0.5) == set() and len(hold_out(["a", "b"], 0.01)) == 1
 
 
 def test_nih_reads_labels_subgroups_and_official_split(tmp_path: Path) -> None:
@@ -252,8 +259,10 @@ def test_training_and_node_settings_carry_the_format(tmp_path: Path) -> None:
     from primia.federated.data_owner import DataSettings
 
     argv = ["train-local", "--data", "d", "--out", "o", "--format", "rsna", "--views", "all"]
+    argv.append("--skip-missing")
     config = config_from_args(build_parser().parse_args(argv))
     assert config.format == "rsna" and config.read_options().views == "all"
+    assert config.skip_missing
     settings = DataSettings(tmp_path, format="chexpert", uncertain="zeros")
     assert settings.read_options().uncertain == "zeros"
     with pytest.raises(ConfigError, match="unknown dataset format 'nhi'"):
