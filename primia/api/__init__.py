@@ -6,7 +6,9 @@
   :class:`FederationResult`;
 * one hospital's local DP training — :func:`train_local`;
 * encrypted inference's parties — :mod:`primia.api.inference`;
-* privacy audits — :mod:`primia.api.audit`.
+* privacy audits — :mod:`primia.api.audit`;
+* datasets as downloaded — :func:`open_dataset` (``format=``, :class:`ReadOptions`) and
+  :func:`inspect_dataset` (what ``primia data inspect`` prints).
 
 The commands of the ``primia`` CLI are thin layers over these. A federation of three
 synthetic hospitals on this machine (the README's example; a test runs it)::
@@ -39,6 +41,7 @@ synthetic hospitals on this machine (the README's example; a test runs it)::
 
 from primia.api.consortium import Consortium
 from primia.api.federation import Coordinator, Node
+from primia.data import Inspection, ReadOptions, inspect_dataset, open_dataset
 from primia.data.synth import SynthConfig
 from primia.data.synth import write_dataset as write_synthetic_dataset
 from primia.federated.coordinator_config import (
@@ -69,6 +72,7 @@ __all__ = [
     "DataSettings",
     "FederationResult",
     "FinalEvaluation",
+    "Inspection",
     "ModelConfig",
     "Node",
     "NodeConfig",
@@ -76,12 +80,15 @@ __all__ = [
     "NodeResult",
     "PlanLimits",
     "PrivacySettings",
+    "ReadOptions",
     "RoundResult",
     "SecureAggregationConfig",
     "SynthConfig",
     "TLSFiles",
     "TrainConfig",
     "TrainPlan",
+    "inspect_dataset",
+    "open_dataset",
     "train_local",
     "write_synthetic_dataset",
 ]

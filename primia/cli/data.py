@@ -1,15 +1,21 @@
-"""``primia data``: make datasets. ``primia data synth`` writes synthetic radiographs."""
+"""``primia data``: make and inspect datasets. ``primia data synth`` writes synthetic
+radiographs; ``primia data inspect`` says what a dataset folder holds."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from primia.cli.groups import print_help
+from primia.data import FORMATS, Inspection, ReadOptions, inspect_dataset
+from primia.data.collections import Uncertain, Views, Vote
 from primia.data.synth import FINDINGS, SynthConfig, SynthSummary, write_dataset
+from primia.files import atomic_write_bytes
 
 SYNTH_DESCRIPTION = """\
 Write a synthetic multi-site chest radiograph dataset: 8-bit grey PNGs in
@@ -34,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``primia data`` and its subcommands to the top-level parser."""
     parser = subparsers.add_parser(
         "data",
-        help="make datasets (synthetic radiographs)",
-        description="Make datasets. Run 'primia data synth --help' for the options.",
+        help="make and inspect datasets (synthetic radiographs, public collections)",
+        description="Make and inspect datasets. Run 'primia data synth --help' or "
+        "'primia data inspect --help' for the options.",
     )
     parser.set_defaults(handler=print_help(parser))
     commands = parser.add_subparsers(title="data commands", metavar="COMMAND")
@@ -99,6 +106,127 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.set_defaults(handler=run_synth)
+    _register_inspect(commands)
+
+
+INSPECT_EPILOG = """\
+formats (detected when unambiguous): manifest, folder, nih (Data_Entry_2017.csv), chexpert
+(train.csv/valid.csv), mimic (mimic-cxr-2.0.0-*.csv), vindr (image_labels_train.csv),
+rsna (stage_2_train_labels.csv).
+
+examples:
+  primia data inspect data/ChestX-ray14
+  primia data inspect data/CheXpert --uncertain zeros --json chexpert.json
+  primia data inspect data/rsna --format rsna --views all --no-decode
+"""
+
+
+def add_read_options(parser: argparse.ArgumentParser) -> None:
+    """``--format`` and the public collections' reading options (docs/data.md)."""
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="the dataset's layout; detected from its files when left out",
+    )
+    parser.add_argument(
+        "--uncertain",
+        choices=[u.value for u in Uncertain],
+        default=Uncertain.ONES.value,
+        help="CheXpert/MIMIC uncertain (-1) labels: ones (U-Ones), zeros (U-Zeros) or ignore "
+        "(leave such images out) (default ones)",
+    )
+    parser.add_argument(
+        "--vote",
+        choices=[v.value for v in Vote],
+        default=Vote.MAJORITY.value,
+        help="VinDr-CXR readers' votes: majority (more than half) or any (default majority)",
+    )
+    parser.add_argument(
+        "--views",
+        choices=[v.value for v in Views],
+        default=Views.FRONTAL.value,
+        help="frontal (PA, AP) only, or all views (default frontal)",
+    )
+
+
+def read_options(args: argparse.Namespace) -> ReadOptions:
+    return ReadOptions(uncertain=args.uncertain, vote=args.vote, views=args.views)
+
+
+def _register_inspect(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    inspect = commands.add_parser(
+        "inspect",
+        help="say what a dataset folder holds (images, patients, labels, subgroups)",
+        description="Read a dataset as training would and print what was found: images, "
+        "patients, images per patient, label prevalence, views, sexes, ages, sites, splits, "
+        "images left out (missing, lateral, uncertain) and files that cannot be decoded.",
+        epilog=INSPECT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    inspect.add_argument("path", type=Path, metavar="DIR", help="the dataset folder or CSV")
+    add_read_options(inspect)
+    inspect.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="also write the summary as JSON to FILE ('-' for standard output only)",
+    )
+    inspect.add_argument(
+        "--no-decode",
+        action="store_true",
+        help="read the tables only; skip decoding every image to find unreadable files",
+    )
+    inspect.set_defaults(handler=run_inspect)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    found = inspect_dataset(
+        args.path, format=args.format, options=read_options(args), decode=not args.no_decode
+    )
+    text = json.dumps(found.to_dict(), indent=2)
+    if args.json is not None and str(args.json) == "-":
+        sys.stdout.write(text + "\n")
+        return 0
+    print_inspection(found, Console())
+    if args.json is not None:
+        atomic_write_bytes(args.json, (text + "\n").encode())
+    return 0
+
+
+def _listed(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count:,}" for name, count in counts.items()) or "none"
+
+
+def print_inspection(found: Inspection, console: Console) -> None:
+    """The summary as a two-column table."""
+    table = Table(title=f"{found.path} ({found.format})", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    per = found.images_per_patient
+    table.add_row("images", f"{found.images:,} ({found.task})")
+    table.add_row("patients", f"{found.patients:,}")
+    table.add_row(
+        "images per patient", f"min {per['min']:g}, median {per['median']:g}, max {per['max']:g}"
+    )
+    for name, share in found.prevalence.items():
+        table.add_row(name, f"{share:.1%} ({found.positives[name]:,})")
+    table.add_row("views", _listed(found.views))
+    table.add_row("sexes", _listed(found.sexes))
+    ages = found.ages
+    table.add_row(
+        "ages",
+        f"{ages['known']:,} known, {ages['min']}-{ages['max']}, median {ages['median']:g}"
+        if ages["known"]
+        else "unknown",
+    )
+    table.add_row("sites", _listed(found.sites))
+    table.add_row("splits", _listed(found.splits))
+    table.add_row("left out", _listed(found.skipped))
+    decoded = f"{found.unreadable:,}" if found.decoded else "not checked (--no-decode)"
+    table.add_row("unreadable files", decoded)
+    for item in found.unreadable_files:
+        table.add_row("", item["error"])
+    console.print(table)
 
 
 def run_synth(args: argparse.Namespace) -> int:

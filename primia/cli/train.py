@@ -33,8 +33,13 @@ OPTIONS: list[tuple[str, str, type, str]] = [
         "--data",
         "data",
         Path,
-        "dataset: a folder with manifest.csv, a CSV manifest, or class folders",
+        "dataset: a folder with manifest.csv, a CSV manifest, class folders, or a public "
+        "collection as downloaded (NIH, CheXpert, MIMIC-CXR-JPG, VinDr-CXR, RSNA)",
     ),
+    ("--format", "format", str, "the dataset's layout (docs/data.md); detected when left out"),
+    ("--uncertain", "uncertain", str, "CheXpert/MIMIC -1 labels: ones, zeros or ignore"),
+    ("--vote", "vote", str, "VinDr-CXR readers' votes: majority or any (default majority)"),
+    ("--views", "views", str, "frontal (PA, AP; the default) or all views"),
     ("--out", "out", Path, "run directory for metrics, TensorBoard events and checkpoints"),
     ("--model", "model", str, "architecture: resnet9, resnet18 or cnn (default resnet9)"),
     ("--width", "width", int, "base channel count of the model (default: the model's own)"),
@@ -93,6 +98,11 @@ def register(subparsers: Any) -> None:
         parser.add_argument(flag, type=kind, default=None, help=text)
     parser.add_argument("--labels", help="comma-separated label columns of a CSV manifest")
     parser.add_argument("--dp", action="store_true", default=None, help="train with DP-SGD")
+    parser.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="leave out a public collection's rows whose image is missing (partial downloads)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -110,6 +120,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values["label_columns"] = [label.strip() for label in args.labels.split(",") if label]
     if args.dp:
         _set(values, "dp.enabled", True)
+    if args.skip_missing:
+        values["skip_missing"] = True
     if args.no_progress:
         values["progress"] = False
     for required in ("data", "out"):

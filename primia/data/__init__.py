@@ -1,7 +1,8 @@
 """Radiograph datasets: loaders for the layouts primia understands, and patient-level splits.
 
-:func:`open_dataset` picks the loader from what a path holds; every loader returns a
-:class:`RadiographDataset`.
+:func:`open_dataset` picks the loader from what a path holds (or from ``format``); every
+loader returns a :class:`RadiographDataset`. Public collections (NIH ChestX-ray14, CheXpert,
+MIMIC-CXR-JPG, VinDr-CXR, RSNA Pneumonia) are read in the layout they are downloaded in.
 """
 
 from __future__ import annotations
@@ -9,35 +10,39 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from primia.data.collections import Collection, ReadOptions
 from primia.data.dataset import RadiographDataset, Record, Task, only_site
 from primia.data.dicom import load_dicom_folder, read_dicom
-from primia.data.folder import load_image_folder, subfolders
+from primia.data.folder import load_image_folder
+from primia.data.formats import FORMATS, check_format, detect_format, open_collection
 from primia.data.images import read_image
-from primia.data.manifest import load_manifest, parse_task
+from primia.data.inspect import Inspection, inspect_dataset
+from primia.data.manifest import load_manifest
 from primia.data.splits import Splits, patient_split
-from primia.errors import ConfigError, DataError
 
 __all__ = [
+    "FORMATS",
+    "Collection",
+    "Inspection",
     "RadiographDataset",
+    "ReadOptions",
     "Record",
     "Splits",
     "Task",
+    "check_format",
+    "detect_format",
+    "inspect_dataset",
     "load_dicom_folder",
     "load_image_folder",
     "load_manifest",
     "load_splits",
     "only_site",
+    "open_collection",
     "open_dataset",
     "patient_split",
     "read_dicom",
     "read_image",
 ]
-
-LAYOUTS = (
-    "a CSV manifest (a .csv file, or a folder holding manifest.csv) with path, patient_id and "
-    "label columns; or a folder of class folders (NORMAL/, PNEUMONIA/, ...), optionally inside "
-    "train/, val/ and test/"
-)
 
 
 def open_dataset(
@@ -46,40 +51,33 @@ def open_dataset(
     image_size: int,
     label_columns: Sequence[str] | None = None,
     task: Task | str | None = None,
+    format: str | None = None,
+    options: ReadOptions | None = None,
 ) -> RadiographDataset:
-    """The dataset at ``path``, its layout detected.
+    """The dataset at ``path``, read as ``format`` or its layout detected
+    (:mod:`primia.data.formats` lists them):
 
-    * a ``.csv`` file: :func:`load_manifest`;
-    * a folder holding ``manifest.csv``: :func:`load_manifest` on it (DICOM rows included);
+    * a ``.csv`` file, or a folder holding ``manifest.csv``: :func:`load_manifest`;
+    * a public collection as downloaded (NIH ChestX-ray14, CheXpert, MIMIC-CXR-JPG,
+      VinDr-CXR, RSNA Pneumonia): its reader in :mod:`primia.data.collections`, with
+      ``options`` (uncertainty policy, vote rule, views, missing images);
     * a folder with subfolders: :func:`load_image_folder` (class folders, optionally in split
       folders); ``label_columns`` does not apply and the task can only be multiclass.
 
     Raises:
         DataError: nothing at ``path``, or a layout not listed above (the message lists them),
             or whatever the chosen loader raises.
-        ConfigError: ``label_columns`` or ``task`` given for a class-folder dataset that
-            cannot honour them.
+        ConfigError: an unknown format, or ``label_columns`` or ``task`` the layout cannot
+            honour.
     """
-    path = Path(path)
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return load_manifest(path, image_size=image_size, label_columns=label_columns, task=task)
-    if not path.is_dir():
-        what = "does not exist" if not path.exists() else "is not a CSV file or a folder"
-        raise DataError(f"dataset path {path} {what}; primia reads {LAYOUTS}")
-    if (path / "manifest.csv").is_file():
-        return load_manifest(
-            path / "manifest.csv", image_size=image_size, label_columns=label_columns, task=task
-        )
-    if not subfolders(path):
-        raise DataError(
-            f"{path} holds no manifest.csv and no class folders; primia reads {LAYOUTS}"
-        )
-    if label_columns is not None or parse_task(task) not in (None, Task.MULTICLASS):
-        raise ConfigError(
-            f"{path} is a class-folder dataset: its labels are the folder names and its task "
-            "is multiclass; leave label_columns and task unset, or use a CSV manifest"
-        )
-    return load_image_folder(path, image_size=image_size)
+    return open_collection(
+        path,
+        image_size=image_size,
+        format=format,
+        options=options,
+        label_columns=label_columns,
+        task=task,
+    ).dataset
 
 
 def load_splits(
@@ -91,10 +89,14 @@ def load_splits(
     test_fraction: float = 0.15,
     seed: int = 0,
     label_columns: Sequence[str] | None = None,
+    format: str | None = None,
+    options: ReadOptions | None = None,
 ) -> Splits:
     """The dataset at ``path`` (only ``site``'s images, if given), split by patient: what
     the audits, the anonymizer and ``primia evaluate`` start from."""
-    dataset = open_dataset(path, image_size=image_size, label_columns=label_columns)
+    dataset = open_dataset(
+        path, image_size=image_size, label_columns=label_columns, format=format, options=options
+    )
     if site is not None:
         dataset = only_site(dataset, site)
     return patient_split(dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)

@@ -34,7 +34,15 @@ import torch
 
 from primia import __version__
 from primia.blobs import Blob
-from primia.data import RadiographDataset, Splits, only_site, open_dataset, patient_split
+from primia.data import (
+    RadiographDataset,
+    ReadOptions,
+    Splits,
+    check_format,
+    only_site,
+    open_dataset,
+    patient_split,
+)
 from primia.errors import ConfigError, LedgerError, LedgerIntegrityError, PrivacyBudgetExceeded
 from primia.evaluate.bootstrap import secret_seed
 from primia.evaluate.evaluation import evaluate_scores
@@ -89,6 +97,25 @@ class DataSettings:
     site: str | None = None
     """Use only the images of this site (a manifest with a ``site`` column shared by
     several simulated nodes, as in the demo)."""
+    format: str | None = None
+    """The dataset's layout (:data:`primia.data.FORMATS`); detected when unset."""
+    uncertain: str = "ones"
+    """CheXpert/MIMIC-CXR uncertain (-1) labels: ones, zeros or ignore (docs/data.md)."""
+    vote: str = "majority"
+    """VinDr-CXR readers' votes: majority or any."""
+    views: str = "frontal"
+    """frontal (PA, AP) or all views of a public collection."""
+    skip_missing: bool = False
+    """Leave out a public collection's rows whose image is missing instead of failing."""
+
+    def __post_init__(self) -> None:
+        # checked when the node's file is read, not when the first round opens the data
+        check_format(self.format)
+        self.read_options()
+
+    def read_options(self) -> ReadOptions:
+        """The public-collection reading options these settings name."""
+        return ReadOptions.of(self)
 
 
 @dataclass(frozen=True)
@@ -470,7 +497,11 @@ class DataOwner:
     def _splits_at(self, image_size: int) -> Splits:
         if image_size not in self._splits:
             dataset = open_dataset(
-                self._data.path, image_size=image_size, label_columns=self._data.label_columns
+                self._data.path,
+                image_size=image_size,
+                label_columns=self._data.label_columns,
+                format=self._data.format,
+                options=self._data.read_options(),
             )
             if self._data.site is not None:
                 dataset = only_site(dataset, self._data.site)

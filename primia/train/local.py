@@ -115,7 +115,11 @@ def _train(config: TrainConfig) -> TrainResult:
     device = resolve_device(config.device)
 
     dataset = open_dataset(
-        config.data, image_size=config.image_size, label_columns=config.label_columns
+        config.data,
+        image_size=config.image_size,
+        label_columns=config.label_columns,
+        format=config.format,
+        options=config.read_options(),
     )
     splits = patient_split(
         dataset,

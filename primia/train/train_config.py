@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from primia.data import ReadOptions, check_format
 from primia.errors import ConfigError
 from primia.train.accounting import AccountantName
 
@@ -50,6 +51,16 @@ class TrainConfig:
     width: int | None = None
     image_size: int = 64
     label_columns: list[str] | None = None
+    format: str | None = None
+    """The dataset's layout (:data:`primia.data.FORMATS`); detected when unset."""
+    uncertain: str = "ones"
+    """CheXpert/MIMIC-CXR uncertain (-1) labels: ones, zeros or ignore (docs/data.md)."""
+    vote: str = "majority"
+    """VinDr-CXR readers' votes: majority or any."""
+    views: str = "frontal"
+    """frontal (PA, AP) or all views of a public collection."""
+    skip_missing: bool = False
+    """Leave out a public collection's rows whose image is missing instead of failing."""
     epochs: int = 3
     batch_size: int = 32
     """The logical (expected) batch size; with DP, batches are Poisson-sampled around it."""
@@ -67,7 +78,13 @@ class TrainConfig:
     progress: bool = True
     dp: DPConfig = field(default_factory=DPConfig)
 
+    def read_options(self) -> ReadOptions:
+        """The public-collection reading options this run names."""
+        return ReadOptions.of(self)
+
     def __post_init__(self) -> None:
+        check_format(self.format)
+        self.read_options()
         positive = {
             "epochs": self.epochs,
             "batch_size": self.batch_size,

@@ -146,7 +146,7 @@ def test_dicom_without_pixels_is_a_data_error(tmp_path: Path) -> None:
     dataset = pydicom.dcmread(path)
     del dataset.PixelData
     dataset.save_as(path)
-    with pytest.raises(DataError, match=r"cannot decode the pixels of .*np\.dcm"):
+    with pytest.raises(DataError, match=r"np\.dcm holds no image .*leave it out"):
         read_dicom(path, 16)
 
 
