@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from primia.cli.commands import command_help
 from primia.cli.groups import print_help
 from primia.data.synth import FINDINGS, SynthConfig, SynthSummary, write_dataset
 
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``primia data`` and its subcommands to the top-level parser."""
     parser = subparsers.add_parser(
         "data",
-        help="make datasets (synthetic radiographs)",
+        help=command_help("data"),
         description="Make datasets. Run 'primia data synth --help' for the options.",
     )
     parser.set_defaults(handler=print_help(parser))

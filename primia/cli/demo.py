@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from primia.cli.commands import command_help
 from primia.demo import DemoResult, DemoSettings, run_demo
 from primia.federated.display import render
 
@@ -50,7 +51,7 @@ the ε each node spent.
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run a federation of three synthetic hospitals on this machine, with DP",
+        help=command_help("demo"),
         description=DESCRIPTION,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from primia.cli.commands import command_help
+from primia.cli.groups import add_threads_option
 from primia.cli.progress import step_progress
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ Run the same command again to resume: finished models and cells are not redone.
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     evaluate = subparsers.add_parser(
         "evaluate",
-        help="metrics with confidence intervals, subgroups, paired comparison of two models",
+        help=command_help("evaluate"),
         description=EVALUATE_DESCRIPTION,
         epilog=EVALUATE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -119,11 +121,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_bootstrap_options(evaluate)
     evaluate.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    add_threads_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     matrix = subparsers.add_parser(
         "transfer-matrix",
-        help="train per site and federated, with and without DP; test every model at every site",
+        help=command_help("transfer-matrix"),
         description=MATRIX_DESCRIPTION,
         epilog=MATRIX_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -164,6 +167,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     matrix.add_argument("--listen", metavar="HOST:PORT", help="override `listen`")
     _add_bootstrap_options(matrix)
+    add_threads_option(matrix)
     matrix.set_defaults(handler=_transfer_matrix)
 
 

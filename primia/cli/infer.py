@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from primia.cli.commands import command_help
 from primia.cli.groups import print_help
 
 if TYPE_CHECKING:  # the inference modules load only when a command needs them
@@ -43,7 +44,7 @@ go into one session.
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     infer = subparsers.add_parser(
         "infer",
-        help="encrypted inference: serve a model, predict, or run the demo",
+        help=command_help("infer"),
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

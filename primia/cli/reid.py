@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from primia.cli.groups import add_threads_option
 from primia.cli.progress import step_progress
 
 REID_DESCRIPTION = """\
@@ -69,6 +70,7 @@ def add_reid_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     reid.add_argument("--resamples", type=int, default=1000, help="bootstrap (default 1000)")
     reid.add_argument("--seed", type=int, default=0, help="splits, pairs, weights (0)")
     reid.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    add_threads_option(reid)
     reid.set_defaults(handler=_reid)
 
 

@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from primia.cli.commands import command_help
+from primia.cli.groups import THREADS_HELP
 from primia.config import from_mapping, read_toml
 from primia.errors import ConfigError
 from primia.train import TrainConfig, TrainResult, train_local
@@ -61,7 +63,7 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--lr", "lr", float, "learning rate (default 1e-3)"),
     ("--seed", "seed", int, "seed of splits, initialisation and sampling (default 0)"),
     ("--device", "device", str, "auto (CUDA when present), cpu or cuda:N (default auto)"),
-    ("--threads", "threads", int, "CPU threads for PyTorch (default: PyTorch's choice)"),
+    ("--threads", "threads", int, THREADS_HELP),
     ("--val-fraction", "val_fraction", float, "share of patients for validation (default 0.15)"),
     ("--test-fraction", "test_fraction", float, "share of patients for testing (default 0.15)"),
     ("--epsilon", "dp.epsilon", float, "target ε of this run with --dp (default 3)"),
@@ -82,7 +84,7 @@ OPTIONS: list[tuple[str, str, type, str]] = [
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "train-local",
-        help="train a model on one dataset, with or without differential privacy",
+        help=command_help("train-local"),
         description="Train a model on one local dataset. With --dp: DP-SGD through Opacus "
         "(per-sample clipping, Gaussian noise calibrated to --epsilon, Poisson sampling).",
         epilog=EPILOG,

@@ -49,6 +49,7 @@ from primia.data import RadiographDataset, open_dataset, patient_split
 from primia.files import atomic_write_bytes
 from primia.models import check_model
 from primia.models.checkpoint import ModelSpec, save_model
+from primia.threads import set_torch_threads
 from primia.train.accounting import Mechanism, epsilon_of, noise_for_target
 from primia.train.ledger import Budget, PrivacyLedger
 from primia.train.loops import EpochLoop, FastDPLoop, OpacusLoop, PlainLoop, to_float
@@ -110,8 +111,7 @@ def train_local(config: TrainConfig) -> TrainResult:
 def _train(config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     _seed_everything(config.seed)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    set_torch_threads(config.threads)
     device = resolve_device(config.device)
 
     dataset = open_dataset(
