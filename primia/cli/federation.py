@@ -110,6 +110,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=command_help("status"),
         description="Ask a running coordinator for its state, with any certificate of the "
         "consortium.",
+        epilog="""\
+example:
+  primia status --coordinator coordinator.example.org:50051 \\
+      --ca pki/ca.pem --cert pki/hospital-a.pem --key pki/hospital-a.key
+
+Prints the coordinator's live table: the round and its state, and per node whether it is
+connected, what it does, the ε it spent of its budget and the rounds it contributed. A
+coordinator certificate sees every node, a node's certificate its own row.
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_connection_arguments(status)
     status.set_defaults(handler=_status)

@@ -103,6 +103,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Start a crypto provider and a model owner as separate processes, "
         "predict on synthetic radiographs as the data owner, and compare the encrypted "
         "probabilities with the plaintext model's.",
+        epilog="""\
+examples:
+  primia demo && primia infer demo               the demo's model, 4 radiographs
+  primia infer demo --model runs/local --images 8 --out runs/infer-local
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
         "--model",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--config", type=Path, help="a TOML file of the same settings")
     for flag, _key, kind, text in OPTIONS:
         parser.add_argument(flag, type=kind, default=None, help=text)
-    parser.add_argument("--labels", help="comma-separated label columns of a CSV manifest")
+    parser.add_argument(
+        "--label-columns",
+        nargs="+",
+        metavar="NAME",
+        help="the manifest's label columns, in this order (default: all 0/1 columns)",
+    )
+    parser.add_argument("--labels", help="deprecated spelling of --label-columns (comma-separated)")
     parser.add_argument("--dp", action="store_true", default=None, help="train with DP-SGD")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
@@ -109,7 +116,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if value is not None:
             _set(values, key, value)
     if args.labels is not None:
-        values["label_columns"] = [label.strip() for label in args.labels.split(",") if label]
+        print(
+            "primia: warning: --labels is deprecated; use --label-columns NAME [NAME ...], "
+            "the name every command and configuration uses",
+            file=sys.stderr,
+        )
+    names = [*(args.label_columns or []), *([args.labels] if args.labels else [])]
+    if names:
+        values["label_columns"] = [
+            label.strip() for name in names for label in name.split(",") if label.strip()
+        ]
     if args.dp:
         _set(values, "dp.enabled", True)
     if args.no_progress:
