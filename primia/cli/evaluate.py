@@ -260,6 +260,7 @@ def _transfer_matrix(args: argparse.Namespace) -> int:
     from primia.cli.federation import stop_on_sigterm
     from primia.federated.coordinator_config import load_coordinator_config
     from primia.transfer.matrix import TransferSettings
+    from primia.transfer.report import below_chance
     from primia.transfer.run import run_transfer_matrix
 
     config = load_coordinator_config(args.config)
@@ -297,6 +298,12 @@ def _transfer_matrix(args: argparse.Namespace) -> int:
             "" if versus.get("p_value") is None else f"{versus['p_value']:.3f}",
         )
     console.print(table)
+    for level, trained_at, site, value in below_chance(result.analysis):
+        console.print(
+            f"[yellow]warning:[/] {level}: the model trained at {trained_at} has AUROC "
+            f"{value:.3f} at {site}, below chance (0.5): check the label order and coding "
+            "there, and the number of test images"
+        )
     console.print(f"{result.timings.get('total_seconds', 0):.0f} s; report in {result.files.html}")
     return 0
 

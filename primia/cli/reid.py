@@ -109,7 +109,10 @@ def _reid(args: argparse.Namespace) -> int:
     auroc = audit.auroc
     console.print(
         f"verification AUROC {auroc.value:.3f} [{auroc.lower:.3f}, {auroc.upper:.3f}] on "
-        f"{audit.test_patients} unseen patients; precision@1 {audit.precision_at_1:.3f}, "
-        f"mAP@R {audit.map_at_r:.3f}; report in {files.html}"
+        f"{audit.test_patients} unseen patients; precision@1 {audit.precision_at_1:.3f} "
+        f"(chance {audit.chance_precision_at_1:.3f}), mAP@R {audit.map_at_r:.3f}",
+        highlight=False,
     )
+    console.print(audit.verdict, highlight=False)
+    console.print(f"report: {files.html}", highlight=False)
     return 0
