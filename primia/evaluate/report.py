@@ -20,7 +20,7 @@ FINDING_METRICS = ("auroc", "sensitivity", "specificity", "precision", "f1")
 GROUP_METRICS = ("auroc", "sensitivity", "specificity")
 """The columns of the subgroup and comparison tables (mean over findings)."""
 
-_CSS = """
+CSS = """
 body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto;
        padding: 0 1rem; color: #222; line-height: 1.45; }
 table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.9rem; }
@@ -28,7 +28,9 @@ th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
 th { background: #f3f3f3; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
 .note { color: #555; }
+.warning { border-left: 4px solid #c60; padding-left: 0.6rem; }
 """
+"""The style of primia's HTML reports (evaluation, transfer matrix)."""
 
 
 def estimate_text(estimate: Estimate, separator: str = " ") -> str:
@@ -73,7 +75,7 @@ def evaluation_html(
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>Evaluation</title>',
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{CSS}</style></head><body>",
         "<h1>Evaluation</h1>",
         f"<p class='note'>model {_e(model)} · data {_e(data)} · test split, "
         f"{evaluation.overall.num_examples} images · {evaluation.resamples} bootstrap "
@@ -122,15 +124,21 @@ def _group_rows(groups: dict[str, MetricTable]) -> list[list[str]]:
     ]
 
 
-def _table(header: Sequence[str], rows: list[list[str]]) -> str:
+def html_table(header: Sequence[str], rows: list[list[str]]) -> str:
+    """An HTML table of rows of already escaped cells; the cells after the first are
+    numbers (right-aligned)."""
     head = "".join(f"<th>{_e(name)}</th>" for name in header)
     body = "".join(
-        f"<tr><td>{_e(row[0])}</td>"
-        + "".join(f"<td class='number'>{_e(cell)}</td>" for cell in row[1:])
+        f"<tr><td>{row[0]}</td>"
+        + "".join(f"<td class='number'>{c}</td>" for c in row[1:])
         + "</tr>"
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _table(header: Sequence[str], rows: list[list[str]]) -> str:
+    return html_table(header, [[_e(cell) for cell in row] for row in rows])
 
 
 def _e(text: str) -> str:

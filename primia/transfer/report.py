@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from primia import __version__
 from primia.evaluate.evaluation import Evaluation
 from primia.evaluate.metrics import MEAN, METRICS
+from primia.evaluate.report import CSS, html_table
 from primia.files import atomic_write_bytes
 from primia.transfer.matrix import ModelPlan, level_name, level_tag
 
@@ -211,24 +212,13 @@ def _legend(
 
 # --- report.html ------------------------------------------------------------------------
 
-_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto;
-       padding: 0 1rem; color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
-th { background: #f3f3f3; }
-td.number { text-align: right; font-variant-numeric: tabular-nums; }
-.note { color: #555; }
-.warning { border-left: 4px solid #c60; padding-left: 0.6rem; }
-"""
-
 
 def _html(document: dict[str, Any], heatmaps: list[Path]) -> str:
     settings = document["settings"]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>Domain-transfer matrix</title>',
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{CSS}</style></head><body>",
         "<h1>Domain-transfer matrix</h1>",
         f'<p class="note">primia {_e(document["primia"])} · sites '
         f"{_e(', '.join(settings['sites']))} · {settings['rounds']} rounds per model · "
@@ -285,7 +275,7 @@ def _summary_table(document: dict[str, Any]) -> str:
             ]
         )
     header = ["privacy", "mean drop", "minus the non-DP drop", "P (paired bootstrap)"]
-    return "<h2>On-site → cross-site drop</h2>" + _table(header, rows)
+    return "<h2>On-site → cross-site drop</h2>" + html_table(header, rows)
 
 
 def _drop_table(level: dict[str, Any]) -> str:
@@ -298,7 +288,7 @@ def _drop_table(level: dict[str, Any]) -> str:
         ]
         for site, figures in level["drop"].items()
     ]
-    return _table(["trained at", "on-site", "cross-site (mean)", "drop"], rows)
+    return html_table(["trained at", "on-site", "cross-site (mean)", "drop"], rows)
 
 
 def _group_table(groups: dict[str, Any]) -> str:
@@ -308,20 +298,8 @@ def _group_table(groups: dict[str, Any]) -> str:
     ]
     return (
         "<p>AUROC of the DP models minus the non-DP models, mean over every cell, by "
-        "patient group:</p>" + _table(["group", "difference", "P"], rows)
+        "patient group:</p>" + html_table(["group", "difference", "P"], rows)
     )
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    """An HTML table; the cells after the first are numbers (already escaped text)."""
-    head = "".join(f"<th>{_e(name)}</th>" for name in header)
-    body = "".join(
-        f"<tr><td>{row[0]}</td>"
-        + "".join(f"<td class='number'>{c}</td>" for c in row[1:])
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _interval(estimate: Mapping[str, Any]) -> str:
