@@ -1,15 +1,18 @@
 """Anonymize a dataset: every image through a trained generator, a manifest beside them.
 
 The copy is a manifest folder (``manifest.csv`` and ``images/``) that every primia loader
-reads: the same patients, sites, labels and patient attributes, the anonymized pixels, at
-the generator's image size. Binary and multilabel datasets only (their labels are 0/1
-columns).
+reads: the labels, the anonymized pixels at the generator's image size, each patient under
+a keyed pseudonym instead of the original ID, and the demographics that
+:class:`~primia.anonymize.pseudonyms.Deidentification` keeps (coarsened or dropped on
+request); ``anonymization.json`` beside the manifest says what is kept. Binary and
+multilabel datasets only (their labels are 0/1 columns).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import torch
 from PIL import Image
 
 from primia.anonymize.checkpoint import load_generator
+from primia.anonymize.pseudonyms import Deidentification, load_or_create_key, pseudonyms
 from primia.data import only_site, open_dataset
 from primia.data.dataset import Task
 from primia.errors import ConfigError, DataError
@@ -33,6 +37,10 @@ class AppliedAnonymizer:
     out: Path
     images: int
     image_size: int
+    key: Path
+    """The pseudonymization key, kept at the hospital."""
+    columns: dict[str, str]
+    """Column → what the copy holds (also in ``OUT/anonymization.json``)."""
 
 
 @torch.no_grad()
@@ -60,7 +68,16 @@ def apply_anonymizer(
     site: str | None = None,
     device: str = "auto",
     overwrite: bool = False,
+    deidentification: Deidentification | None = None,
 ) -> AppliedAnonymizer:
+    """Write the anonymized copy of ``data`` (only ``site``'s images, if given) to ``out``.
+
+    Guarantee: no original ``patient_id`` and no source file name reaches ``out``; patients
+    keep one pseudonym each (so per-patient splits still hold), see
+    :mod:`primia.anonymize.pseudonyms`.
+    """
+    deidentification = deidentification or Deidentification()
+    key_path = deidentification.key_path(out)
     generator, spec = load_generator(generator_path)
     dataset = open_dataset(data, image_size=spec.image_size)
     if site is not None:
@@ -72,13 +89,18 @@ def apply_anonymizer(
         )
     if (out / "manifest.csv").exists() and not overwrite:
         raise ConfigError(f"{out} already holds a manifest; choose another --out or --overwrite")
+    ids = pseudonyms(load_or_create_key(key_path), dataset.patient_ids)
     images, _ = dataset.uint8_tensors()
     anonymized = anonymize_images(generator, images, resolve_device(device))
     (out / "images").mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    attributes = [a for a in ATTRIBUTES if any(a in record.extra for record in dataset.records)]
-    writer.writerow(["path", "patient_id", "site", *attributes, *dataset.label_names])
+    present = [a for a in ATTRIBUTES if any(a in record.extra for record in dataset.records)]
+    attributes = [a for a in present if a not in deidentification.drop]
+    keep_site = "site" not in deidentification.drop
+    writer.writerow(
+        ["path", "patient_id", *(["site"] if keep_site else []), *attributes, *dataset.label_names]
+    )
     for k, record in enumerate(dataset.records):
         relative = Path("images") / f"{k:06d}.png"
         png = io.BytesIO()
@@ -87,11 +109,22 @@ def apply_anonymizer(
         writer.writerow(
             [
                 relative.as_posix(),
-                record.patient_id,
-                record.site,
-                *(record.extra.get(name, "") for name in attributes),
+                ids[record.patient_id],
+                *([record.site] if keep_site else []),
+                *(_attribute(deidentification, record.extra, name) for name in attributes),
                 *record.labels,
             ]
         )
     atomic_write_bytes(out / "manifest.csv", buffer.getvalue().encode())
-    return AppliedAnonymizer(out=out, images=len(dataset), image_size=spec.image_size)
+    sites = ["site"] if any(dataset.sites) else []
+    columns = deidentification.describe([*sites, *present])
+    report = {"images": len(dataset), "image_size": spec.image_size, "columns": columns}
+    atomic_write_bytes(out / "anonymization.json", (json.dumps(report, indent=2) + "\n").encode())
+    return AppliedAnonymizer(
+        out=out, images=len(dataset), image_size=spec.image_size, key=key_path, columns=columns
+    )
+
+
+def _attribute(deidentification: Deidentification, extra: dict[str, str], name: str) -> str:
+    value = extra.get(name, "")
+    return deidentification.age(value) if name == "age" else value

@@ -42,6 +42,7 @@ from primia.data import RadiographDataset, Task, open_dataset
 from primia.errors import ConfigError, ModelError
 from primia.models import build_model
 from primia.models.checkpoint import ModelSpec, find_checkpoint, load_model, read_spec
+from primia.models.registry import default_width
 from primia.train.local import resolve_device
 from primia.train.loops import to_float
 
@@ -118,7 +119,8 @@ class InversionConfig:
         values: dict[str, Any] = {
             "data": str(self.data),
             "model": spec.architecture,
-            "width": spec.width,
+            # None means the architecture's default: report the number it stands for
+            "width": spec.width or default_width(spec.architecture) or "fixed",
             "image_size": image_size,
             "checkpoint": str(self.checkpoint) if self.checkpoint else "none (untrained)",
             "attack": self.attack.name.value,

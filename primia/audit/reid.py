@@ -85,12 +85,20 @@ class ReidConfig:
             raise ConfigError(f"lr must be in (0, 1], got {self.lr}")
 
 
+LINKS_ABOVE = 0.6
+"""The verdict's rule: the radiographs link back to their patients when the lower end of
+the verification AUROC's 95% interval is above this (0.5 is chance)."""
+
+
 @dataclass(frozen=True)
 class ReidAudit:
     """What the audit found on the test patients."""
 
     auroc: Estimate
     precision_at_1: float
+    chance_precision_at_1: float
+    """Precision@1 of a random ranking: the mean over queries of the share of the other
+    images that are the query's patient's."""
     map_at_r: float
     test_patients: int
     test_images: int
@@ -103,10 +111,33 @@ class ReidAudit:
     examples: dict[str, tuple[np.ndarray, np.ndarray, float]] = field(default_factory=dict)
     """Example pairs for the report: (first image, second image, score) by kind."""
 
+    @property
+    def links(self) -> bool:
+        """Whether the radiographs link back to their patients (:data:`LINKS_ABOVE`)."""
+        return self.auroc.lower > LINKS_ABOVE
+
+    @property
+    def verdict(self) -> str:
+        """The finding with its rule, for a clinician or privacy officer."""
+        interval = f"[{self.auroc.lower:.3f}, {self.auroc.upper:.3f}]"
+        if self.links:
+            return (
+                f"the radiographs link back to their patients: the verification AUROC's 95% "
+                f"interval {interval} lies above {LINKS_ABOVE} (0.5 is chance)"
+            )
+        return (
+            f"little sign that the radiographs link back to their patients: the "
+            f"verification AUROC's 95% interval {interval} reaches {LINKS_ABOVE} or below "
+            "(the rule: its lower end above 0.6; 0.5 is chance)"
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "verification_auroc": self.auroc.as_dict(),
+            "verdict": self.verdict,
+            "links": self.links,
             "precision_at_1": self.precision_at_1,
+            "chance_precision_at_1": self.chance_precision_at_1,
             "map_at_r": self.map_at_r,
             "test_patients": self.test_patients,
             "test_images": self.test_images,
@@ -305,6 +336,7 @@ def _audit(
     return {
         "auroc": Estimate(value, float(lower), float(upper)),
         "precision_at_1": precision_at_1,
+        "chance_precision_at_1": chance_precision_at_1(index.patient_of),
         "map_at_r": map_at_r,
         "test_patients": patients,
         "test_images": len(index.patient_of),
@@ -312,6 +344,16 @@ def _audit(
         "negative_pairs": int((~same).sum()),
         "examples": _examples(split, first, second, same, scores),
     }
+
+
+def chance_precision_at_1(patient_of: np.ndarray) -> float:
+    """Expected precision@1 of a random ranking: for a query with r other images of its
+    patient among the N − 1 others, r / (N − 1), averaged over the queries with r > 0 (those
+    :func:`retrieval` counts)."""
+    others = len(patient_of) - 1
+    same = (patient_of[None, :] == patient_of[:, None]).sum(axis=1) - 1
+    queries = same[same > 0]
+    return float(queries.mean() / others) if len(queries) and others else 0.0
 
 
 def retrieval(scores: np.ndarray, patient_of: np.ndarray) -> tuple[float, float]:

@@ -65,11 +65,6 @@ def _side_by_side(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 def _page(audit: ReidAudit, pairs: list[Path]) -> str:
     auroc = audit.auroc
-    verdict = (
-        "the radiographs link back to their patients"
-        if auroc.lower > 0.6
-        else "little sign that the radiographs link back to their patients"
-    )
     figures = "".join(
         f"<figure><img src='{_e(path.name)}' alt='{_e(kind)}'><figcaption>{_e(kind)}: "
         f"same-patient probability {score:.3f}</figcaption></figure>"
@@ -90,11 +85,12 @@ img {{ image-rendering: pixelated; }}</style></head><body>
 <p>primia {_e(__version__)} · a Siamese verifier ({_e(audit.settings.get("model", ""))})
 trained on same/different-patient pairs of the training patients, judged on
 {audit.test_patients} test patients it never saw ({audit.test_images} images).</p>
-<h2>{_e(verdict)}</h2>
+<h2>{_e(audit.verdict)}</h2>
 <table>
 <tr><th>verification AUROC (95% CI, patient bootstrap)</th><td>{auroc.value:.3f}
 [{auroc.lower:.3f}, {auroc.upper:.3f}]</td></tr>
-<tr><th>precision@1 (retrieval over the test images)</th><td>{audit.precision_at_1:.3f}</td></tr>
+<tr><th>precision@1 (retrieval over the test images)</th><td>{audit.precision_at_1:.3f}
+(chance {audit.chance_precision_at_1:.3f})</td></tr>
 <tr><th>mAP@R</th><td>{audit.map_at_r:.3f}</td></tr>
 <tr><th>pairs: same patient / different</th><td>{audit.positive_pairs} /
 {audit.negative_pairs}</td></tr>

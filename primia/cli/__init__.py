@@ -8,13 +8,16 @@ validate arguments, call the API, and print; the work itself happens in the pack
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from primia import __version__
+from primia.cli.commands import COMMANDS
 from primia.errors import PrimiaError
 from primia.memory import reuse_freed_memory
+from primia.threads import set_torch_threads
 
 DESCRIPTION = """\
 primia trains models on medical images that stay where they are: each institution trains
@@ -39,21 +42,10 @@ Start with:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from primia.cli import (
-        anonymize,
-        audit,
-        certs,
-        check,
-        data,
-        demo,
-        evaluate,
-        federation,
-        infer,
-        ledger,
-        train,
-    )
-
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``command`` only (its module imported), or, for ``None`` or a name
+    that is no command, a parser that lists every command and registers none (for
+    ``--help``, ``--version`` and the error that names the choices)."""
     parser = argparse.ArgumentParser(
         prog="primia",
         description=DESCRIPTION,
@@ -62,16 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"primia {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    groups = (demo, data, train, ledger, certs, federation, check, infer, audit, evaluate)
-    for group in (*groups, anonymize):
-        group.register(subparsers)
+    if command in COMMANDS:
+        module = importlib.import_module(f"primia.cli.{COMMANDS[command].module}")
+        module.register(subparsers)
+    else:
+        for name, entry in COMMANDS.items():
+            subparsers.add_parser(name, help=entry.help)
     return parser
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv``: its first word that is not an option (the top-level
+    options take no values)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     reuse_freed_memory()  # before any thread starts: see primia.memory
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(words))
+    args = parser.parse_args(words)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -82,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if hasattr(args, "threads"):  # a command that computes: see primia.threads
+            set_torch_threads(args.threads)
         return int(handler(args))
     except PrimiaError as error:
         print(f"primia: error: {error}", file=sys.stderr)

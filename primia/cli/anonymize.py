@@ -9,7 +9,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from primia.cli.groups import print_help
+from primia.anonymize.pseudonyms import DROPPABLE
+from primia.cli.commands import command_help
+from primia.cli.groups import add_threads_option, print_help
 from primia.cli.progress import step_progress
 
 DESCRIPTION = """\
@@ -17,6 +19,29 @@ Anonymize radiographs before they are shared (PriCheXy-Net, Packhäuser et al. 2
 generator deforms each image (a smooth learned flow field, at most mu/2 of the image
 side) or adds bounded learned noise, trained against a re-identification verifier while
 an auxiliary classifier keeps the findings readable.
+"""
+
+TRAIN_DESCRIPTION = (
+    DESCRIPTION
+    + """
+'train' trains such a generator on a dataset with patient IDs (two or more images of
+some patients), in three phases; see below.
+"""
+)
+
+APPLY_DESCRIPTION = """\
+Write an anonymized copy of a dataset, meant to leave the hospital: every image through a
+trained generator, and a manifest without the original patient IDs. Each patient_id is
+replaced by a keyed pseudonym (HMAC-SHA256 under a key kept at the hospital: --id-key, by
+default OUT.id-key beside the copy, created if absent; the same key gives the same
+pseudonyms in every copy). Ages can be coarsened into bands and site, sex, age or view
+dropped. The command prints what the copy keeps, and OUT/anonymization.json records it.
+"""
+
+EVALUATE_DESCRIPTION = """\
+Measure what a trained generator achieves: how well a re-identification attacker,
+retrained on anonymized images, still links them to the real images of their patients,
+and what anonymization costs a classifier of the findings.
 """
 
 TRAIN_EPILOG = """\
@@ -31,11 +56,14 @@ real images, then adversarial training. Run the same command again to resume.
 """
 
 APPLY_EPILOG = """\
-example:
+examples:
   primia anonymize apply --generator anon/flow --data data/synth --out data/synth-anon
+  primia anonymize apply --generator anon/flow --data data/synth --out data/synth-anon \\
+      --id-key keys/synth.id-key --age-band 10 --drop sex
 
-OUT receives manifest.csv and images/: the same patients, sites, labels, sex and age,
-anonymized pixels at the generator's image size; every primia loader reads it.
+OUT receives manifest.csv, images/ and anonymization.json: pseudonymized patients, the
+labels, the demographics kept, anonymized pixels at the generator's image size; every
+primia loader reads it. Send OUT, never the key.
 """
 
 EVALUATE_EPILOG = """\
@@ -52,8 +80,8 @@ anonymized test images, with the paired difference.
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     anonymize = subparsers.add_parser(
         "anonymize",
-        help="train, apply and evaluate an anonymizer of radiographs",
-        description=DESCRIPTION,
+        help=command_help("anonymize"),
+        description=DESCRIPTION,  # the group's page: what anonymization is
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     anonymize.set_defaults(handler=print_help(anonymize))
@@ -62,67 +90,164 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train = commands.add_parser(
         "train",
         help="train a generator against a verifier",
-        description=DESCRIPTION,
+        description=TRAIN_DESCRIPTION,
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("--data", type=Path, required=True, metavar="DIR")
-    train.add_argument("--out", type=Path, required=True, metavar="OUT")
-    train.add_argument("--generator", choices=("flow", "noise"), default="flow")
-    train.add_argument("--mu", type=float, default=0.01, help="flow: deformation bound (0.01)")
-    train.add_argument("--strength", type=float, default=0.1, help="noise: strength (0.1)")
-    train.add_argument("--image-size", type=int, default=64, metavar="PX")
-    train.add_argument("--backbone", default="resnet9", help="verifier and classifier")
-    train.add_argument("--epochs", type=int, default=10, help="adversarial epochs (10)")
-    train.add_argument("--pretrain-epochs", type=int, default=2)
-    train.add_argument("--warmup-epochs", type=int, default=3)
-    train.add_argument("--pairs-per-epoch", type=int, default=2000, metavar="N")
-    train.add_argument("--privacy-weight", type=float, default=1.0)
-    train.add_argument("--utility-weight", type=float, default=1.0)
-    train.add_argument("--site", help="only this site's images")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto")
+    train.add_argument(
+        "--data", type=Path, required=True, metavar="DIR", help="a dataset with patient IDs"
+    )
+    train.add_argument(
+        "--out", type=Path, required=True, metavar="OUT", help="the run's folder (resumed)"
+    )
+    train.add_argument(
+        "--generator",
+        choices=("flow", "noise"),
+        default="flow",
+        help="flow: a smooth deformation field; noise: bounded additive noise (default flow)",
+    )
+    train.add_argument(
+        "--mu",
+        type=float,
+        default=0.01,
+        help="flow: deformation bound, a pixel moves at most mu/2 of the side (default 0.01)",
+    )
+    train.add_argument(
+        "--strength", type=float, default=0.1, help="noise: largest pixel change (default 0.1)"
+    )
+    train.add_argument(
+        "--image-size", type=int, default=64, metavar="PX", help="image side (default 64)"
+    )
+    train.add_argument(
+        "--backbone",
+        default="resnet9",
+        help="architecture of the verifier and the classifier (default resnet9)",
+    )
+    train.add_argument("--epochs", type=int, default=10, help="adversarial epochs (default 10)")
+    train.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=2,
+        metavar="N",
+        help="identity pre-training of the generator (default 2)",
+    )
+    train.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=3,
+        metavar="N",
+        help="verifier and classifier on real images before the adversarial phase (default 3)",
+    )
+    train.add_argument(
+        "--pairs-per-epoch",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="image pairs drawn afresh each epoch (default 2000)",
+    )
+    train.add_argument(
+        "--privacy-weight",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="weight of the verifier's loss in the generator's objective (default 1)",
+    )
+    train.add_argument(
+        "--utility-weight",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="weight of the classifier's loss in the generator's objective (default 1)",
+    )
+    _add_run_options(train)
     train.set_defaults(handler=_train)
 
     apply = commands.add_parser(
         "apply",
-        help="write an anonymized copy of a dataset",
-        description=DESCRIPTION,
+        help="write an anonymized, pseudonymized copy of a dataset",
+        description=APPLY_DESCRIPTION,
         epilog=APPLY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_generator_option(apply)
     apply.add_argument(
+        "--data", type=Path, required=True, metavar="DIR", help="the dataset to copy"
+    )
+    apply.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="the anonymized copy's folder"
+    )
+    apply.add_argument(
+        "--id-key",
+        type=Path,
+        metavar="PATH",
+        help="the hospital's pseudonymization key, created if absent; keep it, and keep it "
+        "out of the copy (default: OUT.id-key beside OUT)",
+    )
+    apply.add_argument(
+        "--age-band",
+        type=int,
+        metavar="YEARS",
+        help="write ages as bands of this many years (40-49), 90+ top-coded (default: exact)",
+    )
+    apply.add_argument(
+        "--drop",
+        nargs="+",
+        choices=DROPPABLE,
+        default=[],
+        metavar="COLUMN",
+        help=f"leave these columns out of the copy: {', '.join(DROPPABLE)}",
+    )
+    apply.add_argument("--overwrite", action="store_true", help="replace a copy already in OUT")
+    _add_run_options(apply, seed=False)
+    apply.set_defaults(handler=_apply)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="linkage attack and utility of a trained generator",
+        description=EVALUATE_DESCRIPTION,
+        epilog=EVALUATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_generator_option(evaluate)
+    evaluate.add_argument(
+        "--data", type=Path, required=True, metavar="DIR", help="a dataset with patient IDs"
+    )
+    evaluate.add_argument("--out", type=Path, metavar="DIR", help="write evaluation.json")
+    evaluate.add_argument("--runs", type=int, default=3, help="linkage attacks (3)")
+    evaluate.add_argument("--model", default="resnet9", help="the attacker's backbone")
+    evaluate.add_argument("--epochs", type=int, default=10, help="the attacker's epochs")
+    evaluate.add_argument(
+        "--classifier-epochs",
+        type=int,
+        default=10,
+        metavar="N",
+        help="epochs of the classifier of the findings (default 10)",
+    )
+    _add_run_options(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
+
+
+def _add_generator_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--generator",
         type=Path,
         required=True,
         metavar="PATH",
         help="generator.safetensors or the folder of a training run",
     )
-    apply.add_argument("--data", type=Path, required=True, metavar="DIR")
-    apply.add_argument("--out", type=Path, required=True, metavar="DIR")
-    apply.add_argument("--site", help="only this site's images")
-    apply.add_argument("--overwrite", action="store_true")
-    apply.add_argument("--device", default="auto")
-    apply.set_defaults(handler=_apply)
 
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="linkage attack and utility",
-        description=DESCRIPTION,
-        epilog=EVALUATE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+
+def _add_run_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
+    """``--site``, ``--seed`` (where randomness is drawn), ``--device`` and ``--threads``."""
+    parser.add_argument("--site", help="only this site's images")
+    if seed:
+        parser.add_argument(
+            "--seed", type=int, default=0, help="seed of splits, pairs and weights (default 0)"
+        )
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu or cuda (default auto)"
     )
-    evaluate.add_argument("--generator", type=Path, required=True, metavar="PATH")
-    evaluate.add_argument("--data", type=Path, required=True, metavar="DIR")
-    evaluate.add_argument("--out", type=Path, metavar="DIR", help="write evaluation.json")
-    evaluate.add_argument("--runs", type=int, default=3, help="linkage attacks (3)")
-    evaluate.add_argument("--model", default="resnet9", help="the attacker's backbone")
-    evaluate.add_argument("--epochs", type=int, default=10, help="the attacker's epochs")
-    evaluate.add_argument("--classifier-epochs", type=int, default=10)
-    evaluate.add_argument("--site", help="only this site's images")
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--device", default="auto")
-    evaluate.set_defaults(handler=_evaluate)
+    add_threads_option(parser)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -165,6 +290,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     from primia.anonymize.apply import apply_anonymizer
+    from primia.anonymize.pseudonyms import Deidentification
 
     applied = apply_anonymizer(
         args.generator,
@@ -173,8 +299,18 @@ def _apply(args: argparse.Namespace) -> int:
         site=args.site,
         device=args.device,
         overwrite=args.overwrite,
+        deidentification=Deidentification(
+            id_key=args.id_key, age_band=args.age_band, drop=frozenset(args.drop)
+        ),
     )
     print(f"{applied.images} anonymized images at {applied.image_size} px in {applied.out}")
+    print("the copy holds:")
+    for column, treatment in applied.columns.items():
+        print(f"  {column:<10} {treatment}")
+    print(
+        f"pseudonymization key: {applied.key} (keep it at the hospital; it links "
+        "pseudonyms back to patient IDs)"
+    )
     return 0
 
 

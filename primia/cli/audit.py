@@ -9,7 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from primia.cli.groups import print_help
+from primia.cli.commands import command_help
+from primia.cli.groups import add_threads_option, print_help
 from primia.cli.reid import add_reid_command
 
 DESCRIPTION = """\
@@ -79,7 +80,7 @@ COLUMNS = (
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = subparsers.add_parser(
         "audit",
-        help="privacy audits: gradient inversion, re-identification",
+        help=command_help("audit"),
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -236,6 +237,7 @@ def _add_invert_options(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, required=True, metavar="AUDIT_DIR", help="report folder"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_option(parser)
 
 
 def defenses_in(values: Sequence[str]) -> tuple[str, ...]:

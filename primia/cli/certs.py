@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from primia.cli.commands import command_help
 from primia.cli.groups import print_help
 from primia.errors import ConfigError
 from primia.pki import (
@@ -65,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``primia certs`` and its subcommands to the top-level parser."""
     parser = subparsers.add_parser(
         "certs",
-        help="run the consortium's certificate authority (init, issue, list)",
+        help=command_help("certs"),
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

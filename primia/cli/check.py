@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from primia.cli.commands import command_help
 from primia.cli.connection import add_connection_arguments, tls_files_of
 from primia.rpc.probe import MEGABYTE, probe
 
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``primia check`` to the top-level parser."""
     parser = subparsers.add_parser(
         "check",
-        help="test the link to a coordinator: certificates, integrity, throughput",
+        help=command_help("check"),
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

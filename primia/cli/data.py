@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from primia.cli.commands import command_help
 from primia.cli.groups import print_help
 from primia.data import FORMATS, Inspection, ReadOptions, inspect_dataset
 from primia.data.collections import Uncertain, Views, Vote
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``primia data`` and its subcommands to the top-level parser."""
     parser = subparsers.add_parser(
         "data",
-        help="make and inspect datasets (synthetic radiographs, public collections)",
+        help=command_help("data"),
         description="Make and inspect datasets. Run 'primia data synth --help' or "
         "'primia data inspect --help' for the options.",
     )

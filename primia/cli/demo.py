@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from primia.cli.commands import command_help
 from primia.demo.federation import DemoResult, DemoSettings, run_demo
-from primia.federated.display import render
+from primia.federated.coordinator import FederationStatus
+from primia.federated.display import render, status_line
 
 HELP = {
     "out": "folder for everything the demo makes (emptied if an earlier demo made it)",
@@ -46,13 +49,28 @@ every node's held-out patients, and checkpoints each round. Ends with AUROC per 
 the ε each node spent.
 """
 
+EPILOG = """\
+examples:
+  primia demo                                     three hospitals, 64 px, a few minutes
+  primia demo --rounds 2 --image-size 32 --model cnn --no-progress    a quick look
+  primia demo --epsilon-per-round 0.5 --aggregation plaintext --out runs/demo-low-eps
+
+OUT receives the dataset, the consortium's certificates, every party's configuration and
+log, and the coordinator's run (its checkpoints: 'primia infer demo' uses them).
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults beside each option, and the examples as written."""
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run a federation of three synthetic hospitals on this machine, with DP",
+        help=command_help("demo"),
         description=DESCRIPTION,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=EPILOG,
+        formatter_class=_HelpFormatter,
     )
     defaults = DemoSettings()
     for field in fields(DemoSettings):
@@ -82,9 +100,24 @@ def run(args: argparse.Namespace) -> int:
         with Live(console=console, refresh_per_second=2, transient=True) as live:
             result = run_demo(settings, on_status=lambda status: live.update(render(status)))
     else:
-        result = run_demo(settings)
+        result = run_demo(settings, on_status=changes_printer(console))
     print_summary(result, console)
     return 0
+
+
+def changes_printer(console: Console) -> Callable[[FederationStatus], None]:
+    """An ``on_status`` that prints a line whenever the round or its state changes (for
+    --no-progress, logs and pipes: the live table would be silent there)."""
+    last: list[str] = []
+
+    def on_status(status: FederationStatus) -> None:
+        line = status_line(status)
+        key = f"{status.round} {status.state}"
+        if not last or last[-1] != key:
+            last.append(key)
+            console.print(line, highlight=False)
+
+    return on_status
 
 
 def print_summary(result: DemoResult, console: Console) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
+from primia.cli.commands import command_help
+from primia.cli.groups import add_threads_option
 from primia.cli.progress import step_progress
 
 if TYPE_CHECKING:
@@ -32,8 +35,11 @@ examples:
   primia evaluate --model runs/dp-eps1 --compare runs/non-dp --data data/synth \\
       --site site2 --out eval/dp-vs-non-dp
 
-EVAL_DIR receives evaluation.json (every figure; 'comparison' with two models) and
-model.json/.safetensors (the bootstrap replicates, for later paired comparisons).
+The terminal shows, per finding, the operating point (threshold chosen on validation) and
+AUROC, sensitivity and specificity with 95% intervals; then the mean per patient group.
+EVAL_DIR receives report.html (the same and more, for a browser), evaluation.json (every
+figure; 'comparison' with two models) and model.json/.safetensors (the bootstrap
+replicates, for later paired comparisons).
 """
 
 MATRIX_DESCRIPTION = """\
@@ -63,7 +69,7 @@ Run the same command again to resume: finished models and cells are not redone.
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     evaluate = subparsers.add_parser(
         "evaluate",
-        help="metrics with confidence intervals, subgroups, paired comparison of two models",
+        help=command_help("evaluate"),
         description=EVALUATE_DESCRIPTION,
         epilog=EVALUATE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -119,11 +125,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_bootstrap_options(evaluate)
     evaluate.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    add_threads_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     matrix = subparsers.add_parser(
         "transfer-matrix",
-        help="train per site and federated, with and without DP; test every model at every site",
+        help=command_help("transfer-matrix"),
         description=MATRIX_DESCRIPTION,
         epilog=MATRIX_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -164,6 +171,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     matrix.add_argument("--listen", metavar="HOST:PORT", help="override `listen`")
     _add_bootstrap_options(matrix)
+    add_threads_option(matrix)
     matrix.set_defaults(handler=_transfer_matrix)
 
 
@@ -204,51 +212,73 @@ def _evaluate(args: argparse.Namespace) -> int:
     console = Console()
     with console.status("evaluating (scores, then the bootstrap)"):
         result = evaluate_checkpoint(config)
-    console.print(_metrics_table(result.evaluation, title=str(args.model)))
+    console.print(_findings_table(result.evaluation, title=str(args.model)))
+    console.print(_groups_table(result.evaluation))
     if result.other is not None and result.comparison is not None:
-        console.print(_metrics_table(result.other, title=str(args.compare)))
+        console.print(_findings_table(result.other, title=str(args.compare)))
         console.print(_comparison_table(result.comparison, args.model, args.compare))
     for note in result.evaluation.threshold_notes:
         console.print(f"[yellow]note:[/] {note}")
     if args.out is not None:
-        console.print(f"results in {args.out / 'evaluation.json'}")
+        console.print(f"results in {args.out / 'evaluation.json'} and {args.out / 'report.html'}")
     return 0
 
 
-def _metrics_table(evaluation: Evaluation, *, title: str) -> Table:
-    from primia.evaluate.metrics import METRICS
+def _findings_table(evaluation: Evaluation, *, title: str) -> Table:
+    """Per finding at its operating point; value above interval in each cell, so that the
+    table fits 80 columns (report.html has precision and F1 too)."""
+    from primia.evaluate.report import estimate_text
 
     table = Table(
-        title=f"{title}: test split, {evaluation.overall.num_examples} images "
-        f"(95% CI, {evaluation.resamples} resamples)"
+        title=f"{title}: test split, {evaluation.overall.num_examples} images, 95% CI "
+        f"({evaluation.resamples} resamples); threshold from validation (Youden's J)"
     )
+    for column in ("finding", "threshold", "AUROC", "sensitivity", "specificity"):
+        table.add_column(column, justify="left" if column == "finding" else "right")
+    overall = evaluation.overall
+    for k, name in enumerate(evaluation.label_names):
+        threshold = float(evaluation.thresholds[k])
+        table.add_row(
+            f"{name} ({overall.positives[k]}+)",
+            "arg-max" if math.isnan(threshold) else f"{threshold:.3f}",
+            *(
+                estimate_text(overall.estimate(metric, name), "\n")
+                for metric in ("auroc", "sensitivity", "specificity")
+            ),
+        )
+    table.add_row(
+        "[bold]mean",
+        "",
+        *(
+            estimate_text(overall.estimate(metric), "\n")
+            for metric in ("auroc", "sensitivity", "specificity")
+        ),
+    )
+    return table
+
+
+def _groups_table(evaluation: Evaluation) -> Table:
+    from primia.evaluate.report import GROUP_METRICS, estimate_text
+
+    table = Table(title="by patient group: mean over findings, 95% CI")
     table.add_column("group")
-    for metric in METRICS:
+    for metric in GROUP_METRICS:
         table.add_column(metric, justify="right")
     for name, group in evaluation.groups.items():
-        cells = []
-        for metric in METRICS:
-            estimate = group.estimate(metric)
-            cells.append(f"{estimate.value:.3f} [{estimate.lower:.3f}, {estimate.upper:.3f}]")
+        cells = [estimate_text(group.estimate(metric), "\n") for metric in GROUP_METRICS]
         table.add_row(f"{name} (n={group.num_examples})", *cells)
     return table
 
 
 def _comparison_table(comparison: Comparison, first: Path, second: Path) -> Table:
-    from primia.evaluate.metrics import MEAN, METRICS
+    from primia.evaluate.report import GROUP_METRICS, comparison_rows
 
     table = Table(title=f"{first} minus {second}: difference [95% CI] (paired P)")
     table.add_column("group")
-    for metric in METRICS:
+    for metric in GROUP_METRICS:
         table.add_column(metric, justify="right")
-    for name, difference in comparison.groups.items():
-        column = difference.columns.index(MEAN)
-        cells = [
-            f"{difference.values[m, column]:+.3f} [{difference.lower[m, column]:+.3f}, "
-            f"{difference.upper[m, column]:+.3f}] (P={difference.p_values[m, column]:.3f})"
-            for m in range(len(METRICS))
-        ]
-        table.add_row(name, *cells)
+    for row in comparison_rows(comparison, "\n"):
+        table.add_row(*row)
     return table
 
 
@@ -256,6 +286,7 @@ def _transfer_matrix(args: argparse.Namespace) -> int:
     from primia.cli.federation import stop_on_sigterm
     from primia.federated.coordinator_config import load_coordinator_config
     from primia.transfer.matrix import TransferSettings
+    from primia.transfer.report import below_chance
     from primia.transfer.run import run_transfer_matrix
 
     config = load_coordinator_config(args.config)
@@ -293,6 +324,12 @@ def _transfer_matrix(args: argparse.Namespace) -> int:
             "" if versus.get("p_value") is None else f"{versus['p_value']:.3f}",
         )
     console.print(table)
+    for level, trained_at, site, value in below_chance(result.analysis):
+        console.print(
+            f"[yellow]warning:[/] {level}: the model trained at {trained_at} has AUROC "
+            f"{value:.3f} at {site}, below chance (0.5): check the label order and coding "
+            "there, and the number of test images"
+        )
     console.print(f"{result.timings.get('total_seconds', 0):.0f} s; report in {result.files.html}")
     return 0
 

@@ -12,6 +12,7 @@ from types import FrameType
 from rich.console import Console
 from rich.logging import RichHandler
 
+from primia.cli.commands import command_help
 from primia.cli.connection import add_connection_arguments, tls_files_of
 from primia.cli.groups import print_help
 from primia.federated.display import LiveStatus, render
@@ -48,7 +49,7 @@ STATE_DIR/privacy-ledger.jsonl. It reconnects with back-off when the coordinator
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     coordinator = subparsers.add_parser(
         "coordinator",
-        help="run a federation's coordinator",
+        help=command_help("coordinator"),
         description="Run a federation's coordinator. See 'primia coordinator serve --help'.",
     )
     coordinator.set_defaults(handler=print_help(coordinator))
@@ -78,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     node = subparsers.add_parser(
         "node",
-        help="run a data-owner node",
+        help=command_help("node"),
         description="Run a data-owner node. See 'primia node serve --help'.",
     )
     node.set_defaults(handler=print_help(node))
@@ -107,9 +108,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     status = subparsers.add_parser(
         "status",
-        help="show a running federation's rounds, nodes and privacy spent",
+        help=command_help("status"),
         description="Ask a running coordinator for its state, with any certificate of the "
         "consortium.",
+        epilog="""\
+example:
+  primia status --coordinator coordinator.example.org:50051 \\
+      --ca pki/ca.pem --cert pki/hospital-a.pem --key pki/hospital-a.key
+
+Prints the coordinator's live table: the round and its state, and per node whether it is
+connected, what it does, the ε it spent of its budget and the rounds it contributed. A
+coordinator certificate sees every node, a node's certificate its own row.
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_connection_arguments(status)
     status.set_defaults(handler=_status)

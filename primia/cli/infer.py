@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from primia.cli.commands import command_help
 from primia.cli.groups import print_help
 
 if TYPE_CHECKING:  # the inference modules load only when a command needs them
@@ -43,7 +44,7 @@ go into one session.
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     infer = subparsers.add_parser(
         "infer",
-        help="encrypted inference: serve a model, predict, or run the demo",
+        help=command_help("infer"),
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -102,6 +103,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Start a crypto provider and a model owner as separate processes, "
         "predict on synthetic radiographs as the data owner, and compare the encrypted "
         "probabilities with the plaintext model's.",
+        epilog="""\
+examples:
+  primia demo && primia infer demo               the demo's model, 4 radiographs
+  primia infer demo --model runs/local --images 8 --out runs/infer-local
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
         "--model",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from primia.cli.commands import command_help
 from primia.train.ledger import Budget
 from primia.train.ledger_repair import repair, verify
 
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``primia ledger`` to the top-level parser."""
     parser = subparsers.add_parser(
         "ledger",
-        help="verify a privacy ledger, or repair one that failed its checks",
+        help=command_help("ledger"),
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

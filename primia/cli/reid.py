@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from primia.cli.groups import add_threads_option
 from primia.cli.progress import step_progress
 
 REID_DESCRIPTION = """\
@@ -69,6 +70,7 @@ def add_reid_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     reid.add_argument("--resamples", type=int, default=1000, help="bootstrap (default 1000)")
     reid.add_argument("--seed", type=int, default=0, help="splits, pairs, weights (0)")
     reid.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    add_threads_option(reid)
     reid.set_defaults(handler=_reid)
 
 
@@ -107,7 +109,10 @@ def _reid(args: argparse.Namespace) -> int:
     auroc = audit.auroc
     console.print(
         f"verification AUROC {auroc.value:.3f} [{auroc.lower:.3f}, {auroc.upper:.3f}] on "
-        f"{audit.test_patients} unseen patients; precision@1 {audit.precision_at_1:.3f}, "
-        f"mAP@R {audit.map_at_r:.3f}; report in {files.html}"
+        f"{audit.test_patients} unseen patients; precision@1 {audit.precision_at_1:.3f} "
+        f"(chance {audit.chance_precision_at_1:.3f}), mAP@R {audit.map_at_r:.3f}",
+        highlight=False,
     )
+    console.print(audit.verdict, highlight=False)
+    console.print(f"report: {files.html}", highlight=False)
     return 0

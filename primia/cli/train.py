@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from primia.cli.commands import command_help
+from primia.cli.groups import THREADS_HELP
 from primia.config import from_mapping, read_toml
 from primia.errors import ConfigError
 from primia.train import TrainConfig, TrainResult, train_local
@@ -66,7 +69,7 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--lr", "lr", float, "learning rate (default 1e-3)"),
     ("--seed", "seed", int, "seed of splits, initialisation and sampling (default 0)"),
     ("--device", "device", str, "auto (CUDA when present), cpu or cuda:N (default auto)"),
-    ("--threads", "threads", int, "CPU threads for PyTorch (default: PyTorch's choice)"),
+    ("--threads", "threads", int, THREADS_HELP),
     ("--val-fraction", "val_fraction", float, "share of patients for validation (default 0.15)"),
     ("--test-fraction", "test_fraction", float, "share of patients for testing (default 0.15)"),
     ("--epsilon", "dp.epsilon", float, "target ε of this run with --dp (default 3)"),
@@ -87,7 +90,7 @@ OPTIONS: list[tuple[str, str, type, str]] = [
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "train-local",
-        help="train a model on one dataset, with or without differential privacy",
+        help=command_help("train-local"),
         description="Train a model on one local dataset. With --dp: DP-SGD through Opacus "
         "(per-sample clipping, Gaussian noise calibrated to --epsilon, Poisson sampling).",
         epilog=EPILOG,
@@ -96,7 +99,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--config", type=Path, help="a TOML file of the same settings")
     for flag, _key, kind, text in OPTIONS:
         parser.add_argument(flag, type=kind, default=None, help=text)
-    parser.add_argument("--labels", help="comma-separated label columns of a CSV manifest")
+    parser.add_argument(
+        "--label-columns",
+        nargs="+",
+        metavar="NAME",
+        help="the manifest's label columns, in this order (default: all 0/1 columns)",
+    )
+    parser.add_argument("--labels", help="deprecated spelling of --label-columns (comma-separated)")
     parser.add_argument("--dp", action="store_true", default=None, help="train with DP-SGD")
     parser.add_argument(
         "--skip-missing",
@@ -117,7 +126,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if value is not None:
             _set(values, key, value)
     if args.labels is not None:
-        values["label_columns"] = [label.strip() for label in args.labels.split(",") if label]
+        print(
+            "primia: warning: --labels is deprecated; use --label-columns NAME [NAME ...], "
+            "the name every command and configuration uses",
+            file=sys.stderr,
+        )
+    names = [*(args.label_columns or []), *([args.labels] if args.labels else [])]
+    if names:
+        values["label_columns"] = [
+            label.strip() for name in names for label in name.split(",") if label.strip()
+        ]
     if args.dp:
         _set(values, "dp.enabled", True)
     if args.skip_missing:

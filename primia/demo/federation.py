@@ -130,7 +130,7 @@ def run_demo(
                 logs,
             )
         _wait_for_coordinator(
-            processes, f"127.0.0.1:{port}", coordinator_tls, settings.timeout_s, on_status, logs
+            processes, f"127.0.0.1:{port}", coordinator_tls, settings, on_status, logs
         )
         _wait_for_nodes(processes, sites)
     finally:
@@ -210,17 +210,18 @@ def _wait_for_coordinator(
     processes: dict[str, subprocess.Popen[bytes]],
     address: str,
     tls: pki.TLSFiles,
-    timeout: float,
+    settings: DemoSettings,
     on_status: Callable[[FederationStatus], None] | None,
     logs: Path,
 ) -> None:
+    timeout = settings.timeout_s
     deadline = time.monotonic() + timeout
     coordinator = processes[COORDINATOR]
     while coordinator.poll() is None:
         if time.monotonic() > deadline:
             raise DemoFailed(f"the federation did not finish in {timeout:.0f} s; see {logs}")
         if on_status is not None:
-            on_status(_status_or_placeholder(address, tls, processes))
+            on_status(_status_or_placeholder(address, tls, processes, settings))
         time.sleep(0.5)
     if coordinator.returncode != 0:
         log = logs / f"{COORDINATOR}.log"
@@ -231,8 +232,12 @@ def _wait_for_coordinator(
 
 
 def _status_or_placeholder(
-    address: str, tls: pki.TLSFiles, processes: dict[str, subprocess.Popen[bytes]]
+    address: str,
+    tls: pki.TLSFiles,
+    processes: dict[str, subprocess.Popen[bytes]],
+    settings: DemoSettings,
 ) -> FederationStatus:
+    """The coordinator's status, or, until it answers, one that says what is coming."""
     try:
         return fetch_status(address, tls, server_name=COORDINATOR, timeout=2.0)
     except StatusUnavailable:
@@ -241,8 +246,8 @@ def _status_or_placeholder(
             run_id="",
             state="starting",
             round=0,
-            rounds=0,
-            min_nodes=0,
+            rounds=settings.rounds,
+            min_nodes=settings.min_nodes,
             nodes=[NodeStatus(name, activity="starting") for name in names],
             history=[],
         )

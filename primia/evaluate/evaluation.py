@@ -164,10 +164,13 @@ def evaluate_scores(
         if mask.sum() < 2:
             continue
         part = test.subset(mask)
+        values = metric_table(part, predictions[mask], observed[:, mask])[0]
+        defined = np.isfinite(values[:, :-1])  # the labels the mean covers, per metric
+        replicates = metric_table(part, predictions[mask], counts[:, mask], mean_over=defined)
         groups[name] = MetricTable(
             columns=(*test.label_names, MEAN),
-            values=metric_table(part, predictions[mask], observed[:, mask])[0],
-            replicates=metric_table(part, predictions[mask], counts[:, mask]).astype(np.float32),
+            values=values,
+            replicates=replicates.astype(np.float32),
             num_examples=int(mask.sum()),
             positives=tuple(int(v) for v in part.targets.sum(axis=0)),
             confidence=confidence,

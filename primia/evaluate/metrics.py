@@ -15,8 +15,14 @@ TP = Σ w·[ŷ ∧ y], FP = Σ w·[ŷ ∧ ¬y], FN = Σ w·[¬ŷ ∧ y], TN = Σ
   / (Σ_{pos} w · Σ_{neg} w).
 
 A metric whose denominator is zero (no positives, say) is NaN. The ``mean`` column is the
-macro average over the labels where the metric is defined. Multiclass outputs are scored
-one-vs-rest per class, with the arg-max as the prediction (no threshold).
+macro average over the labels where the metric is defined on the data. A bootstrap row
+averages the same labels, and is NaN where one of them is undefined in its resample (a
+rare label with no positives drawn): averaging only the labels a resample happens to
+define would mix different quantities, and with a rare label whose AUROC differs from the
+others the replicates would sit on one side of the estimate (an estimate of 0.5 from
+AUROCs 1.0 and 0.0 had the interval [0.5, 1.0], its lower end pinned at the estimate).
+Multiclass outputs are scored one-vs-rest per class, with the arg-max as the prediction
+(no threshold).
 """
 
 from __future__ import annotations
@@ -116,10 +122,18 @@ def youden_thresholds(scores: Scores) -> tuple[FloatArray, list[str]]:
 
 
 def metric_table(
-    scores: Scores, predictions: npt.NDArray[np.bool_], weights: FloatArray
+    scores: Scores,
+    predictions: npt.NDArray[np.bool_],
+    weights: FloatArray,
+    *,
+    mean_over: npt.NDArray[np.bool_] | None = None,
 ) -> FloatArray:
     """``float64[R, len(METRICS), L + 1]``: every metric per label, then the mean, for each
-    of the R rows of ``weights`` (``[R, N]``); see the module docstring."""
+    of the R rows of ``weights`` (``[R, N]``); see the module docstring.
+
+    ``mean_over`` (``bool[len(METRICS), L]``, the labels each metric is defined for on the
+    data): the mean of a row averages exactly these labels, NaN where one is undefined;
+    ``None``: the labels defined in that row."""
     weights = np.asarray(weights, dtype=np.float32)
     if weights.ndim != 2 or weights.shape[1] != len(scores):
         raise ValueError(f"weights must be [rows, {len(scores)}], got {weights.shape}")
@@ -149,7 +163,14 @@ def metric_table(
         table[:, 3, :labels] = tn / (tn + fp)
         table[:, 4, :labels] = tp / (tp + fp)
         table[:, 5, :labels] = 2 * tp / (2 * tp + fp + fn)
-    table[:, :, labels] = _nanmean(table[:, :, :labels])
+    per_label = table[:, :, :labels]
+    if mean_over is None:
+        table[:, :, labels] = _nanmean(per_label)
+    else:
+        required = np.asarray(mean_over, dtype=bool)[np.newaxis]
+        complete = (np.isfinite(per_label) | ~required).all(axis=-1)
+        averaged = _nanmean(np.where(required, per_label, np.nan))
+        table[:, :, labels] = np.where(complete, averaged, np.nan)
     return table
 
 

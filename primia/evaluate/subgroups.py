@@ -63,8 +63,10 @@ def subgroup_masks(
 
 
 def _age(text: str) -> float:
+    """An age in years; a band of an anonymized copy (``40-49``, ``90+``) counts as its
+    lowest age (a band that straddles an edge falls below the edge)."""
     try:
-        age = float(text)
+        age = float(text.split("-")[0].rstrip("+") if text[:1].isdigit() else text)
     except ValueError:
         return float("nan")
     return age if 0 <= age < 150 else float("nan")

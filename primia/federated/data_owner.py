@@ -74,6 +74,7 @@ from primia.files import atomic_write_bytes
 from primia.models import model_names
 from primia.models.checkpoint import ModelSpec
 from primia.scoring.predict import dataset_scores, predict
+from primia.threads import set_torch_threads
 from primia.train.accounting import AccountantName
 from primia.train.ledger import Budget, PrivacyLedger
 from primia.train.local import dp_mechanism, fit, logits_of, metrics_of, resolve_device
@@ -142,8 +143,10 @@ class ComputeSettings:
                     f"compute.device {self.device!r} is not a device: use auto (CUDA when "
                     "present), cpu, cuda or cuda:N"
                 ) from error
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"compute.threads must be at least 1, got {self.threads}")
+        if self.threads is not None and self.threads < 0:
+            raise ConfigError(
+                f"compute.threads must be at least 0 (0: PyTorch's default), got {self.threads}"
+            )
         if self.max_physical_batch_size < 1:
             raise ConfigError(
                 "compute.max_physical_batch_size must be at least 1, got "
@@ -182,8 +185,7 @@ class DataOwner:
             budget=Budget(epsilon=privacy.epsilon_budget, delta=privacy.delta),
             accountant=privacy.accountant,
         )
-        if compute.threads is not None:
-            torch.set_num_threads(compute.threads)
+        set_torch_threads(compute.threads)
         self.device = resolve_device(compute.device)
         self._evaluation_key = _secret_key(state_dir / EVALUATION_KEY_FILENAME)
         self._splits: dict[int, Splits] = {}

@@ -73,6 +73,21 @@ def render(status: FederationStatus) -> RenderableType:
     return Group(*parts)
 
 
+def status_line(status: FederationStatus) -> str:
+    """One line for a log or a pipe: the round, the state, the nodes connected and the
+    last finished round's validation AUROC."""
+    connected = sum(node.connected for node in status.nodes)
+    line = (
+        f"{status.unit} {status.round}/{status.rounds} · {status.state} · "
+        f"{connected}/{len(status.nodes)} nodes connected"
+    )
+    if status.history:
+        last = status.history[-1]
+        auroc = "n/a" if last.mean_auroc is None else f"{last.mean_auroc:.3f}"
+        line += f" · round {last.round} validation AUROC {auroc}"
+    return line
+
+
 class LiveStatus:
     """Redraws ``status()`` twice a second on stderr while in its ``with`` block."""
 

@@ -21,6 +21,7 @@ from primia.data import load_splits
 from primia.errors import DataError
 from primia.evaluate.bootstrap import DEFAULT_RESAMPLES
 from primia.evaluate.evaluation import Comparison, Evaluation, compare, evaluate_scores
+from primia.evaluate.report import evaluation_html
 from primia.evaluate.store import save_evaluation
 from primia.files import atomic_write_bytes
 from primia.models.checkpoint import find_checkpoint, load_model
@@ -58,7 +59,8 @@ class LocalEvaluation:
 
 def evaluate_checkpoint(config: EvaluateConfig) -> LocalEvaluation:
     """Evaluate ``config.model`` (and ``config.compare_with``) and, given ``config.out``,
-    write ``evaluation.json`` (with ``comparison`` when two models were given)."""
+    write ``evaluation.json`` (with ``comparison`` when two models were given) and
+    ``report.html`` (:mod:`primia.evaluate.report`)."""
     started = time.perf_counter()
     device = resolve_device(config.device)
     paths = [find_checkpoint(config.model)]
@@ -125,3 +127,12 @@ def write_local_evaluation(
         document["other"] = result.other.as_dict()
         document["comparison"] = result.comparison.as_dict()
     atomic_write_bytes(out / "evaluation.json", (json.dumps(document, indent=2) + "\n").encode())
+    page = evaluation_html(
+        result.evaluation,
+        model=str(paths[0]),
+        data=str(config.data),
+        other=result.other,
+        other_model=str(paths[1]) if len(paths) > 1 else "",
+        comparison=result.comparison,
+    )
+    atomic_write_bytes(out / "report.html", page.encode())

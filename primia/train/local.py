@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -45,10 +46,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from primia.config import write_toml
-from primia.data import RadiographDataset, open_dataset, patient_split
+from primia.data import RadiographDataset, Splits, open_dataset, patient_split
 from primia.files import atomic_write_bytes
 from primia.models import check_model
 from primia.models.checkpoint import ModelSpec, save_model
+from primia.threads import set_torch_threads
 from primia.train.accounting import Mechanism, epsilon_of, noise_for_target
 from primia.train.ledger import Budget, PrivacyLedger
 from primia.train.loops import EpochLoop, FastDPLoop, OpacusLoop, PlainLoop, to_float
@@ -58,6 +60,9 @@ from primia.train.progress import TrainingProgress
 from primia.train.randomness import os_seeded_generator
 from primia.train.runlog import RunLog
 from primia.train.train_config import TrainConfig
+
+FAILED_FILENAME = "failed.json"
+"""Marks a run folder whose run failed after an epoch had finished (see _leave_failed_run)."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,7 @@ def train_local(config: TrainConfig) -> TrainResult:
 def _train(config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     _seed_everything(config.seed)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    set_torch_threads(config.threads)
     device = resolve_device(config.device)
 
     dataset = open_dataset(
@@ -136,7 +140,35 @@ def _train(config: TrainConfig) -> TrainResult:
         label_names=dataset.label_names,
     )
     model = spec.build()
+    fresh = not config.out.exists()
+    model_path = config.out / "model.safetensors"
+    try:
+        return _train_into(config, splits, spec, model, device, started)
+    except BaseException as error:
+        _leave_failed_run(config.out, fresh=fresh, trained=model_path.exists(), error=error)
+        raise
+
+
+def _leave_failed_run(out: Path, *, fresh: bool, trained: bool, error: BaseException) -> None:
+    """A run that failed (or was refused) leaves no half-made folder: the folder this run
+    created is removed when no epoch finished; otherwise ``failed.json`` marks it."""
+    if fresh and not trained:
+        shutil.rmtree(out, ignore_errors=True)
+    elif out.exists():
+        reason = {"failed": True, "error": f"{type(error).__name__}: {error}"}
+        atomic_write_bytes(out / FAILED_FILENAME, (json.dumps(reason) + "\n").encode())
+
+
+def _train_into(
+    config: TrainConfig,
+    splits: Splits,
+    spec: ModelSpec,
+    model: nn.Module,
+    device: torch.device,
+    started: float,
+) -> TrainResult:
     config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / FAILED_FILENAME).unlink(missing_ok=True)
     write_toml(config, config.out / "config.toml")
 
     model_path = config.out / "model.safetensors"

@@ -1,7 +1,10 @@
 """What a training run leaves behind: ``metrics.jsonl`` and TensorBoard events.
 
 Each call to :meth:`RunLog.record` appends one JSON line (flushed and fsynced, so a crash
-loses at most the line being written) and the same scalars to ``tb/``.
+loses at most the line being written) and the same scalars to ``tb/``, under the tags a
+federation's coordinator uses (``validation/mean_auroc``, ``validation/auroc/LABEL``,
+``validation/loss``; see :func:`tensorboard_tag`), so that one TensorBoard shows local and
+federated runs side by side.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class RunLog:
         for key, value in values.items():
             is_number = isinstance(value, int | float) and not isinstance(value, bool)
             if is_number and math.isfinite(value):
-                self._writer.add_scalar(key, value, step)
+                self._writer.add_scalar(tensorboard_tag(key), value, step)
         self._writer.flush()
 
     def close(self) -> None:
@@ -47,6 +50,24 @@ class RunLog:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+RENAMED_TAGS = {
+    "val_auroc_mean": "validation/mean_auroc",
+    "train_loss": "train/loss",
+    "epsilon": "epsilon_spent",
+    "seconds": "epoch/seconds",
+}
+
+
+def tensorboard_tag(key: str) -> str:
+    """The TensorBoard tag of a ``metrics.jsonl`` key: ``val_X`` → ``validation/X``, and
+    :data:`RENAMED_TAGS`; other keys as they are."""
+    if key in RENAMED_TAGS:
+        return RENAMED_TAGS[key]
+    if key.startswith("val_"):
+        return f"validation/{key.removeprefix('val_')}"
+    return key
 
 
 def _json_safe(value: Any) -> Any:

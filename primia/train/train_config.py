@@ -75,6 +75,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+    """PyTorch's CPU threads; ``None``: the shared-machine default of :mod:`primia.threads`,
+    ``0``: PyTorch's own default (all cores)."""
     progress: bool = True
     dp: DPConfig = field(default_factory=DPConfig)
 
@@ -104,8 +106,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 0.9), got {fraction}")
         if self.val_fraction == 0:
             raise ConfigError("val_fraction must be above 0: validation metrics need images")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.threads is not None and self.threads < 0:
+            raise ConfigError(
+                f"threads must be at least 0 (0: PyTorch's default), got {self.threads}"
+            )
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 

@@ -6,7 +6,8 @@ level and ``report.html`` that shows them.
 * ``matrix.csv``: one row per cell (privacy level, trained at, tested at) with every
   metric's mean over labels and its interval;
 * ``heatmap-<level>.png``: rows trained at, columns tested at, colour and text the mean
-  AUROC (with its 95% interval).
+  AUROC (with its 95% interval), a colour legend; cells below 0.5 (worse than chance)
+  marked, and listed as a warning in ``report.html`` (:func:`below_chance`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from primia import __version__
 from primia.evaluate.evaluation import Evaluation
 from primia.evaluate.metrics import MEAN, METRICS
+from primia.evaluate.report import CSS, html_table
 from primia.files import atomic_write_bytes
 from primia.transfer.matrix import ModelPlan, level_name, level_tag
 
@@ -117,6 +119,23 @@ def _colour(fraction: float) -> tuple[int, int, int]:
     return int(mixed[0]), int(mixed[1]), int(mixed[2])
 
 
+CHANCE = 0.5
+"""The AUROC of a model that ranks at random."""
+
+
+def below_chance(analysis: Mapping[str, Any]) -> list[tuple[str, str, str, float]]:
+    """The cells whose mean AUROC is below :data:`CHANCE`: (level, trained at, tested at,
+    AUROC). Such a model ranks the other way round at that site: look for labels in
+    another order, a site whose findings are coded differently, or too few test images."""
+    return [
+        (level, trained_at, site, float(estimate["value"]))
+        for level, entry in analysis["levels"].items()
+        for trained_at, row in entry["matrix"].items()
+        for site, estimate in row.items()
+        if estimate.get("value") is not None and estimate["value"] < CHANCE
+    ]
+
+
 def heatmap(
     matrix: Mapping[str, Mapping[str, Mapping[str, float | None]]],
     sites: list[str],
@@ -126,10 +145,14 @@ def heatmap(
     high: float = 1.0,
 ) -> Image.Image:
     """The matrix as an image: a row per model (trained at), a column per test site; the
-    colour runs from ``low`` to ``high`` AUROC; each cell shows the value and interval."""
+    colour runs from ``low`` to ``high`` AUROC (the legend on the right); each cell shows
+    the value and interval, and a cell below chance (0.5) says so."""
     rows = list(matrix)
     cell_w, cell_h, left, top = 150, 64, 130, 70
-    width, height = left + cell_w * len(sites) + 20, top + cell_h * len(rows) + 20
+    legend_w = 110
+    grid_right = left + cell_w * len(sites)
+    width = grid_right + legend_w
+    height = top + max(cell_h * len(rows), 150) + 20
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=14)
@@ -155,25 +178,39 @@ def heatmap(
             draw.rectangle((x, y, x + cell_w - 2, y + cell_h - 2), fill=fill)
             ink = "black" if sum(fill) > 380 else "white"
             draw.text((x + 8, y + 10), f"{value:.3f}", fill=ink, font=font)
+            if value < CHANCE:
+                draw.text((x + 70, y + 12), "< chance", fill=ink, font=small)
             lower, upper = estimate.get("lower"), estimate.get("upper")
             if lower is not None and upper is not None:
                 draw.text((x + 8, y + 34), f"[{lower:.3f}, {upper:.3f}]", fill=ink, font=small)
             if row == site:
                 draw.rectangle((x, y, x + cell_w - 2, y + cell_h - 2), outline="red", width=2)
+    _legend(draw, grid_right + 20, top, low=low, high=high, font=small)
     return image
 
 
-# --- report.html ------------------------------------------------------------------------
+def _legend(
+    draw: ImageDraw.ImageDraw,
+    x: int,
+    y: int,
+    *,
+    low: float,
+    high: float,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+) -> None:
+    """A vertical colour bar, ``high`` at the top, with its ends and middle labelled."""
+    bar_w, bar_h = 16, 130
+    for k in range(bar_h):
+        draw.line((x, y + k, x + bar_w, y + k), fill=_colour(1 - k / (bar_h - 1)))
+    draw.rectangle((x, y, x + bar_w, y + bar_h), outline="#555555")
+    middle = (low + high) / 2
+    for fraction, value in ((0.0, high), (0.5, middle), (1.0, low)):
+        label = f"{value:.2f}" + (" or less" if value == low else "")
+        draw.text((x + bar_w + 4, y + fraction * bar_h - 6), label, fill="black", font=font)
+    draw.text((x, y + bar_h + 6), "AUROC", fill="#555555", font=font)
 
-_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto;
-       padding: 0 1rem; color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
-th { background: #f3f3f3; }
-td.number { text-align: right; font-variant-numeric: tabular-nums; }
-.note { color: #555; }
-"""
+
+# --- report.html ------------------------------------------------------------------------
 
 
 def _html(document: dict[str, Any], heatmaps: list[Path]) -> str:
@@ -181,7 +218,7 @@ def _html(document: dict[str, Any], heatmaps: list[Path]) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>Domain-transfer matrix</title>',
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{CSS}</style></head><body>",
         "<h1>Domain-transfer matrix</h1>",
         f'<p class="note">primia {_e(document["primia"])} · sites '
         f"{_e(', '.join(settings['sites']))} · {settings['rounds']} rounds per model · "
@@ -193,6 +230,7 @@ def _html(document: dict[str, Any], heatmaps: list[Path]) -> str:
         "the on-site cell. The <em>drop</em> is the on-site AUROC minus the mean cross-site "
         "AUROC of a site's own model.</p>",
         _summary_table(document),
+        _below_chance_warning(document),
     ]
     for path, (name, level) in zip(heatmaps, document["levels"].items(), strict=True):
         parts += [
@@ -205,6 +243,22 @@ def _html(document: dict[str, Any], heatmaps: list[Path]) -> str:
             parts.append(_group_table(groups))
     parts += ["</body></html>", ""]
     return "\n".join(parts)
+
+
+def _below_chance_warning(document: dict[str, Any]) -> str:
+    cells = below_chance(document)
+    if not cells:
+        return ""
+    items = "".join(
+        f"<li>{_e(level)}: trained at {_e(trained_at)}, tested at {_e(site)}: {value:.3f}</li>"
+        for level, trained_at, site, value in cells
+    )
+    return (
+        f"<p class='warning'><strong>Warning:</strong> {len(cells)} cell(s) below AUROC "
+        f"{CHANCE} (worse than chance: the model ranks the other way round there). Check the "
+        "label order and coding at those sites, and the number of test images.</p>"
+        f"<ul>{items}</ul>"
+    )
 
 
 def _summary_table(document: dict[str, Any]) -> str:
@@ -221,7 +275,7 @@ def _summary_table(document: dict[str, Any]) -> str:
             ]
         )
     header = ["privacy", "mean drop", "minus the non-DP drop", "P (paired bootstrap)"]
-    return "<h2>On-site → cross-site drop</h2>" + _table(header, rows)
+    return "<h2>On-site → cross-site drop</h2>" + html_table(header, rows)
 
 
 def _drop_table(level: dict[str, Any]) -> str:
@@ -234,7 +288,7 @@ def _drop_table(level: dict[str, Any]) -> str:
         ]
         for site, figures in level["drop"].items()
     ]
-    return _table(["trained at", "on-site", "cross-site (mean)", "drop"], rows)
+    return html_table(["trained at", "on-site", "cross-site (mean)", "drop"], rows)
 
 
 def _group_table(groups: dict[str, Any]) -> str:
@@ -244,20 +298,8 @@ def _group_table(groups: dict[str, Any]) -> str:
     ]
     return (
         "<p>AUROC of the DP models minus the non-DP models, mean over every cell, by "
-        "patient group:</p>" + _table(["group", "difference", "P"], rows)
+        "patient group:</p>" + html_table(["group", "difference", "P"], rows)
     )
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    """An HTML table; the cells after the first are numbers (already escaped text)."""
-    head = "".join(f"<th>{_e(name)}</th>" for name in header)
-    body = "".join(
-        f"<tr><td>{row[0]}</td>"
-        + "".join(f"<td class='number'>{c}</td>" for c in row[1:])
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _interval(estimate: Mapping[str, Any]) -> str:

@@ -11,6 +11,7 @@ import pytest
 
 from primia.anonymize.apply import apply_anonymizer
 from primia.anonymize.evaluation import evaluate_anonymizer
+from primia.anonymize.pseudonyms import Deidentification
 from primia.anonymize.training import AnonymizerConfig, train_anonymizer
 from primia.audit.reid import ReidConfig
 from primia.cli import main
@@ -76,12 +77,22 @@ def test_apply_keeps_shape_range_and_manifest(
     original = open_dataset(patients, image_size=32)
     copy = open_dataset(out, image_size=32)
     assert applied.images == len(original) == len(copy)
-    assert copy.patient_ids == original.patient_ids and copy.sites == original.sites
+    manifest = (out / "manifest.csv").read_text()
+    assert not set(original.patient_ids) & set(copy.patient_ids)
+    assert not any(patient_id in manifest for patient_id in set(original.patient_ids))
+    # one pseudonym per patient: the copy groups images by patient as the original does
+    assert len(dict(zip(original.patient_ids, copy.patient_ids, strict=True))) == len(
+        set(copy.patient_ids)
+    )
+    assert applied.key == tmp_path / "shared.id-key" and not list(out.glob("*key*"))
+    assert copy.sites == original.sites
     assert copy.label_names == original.label_names
     assert (copy.targets() == original.targets()).all()
     assert [r.extra.get("sex") for r in copy.records] == [
         r.extra.get("sex") for r in original.records
     ]
+    kept = json.loads((out / "anonymization.json").read_text())["columns"]
+    assert kept["sex"] == "kept" and kept["age"] == "kept (exact)"
     images, _ = copy.uint8_tensors()
     assert images.shape == original.uint8_tensors()[0].shape
     assert not np.array_equal(images.numpy(), original.uint8_tensors()[0].numpy())
@@ -89,6 +100,22 @@ def test_apply_keeps_shape_range_and_manifest(
         assert next(csv.reader(handle))[:3] == ["path", "patient_id", "site"]
     with pytest.raises(Exception, match="already holds"):
         apply_anonymizer(noise_generator, patients, out)
+
+    coarse = tmp_path / "coarse"
+    apply_anonymizer(
+        noise_generator,
+        patients,
+        coarse,
+        deidentification=Deidentification(
+            id_key=applied.key, age_band=10, drop=frozenset({"sex", "site"})
+        ),
+    )
+    banded = open_dataset(coarse, image_size=32)
+    assert banded.patient_ids == copy.patient_ids  # the same key: the same pseudonyms
+    assert all("sex" not in r.extra and r.site == "" for r in banded.records)
+    assert all(r.extra["age"].endswith(("9", "+")) for r in banded.records)
+    kept = json.loads((coarse / "anonymization.json").read_text())["columns"]
+    assert kept["sex"] == kept["site"] == "dropped" and kept["age"].startswith("10-year")
 
 
 def test_an_anonymizer_lowers_re_identification(patients: Path, noise_generator: Path) -> None:

@@ -57,6 +57,12 @@ def test_evaluate_one_model_writes_metrics_with_intervals(
     assert (out / "model.safetensors").exists()
     printed = capsys.readouterr().out
     assert "test split" in printed and "auroc" in printed
+    labels = document["evaluation"]["labels"]
+    assert all(label in printed for label in labels) and "sensitivity" in printed
+    assert "…" not in printed and max(map(len, printed.splitlines())) <= 80  # nothing cut
+    page = (out / "report.html").read_text()
+    assert "Per finding, at the operating point" in page
+    assert all(f"<td>{label}</td>" in page for label in labels)
 
 
 def test_evaluate_compares_two_models_with_paired_p_values(
@@ -70,7 +76,9 @@ def test_evaluate_compares_two_models_with_paired_p_values(
     accuracy = document["comparison"]["all"]["accuracy"]["mean"]
     assert accuracy["p_value"] is not None and 0 < accuracy["p_value"] <= 1
     assert accuracy["lower"] <= accuracy["difference"] <= accuracy["upper"]
-    assert "minus" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "minus" in printed and "(P=" in printed and "…" not in printed
+    assert "Compared with" in (out / "report.html").read_text()
 
 
 def test_evaluate_bad_input_is_a_clear_error(

@@ -61,6 +61,7 @@ def test_the_verifier_recognises_unseen_patients(patients: Path) -> None:
     assert audit.auroc.lower > 0.6, audit.auroc  # clearly above chance on unseen patients
     assert audit.auroc.lower <= audit.auroc.value <= audit.auroc.upper
     chance = 3 / (audit.test_images - 1)  # a random best match is the same patient
+    assert audit.chance_precision_at_1 == pytest.approx(chance)
     assert audit.precision_at_1 > chance
     assert len(audit.history) == 4 and 1 <= audit.best_epoch <= 4
 
@@ -71,7 +72,9 @@ def test_cli_writes_the_report(patients: Path, tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert 0 <= report["verification_auroc"]["value"] <= 1
     assert len(list(out.glob("pair-*.png"))) == 3
-    assert "Re-identification audit" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "Re-identification audit" in page and "above 0.6" in page
+    assert "chance" in page and "chance_precision_at_1" in report
 
 
 def test_one_image_per_patient_is_a_clear_error(tmp_path: Path) -> None:

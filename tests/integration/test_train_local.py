@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 from opacus.accountants import create_accountant
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from primia.errors import PrivacyBudgetExceeded
 from primia.models.checkpoint import load_model
@@ -64,6 +65,8 @@ def test_run_directory_holds_config_metrics_events_and_checkpoint(data, tmp_path
     assert any(f"val_auroc/{name}" in lines[0] for name in ("pneumonia", "effusion"))
     assert (out / "config.toml").read_text().count("epsilon = 4.0") == 1
     assert any((out / "tb").iterdir())
+    tags = EventAccumulator(str(out / "tb")).Reload().Tags()["scalars"]
+    assert "validation/mean_auroc" in tags and "val_auroc_mean" not in tags  # as federations
     _, spec = load_model(result.model_path)
     assert spec.architecture == "cnn" and spec.num_outputs == 4
     assert json.loads((out / "result.json").read_text())["privacy"]["epsilon"] <= 4.0
@@ -74,7 +77,11 @@ def test_budget_is_enforced_across_runs_before_any_step(data, tmp_path):
     train_local(small_config(data, tmp_path / "first", dp=dp))
     with pytest.raises(PrivacyBudgetExceeded, match=r"budget is 3\.5"):
         train_local(small_config(data, tmp_path / "second", dp=dp))
-    assert not (tmp_path / "second" / "metrics.jsonl").exists()
+    assert not (tmp_path / "second").exists()  # a refused run leaves no half-made folder
+    with pytest.raises(PrivacyBudgetExceeded):
+        train_local(small_config(data, tmp_path / "first", dp=dp))
+    failed = json.loads((tmp_path / "first" / "failed.json").read_text())
+    assert "PrivacyBudgetExceeded" in failed["error"]  # a folder with a model is marked
 
 
 def test_non_private_run_spends_no_ledger_and_reports_infinite_epsilon(data, tmp_path):

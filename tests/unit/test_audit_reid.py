@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from primia.audit.pairs import PatientIndex
-from primia.audit.reid import ReidConfig, retrieval
+from primia.audit.reid import ReidAudit, ReidConfig, chance_precision_at_1, retrieval
 from primia.audit.verifier import SiameseVerifier
 from primia.errors import ConfigError, DataError
+from primia.evaluate.evaluation import Estimate
 
 
 class FakeDataset:
@@ -64,6 +65,29 @@ def test_retrieval_metrics_on_a_known_ranking() -> None:
     precision_at_1, map_at_r = retrieval(scores, patients)
     assert precision_at_1 == pytest.approx(3 / 5)
     assert map_at_r == pytest.approx((1 + 0 + 1 + 0.25 + 0.5) / 5)
+    # chance: images 0, 1 have 1 same-patient image of 4 others, images 2-4 have 2
+    assert chance_precision_at_1(patients) == pytest.approx((1 + 1 + 2 + 2 + 2) / 5 / 4)
+
+
+@pytest.mark.parametrize(("lower", "links"), [(0.61, True), (0.6, False), (0.3, False)])
+def test_the_verdict_states_its_rule(lower: float, links: bool) -> None:
+    audit = ReidAudit(
+        auroc=Estimate(0.7, lower, 0.8),
+        precision_at_1=0.2,
+        chance_precision_at_1=0.05,
+        map_at_r=0.1,
+        test_patients=10,
+        test_images=40,
+        positive_pairs=5,
+        negative_pairs=5,
+        history=[],
+        best_epoch=1,
+        seconds_per_epoch=1.0,
+    )
+    assert audit.links is links
+    assert audit.verdict.startswith("the radiographs" if links else "little sign")
+    assert "above 0.6" in audit.verdict or "lower end above 0.6" in audit.verdict
+    assert audit.as_dict()["chance_precision_at_1"] == 0.05
 
 
 def test_verifier_is_symmetric_and_its_matrix_matches_pairs() -> None:

@@ -86,7 +86,7 @@ def test_missing_and_invalid_toml(tmp_path):
     ("values", "message"),
     [
         ({"device": "gpu"}, "compute.device 'gpu' is not a device"),
-        ({"threads": 0}, "compute.threads must be at least 1"),
+        ({"threads": -1}, r"compute.threads must be at least 0 \(0: PyTorch.s default\)"),
         ({"max_physical_batch_size": 0}, "max_physical_batch_size must be at least 1"),
     ],
 )

@@ -14,7 +14,7 @@ from primia.errors import DataError
 from primia.evaluate.evaluation import compare, evaluate_scores
 from primia.evaluate.metrics import MEAN, METRICS, Scores
 from primia.evaluate.store import evaluation_exists, load_evaluation, save_evaluation
-from primia.evaluate.subgroups import age_band_names, subgroup_masks
+from primia.evaluate.subgroups import ALL, age_band_names, subgroup_masks
 from primia.rpc.evaluation_codec import DetailError, detailed_from_proto, detailed_to_proto
 
 LABELS = ("pneumonia", "effusion")
@@ -151,3 +151,22 @@ def test_codec_round_trip_and_refusals() -> None:
     del no_all.groups[0]
     with pytest.raises(DetailError, match="'all'"):
         detailed_from_proto(no_all, label_names=LABELS, resamples=40)
+
+
+def test_the_mean_of_a_replicate_averages_the_same_labels_as_the_estimate() -> None:
+    # label b has one positive, scored lowest (AUROC 0); label a separates perfectly (1):
+    # the estimate is 0.5. A resample without b's positive must not count as 1.0 (a mean
+    # of a alone), which pinned the interval's lower end at the estimate ([0.5, 1.0]).
+    targets = np.zeros((10, 2), dtype=bool)
+    targets[:5, 0] = True
+    targets[0, 1] = True
+    scores = np.where(targets, 0.8, 0.3)
+    scores[0, 1] = 0.1
+    split = Scores(scores, targets, Task.MULTILABEL, ("a", "b"))
+    table = evaluate_scores(split, split, resamples=500, seed=1, subgroups=False).groups[ALL]
+    row, mean = table.metrics.index("auroc"), table.columns.index(MEAN)
+    replicates = table.replicates[:, row, mean]
+    assert table.values[row, mean] == pytest.approx(0.5)
+    without_b = ~np.isfinite(table.replicates[:, row, 1])
+    assert without_b.any() and np.isnan(replicates[without_b]).all()
+    assert np.nanmax(replicates) == pytest.approx(0.5)

@@ -21,7 +21,7 @@ from primia.transfer.matrix import (
     plan_models,
     round_epsilon,
 )
-from primia.transfer.report import write_matrix_report
+from primia.transfer.report import below_chance, write_matrix_report
 
 SITES = ("a", "b")
 RESAMPLES = 400
@@ -142,7 +142,9 @@ def test_a_missing_cell_leaves_the_drop_out() -> None:
 def test_report_files(tmp_path: Path) -> None:
     models = [ModelPlan(s, e, (s,)) for e in (None, 3.0) for s in SITES]
     cells = {(m.model_id, t): cell(0.8, i) for i, m in enumerate(models) for t in SITES}
+    cells[("b.eps3", "a")] = cell(0.35, 9)  # worse than chance
     analysis = analyse(models, SITES, cells)
+    assert below_chance(analysis) == [("ε=3", "b", "a", pytest.approx(0.35))]
     files = write_matrix_report(
         tmp_path,
         summary={"sites": list(SITES), "rounds": 2, "resamples": RESAMPLES},
@@ -153,7 +155,9 @@ def test_report_files(tmp_path: Path) -> None:
     )
     assert [p.name for p in files.heatmaps] == ["heatmap-nodp.png", "heatmap-eps3.png"]
     with Image.open(files.heatmaps[0]) as image:
-        assert image.size == (130 + 150 * 2 + 20, 70 + 64 * 2 + 20)
+        assert image.size == (130 + 150 * 2 + 110, 70 + 150 + 20)  # the legend on the right
+        legend = [image.getpixel((130 + 300 + 28, 70 + k)) for k in (1, 128)]
+        assert legend[0] != legend[1]  # a colour bar from high to low
     rows = files.csv.read_text().splitlines()
     assert len(rows) == 1 + len(models) * len(SITES)
     assert rows[1].startswith("non-DP,a.nodp,a,a,100,0.8000")
@@ -161,3 +165,4 @@ def test_report_files(tmp_path: Path) -> None:
     assert document["timings"]["total_seconds"] == 12.0 and "levels" in document
     page = files.html.read_text()
     assert "heatmap-eps3.png" in page and "On-site" in page
+    assert "Warning:</strong> 1 cell(s) below AUROC 0.5" in page
