@@ -67,6 +67,8 @@ class CoordinatorServer:
             status=self.job.status,
             guard=self.guard,
             status_access=config.status_access,
+            # A job of its own (the transfer matrix) asks for several models and plans.
+            plan=config.federation_plan() if job is None else None,
         )
         self._server: grpc.Server | None = None
         self.port = 0

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import grpc
 
 from primia.blobs import CHUNK_SIZE, MAX_CHUNK_SIZE, MIB, Blob
-from primia.errors import PrimiaError
-from primia.pki import TLSFiles
+from primia.errors import ConfigError, PrimiaError
+from primia.pki import CertificateRejected, TLSFiles, verify_peer
 from primia.rpc import methods
 from primia.rpc.chunk_wire import messages_of
 from primia.rpc.tls import secure_channel
@@ -76,6 +76,7 @@ def probe(
     # messages_of checks this too, but only once gRPC pulls the first chunk on its own thread.
     if not 0 < chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be in (0, {MAX_CHUNK_SIZE}], got {chunk_size}")
+    check_tls_files(files)
     blob = Blob.of("probe", payload)
     with secure_channel(address, files, server_name=server_name) as channel:
         upload = methods.probe(channel)
@@ -87,7 +88,7 @@ def probe(
             receipt = upload(messages_of(blob, envelope=False, chunk_size=chunk_size))
             seconds = time.perf_counter() - started
         except grpc.RpcError as error:
-            raise _failure(address, error) from error
+            raise diagnose(address, error, server_name=server_name, what="probe") from error
     return ProbeResult(
         size=len(payload),
         seconds=seconds,
@@ -107,14 +108,73 @@ def _random_bytes(size: int) -> bytes:
     return (block * -(-size // MIB))[:size]
 
 
-def _failure(address: str, error: grpc.RpcError) -> ProbeFailed:
+def check_tls_files(files: TLSFiles) -> None:
+    """Raise :class:`ConfigError` if our own certificate is not one our own CA file
+    trusts: a peer that trusts that CA (the consortium's) would refuse it, and a CA file
+    that does not trust our certificate is not the consortium's. Checked before dialling,
+    since a refused TLS handshake reaches us only as a closed socket."""
+    ca_pem, cert_pem, _ = files.read()
+    try:
+        verify_peer(cert_pem, ca_pem)
+    except CertificateRejected as rejected:
+        raise ConfigError(
+            f"{files.certificate} does not verify against {files.ca}: {rejected}. Both must "
+            "come from the consortium's CA: copy its ca.pem, and use a certificate it issued "
+            "(`primia certs issue`); the coordinator refuses any other"
+        ) from rejected
+
+
+def lasting(error: grpc.RpcError) -> bool:
+    """Whether calling again cannot succeed: the coordinator refused our certificate, name
+    or Hello, or the TLS handshake failed verifying a certificate (the coordinator's is
+    not from our CA, or not named as we expect). An unreachable address, a closed socket
+    or a coordinator not yet listening may pass on a later try."""
+    code = error.code()
+    if code in (
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ):
+        return True
+    return code == grpc.StatusCode.UNAVAILABLE and _handshake_refused(error.details() or "")
+
+
+def _handshake_refused(details: str) -> bool:
+    return any(marker in details for marker in _HANDSHAKE_MARKERS)
+
+
+_HANDSHAKE_MARKERS = (
+    "CERTIFICATE_VERIFY_FAILED",
+    "Tls handshake failed",
+    "Peer name",
+    "certificate verify failed",
+)
+"""How gRPC's details show a handshake that failed on a certificate (not on the network)."""
+
+
+def diagnose(
+    address: str, error: grpc.RpcError, *, server_name: str = "coordinator", what: str
+) -> ProbeFailed:
+    """``error`` of a call to ``address`` (``what``: e.g. probe, Join) as one message:
+    the gRPC status, its details, and what to check (``primia check`` and every node
+    say the same)."""
     code = error.code()
     details = error.details() or "no details"
-    message = f"probe of {address} failed with {code.name}: {details}"
-    hint = _HINTS.get(code)
-    return ProbeFailed(f"{message}. {hint.format(address=address)}" if hint else message, code)
+    message = f"{what} of {address} failed with {code.name}: {details}"
+    if code == grpc.StatusCode.UNAVAILABLE and _handshake_refused(details):
+        hint = _HANDSHAKE_HINT
+    else:
+        hint = _HINTS.get(code, "")
+    hint = hint.format(address=address, server_name=server_name)
+    return ProbeFailed(f"{message}. {hint}" if hint else message, code)
 
 
+_HANDSHAKE_HINT = (
+    "The TLS handshake failed on a certificate: the coordinator's certificate is not from "
+    "the CA in your ca file, or is not named {server_name!r}. Copy the consortium's ca.pem "
+    "(the one that issued your certificate) and check --server-name / coordinator_name; "
+    "retrying cannot fix this"
+)
 _HINTS = {
     grpc.StatusCode.UNAVAILABLE: (
         "Is the coordinator running at {address}, and is the port open to you? A refused "

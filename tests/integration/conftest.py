@@ -54,6 +54,9 @@ class Consortium:
     nodes: dict[str, pki.TLSFiles]
     clients: list[NodeClient] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
+    ended: dict[str, BaseException | None] = field(default_factory=dict)
+    """How each node's ``serve`` ended, by site: None when it returned, else what it
+    raised (absent while it runs)."""
 
     def coordinator_config(self, run_dir: Path, **overrides: Any) -> CoordinatorConfig:
         values: dict[str, Any] = {
@@ -90,7 +93,17 @@ class Consortium:
 
     def start_node(self, config: NodeConfig) -> NodeClient:
         client = NodeClient.from_config(config, default_image_size=32)
-        thread = threading.Thread(target=client.serve, name=config.data.site, daemon=True)
+        site = str(config.data.site)
+
+        def serve() -> None:
+            try:
+                client.serve()
+            except BaseException as error:
+                self.ended[site] = error
+            else:
+                self.ended[site] = None
+
+        thread = threading.Thread(target=serve, name=site, daemon=True)
         thread.start()
         self.clients.append(client)
         self.threads.append(thread)
