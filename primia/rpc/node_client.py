@@ -19,10 +19,10 @@ marked in the node's ledger (the release's ε stays spent) and its log.
 
 When the coordinator is gone the node tries again, waiting 1, 2, 4 … up to
 ``reconnect_max_s`` seconds (with jitter, so a consortium's nodes do not all return at
-once). It does not retry what retrying cannot fix: its certificate and CA file are
-checked against each other before it dials, and a refused certificate, name or plan, or
-a TLS handshake failed on a certificate, ends it with the same diagnosis as ``primia
-check`` (:func:`~primia.rpc.probe.diagnose`). Its privacy ledger is on disk and written
+once). It does not retry what retrying cannot fix: a refused certificate, name or plan,
+a TLS handshake failed on a certificate, or its own certificate and CA file that do not
+agree end it with the same diagnosis as ``primia check``
+(:func:`~primia.rpc.probe.diagnose`). Its privacy ledger is on disk and written
 before any release, so a lost connection never loses a spent ε.
 """
 
@@ -57,7 +57,7 @@ from primia.rpc import codec, evaluation_codec, methods, secure_codec
 from primia.rpc.chunk_wire import messages_of
 from primia.rpc.generated import federation_pb2 as pb
 from primia.rpc.node_config import NodeConfig
-from primia.rpc.probe import check_tls_files, diagnose, lasting
+from primia.rpc.probe import diagnose
 from primia.rpc.tls import secure_channel
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,9 @@ class NodeClient:
     def serve(self) -> None:
         """Stay connected (reconnecting with back-off) until stopped or, with
         ``exit_when_done``, until a federation finishes (:class:`FederationEnded` if it
-        failed). Raises :class:`JoinRefused` or :class:`PlanRefused` (or a
-        :class:`~primia.errors.ConfigError` for TLS files that do not match) when trying
-        again cannot help."""
+        failed). Raises :class:`JoinRefused` or :class:`PlanRefused` when trying again
+        cannot help."""
         config = self.config
-        check_tls_files(config.tls)
         delay = 1.0
         while not self.stop_event.is_set():
             try:
@@ -133,9 +131,13 @@ class NodeClient:
                     return
             except grpc.RpcError as error:
                 failure = diagnose(
-                    config.coordinator, error, server_name=config.coordinator_name, what="Join"
+                    config.coordinator,
+                    error,
+                    files=config.tls,
+                    server_name=config.coordinator_name,
+                    what="Join",
                 )
-                if lasting(error):
+                if failure.lasting:
                     raise JoinRefused(str(failure)) from error
                 log.warning("coordinator unreachable: %s", failure)
             wait = delay * random.uniform(0.8, 1.2)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import grpc
 
 from primia.blobs import CHUNK_SIZE, MAX_CHUNK_SIZE, MIB, Blob
-from primia.errors import ConfigError, PrimiaError
+from primia.errors import PrimiaError
 from primia.pki import CertificateRejected, TLSFiles, verify_peer
 from primia.rpc import methods
 from primia.rpc.chunk_wire import messages_of
@@ -39,6 +39,8 @@ class ProbeFailed(PrimiaError):
     def __init__(self, message: str, code: grpc.StatusCode) -> None:
         super().__init__(message)
         self.code = code
+        self.lasting = False
+        """Whether trying again cannot succeed (see :func:`diagnose`)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,6 @@ def probe(
     # messages_of checks this too, but only once gRPC pulls the first chunk on its own thread.
     if not 0 < chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be in (0, {MAX_CHUNK_SIZE}], got {chunk_size}")
-    check_tls_files(files)
     blob = Blob.of("probe", payload)
     with secure_channel(address, files, server_name=server_name) as channel:
         upload = methods.probe(channel)
@@ -88,7 +89,9 @@ def probe(
             receipt = upload(messages_of(blob, envelope=False, chunk_size=chunk_size))
             seconds = time.perf_counter() - started
         except grpc.RpcError as error:
-            raise diagnose(address, error, server_name=server_name, what="probe") from error
+            raise diagnose(
+                address, error, files=files, server_name=server_name, what="probe"
+            ) from error
     return ProbeResult(
         size=len(payload),
         seconds=seconds,
@@ -108,35 +111,29 @@ def _random_bytes(size: int) -> bytes:
     return (block * -(-size // MIB))[:size]
 
 
-def check_tls_files(files: TLSFiles) -> None:
-    """Raise :class:`ConfigError` if our own certificate is not one our own CA file
-    trusts: a peer that trusts that CA (the consortium's) would refuse it, and a CA file
-    that does not trust our certificate is not the consortium's. Checked before dialling,
-    since a refused TLS handshake reaches us only as a closed socket."""
+def own_files_problem(files: TLSFiles) -> str:
+    """Why our own certificate is not one our own CA file trusts ("" if it is): then a
+    peer that trusts that CA (the consortium's) refuses it, or the CA file is not the
+    consortium's. A refused handshake reaches us only as a closed socket; this says why."""
     ca_pem, cert_pem, _ = files.read()
     try:
         verify_peer(cert_pem, ca_pem)
     except CertificateRejected as rejected:
-        raise ConfigError(
+        return (
             f"{files.certificate} does not verify against {files.ca}: {rejected}. Both must "
-            "come from the consortium's CA: copy its ca.pem, and use a certificate it issued "
-            "(`primia certs issue`); the coordinator refuses any other"
-        ) from rejected
+            "come from the consortium's CA (copy its ca.pem, and use a certificate it issued "
+            "with `primia certs issue`); the coordinator refuses any other, and retrying "
+            "cannot fix this"
+        )
+    return ""
 
 
-def lasting(error: grpc.RpcError) -> bool:
-    """Whether calling again cannot succeed: the coordinator refused our certificate, name
-    or Hello, or the TLS handshake failed verifying a certificate (the coordinator's is
-    not from our CA, or not named as we expect). An unreachable address, a closed socket
-    or a coordinator not yet listening may pass on a later try."""
-    code = error.code()
-    if code in (
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    ):
-        return True
-    return code == grpc.StatusCode.UNAVAILABLE and _handshake_refused(error.details() or "")
+_LASTING_CODES = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
+"""The coordinator refused our certificate, name or Hello: it will again."""
 
 
 def _handshake_refused(details: str) -> bool:
@@ -153,20 +150,34 @@ _HANDSHAKE_MARKERS = (
 
 
 def diagnose(
-    address: str, error: grpc.RpcError, *, server_name: str = "coordinator", what: str
+    address: str,
+    error: grpc.RpcError,
+    *,
+    files: TLSFiles,
+    server_name: str = "coordinator",
+    what: str,
 ) -> ProbeFailed:
-    """``error`` of a call to ``address`` (``what``: e.g. probe, Join) as one message:
-    the gRPC status, its details, and what to check (``primia check`` and every node
-    say the same)."""
+    """``error`` of a call to ``address`` with our TLS ``files`` (``what``: e.g. probe,
+    Join) as one message: the gRPC status, its details, and what to check — ``primia
+    check`` and every node say the same. Its ``lasting`` says whether calling again
+    cannot succeed: the coordinator refused our certificate, name or Hello, the TLS
+    handshake failed verifying a certificate, or our own certificate and CA file
+    disagree. An unreachable address, a closed socket or a coordinator not yet listening
+    may pass on a later try."""
     code = error.code()
     details = error.details() or "no details"
     message = f"{what} of {address} failed with {code.name}: {details}"
-    if code == grpc.StatusCode.UNAVAILABLE and _handshake_refused(details):
-        hint = _HANDSHAKE_HINT
+    handshake = code == grpc.StatusCode.UNAVAILABLE and _handshake_refused(details)
+    problem = own_files_problem(files) if code == grpc.StatusCode.UNAVAILABLE else ""
+    if problem:
+        hint = problem
+    elif handshake:
+        hint = _HANDSHAKE_HINT.format(server_name=server_name)
     else:
-        hint = _HINTS.get(code, "")
-    hint = hint.format(address=address, server_name=server_name)
-    return ProbeFailed(f"{message}. {hint}" if hint else message, code)
+        hint = _HINTS.get(code, "").format(address=address)
+    failure = ProbeFailed(f"{message}. {hint}" if hint else message, code)
+    failure.lasting = bool(problem) or handshake or code in _LASTING_CODES
+    return failure
 
 
 _HANDSHAKE_HINT = (
