@@ -124,6 +124,15 @@ def consortium_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session")
+def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another CA, with a node certificate named site0 (a name on the roster)."""
+    directory = tmp_path_factory.mktemp("foreign")
+    pki.init_ca(directory, "other-consortium")
+    pki.issue(directory, "site0", "node")
+    return directory
+
+
 @pytest.fixture
 def consortium(consortium_pki: Path, synth_data: Path) -> Iterator[Consortium]:
     kit = Consortium(

@@ -123,15 +123,6 @@ def test_a_budget_spent_mid_run_stops_the_run_without_retrying_the_round(
     assert sum("was never used" in r.getMessage() for r in caplog.records) >= 2
 
 
-@pytest.fixture(scope="module")
-def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Another CA of the same consortium name, with a node of the same name."""
-    directory = tmp_path_factory.mktemp("foreign")
-    pki.init_ca(directory, "test-consortium")
-    pki.issue(directory, "site0", "node")
-    return directory
-
-
 def _serve_briefly(consortium: Consortium, port: int, tmp_path: Path, tls: pki.TLSFiles) -> Any:
     """What serve() raises for a node with ``tls``, within 20 s (else it retries on)."""
     client = NodeClient.from_config(
