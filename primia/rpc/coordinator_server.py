@@ -114,7 +114,7 @@ class CoordinatorServer:
 
     def stop(self, grace: float = 5.0) -> None:
         if self._server is not None:
-            for link in self.registry.connected():
+            for link in self.registry.every_link():
                 link.close("the coordinator is shutting down")
             # Handlers end within a second of their stream (NodeSession.outbound).
             self._server.stop(grace).wait(timeout=grace + 10)

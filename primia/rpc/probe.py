@@ -201,7 +201,7 @@ _HINTS = {
         "with `primia certs issue` and not expired"
     ),
     grpc.StatusCode.PERMISSION_DENIED: (
-        "Your certificate is valid but not allowed to probe: it needs role node and a name on "
+        "Your certificate is valid but not allowed this call: it needs role node and a name on "
         "the coordinator's roster (or role coordinator)"
     ),
     grpc.StatusCode.DATA_LOSS: (
