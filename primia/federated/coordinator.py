@@ -134,8 +134,10 @@ class Federation:
         self._history: list[RoundSummary] = []
         self._lock = threading.Lock()
         self._last_blob: Blob | None = None
-        self._excluded: dict[str, str] = {}
-        """Nodes that refused a round of this run for a reason that will recur, with it."""
+        self._excluded: dict[str, tuple[str, NodeLink]] = {}
+        """Nodes that refused a round of this run for a reason that will recur: the reason,
+        and the link it came on (a node that joins again, e.g. reconfigured, is asked
+        again)."""
 
     def status(self) -> FederationStatus:
         with self._lock:
@@ -206,7 +208,7 @@ class Federation:
         for attempt in range(1, config.max_attempts + 1):
             self._set_state(round_number, "waiting for nodes")
             self._check_reach(round_number)
-            excluded = set(self._excluded)
+            excluded = set(self._exclusions())
             links = self.registry.wait_for(
                 config.min_nodes, timeout=config.node_wait_s, stop=self._stop, excluding=excluded
             )
@@ -258,7 +260,8 @@ class Federation:
                     name,
                     self.run_id,
                 )
-                self._excluded[name] = f"refused round {round_number}: {reason}"
+                link = next(link for link in links if link.name == name)
+                self._excluded[name] = (f"refused round {round_number}: {reason}", link)
             for name, reason in contributions.dropped.items():
                 log.warning("round %d: %s dropped out: %s", round_number, name, reason)
             if contributions.failure is not None:
@@ -330,7 +333,7 @@ class Federation:
                 name: f"refused to join: {why}"
                 for name, why in self.registry.join_refusals().items()
             },
-            **self._excluded,
+            **self._exclusions(),
         }
         roster = self.registry.roster
         left = len(roster) - len(out)
@@ -343,6 +346,15 @@ class Federation:
             "Retrying cannot change this (no round was retried for it): fix the cause at "
             "that node, or take it off the roster, and start the run again"
         )
+
+    def _exclusions(self) -> dict[str, str]:
+        """The excluded nodes still on the link they refused on (or not connected), with
+        why; one that joined again since is forgotten."""
+        current = {link.name: link for link in self.registry.every_link()}
+        for name, (_, link) in list(self._excluded.items()):
+            if current.get(name, link) is not link:
+                del self._excluded[name]
+        return {name: why for name, (why, _) in self._excluded.items()}
 
     def _abandon(
         self,
