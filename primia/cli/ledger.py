@@ -71,6 +71,11 @@ def _verify(args: argparse.Namespace) -> int:
         f"OK: {args.ledger}: chain, records and anchor agree; {verdict.records} releases, "
         f"eps {verdict.spent_epsilon:.4g} spent"
     )
+    if verdict.abandoned:
+        print(
+            f"{verdict.abandoned} of the releases were charged for federated rounds the "
+            "coordinator abandoned (their updates were never used; their eps stays spent)"
+        )
     return 0
 
 

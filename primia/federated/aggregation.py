@@ -28,7 +28,7 @@ import torch
 
 from primia.errors import PrimiaError
 from primia.federated.registry import NodeLink
-from primia.federated.tasks import NodeDropped, TaskRefused, TrainOutcome, TrainTask
+from primia.federated.tasks import RECURRING, NodeDropped, TaskRefused, TrainOutcome, TrainTask
 from primia.federated.weights import State, WeightsError, decode_like
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ class RoundContributions:
     """Each tensor's dtype in the model, which :meth:`mean_update` returns."""
     outcomes: dict[str, TrainOutcome] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+    recurring: dict[str, str] = field(default_factory=dict)
+    """The refusals among ``refused`` that asking again cannot change
+    (:data:`~primia.federated.tasks.RECURRING`)."""
     dropped: dict[str, str] = field(default_factory=dict)
     failure: str | None = None
     """Why the round produced no sum at all (e.g. secure aggregation fell below its
@@ -111,6 +114,8 @@ def gather(
                 receive(name, future.result())
             except TaskRefused as refusal:
                 result.refused[name] = str(refusal)
+                if refusal.reason in RECURRING:
+                    result.recurring[name] = str(refusal)
             except NodeDropped as error:
                 result.dropped[name] = str(error)
             except PrimiaError as error:

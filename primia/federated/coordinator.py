@@ -11,13 +11,22 @@ Round t (see ``docs/federation.md``):
 3. the aggregator returns Σ n_i Δ_i and Σ n_i over the nodes that finished — by secure
    aggregation (:mod:`primia.federated.secure`, the default), which reveals these sums
    and nothing else; with fewer than ``min_nodes`` of them the round is tried again (at
-   most ``max_attempts`` times);
+   most ``max_attempts`` times), and the nodes that trained for nothing are told so (their
+   ledgers mark the release abandoned; its ε stays spent);
 4. w_{t+1} = w_t + Σ n_i Δ_i / Σ n_i (FedAvg), evaluated on every connected node's
    validation split; metrics pooled (:mod:`primia.federated.evaluation`);
 5. checkpoint, then the round's line in ``rounds.jsonl`` (:mod:`primia.federated.rundir`).
 
 After the last round the model is evaluated on every node's test split, the report is
-written and the nodes are told the federation has finished.
+written and the nodes are told the federation has finished — or, when it fails, that it
+failed and why.
+
+A refusal that will recur (:data:`~primia.federated.tasks.RECURRING`: the model, plan,
+policy, ledger or budget) is never retried: each node checks the run's plan when it joins
+and refuses to join if it would refuse every round, and a node that refuses a round for
+such a reason takes no further part in this run. Once fewer than ``min_nodes`` nodes of
+the roster can take part, the run stops at once, naming the nodes and their reasons,
+rather than charging the others' budgets for rounds that cannot complete.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -37,7 +47,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from primia.blobs import Blob
 from primia.errors import PrimiaError
-from primia.federated.aggregation import Aggregator, PlaintextAggregator
+from primia.federated.aggregation import Aggregator, PlaintextAggregator, RoundContributions
 from primia.federated.coordinator_config import CoordinatorConfig
 from primia.federated.evaluation import pool
 from primia.federated.registry import NodeLink, NodeRegistry, NodeStatus
@@ -126,6 +136,10 @@ class Federation:
         self._history: list[RoundSummary] = []
         self._lock = threading.Lock()
         self._last_blob: Blob | None = None
+        self._excluded: dict[str, tuple[str, NodeLink]] = {}
+        """Nodes that refused a round of this run for a reason that will recur: the reason,
+        and the link it came on (a node that joins again, e.g. reconfigured, is asked
+        again)."""
 
     def status(self) -> FederationStatus:
         with self._lock:
@@ -151,10 +165,10 @@ class Federation:
             log.info("resuming run %s after round %d", self.run_id, first - 1)
         writer = SummaryWriter(log_dir=str(self.run_dir.path / "tb"))
         self._set_state(first, "waiting for the roster")
-        self.registry.wait_for(
-            len(self.registry.roster), timeout=self.config.startup_wait_s, stop=self._stop
-        )
         try:
+            self.registry.wait_for(
+                len(self.registry.roster), timeout=self.config.startup_wait_s, stop=self._stop
+            )
             for round_number in range(first, self.config.rounds + 1):
                 if self._stop.is_set():
                     raise FederationFailed(f"stopped before round {round_number}")
@@ -180,8 +194,12 @@ class Federation:
                 for link in self.registry.connected():
                     link.shutdown("the federation has finished", finished=True)
             return result
-        except BaseException:
+        except BaseException as error:
             self._set_state(self._round, "failed")
+            if self._finish_nodes:
+                reason = f"the federation failed: {error}"
+                for link in self.registry.every_link():
+                    link.shutdown(reason, finished=True, failed=True)
             raise
         finally:
             writer.close()
@@ -193,15 +211,22 @@ class Federation:
         reference = {name: t.detach() for name, t in model.state_dict().items()}
         weights = self._blob(model, f"r{round_number - 1}")
         config = self.config
+        attempt_ran = False
         for attempt in range(1, config.max_attempts + 1):
             self._set_state(round_number, "waiting for nodes")
+            self._check_reach(round_number)
+            excluded = set(self._exclusions())
             links = self.registry.wait_for(
-                config.min_nodes, timeout=config.node_wait_s, stop=self._stop
+                config.min_nodes, timeout=config.node_wait_s, stop=self._stop, excluding=excluded
             )
             if round_number > 1 and config.rejoin_wait_s > 0 and len(links) >= config.min_nodes:
                 links = self.registry.wait_for(
-                    len(self.registry.roster), timeout=config.rejoin_wait_s, stop=self._stop
+                    len(self.registry.roster),
+                    timeout=config.rejoin_wait_s,
+                    stop=self._stop,
+                    excluding=excluded,
                 )
+            self._check_reach(round_number)
             if len(links) < config.min_nodes:
                 log.warning(
                     "round %d, attempt %d: %d of the %d nodes needed are connected after %.0f s",
@@ -228,6 +253,7 @@ class Federation:
             contributions = self.aggregator.collect(
                 links, make_task, reference=reference, timeout=config.round_timeout_s
             )
+            attempt_ran = True
             for name, outcome in contributions.outcomes.items():
                 # every attempt's releases count, also one without enough updates
                 self.registry.record_privacy(name, outcome.privacy)
@@ -235,12 +261,22 @@ class Federation:
                 log.warning("round %d: %s refused: %s", round_number, name, reason)
                 self.registry.set_activity(name, "refused: " + reason.split(":")[0])
                 self.registry.record_refusal(name, f"round {round_number}: {reason}")
+            for name, reason in contributions.recurring.items():
+                log.warning(
+                    "%s takes no further part in run %s: its refusal will recur",
+                    name,
+                    self.run_id,
+                )
+                link = next(link for link in links if link.name == name)
+                self._excluded[name] = (f"refused round {round_number}: {reason}", link)
             for name, reason in contributions.dropped.items():
                 log.warning("round %d: %s dropped out: %s", round_number, name, reason)
             if contributions.failure is not None:
                 log.warning("round %d: no aggregate: %s", round_number, contributions.failure)
             if len(contributions.contributors) >= config.min_nodes:
                 break
+            self._abandon(links, make_task, round_number, attempt, contributions)
+            self._check_reach(round_number)
             log.warning(
                 "round %d, attempt %d: %d updates, %d needed; trying again",
                 round_number,
@@ -251,8 +287,13 @@ class Federation:
         else:
             raise FederationFailed(
                 f"round {round_number} gathered fewer than min_nodes={config.min_nodes} "
-                f"updates in {config.max_attempts} attempts; check that the nodes are running "
-                "and have privacy budget left (see the log above)"
+                f"updates in {config.max_attempts} attempts; in the last that ran, "
+                f"{_missing(contributions)}"
+                if attempt_ran
+                else f"round {round_number}: fewer than min_nodes={config.min_nodes} nodes "
+                f"were connected in {config.max_attempts} attempts of {config.node_wait_s:g} s; "
+                "check that the nodes are running and can reach the coordinator (see the log "
+                "above)"
             )
         contributions.apply_to(model)
         for name in contributions.outcomes:
@@ -289,6 +330,57 @@ class Federation:
             "train_seconds": train_seconds,
             "evaluate_seconds": validation.get("seconds", 0.0),
         }
+
+    def _check_reach(self, round_number: int) -> None:
+        """Raise :class:`FederationFailed` once fewer than ``min_nodes`` of the roster can
+        take part: the others refused to join, or refused a round, for reasons that will
+        recur (waiting or retrying would only charge the rest again)."""
+        out = {
+            **{
+                name: f"refused to join: {why}"
+                for name, why in self.registry.join_refusals().items()
+            },
+            **self._exclusions(),
+        }
+        roster = self.registry.roster
+        left = len(roster) - len(out)
+        if left >= self.config.min_nodes:
+            return
+        causes = "; ".join(f"{name} {why}" for name, why in sorted(out.items()))
+        raise FederationFailed(
+            f"round {round_number} cannot gather min_nodes={self.config.min_nodes} updates: "
+            f"only {left} of the roster's {len(roster)} nodes can take part, because {causes}. "
+            "Retrying cannot change this (no round was retried for it): fix the cause at "
+            "that node, or take it off the roster, and start the run again"
+        )
+
+    def _exclusions(self) -> dict[str, str]:
+        """The excluded nodes still on the link they refused on (or not connected), with
+        why; one that joined again since is forgotten."""
+        current = {link.name: link for link in self.registry.every_link()}
+        for name, (_, link) in list(self._excluded.items()):
+            if current.get(name, link) is not link:
+                del self._excluded[name]
+        return {name: why for name, (why, _) in self._excluded.items()}
+
+    def _abandon(
+        self,
+        links: list[NodeLink],
+        make_task: Callable[[NodeLink], TrainTask],
+        round_number: int,
+        attempt: int,
+        contributions: RoundContributions,
+    ) -> None:
+        """Tell every node of a failed attempt that its round was abandoned: one that
+        trained for it (its release is charged) marks the release in its ledger."""
+        reason = (
+            f"round {round_number}, attempt {attempt}: {len(contributions.contributors)} "
+            f"updates of the {self.config.min_nodes} needed"
+        )
+        if contributions.failure is not None:
+            reason += f" ({contributions.failure})"
+        for link in links:
+            link.abandon(make_task(link).task_id, reason)
 
     def _evaluate(
         self, round_number: int, model: nn.Module, split: Split, weights: Blob
@@ -422,6 +514,15 @@ class Federation:
             ),
             model=self.run_dir.path / "model.safetensors",
         )
+
+
+def _missing(contributions: RoundContributions) -> str:
+    """Why a round's attempt gathered too few updates, node by node."""
+    causes = [f"{name} refused ({why})" for name, why in sorted(contributions.refused.items())]
+    causes += [f"{name} dropped out ({why})" for name, why in sorted(contributions.dropped.items())]
+    if contributions.failure is not None:
+        causes.append(f"no aggregate ({contributions.failure})")
+    return "; ".join(causes) or "no node answered"
 
 
 def make_aggregator(config: CoordinatorConfig) -> Aggregator:

@@ -57,6 +57,7 @@ from primia.data.synth import FINDINGS
 from primia.errors import ConfigError
 from primia.federated.plan import TrainPlan, check_coordinator_plan
 from primia.federated.status_access import StatusAccess
+from primia.federated.tasks import FederationPlan
 from primia.limits import ServerLimits
 from primia.models import model_names
 from primia.models.checkpoint import ModelSpec
@@ -205,6 +206,17 @@ class CoordinatorConfig:
             raise ConfigError("max_attempts must be at least 1")
         self.model.spec()
         check_coordinator_plan(self.plan)
+
+    def federation_plan(self) -> FederationPlan:
+        """What every round of this run asks of a node (sent to it when it joins)."""
+        return FederationPlan(
+            spec=self.model.spec(),
+            plan=self.plan,
+            secure=self.aggregation == "secure",
+            roster_size=len(self.roster),
+            min_nodes=self.min_nodes,
+            threshold=self.secure_aggregation.threshold,
+        )
 
 
 def load_coordinator_config(path: Path) -> CoordinatorConfig:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -46,7 +47,7 @@ from primia.data import (
 from primia.errors import ConfigError, LedgerError, LedgerIntegrityError, PrivacyBudgetExceeded
 from primia.evaluate.bootstrap import secret_seed
 from primia.evaluate.evaluation import evaluate_scores
-from primia.federated.plan import PlanLimits, plan_problems
+from primia.federated.plan import PlanLimits, TrainPlan, plan_problems
 from primia.federated.policy import (
     AcceptedModel,
     NodePolicy,
@@ -54,12 +55,14 @@ from primia.federated.policy import (
     aggregation_problems,
     dp_problems,
     model_problems,
+    plan_aggregation_problems,
 )
 from primia.federated.privacy_record import below
 from primia.federated.tasks import (
     DatasetSummary,
     EvaluateTask,
     EvaluationOutcome,
+    FederationPlan,
     LabelMetrics,
     LocalTraining,
     NodeInfo,
@@ -85,6 +88,9 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], None]
 EVALUATION_KEY_FILENAME = "evaluation.key"
 PINNED_MODEL_FILENAME = "pinned-model.json"
+RELEASES_KEPT = 8
+"""Releases remembered for a notice that their round was abandoned: the coordinator
+abandons a round's attempt as soon as it ends, before the next task."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,9 @@ class DataOwner:
         self._default_image_size = default_image_size
         self._recorded_epsilon: float | None = None
         """The ε the coordinator recorded for this node (its latest Welcome)."""
+        self._releases: dict[str, tuple[str, float]] = {}
+        """The latest releases, by task id: (ledger release id, ε), until their round is
+        known to have been abandoned or they are too old to be."""
         self._splits_at(default_image_size)  # fail at start-up, not mid-round, on bad data
 
     def info(self) -> NodeInfo:
@@ -264,33 +273,9 @@ class DataOwner:
         calls it again; it reads only the task, the data's size and the ledger. When the
         policy lists no model, the first model admitted is pinned. A ledger that fails its
         integrity check, or reports less than the coordinator recorded, refuses first."""
-        problem = self._ledger_problem()
-        if problem is not None:
-            raise TaskRefused(Refusal.LEDGER_INTEGRITY, str(problem))
         secure = task.secure.setup if task.secure is not None else None
-        problems = aggregation_problems(self._policy, secure)
-        if problems:
-            raise TaskRefused(Refusal.POLICY, "; ".join(problems))
-        problems = plan_problems(
-            task.plan, self._limits, delta_budget=self._privacy.delta, name_settings=True
-        )
-        if problems:
-            raise TaskRefused(Refusal.INVALID_PLAN, "; ".join(problems))
-        splits = self._splits_for(task.spec)
-        accepted = accepted_models(self._policy, self._pinned_model())
-        parameters = sum(tensor.numel() for tensor in task.spec.shapes().values())
-        problems = model_problems(self._policy, task.spec, parameters=parameters, accepted=accepted)
-        if task.plan.dp.enabled:
-            mechanism = dp_mechanism(self._train_config(task), examples=len(splits.train))
-            problems += dp_problems(
-                self._limits,
-                noise_multiplier=mechanism.noise_multiplier,
-                run_epsilon=self.ledger.spent_epsilon(extra=mechanism, run=run),
-                run=run,
-            )
-        if problems:
-            raise TaskRefused(Refusal.POLICY, "; ".join(problems))
-        if not accepted:
+        self._check(task.spec, task.plan, aggregation_problems(self._policy, secure), run=run)
+        if not accepted_models(self._policy, self._pinned_model()):
             self._pin(AcceptedModel.of(task.spec))
         if secure is None:
             log.warning(
@@ -298,6 +283,74 @@ class DataOwner:
                 "(plaintext aggregation, allowed by policy.aggregation)",
                 task.round,
             )
+
+    def check_plan(self, plan: FederationPlan, *, run: str = "") -> None:
+        """Refuse to join the run ``plan`` announces (:class:`TaskRefused`) if this node
+        would refuse every one of its rounds: what :meth:`admit` checks, with the largest
+        round the run can have, and a first release that must fit the budget. Nothing is
+        pinned or written; each round is still admitted on its own when it comes."""
+        self._check(
+            plan.spec, plan.plan, plan_aggregation_problems(self._policy, plan), run=run, join=True
+        )
+
+    def _check(
+        self,
+        spec: ModelSpec,
+        plan: TrainPlan,
+        aggregation: list[str],
+        *,
+        run: str,
+        join: bool = False,
+    ) -> None:
+        """Raise :class:`TaskRefused` for the first kind of problem training ``spec`` under
+        ``plan`` has here (``aggregation``: the aggregation's, already found); with
+        ``join``, also for a first release beyond the budget (:meth:`train` leaves that
+        to the ledger's reservation)."""
+        problem = self._ledger_problem()
+        if problem is not None:
+            raise TaskRefused(Refusal.LEDGER_INTEGRITY, str(problem))
+        if aggregation:
+            raise TaskRefused(Refusal.POLICY, "; ".join(aggregation))
+        problems = plan_problems(
+            plan, self._limits, delta_budget=self._privacy.delta, name_settings=True
+        )
+        if problems:
+            raise TaskRefused(Refusal.INVALID_PLAN, "; ".join(problems))
+        splits = self._splits_for(spec)
+        accepted = accepted_models(self._policy, self._pinned_model())
+        parameters = sum(tensor.numel() for tensor in spec.shapes().values())
+        problems = model_problems(self._policy, spec, parameters=parameters, accepted=accepted)
+        if plan.dp.enabled:
+            mechanism = dp_mechanism(self._train_config(spec, plan), examples=len(splits.train))
+            problems += dp_problems(
+                self._limits,
+                noise_multiplier=mechanism.noise_multiplier,
+                run_epsilon=self.ledger.spent_epsilon(extra=mechanism, run=run),
+                run=run,
+            )
+            total = self.ledger.spent_epsilon(extra=mechanism)
+            budget = self.ledger.budget.epsilon
+            if join and not problems and not (math.isfinite(total) and total <= budget):
+                raise TaskRefused(
+                    Refusal.BUDGET_EXCEEDED,
+                    f"one round of this run would bring the node's spent epsilon to "
+                    f"{total:.3g} (already spent {self.ledger.spent_epsilon():.3g}) but its "
+                    f"budget is {budget:.3g} (privacy.epsilon_budget, ledger "
+                    f"{self.ledger.path})",
+                )
+        if problems:
+            raise TaskRefused(Refusal.POLICY, "; ".join(problems))
+
+    def abandoned(self, task_id: str, reason: str) -> float | None:
+        """The coordinator abandoned the round of ``task_id``: if this node made a release
+        for it, mark the release in the ledger (its ε stays spent) and return that ε;
+        None if it made none (it refused, or had not trained yet)."""
+        release = self._releases.pop(task_id, None)
+        if release is None:
+            return None
+        release_id, epsilon = release
+        self.ledger.abandon(release_id, reason=f"{task_id}: {reason}")
+        return epsilon
 
     def train(
         self, task: TrainTask, on_progress: ProgressCallback | None = None, *, run: str = ""
@@ -312,7 +365,7 @@ class DataOwner:
         global_state = self._global_state(task.spec, task.weights)
         model = task.spec.build_with({name: t.clone() for name, t in global_state.items()})
         plan = task.plan
-        config = self._train_config(task)
+        config = self._train_config(task.spec, plan)
 
         def after_epoch(epoch: int, record: dict[str, object], _: torch.nn.Module) -> None:
             log.info(
@@ -347,6 +400,9 @@ class DataOwner:
         release = None
         if fitted.privacy is not None:
             report = fitted.privacy
+            self._releases[task.task_id] = (report.release_id, report.epsilon)
+            while len(self._releases) > RELEASES_KEPT:
+                del self._releases[next(iter(self._releases))]
             release = PrivacyRelease(
                 epsilon=report.epsilon,
                 delta=report.delta,
@@ -365,15 +421,14 @@ class DataOwner:
             started=started,
         )
 
-    def _train_config(self, task: TrainTask) -> TrainConfig:
-        """How this node trains ``task``: the plan on this node's data, device and accountant."""
-        plan = task.plan
+    def _train_config(self, spec: ModelSpec, plan: TrainPlan) -> TrainConfig:
+        """How this node trains ``spec`` under ``plan``: on its data, device and accountant."""
         return TrainConfig(
             data=self._data.path,
             out=Path("."),
-            model=task.spec.architecture,
-            width=task.spec.width,
-            image_size=task.spec.image_size,
+            model=spec.architecture,
+            width=spec.width,
+            image_size=spec.image_size,
             epochs=plan.epochs,
             batch_size=plan.batch_size,
             max_physical_batch_size=self._compute.max_physical_batch_size,

@@ -35,6 +35,7 @@ from primia.crypto.secagg import Setup
 from primia.crypto.secagg.messages import majority
 from primia.errors import ConfigError
 from primia.federated.plan import PlanLimits
+from primia.federated.tasks import FederationPlan
 from primia.models import model_names
 from primia.models.checkpoint import ModelSpec
 from primia.models.registry import default_width
@@ -124,23 +125,52 @@ def aggregation_problems(policy: NodePolicy, setup: Setup | None) -> list[str]:
             "(it would receive this node's update in the clear); add 'plaintext' to "
             "policy.aggregation only if the coordinator may see every update"
         ]
+    return _secure_problems(
+        policy, len(setup.participants), setup.threshold, ", ".join(setup.participants)
+    )
+
+
+def plan_aggregation_problems(policy: NodePolicy, plan: FederationPlan) -> list[str]:
+    """Why every round of the run ``plan`` announces (at a node's Join) would be outside
+    ``policy``: plaintext when the policy says secure, or no round size n the run can
+    have (from ``min_nodes`` to the roster's size) whose participants and threshold the
+    policy accepts. Empty if some round could pass; each round is checked again when it
+    comes (:func:`aggregation_problems`), with its actual participants."""
+    if not plan.secure:
+        return aggregation_problems(policy, None)
+    sizes = range(max(2, plan.min_nodes), plan.roster_size + 1)
+    for n in sizes:
+        threshold = plan.threshold or majority(n)
+        if threshold <= n and not _secure_problems(policy, n, threshold, ""):
+            return []
+    # None fits: the whole roster's round is the most the run offers; say what it lacks.
+    largest = plan.roster_size
+    problems = _secure_problems(policy, largest, plan.threshold or majority(largest), "")
+    return [f"{problem} (the whole roster's round)" for problem in problems] or [
+        f"no round of {min(sizes, default=largest)} to {largest} participants fits this policy"
+    ]
+
+
+def _secure_problems(policy: NodePolicy, count: int, threshold: int, names: str) -> list[str]:
+    """Why a secure round of ``count`` participants (``names``, if known) with Shamir
+    threshold ``threshold`` is outside ``policy``."""
     problems = []
     if "secure" not in policy.aggregation:
         problems.append(
             f"policy.aggregation={list(policy.aggregation)}: the coordinator asks for "
             "secure aggregation"
         )
-    count = len(setup.participants)
+    listed = f" ({names})" if names else ""
     if count < policy.min_participants:
         problems.append(
             f"policy.min_participants={policy.min_participants}: the round announces "
-            f"{count} participants ({', '.join(setup.participants)})"
+            f"{count} participants{listed}"
         )
     floor = required_threshold(policy, count)
-    if setup.threshold < floor:
+    if threshold < floor:
         problems.append(
             f"policy.min_threshold={policy.min_threshold}: the round's threshold is "
-            f"{setup.threshold} of {count} participants; this node requires at least "
+            f"{threshold} of {count} participants; this node requires at least "
             f"{floor} (a strict majority, ⌊{count}/2⌋ + 1 = {majority(count)}, or "
             "policy.min_threshold, whichever is higher)"
         )

@@ -7,13 +7,19 @@ status``. A node holds one link at a time: a second link of a name whose link is
 :meth:`~NodeLink.alive` is refused (:class:`AlreadyConnected`: two processes hold that
 certificate, or a take-over is being tried), and one whose link died replaces it (the
 node reconnected before the old stream's end was processed).
+
+A link may be admitted before it is *ready*: a node first checks the run's plan
+(:class:`~primia.federated.tasks.FederationPlan`) and either accepts it (:meth:`ready`;
+only then do rounds count it) or refuses to join (:meth:`refused_to_join`): that refusal
+is kept until the node joins again and accepts, so the rounds know at once that it will
+not take part, and why.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -81,9 +87,15 @@ class NodeLink(Protocol):
     def report_error(self, detail: str) -> None:
         """Tell the node that a message of its was refused, and why."""
 
+    def abandon(self, task_id: str, reason: str) -> None:
+        """Tell the node that the round of its training task ``task_id`` was abandoned:
+        an update it made for it was never used (its ε stays spent)."""
+
     def evaluate(self, task: EvaluateTask) -> Future[EvaluationOutcome]: ...
 
-    def shutdown(self, reason: str, *, finished: bool) -> None: ...
+    def shutdown(self, reason: str, *, finished: bool, failed: bool = False) -> None:
+        """End the node's session; ``finished``: the federation is over (``failed``: it
+        failed, ``reason`` says why), so a node started to take part in one run exits."""
 
     def close(self, reason: str) -> None: ...
 
@@ -115,6 +127,10 @@ class NodeRegistry:
         self.roster = tuple(roster)
         self.privacy_record = privacy_record
         self._links: dict[str, NodeLink] = {}
+        self._ready: set[str] = set()
+        """Names whose current link accepted the run's plan."""
+        self._refusals: dict[str, str] = {}
+        """Nodes that refused to join, with why, until they join again and accept."""
         self._status = {name: NodeStatus(name) for name in self.roster}
         self._changed = threading.Condition()
 
@@ -128,14 +144,17 @@ class NodeRegistry:
         view = NodeRegistry.__new__(NodeRegistry)
         view.roster = tuple(names)
         view._links = self._links
+        view._ready = self._ready
+        view._refusals = self._refusals
         view._status = self._status
         view._changed = self._changed
         view.privacy_record = self.privacy_record
         return view
 
-    def admit(self, link: NodeLink) -> None:
+    def admit(self, link: NodeLink, *, ready: bool = True) -> None:
         """Register ``link``; raise :class:`AlreadyConnected` if the node's previous link
-        is alive, else close that one (the node reconnected after it died)."""
+        is alive, else close that one (the node reconnected after it died). Not ``ready``:
+        the rounds count it only once :meth:`ready` says it accepted the run's plan."""
         if link.name not in self._status:
             raise ValueError(f"{link.name} is not on the roster")
         with self._changed:
@@ -149,10 +168,15 @@ class NodeRegistry:
                     "its certificate may have been copied: revoke it and issue a new one"
                 )
             self._links[link.name] = link
+            if ready:
+                self._ready.add(link.name)
+                self._refusals.pop(link.name, None)
+            else:
+                self._ready.discard(link.name)
             self._update(
                 link.name,
                 connected=True,
-                activity="idle",
+                activity="idle" if ready else "checking the run's plan",
                 device=link.info.device,
                 epsilon_spent=link.info.privacy.epsilon_spent,
                 epsilon_budget=link.info.privacy.epsilon_budget,
@@ -163,31 +187,74 @@ class NodeRegistry:
         if previous is not None:
             previous.close("its stream died and the node connected again")
 
+    def ready(self, link: NodeLink) -> None:
+        """``link``'s node accepted the run's plan: the rounds may count it."""
+        with self._changed:
+            if self._links.get(link.name) is link:
+                self._ready.add(link.name)
+                self._refusals.pop(link.name, None)
+                self._update(link.name, activity="idle", last_refusal="")
+            self._changed.notify_all()
+
+    def refused_to_join(self, name: str, reason: str) -> None:
+        """``name`` refuses every round of the run (``reason``: what and why)."""
+        with self._changed:
+            self._refusals[name] = reason
+            self._update(name, activity="refused to join", last_refusal=f"at join: {reason}")
+            self._changed.notify_all()
+
+    def join_refusals(self) -> dict[str, str]:
+        """The nodes that refused to join (and have not joined since), with why."""
+        with self._changed:
+            return {name: self._refusals[name] for name in self.roster if name in self._refusals}
+
     def leave(self, link: NodeLink) -> None:
         """Forget ``link`` if it is still the node's current one."""
         with self._changed:
             if self._links.get(link.name) is link:
                 del self._links[link.name]
-                self._update(link.name, connected=False, activity="disconnected")
+                self._ready.discard(link.name)
+                activity = "refused to join" if link.name in self._refusals else "disconnected"
+                self._update(link.name, connected=False, activity=activity)
             self._changed.notify_all()
 
-    def connected(self) -> list[NodeLink]:
+    def connected(self, *, excluding: Collection[str] = ()) -> list[NodeLink]:
+        """The links that accepted the run's plan, in roster order (but ``excluding``)."""
+        with self._changed:
+            return [
+                self._links[name]
+                for name in self.roster
+                if name in self._ready and name in self._links and name not in excluding
+            ]
+
+    def every_link(self) -> list[NodeLink]:
+        """Every admitted link, ready or still checking the plan."""
         with self._changed:
             return [self._links[name] for name in self.roster if name in self._links]
 
     def wait_for(
-        self, count: int, *, timeout: float, stop: threading.Event | None = None
+        self,
+        count: int,
+        *,
+        timeout: float,
+        stop: threading.Event | None = None,
+        excluding: Collection[str] = (),
     ) -> list[NodeLink]:
-        """The connected links once at least ``count`` are connected, or after ``timeout``
-        seconds (or ``stop``) with however many there are."""
+        """The ready links (but ``excluding``) once at least ``count`` are, or after
+        ``timeout`` seconds (or ``stop``, or once ``count`` is out of reach because nodes
+        refused to join or are excluded) with however many there are."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while sum(name in self._links for name in self.roster) < count:
+            while True:
+                out = set(excluding) | set(self._refusals)
+                names = [name for name in self.roster if name not in out]
+                if sum(name in self._ready for name in names) >= count or len(names) < count:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (stop is not None and stop.is_set()):
                     break
                 self._changed.wait(min(remaining, 0.5))
-        return self.connected()
+        return self.connected(excluding=excluding)
 
     def set_activity(self, name: str, activity: str) -> None:
         with self._changed:

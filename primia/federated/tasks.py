@@ -34,6 +34,22 @@ class Refusal(StrEnum):
     """Outside the node's policy (``[policy]`` and the DP floors of ``[limits]``)."""
 
 
+RECURRING = frozenset(
+    {
+        Refusal.BUDGET_EXCEEDED,
+        Refusal.INVALID_PLAN,
+        Refusal.INCOMPATIBLE_MODEL,
+        Refusal.LEDGER_INTEGRITY,
+        Refusal.POLICY,
+    }
+)
+"""Refusals that asking again cannot change: they follow from the run's model and plan
+and the node's data, budget, ledger and policy, none of which a retry alters. A node that
+gives one takes no further part in the run (until it joins again, e.g. reconfigured);
+a retry would only charge the other nodes' budgets again. The others (a failure, weights
+that did not arrive, a broken secure aggregation) may pass on another attempt."""
+
+
 class TaskRefused(PrimiaError):
     """A node declined a task (or failed it); ``detail`` says why and what would fix it."""
 
@@ -54,6 +70,25 @@ class SecureTask:
     setup: Setup
     weight_unit: float
     """A node's FedAvg weight is min(1, examples / weight_unit), so it fits the ring."""
+
+
+@dataclass(frozen=True)
+class FederationPlan:
+    """What a coordinator will ask of every node in its run, sent when a node joins, so
+    that a node refuses at once (before any round charges anyone) what it would refuse
+    in every round: a model that does not fit its data, a plan outside its limits, an
+    aggregation outside its policy, a first release beyond its budget."""
+
+    spec: ModelSpec
+    plan: TrainPlan
+    secure: bool
+    """Secure aggregation (else plaintext: the coordinator sees every update)."""
+    roster_size: int
+    """The most participants a round can have."""
+    min_nodes: int
+    """The fewest updates a round needs."""
+    threshold: int
+    """The Shamir threshold of a secure round; 0: a strict majority of its participants."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from primia.federated.registry import NodeStatus
 from primia.federated.tasks import (
     DatasetSummary,
     EvaluationOutcome,
+    FederationPlan,
     LabelMetrics,
     NodeInfo,
     PrivacyRelease,
@@ -26,8 +27,10 @@ from primia.federated.tasks import (
 from primia.models.checkpoint import ModelSpec
 from primia.rpc.generated import federation_pb2 as pb
 
-PROTOCOL_VERSION = 2
-"""2: secure aggregation signs round views and has a consistency round (issue 20)."""
+PROTOCOL_VERSION = 3
+"""2: secure aggregation signs round views and has a consistency round (issue 20).
+3: Welcome carries the run's plan and the node answers it (PlanAnswer) before any task;
+abandoned rounds are announced (RoundAbandoned); Shutdown says when a federation failed."""
 
 _REFUSALS = {
     Refusal.BUDGET_EXCEEDED: pb.REFUSAL_REASON_BUDGET_EXCEEDED,
@@ -114,6 +117,33 @@ def plan_from_proto(message: pb.TrainPlan) -> TrainPlan:
             delta=message.dp.delta,
             max_grad_norm=message.dp.max_grad_norm,
         ),
+    )
+
+
+def federation_plan_to_proto(plan: FederationPlan) -> pb.FederationPlan:
+    return pb.FederationPlan(
+        model=spec_to_proto(plan.spec),
+        plan=plan_to_proto(plan.plan),
+        secure_aggregation=plan.secure,
+        roster_size=plan.roster_size,
+        min_nodes=plan.min_nodes,
+        threshold=plan.threshold,
+    )
+
+
+def federation_plan_from_proto(message: pb.FederationPlan) -> FederationPlan:
+    if not 1 <= message.min_nodes <= message.roster_size:
+        raise MessageError(
+            f"the plan's min_nodes={message.min_nodes} is outside [1, roster_size="
+            f"{message.roster_size}]"
+        )
+    return FederationPlan(
+        spec=spec_from_proto(message.model),
+        plan=plan_from_proto(message.plan),
+        secure=message.secure_aggregation,
+        roster_size=message.roster_size,
+        min_nodes=message.min_nodes,
+        threshold=message.threshold,
     )
 
 

@@ -67,6 +67,8 @@ class CoordinatorServer:
             status=self.job.status,
             guard=self.guard,
             status_access=config.status_access,
+            # A job of its own (the transfer matrix) asks for several models and plans.
+            plan=config.federation_plan() if job is None else None,
         )
         self._server: grpc.Server | None = None
         self.port = 0
@@ -112,7 +114,7 @@ class CoordinatorServer:
 
     def stop(self, grace: float = 5.0) -> None:
         if self._server is not None:
-            for link in self.registry.connected():
+            for link in self.registry.every_link():
                 link.close("the coordinator is shutting down")
             # Handlers end within a second of their stream (NodeSession.outbound).
             self._server.stop(grace).wait(timeout=grace + 10)

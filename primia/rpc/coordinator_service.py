@@ -30,6 +30,7 @@ from primia.federated.coordinator import FederationStatus
 from primia.federated.privacy_record import below
 from primia.federated.registry import AlreadyConnected, NodeRegistry
 from primia.federated.status_access import StatusAccess, StatusDenied
+from primia.federated.tasks import FederationPlan
 from primia.limits import LimitExceeded, clean_text
 from primia.pki import Identity, Role
 from primia.rpc import codec
@@ -54,8 +55,13 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         status: Callable[[], FederationStatus],
         guard: CallGuard,
         status_access: StatusAccess | None = None,
+        plan: FederationPlan | None = None,
     ) -> None:
+        """``plan``: what every round asks, sent in Welcome for the node to accept before
+        it is counted (None, for a job whose rounds differ: the nodes accept at once and
+        check each task alone)."""
         self._registry = registry
+        self._plan = plan
         self._ca_pem = ca_pem
         self._status = status
         self._guard = guard
@@ -98,7 +104,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             peer=context.peer(),
         )
         try:
-            self._registry.admit(session)
+            self._registry.admit(session, ready=False)
         except AlreadyConnected as duplicate:
             self._guard.warn(
                 identity.name, "duplicate", "refused Join from %s: %s", context.peer(), duplicate
@@ -138,6 +144,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         )
         if recorded is not None:
             welcome.recorded_epsilon_spent = recorded
+        if self._plan is not None:
+            welcome.plan.CopyFrom(codec.federation_plan_to_proto(self._plan))
         yield from session.outbound(welcome, context.is_active)
 
     def _read(self, session: NodeSession, messages: Iterator[pb.NodeMessage | BlobChunk]) -> None:

@@ -211,11 +211,16 @@ class NodeSession:
             self._evaluations[task.task_id] = task
         return self._submit(task.task_id, ["evaluate"], message, task.weights)[0]
 
-    def shutdown(self, reason: str, *, finished: bool) -> None:
-        self._outbound.put(
-            pb.CoordinatorMessage(shutdown=pb.Shutdown(reason=reason, finished=finished))
-        )
+    def shutdown(self, reason: str, *, finished: bool, failed: bool = False) -> None:
+        shutdown = pb.Shutdown(reason=reason, finished=finished, failed=failed)
+        self._outbound.put(pb.CoordinatorMessage(shutdown=shutdown))
         self.close(reason)
+
+    def abandon(self, task_id: str, reason: str) -> None:
+        message = pb.RoundAbandoned(task_id=task_id, reason=reason)
+        with self._lock:
+            if not self._closed:
+                self._outbound.put(pb.CoordinatorMessage(abandoned=message))
 
     def close(self, reason: str) -> None:
         with self._lock:
@@ -332,6 +337,8 @@ class NodeSession:
                 f"refuses to train (ledger eps {alarm.ledger_epsilon:.4g}, recorded "
                 f"{alarm.recorded_epsilon:.4g}): {codec.printable(alarm.detail)[:300]}",
             )
+        elif kind == "plan_answer":
+            self._plan_answer(message.plan_answer)
         elif kind == "progress":
             progress = message.progress
             stage = clean_text(progress.stage, self._limits.max_text)
@@ -339,6 +346,18 @@ class NodeSession:
             self._registry.set_activity(self.name, f"{stage} ({fraction:.0%})")
         else:
             raise codec.MessageError(f"unexpected {kind or 'empty'} message in a session")
+
+    def _plan_answer(self, answer: pb.PlanAnswer) -> None:
+        """The node accepts the run's plan (the rounds may count it), or refuses to join:
+        kept, with its reason, so the rounds know it will not take part."""
+        if answer.accepted:
+            self._registry.ready(self)
+            return
+        refusal = codec.refusal_from_proto(answer.refusal)
+        detail = clean_text(str(refusal), 4 * self._limits.max_text)
+        log.warning("%s refuses to join this run: %s", self.name, detail)
+        self._registry.refused_to_join(self.name, detail)
+        self.close("it refused to join")
 
     def _chunk(self, chunk: BlobChunk | pb.Chunk) -> None:
         limits = self._limits

@@ -10,10 +10,20 @@ aggregation, through the protocol's steps (keys, shares, masked input, revealed 
 Anything it cannot use is answered with a refusal that says why; nothing the coordinator
 sends can crash the node.
 
+Before any task, the coordinator's Welcome announces the run's plan (model, training
+plan, aggregation): the node checks it as it would check every round's task
+(:meth:`~primia.federated.data_owner.DataOwner.check_plan`) and answers that it takes
+part, or refuses to join, says why, and stops (:class:`PlanRefused`): such a refusal
+would recur in every round. A round the coordinator abandons after the node trained is
+marked in the node's ledger (the release's ε stays spent) and its log.
+
 When the coordinator is gone the node tries again, waiting 1, 2, 4 … up to
 ``reconnect_max_s`` seconds (with jitter, so a consortium's nodes do not all return at
-once). Its privacy ledger is on disk and written before any release, so a lost
-connection never loses a spent ε.
+once). It does not retry what retrying cannot fix: a refused certificate, name or plan,
+a TLS handshake failed on a certificate, or its own certificate and CA file that do not
+agree end it with the same diagnosis as ``primia check``
+(:func:`~primia.rpc.probe.diagnose`). Its privacy ledger is on disk and written
+before any release, so a lost connection never loses a spent ε.
 """
 
 from __future__ import annotations
@@ -24,13 +34,14 @@ import random
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import grpc
 
 from primia.blobs import MAX_MESSAGE_SIZE, Blob, BlobAssembler, BlobChunk, BlobError
 from primia.crypto.ring import ring_bytes
 from primia.crypto.secagg import AggregationFailed, ProtocolViolation
-from primia.errors import PrimiaError
+from primia.errors import LedgerError, PrimiaError
 from primia.federated.data_owner import DataOwner
 from primia.federated.policy import roster_problems
 from primia.federated.secure import SecureContribution
@@ -46,6 +57,7 @@ from primia.rpc import codec, evaluation_codec, methods, secure_codec
 from primia.rpc.chunk_wire import messages_of
 from primia.rpc.generated import federation_pb2 as pb
 from primia.rpc.node_config import NodeConfig
+from primia.rpc.probe import diagnose
 from primia.rpc.tls import secure_channel
 
 log = logging.getLogger(__name__)
@@ -56,11 +68,28 @@ BLOBS_KEPT = 1
 (the weights of round t serve its evaluation and round t+1's training), so one is
 enough; each one more holds a model's size of memory and delays the reuse of receive
 buffers (see :class:`~primia.blobs.BufferPool`) by a round."""
-_FATAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 class JoinRefused(PrimiaError):
-    """The coordinator refused this node (certificate, role or roster); retrying won't help."""
+    """The coordinator refused this node (certificate, role, roster or Hello), or the TLS
+    handshake failed on a certificate; retrying won't help."""
+
+
+class PlanRefused(PrimiaError):
+    """This node refuses to join the coordinator's run: it would refuse every round."""
+
+
+class FederationEnded(PrimiaError):
+    """The coordinator said its federation failed (for a node that exits when done)."""
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How a session ended: the coordinator's Shutdown, if it sent one."""
+
+    finished: bool = False
+    failed: bool = False
+    reason: str = ""
 
 
 class NodeClient:
@@ -87,24 +116,30 @@ class NodeClient:
 
     def serve(self) -> None:
         """Stay connected (reconnecting with back-off) until stopped or, with
-        ``exit_when_done``, until a federation finishes."""
+        ``exit_when_done``, until a federation finishes (:class:`FederationEnded` if it
+        failed). Raises :class:`JoinRefused` or :class:`PlanRefused` when trying again
+        cannot help."""
+        config = self.config
         delay = 1.0
         while not self.stop_event.is_set():
             try:
-                finished = self._session()
+                ending = self._session()
                 delay = 1.0
-                if finished and self.config.exit_when_done:
+                if ending.finished and config.exit_when_done:
+                    if ending.failed:
+                        raise FederationEnded(ending.reason)
                     return
             except grpc.RpcError as error:
-                code, details = error.code(), error.details()
-                if code in _FATAL_CODES:
-                    raise JoinRefused(f"the coordinator refused this node: {details}") from error
-                log.warning(
-                    "coordinator %s unreachable (%s: %s)",
-                    self.config.coordinator,
-                    code.name,
-                    details,
+                failure = diagnose(
+                    config.coordinator,
+                    error,
+                    files=config.tls,
+                    server_name=config.coordinator_name,
+                    what="Join",
                 )
+                if failure.lasting:
+                    raise JoinRefused(str(failure)) from error
+                log.warning("coordinator unreachable: %s", failure)
             wait = delay * random.uniform(0.8, 1.2)
             log.info("connecting again in %.1f s", wait)
             if self.stop_event.wait(wait):
@@ -114,8 +149,8 @@ class NodeClient:
     def stop(self) -> None:
         self.stop_event.set()
 
-    def _session(self) -> bool:
-        """One connection; True if it ended with the federation finished."""
+    def _session(self) -> _Ending:
+        """One connection, and how it ended."""
         outbound: queue.Queue[object] = queue.Queue()
         outbound.put(pb.NodeMessage(hello=codec.info_to_proto(self.owner.info())))
         config = self.config
@@ -149,9 +184,13 @@ class _Session:
         """The coordinator's run id (from its Welcome): the ledger counts ε per run."""
         self._secure: dict[str, SecureContribution] = {}
         """The round in secure aggregation, by task id (one at a time)."""
+        self._refused: PlanRefused | None = None
+        """Set when this node refused to join the run."""
 
-    def run(self, responses: Iterator[pb.CoordinatorMessage | BlobChunk]) -> bool:
+    def run(self, responses: Iterator[pb.CoordinatorMessage | BlobChunk]) -> _Ending:
         for message in responses:
+            if self._refused is not None:
+                continue  # nothing more is done for a run this node refused to join
             if isinstance(message, BlobChunk):
                 self._chunk(message)
                 continue
@@ -165,6 +204,7 @@ class _Session:
                     message.welcome.run_id,
                 )
                 self._check_record(message.welcome)
+                self._answer_plan(message.welcome)
             elif kind == "chunk":
                 self._chunk(message.chunk)
             elif kind == "train":
@@ -173,13 +213,66 @@ class _Session:
                 self._evaluate(message.evaluate)
             elif kind in ("key_roster", "share_delivery", "unmask_request", "survivor_signatures"):
                 self._secure_step(getattr(message, kind))
+            elif kind == "abandoned":
+                self._abandoned(message.abandoned)
             elif kind == "shutdown":
-                log.info("the coordinator ended the session: %s", message.shutdown.reason)
-                return message.shutdown.finished
+                shutdown = message.shutdown
+                reason = codec.printable(shutdown.reason)
+                if shutdown.failed:
+                    log.error("the coordinator ended the session: %s", reason)
+                else:
+                    log.info("the coordinator ended the session: %s", reason)
+                return _Ending(shutdown.finished, shutdown.failed, reason)
             elif kind == "error":
                 log.warning("the coordinator could not use a message: %s", message.error.detail)
+        if self._refused is not None:
+            raise self._refused
         log.warning("the coordinator closed the stream")
-        return False
+        return _Ending()
+
+    def _answer_plan(self, welcome: pb.Welcome) -> None:
+        """Accept the run's plan, or refuse to join: tell the coordinator why, and raise
+        :class:`PlanRefused` (every round would be refused alike). A Welcome without a plan
+        (a job whose rounds differ) is accepted; each task is then checked alone."""
+        try:
+            if welcome.HasField("plan"):
+                plan = codec.federation_plan_from_proto(welcome.plan)
+                self._owner.check_plan(plan, run=self._run)
+        except (TaskRefused, codec.MessageError) as error:
+            refusal = (
+                error
+                if isinstance(error, TaskRefused)
+                else TaskRefused(Refusal.INVALID_PLAN, str(error))
+            )
+            log.error("refused to join run %s: %s", self._run, refusal)
+            answer = pb.PlanAnswer(accepted=False, refusal=codec.refusal_to_proto("", refusal))
+            self._send(pb.NodeMessage(plan_answer=answer))
+            # Raised once the coordinator, having read the answer, ends the stream.
+            self._refused = PlanRefused(
+                f"this node refuses to join the coordinator's run {self._run}: {refusal}"
+            )
+            return
+        self._send(pb.NodeMessage(plan_answer=pb.PlanAnswer(accepted=True)))
+
+    def _abandoned(self, message: pb.RoundAbandoned) -> None:
+        """The coordinator abandoned the round of one of our tasks: a release made for it
+        stays charged, and the ledger says it was never used."""
+        reason = codec.printable(message.reason)
+        self._secure.pop(message.task_id, None)
+        try:
+            epsilon = self._owner.abandoned(message.task_id, reason)
+        except LedgerError as error:
+            log.error("could not mark the release of %s abandoned: %s", message.task_id, error)
+            return
+        if epsilon is not None:
+            log.warning(
+                "the coordinator abandoned the round of task %s (%s): the update this node "
+                "released (eps %.3g, charged) was never used; the ledger keeps the charge, "
+                "marked abandoned",
+                message.task_id,
+                reason,
+                epsilon,
+            )
 
     def _check_record(self, welcome: pb.Welcome) -> None:
         """Compare the ledger with the ε the coordinator recorded; if it is below, say so

@@ -21,7 +21,7 @@ import grpc
 
 from primia.blobs import CHUNK_SIZE, MAX_CHUNK_SIZE, MIB, Blob
 from primia.errors import PrimiaError
-from primia.pki import TLSFiles
+from primia.pki import CertificateRejected, TLSFiles, verify_peer
 from primia.rpc import methods
 from primia.rpc.chunk_wire import messages_of
 from primia.rpc.tls import secure_channel
@@ -39,6 +39,8 @@ class ProbeFailed(PrimiaError):
     def __init__(self, message: str, code: grpc.StatusCode) -> None:
         super().__init__(message)
         self.code = code
+        self.lasting = False
+        """Whether trying again cannot succeed (see :func:`diagnose`)."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,9 @@ def probe(
             receipt = upload(messages_of(blob, envelope=False, chunk_size=chunk_size))
             seconds = time.perf_counter() - started
         except grpc.RpcError as error:
-            raise _failure(address, error) from error
+            raise diagnose(
+                address, error, files=files, server_name=server_name, what="probe"
+            ) from error
     return ProbeResult(
         size=len(payload),
         seconds=seconds,
@@ -107,14 +111,81 @@ def _random_bytes(size: int) -> bytes:
     return (block * -(-size // MIB))[:size]
 
 
-def _failure(address: str, error: grpc.RpcError) -> ProbeFailed:
+def own_files_problem(files: TLSFiles) -> str:
+    """Why our own certificate is not one our own CA file trusts ("" if it is): then a
+    peer that trusts that CA (the consortium's) refuses it, or the CA file is not the
+    consortium's. A refused handshake reaches us only as a closed socket; this says why."""
+    ca_pem, cert_pem, _ = files.read()
+    try:
+        verify_peer(cert_pem, ca_pem)
+    except CertificateRejected as rejected:
+        return (
+            f"{files.certificate} does not verify against {files.ca}: {rejected}. Both must "
+            "come from the consortium's CA (copy its ca.pem, and use a certificate it issued "
+            "with `primia certs issue`); the coordinator refuses any other, and retrying "
+            "cannot fix this"
+        )
+    return ""
+
+
+_LASTING_CODES = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
+"""The coordinator refused our certificate, name or Hello: it will again."""
+
+
+def _handshake_refused(details: str) -> bool:
+    return any(marker in details for marker in _HANDSHAKE_MARKERS)
+
+
+_HANDSHAKE_MARKERS = (
+    "CERTIFICATE_VERIFY_FAILED",
+    "Tls handshake failed",
+    "Peer name",
+    "certificate verify failed",
+)
+"""How gRPC's details show a handshake that failed on a certificate (not on the network)."""
+
+
+def diagnose(
+    address: str,
+    error: grpc.RpcError,
+    *,
+    files: TLSFiles,
+    server_name: str = "coordinator",
+    what: str,
+) -> ProbeFailed:
+    """``error`` of a call to ``address`` with our TLS ``files`` (``what``: e.g. probe,
+    Join) as one message: the gRPC status, its details, and what to check — ``primia
+    check`` and every node say the same. Its ``lasting`` says whether calling again
+    cannot succeed: the coordinator refused our certificate, name or Hello, the TLS
+    handshake failed verifying a certificate, or our own certificate and CA file
+    disagree. An unreachable address, a closed socket or a coordinator not yet listening
+    may pass on a later try."""
     code = error.code()
     details = error.details() or "no details"
-    message = f"probe of {address} failed with {code.name}: {details}"
-    hint = _HINTS.get(code)
-    return ProbeFailed(f"{message}. {hint.format(address=address)}" if hint else message, code)
+    message = f"{what} of {address} failed with {code.name}: {details}"
+    handshake = code == grpc.StatusCode.UNAVAILABLE and _handshake_refused(details)
+    problem = own_files_problem(files) if code == grpc.StatusCode.UNAVAILABLE else ""
+    if problem:
+        hint = problem
+    elif handshake:
+        hint = _HANDSHAKE_HINT.format(server_name=server_name)
+    else:
+        hint = _HINTS.get(code, "").format(address=address)
+    failure = ProbeFailed(f"{message}. {hint}" if hint else message, code)
+    failure.lasting = bool(problem) or handshake or code in _LASTING_CODES
+    return failure
 
 
+_HANDSHAKE_HINT = (
+    "The TLS handshake failed on a certificate: the coordinator's certificate is not from "
+    "the CA in your ca file, or is not named {server_name!r}. Copy the consortium's ca.pem "
+    "(the one that issued your certificate) and check --server-name / coordinator_name; "
+    "retrying cannot fix this"
+)
 _HINTS = {
     grpc.StatusCode.UNAVAILABLE: (
         "Is the coordinator running at {address}, and is the port open to you? A refused "
@@ -130,7 +201,7 @@ _HINTS = {
         "with `primia certs issue` and not expired"
     ),
     grpc.StatusCode.PERMISSION_DENIED: (
-        "Your certificate is valid but not allowed to probe: it needs role node and a name on "
+        "Your certificate is valid but not allowed this call: it needs role node and a name on "
         "the coordinator's roster (or role coordinator)"
     ),
     grpc.StatusCode.DATA_LOSS: (

@@ -7,7 +7,9 @@ ledger keeps one JSON line per event in a file next to the data:
 * ``budget``   — the operator changed the budget (kept, so the change is auditable);
 * ``reserve``  — a planned release (σ, q, steps), written *before* the first training step
   (with the coordinator's ``run`` id for a federated round, so a node can bound ε per run);
-* ``complete`` — the steps actually run, written after training (never more than reserved).
+* ``complete`` — the steps actually run, written after training (never more than reserved);
+* ``abandon``  — a release whose update was never used (a federated round abandoned after
+  the node trained); it keeps the release and its ε in the composition, and says why.
 
 The spent ε is the composition, by the ledger's accountant, of every release — reserved
 releases count with their planned steps until completed. So a crash mid-training can
@@ -89,6 +91,8 @@ class Release:
     completed: bool
     run: str = ""
     """The coordinator run the release was made for (empty outside a federation)."""
+    abandoned: str = ""
+    """Why the release's update was never used (empty: it was, or nothing says not)."""
 
 
 class PrivacyLedger:
@@ -179,11 +183,14 @@ class PrivacyLedger:
         """Every release, completed ones with their actual steps."""
         reserved: dict[str, dict[str, Any]] = {}
         completed: dict[str, dict[str, Any]] = {}
+        abandoned: dict[str, str] = {}
         for event in self._events:
             if event["event"] == "reserve":
                 reserved[event["release_id"]] = event
             elif event["event"] == "complete":
                 completed[event["release_id"]] = event
+            elif event["event"] == "abandon":
+                abandoned[event["release_id"]] = str(event["reason"])
         releases = []
         for release_id, plan in reserved.items():
             done = completed.get(release_id)
@@ -199,6 +206,7 @@ class PrivacyLedger:
                     description=str(plan.get("description", "")),
                     completed=done is not None,
                     run=str(plan.get("run", "")),
+                    abandoned=abandoned.get(release_id, ""),
                 )
             )
         return releases
@@ -288,6 +296,21 @@ class PrivacyLedger:
                     "epsilon": epsilon,
                     "time": _now(),
                 }
+            )
+
+    def abandon(self, release_id: str, *, reason: str) -> None:
+        """Mark a reserved release as never used (its round was abandoned after training).
+
+        The release stays in the composition: its update left the node's training, so
+        its ε is spent whatever became of it. The mark only says so, for the operator."""
+        with locked(self.path):
+            self._chain = self._read()
+            if not any(
+                e["event"] == "reserve" and e["release_id"] == release_id for e in self._events
+            ):
+                raise LedgerError(f"release {release_id} was never reserved in {self.path}")
+            self._append(
+                {"event": "abandon", "release_id": release_id, "reason": reason, "time": _now()}
             )
 
     def _append(self, event: dict[str, Any]) -> None:

@@ -8,6 +8,10 @@ skipped: skipping one would drop its release from the composition and under-repo
 A ``repair`` record carries an ε that the ledger adds to its composition: the figure an
 operator's repair could not itemise (releases lost from a cut or deleted ledger), so a
 repair never lowers the reported ε (see :mod:`primia.train.ledger_repair`).
+
+An ``abandon`` record marks a reserved release whose update was never used (the
+coordinator abandoned the federated round after the node trained). It changes nothing in
+the composition: the release was made, and its ε stays spent.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ _KEYS: dict[str, dict[str, tuple[type, ...]]] = {
     "complete": {"release_id": (str,), "steps": (int,), "epsilon": _NUMBER},
     "migrate": {"from_version": (int,), "records": (int,)},
     "repair": {"carried_epsilon": _NUMBER, "problem": (str,)},
+    "abandon": {"release_id": (str,), "reason": (str,)},
 }
 EVENTS = tuple(_KEYS)
 
@@ -64,6 +69,8 @@ def check_record(record: Any, number: int, state: dict[str, dict[str, Any]]) -> 
         return _check_reserve(record, number, state)
     if event == "complete":
         return _check_complete(record, number, state)
+    if event == "abandon" and record["release_id"] not in state:
+        return f"line {number} marks release {record['release_id']} abandoned, never reserved"
     if event == "repair" and not 0 <= record["carried_epsilon"] < math.inf:
         return f"line {number} (repair) has carried_epsilon out of range"
     return ""

@@ -39,6 +39,8 @@ class Verdict:
     records: int
     spent_epsilon: float | None
     anchored_epsilon: float | None
+    abandoned: int = 0
+    """Releases marked abandoned: charged, their update never used."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ def verify(path: Path) -> Verdict:
         return Verdict(str(error), 0, None, anchored)
     except ConfigError as error:  # no ledger, and no anchor that says one existed
         return Verdict(str(error), 0, None, anchored)
-    return Verdict("", len(ledger.releases()), ledger.spent_epsilon(), anchored)
+    releases = ledger.releases()
+    abandoned = sum(bool(release.abandoned) for release in releases)
+    return Verdict("", len(releases), ledger.spent_epsilon(), anchored, abandoned)
 
 
 def repair(

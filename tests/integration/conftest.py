@@ -77,6 +77,9 @@ class Consortium:
     nodes: dict[str, pki.TLSFiles]
     clients: list[NodeClient] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
+    ended: dict[str, BaseException | None] = field(default_factory=dict)
+    """How each node's ``serve`` ended, by site: None when it returned, else what it
+    raised (absent while it runs)."""
 
     def coordinator_config(self, run_dir: Path, **overrides: Any) -> CoordinatorConfig:
         values: dict[str, Any] = {
@@ -113,7 +116,17 @@ class Consortium:
 
     def start_node(self, config: NodeConfig) -> NodeClient:
         client = NodeClient.from_config(config, default_image_size=32)
-        thread = threading.Thread(target=client.serve, name=config.data.site, daemon=True)
+        site = str(config.data.site)
+
+        def serve() -> None:
+            try:
+                client.serve()
+            except BaseException as error:
+                self.ended[site] = error
+            else:
+                self.ended[site] = None
+
+        thread = threading.Thread(target=serve, name=site, daemon=True)
         thread.start()
         self.clients.append(client)
         self.threads.append(thread)
@@ -131,6 +144,15 @@ def consortium_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pki.issue(directory, "model-owner", "inference")
     pki.issue(directory, "crypto-provider", "inference")
     pki.issue(directory, "stranger", "node")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another CA, with a node certificate named site0 (a name on the roster)."""
+    directory = tmp_path_factory.mktemp("foreign")
+    pki.init_ca(directory, "other-consortium")
+    pki.issue(directory, "site0", "node")
     return directory
 
 

@@ -60,6 +60,10 @@ def _round(server: CoordinatorServer, consortium: Consortium, tmp_path: Path) ->
     return run_federation(server, timeout=180)
 
 
+ACCEPT = pb.NodeMessage(plan_answer=pb.PlanAnswer(accepted=True))
+"""A node's acceptance of the run's plan: only then do the rounds (and tests) count it."""
+
+
 def _join(port: int, files: pki.TLSFiles, first: pb.NodeMessage):  # type: ignore[no-untyped-def]
     outbound: queue.Queue[pb.NodeMessage | None] = queue.Queue()
     outbound.put(first)
@@ -168,6 +172,8 @@ def test_a_second_connection_of_a_node_is_refused_while_the_first_lives(
     try:
         first, first_responses, first_outbound = _join(server.port, site0, hello())
         assert next(first_responses).WhichOneof("kind") == "welcome"
+        first_outbound.put(ACCEPT)
+        wait_until(lambda: bool(server.registry.connected()), 30, "the plan to be accepted")
         channel, responses, outbound = _join(server.port, site0, hello("cuda"))
         with channel, pytest.raises(grpc.RpcError) as refused:
             next(responses)
@@ -184,6 +190,8 @@ def test_a_second_connection_of_a_node_is_refused_while_the_first_lives(
         channel, responses, outbound = _join(server.port, site0, hello("cuda"))
         with channel:
             assert next(responses).WhichOneof("kind") == "welcome"
+            outbound.put(ACCEPT)
+            wait_until(lambda: bool(server.registry.connected()), 30, "the plan to be accepted")
             (link,) = server.registry.connected()
             assert link.info.device == "cuda"
             outbound.put(None)

@@ -117,15 +117,6 @@ def servers(
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Another CA, with a certificate in the real data owner's name."""
-    directory = tmp_path_factory.mktemp("foreign")
-    pki.init_ca(directory, "other-consortium")
-    pki.issue(directory, "site0", "node")
-    return directory
-
-
 def _intrude(port: int, files: pki.TLSFiles | None, offer: pb.SessionOffer) -> bytes | Exception:
     """Connect to ``port`` as an intruder (trusting any server), send the data owner's hello
     for the session, and return what could be read (or the error that stopped it)."""

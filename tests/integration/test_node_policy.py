@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ class Outcome:
     error: BaseException | None
     status: FederationStatus
     """Fetched over gRPC after the rounds, as ``primia status`` does."""
+    ended: dict[str, BaseException | None]
+    """How each node's ``serve`` ended (they exit when done)."""
 
 
 def _federate(
@@ -59,6 +62,7 @@ def _federate(
     )
     server = CoordinatorServer(config)
     port = server.start()
+    consortium.ended.clear()
     clients = [
         consortium.start_node(
             consortium.node_config(site, port, run_dir.parent / f"{run_dir.name}-{site}", **nodes)
@@ -78,12 +82,16 @@ def _federate(
     runner.join(timeout=240)
     try:
         assert not runner.is_alive(), "the federation did not finish"
+        deadline = time.monotonic() + 30
+        while not set(sites) <= set(consortium.ended):
+            assert time.monotonic() < deadline, f"nodes still serving: {consortium.ended}"
+            time.sleep(0.1)
         status = fetch_status(f"127.0.0.1:{port}", consortium.coordinator, timeout=10)
     finally:
         server.stop()
         for client in clients:
             client.stop()
-    return Outcome(outcome.get("result"), outcome.get("error"), status)
+    return Outcome(outcome.get("result"), outcome.get("error"), status, dict(consortium.ended))
 
 
 def _ledger_releases(run_dir: Path, site: str) -> int:
@@ -97,17 +105,29 @@ def _assert_refused_by_all(
     caplog: pytest.LogCaptureFixture,
     expected: str,
     sites: tuple[str, ...] = SITES,
+    *,
+    at_join: bool = False,
 ) -> None:
-    """Every node refused, naming ``expected``; nothing was trained, nothing aggregated."""
+    """Every node refused, naming ``expected`` (``at_join``: it refused to join, seeing
+    the run's plan; else it refused round 1); nothing was trained, nothing aggregated."""
     assert isinstance(outcome.error, FederationFailed)
     assert rounds_of(run_dir) == []
     refusals = {node.name: node.last_refusal for node in outcome.status.nodes}
+    when, logged = ("at join", "refused to join") if at_join else ("round 1", "refused task")
+    if at_join:
+        # The run stops once too few nodes remain: the last refusal may come after.
+        refusals = {site: refusal for site, refusal in refusals.items() if refusal}
+        assert len(refusals) >= len(sites) - 1
     for site in sites:
-        assert refusals[site].startswith("round 1: policy: "), refusals[site]
-        assert expected in refusals[site]
+        if site in refusals:
+            assert refusals[site].startswith(f"{when}: policy: "), refusals[site]
+            assert expected in refusals[site]
+        if at_join:
+            assert isinstance(outcome.ended[site], node_client.PlanRefused)
+            assert expected in str(outcome.ended[site])
         assert _ledger_releases(run_dir, site) == 0  # refused before any DP step
     node_log = [r.getMessage() for r in caplog.records if r.name == "primia.rpc.node_client"]
-    assert sum("refused task" in line and expected in line for line in node_log) == len(sites)
+    assert sum(logged in line and expected in line for line in node_log) == len(sites)
 
 
 @pytest.fixture
@@ -169,7 +189,9 @@ def test_a_plaintext_coordinator_is_refused_by_every_node_with_the_default_polic
             nodes={},
         )
     assert received == {}  # no update reached the coordinator
-    _assert_refused_by_all(refused, tmp_path / "refused", caplog, "policy.aggregation=['secure']")
+    _assert_refused_by_all(
+        refused, tmp_path / "refused", caplog, "policy.aggregation=['secure']", at_join=True
+    )
 
 
 def test_a_threshold_of_2_among_5_is_refused(
@@ -276,7 +298,7 @@ def test_a_model_outside_the_policy_is_refused(
             nodes={"policy": consortium_model},
         )
     _assert_refused_by_all(
-        refused, tmp_path / "refused", caplog, "policy.models=['cnn (width 16)']"
+        refused, tmp_path / "refused", caplog, "policy.models=['cnn (width 16)']", at_join=True
     )
     assert all(asked in node.last_refusal for node in refused.status.nodes)
 
@@ -316,8 +338,10 @@ def test_too_much_epsilon_or_too_little_noise_is_refused(
         # A plan limit of the node: refused as an invalid plan, naming the setting.
         assert isinstance(refused.error, FederationFailed)
         for node in refused.status.nodes:
-            assert node.last_refusal.startswith("round 1: invalid_plan: " + expected)
-            assert "(limits.max_epsilon_per_round)" in node.last_refusal
+            if node.last_refusal:  # the run stops once too few nodes remain
+                assert node.last_refusal.startswith("at join: invalid_plan: " + expected)
+                assert "(limits.max_epsilon_per_round)" in node.last_refusal
+            assert "(limits.max_epsilon_per_round)" in str(refused.ended[node.name])
             assert _ledger_releases(tmp_path / "refused", node.name) == 0
     else:
-        _assert_refused_by_all(refused, tmp_path / "refused", caplog, expected)
+        _assert_refused_by_all(refused, tmp_path / "refused", caplog, expected, at_join=True)

@@ -129,7 +129,7 @@ def test_two_site_matrix_end_to_end_and_resumed(
     # one of metric tables, and no blob holds anything shaped like an image.
     kinds = {_kind(message) for message in received}
     assert kinds <= {
-        *("chunk", "train_result", "evaluate_result", "refused", "progress"),
+        *("chunk", "train_result", "evaluate_result", "refused", "progress", "plan_answer"),
         *("keys", "shares", "masked_input", "survivor_signature", "unmask_shares"),  # secagg
     }
     assert "refused" not in kinds

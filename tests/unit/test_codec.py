@@ -158,7 +158,7 @@ def test_info_round_trip_through_hello():
 def test_hello_of_another_protocol_version_is_refused():
     hello = codec.info_to_proto(INFO)
     hello.protocol_version = codec.PROTOCOL_VERSION + 1
-    with pytest.raises(MessageError, match="protocol version 3, this coordinator 2"):
+    with pytest.raises(MessageError, match="protocol version 4, this coordinator 3"):
         codec.info_from_proto(hello)
 
 

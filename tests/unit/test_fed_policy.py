@@ -7,7 +7,7 @@ import pytest
 from primia.config import from_mapping
 from primia.crypto.secagg import Setup
 from primia.errors import ConfigError
-from primia.federated.plan import PlanLimits
+from primia.federated.plan import PlanLimits, TrainPlan
 from primia.federated.policy import (
     AcceptedModel,
     NodePolicy,
@@ -15,9 +15,11 @@ from primia.federated.policy import (
     aggregation_problems,
     dp_problems,
     model_problems,
+    plan_aggregation_problems,
     required_threshold,
     roster_problems,
 )
+from primia.federated.tasks import FederationPlan
 from primia.models.checkpoint import ModelSpec
 
 DEFAULT = NodePolicy()
@@ -189,3 +191,29 @@ def test_a_bad_policy_is_a_config_error_naming_the_key(values, message):
 def test_bad_dp_floors_are_config_errors(values, message):
     with pytest.raises(ConfigError, match=message):
         from_mapping(PlanLimits, values, where="limits")
+
+
+def announced(
+    roster: int, min_nodes: int, threshold: int = 0, secure: bool = True
+) -> FederationPlan:
+    return FederationPlan(
+        spec=spec(),
+        plan=TrainPlan(),
+        secure=secure,
+        roster_size=roster,
+        min_nodes=min_nodes,
+        threshold=threshold,
+    )
+
+
+def test_a_run_announced_at_join_is_refused_only_if_no_round_of_it_fits():
+    # A roster of 2 can never give the 3 participants the default policy needs.
+    (problem,) = plan_aggregation_problems(DEFAULT, announced(roster=2, min_nodes=2))
+    assert "policy.min_participants=3" in problem and "the whole roster's round" in problem
+    # A roster of 5 with min_nodes 2 can: rounds of 3 to 5 fit.
+    assert plan_aggregation_problems(DEFAULT, announced(roster=5, min_nodes=2)) == []
+    # A fixed threshold of 2 fits a round of 3 (2 is its majority).
+    assert plan_aggregation_problems(DEFAULT, announced(5, 2, threshold=2)) == []
+    # Plaintext is refused at Join as in a round.
+    (problem,) = plan_aggregation_problems(DEFAULT, announced(5, 2, secure=False))
+    assert "policy.aggregation=['secure']" in problem

@@ -227,3 +227,28 @@ def test_a_view_sees_only_its_names_and_shares_admissions():
         assert "delta" in str(error)
     else:
         raise AssertionError("a view of a name off the roster was made")
+
+
+def test_a_node_counts_only_once_it_accepted_the_plan_and_a_refusal_ends_the_wait():
+    registry = NodeRegistry(ROSTER)
+    alpha, beta = FakeLink("alpha"), FakeLink("beta")
+    registry.admit(alpha, ready=False)
+    registry.admit(beta)
+    assert registry.connected() == [beta] and registry.every_link() == [alpha, beta]
+    assert status_of(registry, "alpha").activity == "checking the run's plan"
+    registry.ready(alpha)
+    assert registry.connected() == [alpha, beta]
+    # gamma refuses to join: waiting for the whole roster ends at once.
+    registry.refused_to_join("gamma", "incompatible_model: labels")
+    started = time.monotonic()
+    assert registry.wait_for(3, timeout=10) == [alpha, beta]
+    assert time.monotonic() - started < 5
+    assert registry.join_refusals() == {"gamma": "incompatible_model: labels"}
+    assert status_of(registry, "gamma").last_refusal == "at join: incompatible_model: labels"
+    # Nodes excluded by the rounds are neither counted nor returned.
+    assert registry.wait_for(2, timeout=0.1, excluding={"beta"}) == [alpha]
+    # gamma joins again and accepts: its refusal is forgotten.
+    gamma = FakeLink("gamma")
+    registry.admit(gamma, ready=False)
+    registry.ready(gamma)
+    assert registry.join_refusals() == {}

@@ -109,3 +109,18 @@ def test_infinite_budget_accepts_everything_finite(tmp_path):
     ledger = PrivacyLedger.open(tmp_path / "l.jsonl", budget=Budget(math.inf, DELTA))
     ledger.reserve(plan(8.0), epsilon=8.0, delta=DELTA)
     assert math.isfinite(ledger.spent_epsilon())
+
+
+def test_an_abandoned_release_stays_charged_and_is_marked(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    ledger = PrivacyLedger.open(path, budget=Budget(5.0, DELTA))
+    release = ledger.reserve(plan(1.0), epsilon=1.0, delta=DELTA, run="r")
+    ledger.complete(release, steps=50, epsilon=1.0)
+    spent = ledger.spent_epsilon()
+    ledger.abandon(release, reason="run-r1a1-site0: round 1, attempt 1: 1 updates of the 2 needed")
+    reopened = PrivacyLedger.open(path)  # the chain and anchor accept the record
+    assert reopened.spent_epsilon() == pytest.approx(spent)
+    (marked,) = reopened.releases()
+    assert marked.abandoned.startswith("run-r1a1-site0") and marked.completed
+    with pytest.raises(LedgerError, match="never reserved"):
+        reopened.abandon("not-a-release", reason="x")

@@ -53,7 +53,7 @@ class Chunk(_message.Message):
     def __init__(self, blob_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class NodeMessage(_message.Message):
-    __slots__ = ("hello", "chunk", "train_result", "evaluate_result", "refused", "progress", "keys", "shares", "masked_input", "unmask_shares", "ledger_alarm", "survivor_signature")
+    __slots__ = ("hello", "chunk", "train_result", "evaluate_result", "refused", "progress", "keys", "shares", "masked_input", "unmask_shares", "ledger_alarm", "survivor_signature", "plan_answer")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     TRAIN_RESULT_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class NodeMessage(_message.Message):
     UNMASK_SHARES_FIELD_NUMBER: _ClassVar[int]
     LEDGER_ALARM_FIELD_NUMBER: _ClassVar[int]
     SURVIVOR_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    PLAN_ANSWER_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     chunk: Chunk
     train_result: TrainResult
@@ -78,7 +79,16 @@ class NodeMessage(_message.Message):
     unmask_shares: UnmaskShares
     ledger_alarm: LedgerAlarm
     survivor_signature: SurvivorSignature
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train_result: _Optional[_Union[TrainResult, _Mapping]] = ..., evaluate_result: _Optional[_Union[EvaluateResult, _Mapping]] = ..., refused: _Optional[_Union[TaskRefused, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., keys: _Optional[_Union[KeyAdvertisement, _Mapping]] = ..., shares: _Optional[_Union[ShareBundle, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_shares: _Optional[_Union[UnmaskShares, _Mapping]] = ..., ledger_alarm: _Optional[_Union[LedgerAlarm, _Mapping]] = ..., survivor_signature: _Optional[_Union[SurvivorSignature, _Mapping]] = ...) -> None: ...
+    plan_answer: PlanAnswer
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train_result: _Optional[_Union[TrainResult, _Mapping]] = ..., evaluate_result: _Optional[_Union[EvaluateResult, _Mapping]] = ..., refused: _Optional[_Union[TaskRefused, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., keys: _Optional[_Union[KeyAdvertisement, _Mapping]] = ..., shares: _Optional[_Union[ShareBundle, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_shares: _Optional[_Union[UnmaskShares, _Mapping]] = ..., ledger_alarm: _Optional[_Union[LedgerAlarm, _Mapping]] = ..., survivor_signature: _Optional[_Union[SurvivorSignature, _Mapping]] = ..., plan_answer: _Optional[_Union[PlanAnswer, _Mapping]] = ...) -> None: ...
+
+class PlanAnswer(_message.Message):
+    __slots__ = ("accepted", "refusal")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    refusal: TaskRefused
+    def __init__(self, accepted: _Optional[bool] = ..., refusal: _Optional[_Union[TaskRefused, _Mapping]] = ...) -> None: ...
 
 class LedgerAlarm(_message.Message):
     __slots__ = ("ledger_epsilon", "recorded_epsilon", "detail")
@@ -251,7 +261,7 @@ class TaskProgress(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., fraction: _Optional[float] = ..., stage: _Optional[str] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "chunk", "train", "evaluate", "shutdown", "error", "key_roster", "share_delivery", "unmask_request", "survivor_signatures")
+    __slots__ = ("welcome", "chunk", "train", "evaluate", "shutdown", "error", "key_roster", "share_delivery", "unmask_request", "survivor_signatures", "abandoned")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +272,7 @@ class CoordinatorMessage(_message.Message):
     SHARE_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     UNMASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
     SURVIVOR_SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    ABANDONED_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     chunk: Chunk
     train: TrainTask
@@ -272,19 +283,46 @@ class CoordinatorMessage(_message.Message):
     share_delivery: ShareDelivery
     unmask_request: UnmaskRequest
     survivor_signatures: SurvivorSignatures
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateTask, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., key_roster: _Optional[_Union[KeyRoster, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., survivor_signatures: _Optional[_Union[SurvivorSignatures, _Mapping]] = ...) -> None: ...
+    abandoned: RoundAbandoned
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateTask, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., error: _Optional[_Union[ProtocolError, _Mapping]] = ..., key_roster: _Optional[_Union[KeyRoster, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., survivor_signatures: _Optional[_Union[SurvivorSignatures, _Mapping]] = ..., abandoned: _Optional[_Union[RoundAbandoned, _Mapping]] = ...) -> None: ...
+
+class RoundAbandoned(_message.Message):
+    __slots__ = ("task_id", "reason")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    reason: str
+    def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol_version", "node_name", "run_id", "recorded_epsilon_spent")
+    __slots__ = ("protocol_version", "node_name", "run_id", "recorded_epsilon_spent", "plan")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     RECORDED_EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     node_name: str
     run_id: str
     recorded_epsilon_spent: float
-    def __init__(self, protocol_version: _Optional[int] = ..., node_name: _Optional[str] = ..., run_id: _Optional[str] = ..., recorded_epsilon_spent: _Optional[float] = ...) -> None: ...
+    plan: FederationPlan
+    def __init__(self, protocol_version: _Optional[int] = ..., node_name: _Optional[str] = ..., run_id: _Optional[str] = ..., recorded_epsilon_spent: _Optional[float] = ..., plan: _Optional[_Union[FederationPlan, _Mapping]] = ...) -> None: ...
+
+class FederationPlan(_message.Message):
+    __slots__ = ("model", "plan", "secure_aggregation", "roster_size", "min_nodes", "threshold")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MIN_NODES_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    model: ModelSpec
+    plan: TrainPlan
+    secure_aggregation: bool
+    roster_size: int
+    min_nodes: int
+    threshold: int
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., plan: _Optional[_Union[TrainPlan, _Mapping]] = ..., secure_aggregation: _Optional[bool] = ..., roster_size: _Optional[int] = ..., min_nodes: _Optional[int] = ..., threshold: _Optional[int] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
     __slots__ = ("architecture", "num_outputs", "width", "in_channels", "image_size", "task", "label_names")
@@ -377,12 +415,14 @@ class EvaluationDetail(_message.Message):
     def __init__(self, resamples: _Optional[int] = ..., seed: _Optional[int] = ..., subgroups: _Optional[bool] = ...) -> None: ...
 
 class Shutdown(_message.Message):
-    __slots__ = ("reason", "finished")
+    __slots__ = ("reason", "finished", "failed")
     REASON_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
     reason: str
     finished: bool
-    def __init__(self, reason: _Optional[str] = ..., finished: _Optional[bool] = ...) -> None: ...
+    failed: bool
+    def __init__(self, reason: _Optional[str] = ..., finished: _Optional[bool] = ..., failed: _Optional[bool] = ...) -> None: ...
 
 class ProtocolError(_message.Message):
     __slots__ = ("detail",)

@@ -57,8 +57,10 @@ class CoordinatorServicer:
 
     def Join(self, request_iterator, context):
         """A node's session: one long-lived bidirectional stream per node (role `node`).
-        The node's first message is a Hello; the coordinator answers Welcome, then pushes
-        tasks; the node answers each task with a result or a refusal. No polling.
+        The node's first message is a Hello; the coordinator answers Welcome (with the run's
+        plan), the node answers PlanAnswer (it accepts the plan, or refuses to join and says
+        why), then the coordinator pushes tasks; the node answers each task with a result or
+        a refusal. No polling.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
