@@ -12,9 +12,11 @@ Round t (see ``docs/federation.md``):
    aggregation (:mod:`primia.federated.secure`, the default), which reveals these sums
    and nothing else; with fewer than ``min_nodes`` of them the round is tried again (at
    most ``max_attempts`` times);
-4. w_{t+1} = w_t + Σ n_i Δ_i / Σ n_i (FedAvg), evaluated on every connected node's
+4. w_{t+1} = the server optimiser applied to Δ_t = Σ n_i Δ_i / Σ n_i (FedAvg:
+   w_t + Δ_t; :mod:`primia.federated.server_optimizer`), evaluated on every connected node's
    validation split; metrics pooled (:mod:`primia.federated.evaluation`);
-5. checkpoint, then the round's line in ``rounds.jsonl`` (:mod:`primia.federated.rundir`).
+5. checkpoint (weights and optimiser state), then the round's line in ``rounds.jsonl``
+   (:mod:`primia.federated.rundir`).
 
 After the last round the model is evaluated on every node's test split, the report is
 written and the nodes are told the federation has finished.
@@ -42,6 +44,7 @@ from primia.federated.evaluation import pool
 from primia.federated.registry import NodeLink, NodeRegistry, NodeStatus
 from primia.federated.rundir import RunDirectory
 from primia.federated.secure import SecureAggregator
+from primia.federated.server_optimizer import ServerOptimizer
 from primia.federated.tasks import (
     EvaluateTask,
     EvaluationOutcome,
@@ -117,6 +120,10 @@ class Federation:
         self.run_dir = RunDirectory(config.run_dir)
         self.aggregator = aggregator or make_aggregator(config)
         self._resume = self.run_dir.open(config, self.spec)
+        self.server_optimizer = ServerOptimizer(config.server_optimizer)
+        if self._resume.rounds:
+            last = int(self._resume.rounds[-1]["round"])
+            self.run_dir.restore_optimizer(self.server_optimizer, last)
         self.run_id = self._resume.run_id
         self._stop = stop or threading.Event()
         self._state = "starting"
@@ -157,7 +164,7 @@ class Federation:
                 if self._stop.is_set():
                     raise FederationFailed(f"stopped before round {round_number}")
                 record = self._run_round(round_number, model)
-                self.run_dir.record_round(record, model, self.spec)
+                self.run_dir.record_round(record, model, self.spec, self.server_optimizer)
                 records.append(record)
                 self._log_round(writer, record)
             test = None
@@ -182,7 +189,8 @@ class Federation:
     def _run_round(self, round_number: int, model: nn.Module) -> dict[str, Any]:
         started = time.perf_counter()
         # The aggregators read only the names, shapes and dtypes of the weights trained
-        # from, and the model changes only after they are done (apply_to): no copy needed.
+        # from, and the model changes only after they are done (the server optimiser's
+        # step): no copy needed.
         reference = {name: t.detach() for name, t in model.state_dict().items()}
         weights = self._blob(model, f"r{round_number - 1}")
         config = self.config
@@ -247,7 +255,7 @@ class Federation:
                 f"updates in {config.max_attempts} attempts; check that the nodes are running "
                 "and have privacy budget left (see the log above)"
             )
-        contributions.apply_to(model)
+        self.server_optimizer.step(model, contributions.weighted_sum, contributions.total_weight)
         for name in contributions.outcomes:
             self.registry.record_contribution(name)
         train_seconds = max(o.seconds for o in contributions.outcomes.values())
@@ -259,6 +267,7 @@ class Federation:
             "round": round_number,
             "attempts": attempt,
             "aggregation": self.aggregator.name,
+            "server_optimizer": self.server_optimizer.config.name,
             "contributors": contributions.contributors,
             "dropped": contributions.dropped,
             "refused": contributions.refused,

@@ -14,6 +14,13 @@ Example::
     clip = 8.0
     threshold = 0                     # 0: a majority of the round's nodes
 
+    [server_optimizer]                # all optional; see primia/federated/server_optimizer.py
+    name = "fedadam"                  # fedavg (default), fedavgm, fedadam, fedyogi, fedadagrad
+    lr = 0.03                         # server learning rate η (1.0 for fedavg/fedavgm)
+    momentum = 0.9
+    beta2 = 0.99
+    tau = 0.001
+
     [tls]
     ca = "pki/ca.pem"
     certificate = "pki/coordinator.pem"
@@ -56,6 +63,7 @@ from primia.crypto.ring import ring_bits_problem
 from primia.data.synth import FINDINGS
 from primia.errors import ConfigError
 from primia.federated.plan import TrainPlan, check_coordinator_plan
+from primia.federated.server_optimizer import ServerOptimizerConfig
 from primia.federated.status_access import StatusAccess
 from primia.limits import ServerLimits
 from primia.models import model_names
@@ -152,6 +160,9 @@ class CoordinatorConfig:
     """``secure``: the coordinator learns only the sum of the updates (the default);
     ``plaintext``: it sees every node's update (for comparison and debugging only)."""
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
+    server_optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
+    """How the securely aggregated mean update becomes the new global weights (FedAvg by
+    default; FedAvgM, FedAdam, FedYogi, FedAdagrad); it reads only the aggregate."""
     final_test: bool = True
     """After the last round, evaluate on every node's test split."""
     progress: bool = True

@@ -59,6 +59,9 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
+    proximal_mu: float = 0.0
+    """FedProx's μ: the loss gains μ/2 ‖w − w₀‖² toward the starting weights w₀, its
+    gradient added after DP's clipping and noise (:mod:`primia.train.proximal`)."""
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
@@ -79,6 +82,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not self.proximal_mu >= 0:
+            raise ConfigError(f"proximal_mu must be 0 or more, got {self.proximal_mu}")
         for name, fraction in (
             ("val_fraction", self.val_fraction),
             ("test_fraction", self.test_fraction),

@@ -1,0 +1,72 @@
+"""FedAdam with FedProx at the nodes over real gRPC with mutual TLS, secure aggregation and
+DP-SGD; the server optimiser's state survives a coordinator restart."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from conftest import SITES, Consortium, rounds_of
+from safetensors import safe_open
+
+from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
+from primia.federated.policy import NodePolicy
+from primia.federated.server_optimizer import ServerOptimizerConfig
+from primia.rpc.coordinator_server import CoordinatorServer
+
+PLAN = TrainPlan(epochs=1, batch_size=8, lr=3e-3, proximal_mu=0.1, dp=DPPlan(epsilon=1.0))
+FEDADAM = ServerOptimizerConfig(name="fedadam", lr=0.01)
+
+
+def run_federation(
+    consortium: Consortium, tmp_path: Path, rounds: int, strict: str | None = None
+) -> dict:
+    """``strict`` names a node whose limits allow a smaller FedProx μ than the plan's."""
+    server = CoordinatorServer(
+        consortium.coordinator_config(
+            tmp_path / "run", rounds=rounds, plan=PLAN, server_optimizer=FEDADAM
+        )
+    )
+    port = server.start()
+    for site in SITES:
+        limits = PlanLimits(max_proximal_mu=0.01) if site == strict else PlanLimits()
+        consortium.start_node(
+            consortium.node_config(
+                site,
+                port,
+                tmp_path / f"state-{site}",
+                limits=limits,
+                policy=NodePolicy(min_participants=2),  # the round goes on without the strict one
+            )
+        )
+    report: dict = {}
+    runner = threading.Thread(target=lambda: report.update(server.run()))
+    runner.start()
+    runner.join(timeout=240)
+    assert not runner.is_alive(), "the federation did not finish"
+    return report
+
+
+def optimizer_steps(path: Path) -> int:
+    with safe_open(str(path), framework="pt") as handle:
+        return int((handle.metadata() or {})["steps"])
+
+
+def test_fedadam_with_fedprox_resumes_its_state_after_a_restart(
+    consortium: Consortium, tmp_path: Path
+) -> None:
+    run_federation(consortium, tmp_path, rounds=1, strict="site2")
+    first = rounds_of(tmp_path / "run")[0]
+    assert first["contributors"] == ["site0", "site1"]
+    assert "proximal_mu=0.1 is outside [0, 0.01]" in first["refused"]["site2"]
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert optimizer_steps(checkpoints / "optimizer-0001.safetensors") == 1
+
+    report = run_federation(consortium, tmp_path, rounds=2)  # the coordinator restarted
+    rounds = rounds_of(tmp_path / "run")
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["server_optimizer"] == "fedadam" for r in rounds)
+    assert all(r["aggregation"] == "secure" and len(r["contributors"]) >= 2 for r in rounds)
+    # round 2 continued round 1's moments rather than starting afresh
+    assert optimizer_steps(checkpoints / "optimizer-0002.safetensors") == 2
+    assert report["test"]["examples"] > 0
