@@ -5,9 +5,11 @@ Round t (see ``docs/federation.md``):
 1. wait until at least ``min_nodes`` nodes are connected (up to ``node_wait_s``; before
    the first round, up to ``startup_wait_s`` for the whole roster, and before later
    rounds up to ``rejoin_wait_s`` more for it);
-2. send every connected node the global weights w_t and the plan; each trains locally
-   with DP-SGD and answers with its update, a refusal (e.g. its privacy budget) or not at
-   all (a dropout: disconnected, or no answer within ``round_timeout_s``);
+2. draw the round's nodes among those connected (every one, unless ``[sampling]`` says
+   otherwise: :mod:`primia.federated.sampling`) and send each the global weights w_t and
+   the plan; each trains locally with DP-SGD and answers with its update, a refusal
+   (e.g. its privacy budget) or not at all (a dropout: disconnected, or no answer within
+   ``round_timeout_s``);
 3. the aggregator returns Σ n_i Δ_i and Σ n_i over the nodes that finished — by secure
    aggregation (:mod:`primia.federated.secure`, the default), which reveals these sums
    and nothing else; with fewer than ``min_nodes`` of them the round is tried again (at
@@ -43,6 +45,7 @@ from primia.federated.coordinator_config import CoordinatorConfig
 from primia.federated.evaluation import pool
 from primia.federated.registry import NodeLink, NodeRegistry, NodeStatus
 from primia.federated.rundir import RunDirectory
+from primia.federated.sampling import sample
 from primia.federated.secure import SecureAggregator
 from primia.federated.server_optimizer import ServerOptimizer
 from primia.federated.tasks import (
@@ -213,6 +216,14 @@ class Federation:
                     config.node_wait_s,
                 )
                 continue
+            links = sample(
+                links,
+                config.sampling,
+                min_nodes=config.min_nodes,
+                seed=config.seed,
+                round_number=round_number,
+                attempt=attempt,
+            )
             self._set_state(round_number, f"training on {len(links)} nodes")
             for link in links:
                 self.registry.set_activity(link.name, "training")
@@ -268,6 +279,7 @@ class Federation:
             "attempts": attempt,
             "aggregation": self.aggregator.name,
             "server_optimizer": self.server_optimizer.config.name,
+            "sampled": sorted(link.name for link in links),
             "contributors": contributions.contributors,
             "dropped": contributions.dropped,
             "refused": contributions.refused,

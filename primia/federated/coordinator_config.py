@@ -21,6 +21,10 @@ Example::
     beta2 = 0.99
     tau = 0.001
 
+    [sampling]                        # optional: train a random subset each round
+    fraction = 1.0                    # of the connected nodes (count = 0), at least min_nodes
+    count = 0                         # or this many; no privacy amplification is claimed
+
     [tls]
     ca = "pki/ca.pem"
     certificate = "pki/coordinator.pem"
@@ -63,6 +67,7 @@ from primia.crypto.ring import ring_bits_problem
 from primia.data.synth import FINDINGS
 from primia.errors import ConfigError
 from primia.federated.plan import TrainPlan, check_coordinator_plan
+from primia.federated.sampling import SamplingConfig
 from primia.federated.server_optimizer import ServerOptimizerConfig
 from primia.federated.status_access import StatusAccess
 from primia.limits import ServerLimits
@@ -163,6 +168,9 @@ class CoordinatorConfig:
     server_optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
     """How the securely aggregated mean update becomes the new global weights (FedAvg by
     default; FedAvgM, FedAdam, FedYogi, FedAdagrad); it reads only the aggregate."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Which connected nodes train each round (all, by default); see
+    :mod:`primia.federated.sampling` for why it claims no privacy amplification."""
     final_test: bool = True
     """After the last round, evaluate on every node's test split."""
     progress: bool = True

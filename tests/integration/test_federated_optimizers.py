@@ -1,5 +1,6 @@
 """FedAdam with FedProx at the nodes over real gRPC with mutual TLS, secure aggregation and
-DP-SGD; the server optimiser's state survives a coordinator restart."""
+DP-SGD; a node's limits bound μ; the server optimiser's state survives a coordinator
+restart; client sampling draws the round's nodes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from safetensors import safe_open
 
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
 from primia.federated.policy import NodePolicy
+from primia.federated.sampling import SamplingConfig
 from primia.federated.server_optimizer import ServerOptimizerConfig
 from primia.rpc.coordinator_server import CoordinatorServer
 
@@ -19,12 +21,20 @@ FEDADAM = ServerOptimizerConfig(name="fedadam", lr=0.01)
 
 
 def run_federation(
-    consortium: Consortium, tmp_path: Path, rounds: int, strict: str | None = None
+    consortium: Consortium,
+    tmp_path: Path,
+    rounds: int,
+    strict: str | None = None,
+    sampling: SamplingConfig | None = None,
 ) -> dict:
     """``strict`` names a node whose limits allow a smaller FedProx μ than the plan's."""
     server = CoordinatorServer(
         consortium.coordinator_config(
-            tmp_path / "run", rounds=rounds, plan=PLAN, server_optimizer=FEDADAM
+            tmp_path / "run",
+            rounds=rounds,
+            plan=PLAN,
+            server_optimizer=FEDADAM,
+            sampling=sampling or SamplingConfig(),
         )
     )
     port = server.start()
@@ -62,8 +72,11 @@ def test_fedadam_with_fedprox_resumes_its_state_after_a_restart(
     checkpoints = tmp_path / "run" / "checkpoints"
     assert optimizer_steps(checkpoints / "optimizer-0001.safetensors") == 1
 
-    report = run_federation(consortium, tmp_path, rounds=2)  # the coordinator restarted
+    # the coordinator restarts, now drawing two of the three nodes each round
+    report = run_federation(consortium, tmp_path, rounds=2, sampling=SamplingConfig(count=2))
     rounds = rounds_of(tmp_path / "run")
+    assert len(rounds[1]["sampled"]) == 2
+    assert rounds[1]["contributors"] == rounds[1]["sampled"]
     assert [r["round"] for r in rounds] == [1, 2]
     assert all(r["server_optimizer"] == "fedadam" for r in rounds)
     assert all(r["aggregation"] == "secure" and len(r["contributors"]) >= 2 for r in rounds)
