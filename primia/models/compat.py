@@ -6,7 +6,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from primia.errors import ModelError
-from primia.models.layers import BasicBlock, Residual
+from primia.models.layers import BasicBlock, DenseLayer, Residual
 
 # Layers that both Opacus (per-sample gradients) and CrypTen (MPC) can run, plus the
 # containers and residual blocks that only compose them.
@@ -23,6 +23,7 @@ ALLOWED_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Flatten,
     nn.Sequential,
     BasicBlock,
+    DenseLayer,
     Residual,
 )
 
