@@ -58,6 +58,7 @@ Relative paths are taken from the file's folder.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -71,9 +72,13 @@ from primia.federated.sampling import SamplingConfig
 from primia.federated.server_optimizer import ServerOptimizerConfig
 from primia.federated.status_access import StatusAccess
 from primia.limits import ServerLimits
-from primia.models import model_names
+from primia.models import BUILT_IN_MODELS, model_names
 from primia.models.checkpoint import ModelSpec
+from primia.models.plugins import load_plugins
 from primia.pki import TLSFiles
+from primia.train.model_check import check_model_targets
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,8 +90,13 @@ class ModelConfig:
     image_size: int = 64
     task: Literal["binary", "multilabel", "multiclass"] = "multilabel"
     labels: list[str] = field(default_factory=lambda: list(FINDINGS))
+    plugins: list[str] = field(default_factory=list)
+    """Model plug-ins the consortium uses (``NAME=package.module:factory`` or an entry
+    point's ``NAME``; :mod:`primia.models.plugins`): loaded before ``architecture`` is
+    looked up. Every node lists the same ones in its own ``plugins``."""
 
     def spec(self) -> ModelSpec:
+        load_plugins(self.plugins)
         if self.architecture not in model_names():
             raise ConfigError(
                 f"model.architecture {self.architecture!r} is unknown; choose one of "
@@ -222,8 +232,28 @@ class CoordinatorConfig:
             raise ConfigError("rejoin_wait_s must be 0 or positive")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
-        self.model.spec()
+        spec = self.model.spec()
+        if self.model.plugins and spec.architecture not in BUILT_IN_MODELS:
+            check_plugin(spec)
         check_coordinator_plan(self.plan)
+
+
+def check_plugin(spec: ModelSpec) -> None:
+    """Refuse, before any round, a plug-in model the nodes' DP-SGD cannot train (the
+    fast path, their default, or Opacus), with the reasons; warn when it cannot run
+    encrypted."""
+    check = check_model_targets(spec.build(), image_size=spec.image_size)
+    if check.dp_sgd or check.fast_dp:
+        raise ConfigError(
+            f"model plug-in {spec.architecture!r} cannot be trained with DP-SGD:\n"
+            + check.summary()
+        )
+    if check.encrypted:
+        log.warning(
+            "model plug-in %r cannot run encrypted inference: %s",
+            spec.architecture,
+            "; ".join(check.encrypted),
+        )
 
 
 def load_coordinator_config(path: Path) -> CoordinatorConfig:

@@ -24,16 +24,11 @@ import torch
 from torch import nn
 
 from primia.errors import ModelError
-from primia.models.compat import ALLOWED_LAYERS
-from primia.models.densenet import DenseNet121
+from primia.models.compat import ALLOWED_LAYERS, SEQUENTIAL_MODELS
 from primia.models.layers import BasicBlock, DenseLayer, Residual
-from primia.models.resnet import ResNet9, ResNet18
 
 CrypTensor = Any
 """crypten.CrypTensor (CrypTen ships no type information)."""
-
-SEQUENTIAL_MODELS: tuple[type[nn.Module], ...] = (ResNet18, ResNet9, DenseNet121)
-"""Top-level models whose forward applies their children in registration order."""
 
 INV_SQRT_GUESS = (1.33535531, -0.41063349, 0.05120116)
 """Coefficients (of 1, u, u²) of the minimax quadratic to 1/√u on [1, 4)."""

@@ -12,8 +12,12 @@ from primia.models import resnet as _resnet  # noqa: F401  (registers "resnet9",
 from primia.models.compat import ALLOWED_LAYERS, check_model, incompatibilities
 from primia.models.registry import build_model, model_names, register_model
 
+BUILT_IN_MODELS = frozenset(model_names())
+"""The models primia registers itself; the rest are plug-ins (:mod:`primia.models.plugins`)."""
+
 __all__ = [
     "ALLOWED_LAYERS",
+    "BUILT_IN_MODELS",
     "build_model",
     "check_model",
     "incompatibilities",
