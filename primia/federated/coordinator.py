@@ -57,6 +57,7 @@ from primia.federated.tasks import (
     TrainTask,
 )
 from primia.federated.weights import encode
+from primia.train.tracking import MLflowRun, open_run
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class Federation:
         self._history: list[RoundSummary] = []
         self._lock = threading.Lock()
         self._last_blob: Blob | None = None
+        self._mlflow: MLflowRun | None = None
 
     def status(self) -> FederationStatus:
         with self._lock:
@@ -158,6 +160,16 @@ class Federation:
         if records:
             log.info("resuming run %s after round %d", self.run_id, first - 1)
         writer = SummaryWriter(log_dir=str(self.run_dir.path / "tb"))
+        self._mlflow = open_run(
+            self.config.tracking,
+            run_name=self.run_id,
+            params={
+                "aggregation": self.aggregator.name,
+                "server_optimizer": self.config.server_optimizer.name,
+                "proximal_mu": self.config.plan.proximal_mu,
+                "architecture": self.spec.architecture,
+            },
+        )
         self._set_state(first, "waiting for the roster")
         self.registry.wait_for(
             len(self.registry.roster), timeout=self.config.startup_wait_s, stop=self._stop
@@ -185,9 +197,14 @@ class Federation:
             return report
         except BaseException:
             self._set_state(self._round, "failed")
+            if self._mlflow is not None:
+                self._mlflow.close("FAILED")
+                self._mlflow = None
             raise
         finally:
             writer.close()
+            if self._mlflow is not None:
+                self._mlflow.close()
 
     def _run_round(self, round_number: int, model: nn.Module) -> dict[str, Any]:
         started = time.perf_counter()
@@ -406,6 +423,8 @@ class Federation:
             if value is not None and math.isfinite(value):
                 writer.add_scalar(key, value, round_number)
         writer.flush()
+        if self._mlflow is not None:
+            self._mlflow.log(scalars, round_number)
 
     def _report(self, records: list[dict[str, Any]], test: dict[str, Any] | None) -> dict[str, Any]:
         nodes = {status.name: status for status in self.registry.statuses()}

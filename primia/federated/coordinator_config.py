@@ -77,6 +77,7 @@ from primia.models.checkpoint import ModelSpec
 from primia.models.plugins import load_plugins
 from primia.pki import TLSFiles
 from primia.train.model_check import check_model_targets
+from primia.train.tracking import TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,8 @@ class CoordinatorConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """Which connected nodes train each round (all, by default); see
     :mod:`primia.federated.sampling` for why it claims no privacy amplification."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow logging of the run beside TensorBoard, same tags (off by default)."""
     final_test: bool = True
     """After the last round, evaluate on every node's test split."""
     progress: bool = True

@@ -58,6 +58,7 @@ from primia.train.progress import TrainingProgress
 from primia.train.proximal import add_proximal_term
 from primia.train.randomness import os_seeded_generator
 from primia.train.runlog import RunLog
+from primia.train.tracking import open_run
 from primia.train.train_config import TrainConfig
 
 
@@ -137,7 +138,12 @@ def _train(config: TrainConfig) -> TrainResult:
     write_toml(config, config.out / "config.toml")
 
     model_path = config.out / "model.safetensors"
-    with RunLog(config.out) as log:
+    mlflow = open_run(
+        config.tracking,
+        run_name=config.out.name,
+        params={"model": config.model, "epochs": config.epochs, "dp": config.dp.enabled},
+    )
+    with RunLog(config.out, mlflow) as log:
 
         def after_epoch(epoch: int, record: dict[str, Any], trained: nn.Module) -> None:
             log.record(epoch, record)

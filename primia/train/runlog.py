@@ -1,7 +1,8 @@
 """What a training run leaves behind: ``metrics.jsonl`` and TensorBoard events.
 
 Each call to :meth:`RunLog.record` appends one JSON line (flushed and fsynced, so a crash
-loses at most the line being written) and the same scalars to ``tb/``.
+loses at most the line being written) and the same scalars to ``tb/`` (and, given an
+MLflow run, to MLflow under the same tags: :mod:`primia.train.tracking`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
+from primia.train.tracking import MLflowRun
+
 
 class RunLog:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, mlflow: MLflowRun | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = run_dir / "metrics.jsonl"
         self._writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+        self._mlflow = mlflow
 
     def record(self, step: int, values: dict[str, Any]) -> None:
         line = json.dumps({key: _json_safe(value) for key, value in values.items()})
@@ -33,9 +37,13 @@ class RunLog:
             if is_number and math.isfinite(value):
                 self._writer.add_scalar(key, value, step)
         self._writer.flush()
+        if self._mlflow is not None:
+            self._mlflow.log(values, step)
 
     def close(self) -> None:
         self._writer.close()
+        if self._mlflow is not None:
+            self._mlflow.close()
 
     def __enter__(self) -> RunLog:
         return self

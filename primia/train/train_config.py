@@ -8,6 +8,7 @@ from typing import Literal
 
 from primia.errors import ConfigError
 from primia.train.accounting import AccountantName
+from primia.train.tracking import TrackingConfig
 
 GradSampleMode = Literal["fast", "hooks", "functorch", "ew", "ghost"]
 LEDGER_FILENAME = "privacy-ledger.jsonl"
@@ -69,6 +70,8 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     dp: DPConfig = field(default_factory=DPConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow logging beside TensorBoard (off by default; :mod:`primia.train.tracking`)."""
 
     def __post_init__(self) -> None:
         positive = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import SITES, Consortium, rounds_of
 from safetensors import safe_open
 
@@ -15,6 +16,7 @@ from primia.federated.policy import NodePolicy
 from primia.federated.sampling import SamplingConfig
 from primia.federated.server_optimizer import ServerOptimizerConfig
 from primia.rpc.coordinator_server import CoordinatorServer
+from primia.train.tracking import TrackingConfig, mlflow_installed
 
 PLAN = TrainPlan(epochs=1, batch_size=8, lr=3e-3, proximal_mu=0.1, dp=DPPlan(epsilon=1.0))
 FEDADAM = ServerOptimizerConfig(name="fedadam", lr=0.01)
@@ -26,6 +28,7 @@ def run_federation(
     rounds: int,
     strict: str | None = None,
     sampling: SamplingConfig | None = None,
+    tracking: TrackingConfig | None = None,
 ) -> dict:
     """``strict`` names a node whose limits allow a smaller FedProx μ than the plan's."""
     server = CoordinatorServer(
@@ -35,6 +38,7 @@ def run_federation(
             plan=PLAN,
             server_optimizer=FEDADAM,
             sampling=sampling or SamplingConfig(),
+            tracking=tracking or TrackingConfig(),
         )
     )
     port = server.start()
@@ -63,7 +67,7 @@ def optimizer_steps(path: Path) -> int:
 
 
 def test_fedadam_with_fedprox_resumes_its_state_after_a_restart(
-    consortium: Consortium, tmp_path: Path
+    consortium: Consortium, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_federation(consortium, tmp_path, rounds=1, strict="site2")
     first = rounds_of(tmp_path / "run")[0]
@@ -72,8 +76,14 @@ def test_fedadam_with_fedprox_resumes_its_state_after_a_restart(
     checkpoints = tmp_path / "run" / "checkpoints"
     assert optimizer_steps(checkpoints / "optimizer-0001.safetensors") == 1
 
-    # the coordinator restarts, now drawing two of the three nodes each round
-    report = run_federation(consortium, tmp_path, rounds=2, sampling=SamplingConfig(count=2))
+    # the coordinator restarts, now drawing two of the three nodes each round, and logging
+    # to MLflow when it is installed
+    store = (tmp_path / "mlruns").as_uri()
+    tracking = TrackingConfig(mlflow_uri=store) if mlflow_installed() else None
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    report = run_federation(
+        consortium, tmp_path, rounds=2, sampling=SamplingConfig(count=2), tracking=tracking
+    )
     rounds = rounds_of(tmp_path / "run")
     assert len(rounds[1]["sampled"]) == 2
     assert rounds[1]["contributors"] == rounds[1]["sampled"]
@@ -83,3 +93,15 @@ def test_fedadam_with_fedprox_resumes_its_state_after_a_restart(
     # round 2 continued round 1's moments rather than starting afresh
     assert optimizer_steps(checkpoints / "optimizer-0002.safetensors") == 2
     assert report["test"]["examples"] > 0
+    if tracking is not None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=store)
+        (run,) = client.search_runs([client.get_experiment_by_name("primia").experiment_id])
+        assert run.info.run_name == report["run_id"] and run.info.status == "FINISHED"
+        assert run.data.params["server_optimizer"] == "fedadam"
+        auroc = client.get_metric_history(run.info.run_id, "validation/mean_auroc")
+        assert [m.step for m in auroc] == [2]  # the same tags as TensorBoard, by round
+        assert {f"epsilon_spent/{name}" for name in rounds[1]["contributors"]} <= set(
+            run.data.metrics
+        )
