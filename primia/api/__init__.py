@@ -3,7 +3,10 @@
 * the consortium's PKI — :class:`Consortium`;
 * a federation — :class:`Coordinator` (with a :class:`CoordinatorConfig`) and a
   :class:`Node` at each hospital (with a :class:`NodeConfig`); the run's
-  :class:`FederationResult`;
+  :class:`FederationResult`; how the server combines the rounds
+  (:class:`ServerOptimizerConfig`: FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad), which
+  nodes train each round (:class:`SamplingConfig`), and FedProx's μ at the nodes
+  (``TrainPlan.proximal_mu``, bounded by each node's :class:`PlanLimits`);
 * one hospital's local DP training — :func:`train_local`;
 * encrypted inference's parties — :mod:`primia.api.inference`;
 * privacy audits — :mod:`primia.api.audit`;
@@ -58,6 +61,8 @@ from primia.federated.result import (
     NodeResult,
     RoundResult,
 )
+from primia.federated.sampling import SamplingConfig
+from primia.federated.server_optimizer import ServerOptimizerConfig
 from primia.pki import TLSFiles
 from primia.rpc.node_config import NodeConfig
 from primia.train import DPConfig, TrainConfig, train_local
@@ -82,7 +87,9 @@ __all__ = [
     "PrivacySettings",
     "ReadOptions",
     "RoundResult",
+    "SamplingConfig",
     "SecureAggregationConfig",
+    "ServerOptimizerConfig",
     "SynthConfig",
     "TLSFiles",
     "TrainConfig",

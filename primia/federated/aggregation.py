@@ -66,19 +66,6 @@ class RoundContributions:
             for name, total in self.weighted_sum.items()
         }
 
-    @torch.no_grad()
-    def apply_to(self, model: torch.nn.Module) -> None:
-        """w ← w + Σ n_i Δ_i / Σ n_i, in place: each floating-point tensor is updated in
-        float64 and rounded once, with no model-sized temporaries (the new weights are
-        on the round's critical path, and fresh memory costs page faults)."""
-        state = model.state_dict()
-        for name, total in self.weighted_sum.items():
-            tensor = state[name]
-            if tensor.is_floating_point():
-                tensor.add_(total, alpha=1.0 / self.total_weight)
-            else:
-                tensor.copy_(tensor + (total / self.total_weight).to(tensor.dtype))
-
 
 class Aggregator(Protocol):
     name: str

@@ -5,17 +5,21 @@ Round t (see ``docs/federation.md``):
 1. wait until at least ``min_nodes`` nodes are connected (up to ``node_wait_s``; before
    the first round, up to ``startup_wait_s`` for the whole roster, and before later
    rounds up to ``rejoin_wait_s`` more for it);
-2. send every connected node the global weights w_t and the plan; each trains locally
-   with DP-SGD and answers with its update, a refusal (e.g. its privacy budget) or not at
-   all (a dropout: disconnected, or no answer within ``round_timeout_s``);
+2. draw the round's nodes among those connected (every one, unless ``[sampling]`` says
+   otherwise: :mod:`primia.federated.sampling`) and send each the global weights w_t and
+   the plan; each trains locally with DP-SGD and answers with its update, a refusal
+   (e.g. its privacy budget) or not at all (a dropout: disconnected, or no answer within
+   ``round_timeout_s``);
 3. the aggregator returns Σ n_i Δ_i and Σ n_i over the nodes that finished — by secure
    aggregation (:mod:`primia.federated.secure`, the default), which reveals these sums
    and nothing else; with fewer than ``min_nodes`` of them the round is tried again (at
    most ``max_attempts`` times), and the nodes that trained for nothing are told so (their
    ledgers mark the release abandoned; its ε stays spent);
-4. w_{t+1} = w_t + Σ n_i Δ_i / Σ n_i (FedAvg), evaluated on every connected node's
+4. w_{t+1} = the server optimiser applied to Δ_t = Σ n_i Δ_i / Σ n_i (FedAvg:
+   w_t + Δ_t; :mod:`primia.federated.server_optimizer`), evaluated on every connected node's
    validation split; metrics pooled (:mod:`primia.federated.evaluation`);
-5. checkpoint, then the round's line in ``rounds.jsonl`` (:mod:`primia.federated.rundir`).
+5. checkpoint (weights and optimiser state), then the round's line in ``rounds.jsonl``
+   (:mod:`primia.federated.rundir`).
 
 After the last round the model is evaluated on every node's test split, the report is
 written and the nodes are told the federation has finished — or, when it fails, that it
@@ -53,7 +57,9 @@ from primia.federated.evaluation import pool
 from primia.federated.registry import NodeLink, NodeRegistry, NodeStatus
 from primia.federated.result import FederationResult, FinalEvaluation, NodeResult, RoundResult
 from primia.federated.rundir import RunDirectory
+from primia.federated.sampling import sample
 from primia.federated.secure import SecureAggregator
+from primia.federated.server_optimizer import ServerOptimizer
 from primia.federated.tasks import (
     EvaluateTask,
     EvaluationOutcome,
@@ -63,6 +69,7 @@ from primia.federated.tasks import (
     TrainTask,
 )
 from primia.federated.weights import encode
+from primia.train.tracking import MLflowRun, open_run
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +136,10 @@ class Federation:
         self.run_dir = RunDirectory(config.run_dir)
         self.aggregator = aggregator or make_aggregator(config)
         self._resume = self.run_dir.open(config, self.spec)
+        self.server_optimizer = ServerOptimizer(config.server_optimizer)
+        if self._resume.rounds:
+            last = int(self._resume.rounds[-1]["round"])
+            self.run_dir.restore_optimizer(self.server_optimizer, last)
         self.run_id = self._resume.run_id
         self._stop = stop or threading.Event()
         self._state = "starting"
@@ -140,6 +151,7 @@ class Federation:
         """Nodes that refused a round of this run for a reason that will recur: the reason,
         and the link it came on (a node that joins again, e.g. reconfigured, is asked
         again)."""
+        self._mlflow: MLflowRun | None = None
 
     def status(self) -> FederationStatus:
         with self._lock:
@@ -164,6 +176,16 @@ class Federation:
         if records:
             log.info("resuming run %s after round %d", self.run_id, first - 1)
         writer = SummaryWriter(log_dir=str(self.run_dir.path / "tb"))
+        self._mlflow = open_run(
+            self.config.tracking,
+            run_name=self.run_id,
+            params={
+                "aggregation": self.aggregator.name,
+                "server_optimizer": self.config.server_optimizer.name,
+                "proximal_mu": self.config.plan.proximal_mu,
+                "architecture": self.spec.architecture,
+            },
+        )
         self._set_state(first, "waiting for the roster")
         try:
             self.registry.wait_for(
@@ -173,7 +195,7 @@ class Federation:
                 if self._stop.is_set():
                     raise FederationFailed(f"stopped before round {round_number}")
                 record = self._run_round(round_number, model)
-                self.run_dir.record_round(record, model, self.spec)
+                self.run_dir.record_round(record, model, self.spec, self.server_optimizer)
                 records.append(record)
                 self._log_round(writer, record)
             test = None
@@ -200,14 +222,20 @@ class Federation:
                 reason = f"the federation failed: {error}"
                 for link in self.registry.every_link():
                     link.shutdown(reason, finished=True, failed=True)
+            if self._mlflow is not None:
+                self._mlflow.close("FAILED")
+                self._mlflow = None
             raise
         finally:
             writer.close()
+            if self._mlflow is not None:
+                self._mlflow.close()
 
     def _run_round(self, round_number: int, model: nn.Module) -> dict[str, Any]:
         started = time.perf_counter()
         # The aggregators read only the names, shapes and dtypes of the weights trained
-        # from, and the model changes only after they are done (apply_to): no copy needed.
+        # from, and the model changes only after they are done (the server optimiser's
+        # step): no copy needed.
         reference = {name: t.detach() for name, t in model.state_dict().items()}
         weights = self._blob(model, f"r{round_number - 1}")
         config = self.config
@@ -237,6 +265,14 @@ class Federation:
                     config.node_wait_s,
                 )
                 continue
+            links = sample(
+                links,
+                config.sampling,
+                min_nodes=config.min_nodes,
+                seed=config.seed,
+                round_number=round_number,
+                attempt=attempt,
+            )
             self._set_state(round_number, f"training on {len(links)} nodes")
             for link in links:
                 self.registry.set_activity(link.name, "training")
@@ -295,7 +331,7 @@ class Federation:
                 "check that the nodes are running and can reach the coordinator (see the log "
                 "above)"
             )
-        contributions.apply_to(model)
+        self.server_optimizer.step(model, contributions.weighted_sum, contributions.total_weight)
         for name in contributions.outcomes:
             self.registry.record_contribution(name)
         train_seconds = max(o.seconds for o in contributions.outcomes.values())
@@ -307,6 +343,8 @@ class Federation:
             "round": round_number,
             "attempts": attempt,
             "aggregation": self.aggregator.name,
+            "server_optimizer": self.server_optimizer.config.name,
+            "sampled": sorted(link.name for link in links),
             "contributors": contributions.contributors,
             "dropped": contributions.dropped,
             "refused": contributions.refused,
@@ -484,6 +522,8 @@ class Federation:
             if value is not None and math.isfinite(value):
                 writer.add_scalar(key, value, round_number)
         writer.flush()
+        if self._mlflow is not None:
+            self._mlflow.log(scalars, round_number)
 
     def _result(
         self, records: list[dict[str, Any]], test: FinalEvaluation | None

@@ -14,6 +14,17 @@ Example::
     clip = 8.0
     threshold = 0                     # 0: a majority of the round's nodes
 
+    [server_optimizer]                # all optional; see primia/federated/server_optimizer.py
+    name = "fedadam"                  # fedavg (default), fedavgm, fedadam, fedyogi, fedadagrad
+    lr = 0.03                         # server learning rate η (1.0 for fedavg/fedavgm)
+    momentum = 0.9
+    beta2 = 0.99
+    tau = 0.001
+
+    [sampling]                        # optional: train a random subset each round
+    fraction = 1.0                    # of the connected nodes (count = 0), at least min_nodes
+    count = 0                         # or this many; no privacy amplification is claimed
+
     [tls]
     ca = "pki/ca.pem"
     certificate = "pki/coordinator.pem"
@@ -47,6 +58,7 @@ Relative paths are taken from the file's folder.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -56,12 +68,19 @@ from primia.crypto.ring import ring_bits_problem
 from primia.data.synth import FINDINGS
 from primia.errors import ConfigError
 from primia.federated.plan import TrainPlan, check_coordinator_plan
+from primia.federated.sampling import SamplingConfig
+from primia.federated.server_optimizer import ServerOptimizerConfig
 from primia.federated.status_access import StatusAccess
 from primia.federated.tasks import FederationPlan
 from primia.limits import ServerLimits
-from primia.models import model_names
+from primia.models import BUILT_IN_MODELS, model_names
 from primia.models.checkpoint import ModelSpec
+from primia.models.plugins import load_plugins
 from primia.pki import TLSFiles
+from primia.train.model_check import check_model_targets
+from primia.train.tracking import TrackingConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,8 +92,13 @@ class ModelConfig:
     image_size: int = 64
     task: Literal["binary", "multilabel", "multiclass"] = "multilabel"
     labels: list[str] = field(default_factory=lambda: list(FINDINGS))
+    plugins: list[str] = field(default_factory=list)
+    """Model plug-ins the consortium uses (``NAME=package.module:factory`` or an entry
+    point's ``NAME``; :mod:`primia.models.plugins`): loaded before ``architecture`` is
+    looked up. Every node lists the same ones in its own ``plugins``."""
 
     def spec(self) -> ModelSpec:
+        load_plugins(self.plugins)
         if self.architecture not in model_names():
             raise ConfigError(
                 f"model.architecture {self.architecture!r} is unknown; choose one of "
@@ -153,6 +177,14 @@ class CoordinatorConfig:
     """``secure``: the coordinator learns only the sum of the updates (the default);
     ``plaintext``: it sees every node's update (for comparison and debugging only)."""
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
+    server_optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
+    """How the securely aggregated mean update becomes the new global weights (FedAvg by
+    default; FedAvgM, FedAdam, FedYogi, FedAdagrad); it reads only the aggregate."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Which connected nodes train each round (all, by default); see
+    :mod:`primia.federated.sampling` for why it claims no privacy amplification."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow logging of the run beside TensorBoard, same tags (off by default)."""
     final_test: bool = True
     """After the last round, evaluate on every node's test split."""
     progress: bool = True
@@ -204,7 +236,9 @@ class CoordinatorConfig:
             raise ConfigError("rejoin_wait_s must be 0 or positive")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
-        self.model.spec()
+        spec = self.model.spec()
+        if self.model.plugins and spec.architecture not in BUILT_IN_MODELS:
+            check_plugin(spec)
         check_coordinator_plan(self.plan)
 
     def federation_plan(self) -> FederationPlan:
@@ -216,6 +250,24 @@ class CoordinatorConfig:
             roster_size=len(self.roster),
             min_nodes=self.min_nodes,
             threshold=self.secure_aggregation.threshold,
+        )
+
+
+def check_plugin(spec: ModelSpec) -> None:
+    """Refuse, before any round, a plug-in model the nodes' DP-SGD cannot train (the
+    fast path, their default, or Opacus), with the reasons; warn when it cannot run
+    encrypted."""
+    check = check_model_targets(spec.build(), image_size=spec.image_size)
+    if check.dp_sgd or check.fast_dp:
+        raise ConfigError(
+            f"model plug-in {spec.architecture!r} cannot be trained with DP-SGD:\n"
+            + check.summary()
+        )
+    if check.encrypted:
+        log.warning(
+            "model plug-in %r cannot run encrypted inference: %s",
+            spec.architecture,
+            "; ".join(check.encrypted),
         )
 
 

@@ -436,6 +436,7 @@ class DataOwner:
             lr=plan.lr,
             momentum=plan.momentum,
             weight_decay=plan.weight_decay,
+            proximal_mu=plan.proximal_mu,
             device=str(self.device),
             progress=False,
             dp=DPConfig(

@@ -40,6 +40,10 @@ class TrainPlan:
     optimizer: Optimizer = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
+    proximal_mu: float = 0.0
+    """FedProx's μ (Li et al. 2020): each node minimises its loss plus
+    μ/2 ‖w − w_global‖², the gradient μ (w − w_global) added after DP-SGD's clipping and
+    noise (see :func:`primia.train.proximal.add_proximal_term`); 0: plain local training."""
     dp: DPPlan = field(default_factory=DPPlan)
 
 
@@ -61,6 +65,11 @@ class PlanLimits:
     max_epsilon_per_run: float | None = None
     """The most ε this node spends in one coordinator run (its rounds composed); None: only
     ``privacy.epsilon_budget`` bounds it."""
+    max_proximal_mu: float = 10.0
+    """The largest FedProx μ this node trains with (a huge μ pins the model to whatever
+    global weights the coordinator sends)."""
+    optimizers: list[Optimizer] = field(default_factory=lambda: ["adam", "sgd"])
+    """The local optimisers this node runs."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.min_noise_multiplier) and self.min_noise_multiplier >= 0):
@@ -71,6 +80,12 @@ class PlanLimits:
             raise ConfigError(
                 f"limits.max_epsilon_per_run must be positive, not {self.max_epsilon_per_run}"
             )
+        if not self.max_proximal_mu >= 0:
+            raise ConfigError(
+                f"limits.max_proximal_mu must be 0 or more, not {self.max_proximal_mu}"
+            )
+        if unknown := [name for name in self.optimizers if name not in ("adam", "sgd")]:
+            raise ConfigError(f"limits.optimizers: {unknown} unknown; list adam and/or sgd")
 
 
 def plan_problems(
@@ -97,6 +112,16 @@ def plan_problems(
         problems.append(f"lr={plan.lr} is outside (0, {limits.max_lr}]" + setting("limits.max_lr"))
     if plan.optimizer not in ("adam", "sgd"):
         problems.append(f"optimizer={plan.optimizer!r} is not adam or sgd")
+    elif plan.optimizer not in limits.optimizers:
+        problems.append(
+            f"optimizer={plan.optimizer!r} is not among {limits.optimizers}"
+            + setting("limits.optimizers")
+        )
+    if not (math.isfinite(plan.proximal_mu) and 0 <= plan.proximal_mu <= limits.max_proximal_mu):
+        problems.append(
+            f"proximal_mu={plan.proximal_mu} is outside [0, {limits.max_proximal_mu}]"
+            + setting("limits.max_proximal_mu")
+        )
     if not (math.isfinite(plan.momentum) and 0 <= plan.momentum < 1):
         problems.append(f"momentum={plan.momentum} is outside [0, 1)")
     if not (math.isfinite(plan.weight_decay) and 0 <= plan.weight_decay < 1):
@@ -131,7 +156,13 @@ def check_coordinator_plan(plan: TrainPlan) -> None:
     """A coordinator's own sanity check of its configured plan (limits at their widest)."""
     problems = plan_problems(
         plan,
-        PlanLimits(require_dp=False, max_epochs=1000, max_batch_size=1 << 20, max_lr=10.0),
+        PlanLimits(
+            require_dp=False,
+            max_epochs=1000,
+            max_batch_size=1 << 20,
+            max_lr=10.0,
+            max_proximal_mu=math.inf,
+        ),
         delta_budget=1.0,
     )
     if problems:

@@ -91,6 +91,10 @@ class NodePolicy:
     its state folder) and every other refused."""
     max_parameters: int | None = None
     """The most values a model's state may hold (None: no bound beyond ``models``)."""
+    allow_plugins: bool = False
+    """Load the model plug-ins named in ``node.toml`` (``plugins``). Loading one imports a
+    module, which runs its code on this node: off by default, so only the built-in
+    models are trained (:mod:`primia.models.plugins`)."""
 
     def __post_init__(self) -> None:
         if not self.aggregation:

@@ -6,13 +6,15 @@
     config.toml              the configuration of the latest start
     rounds.jsonl             one JSON line per completed round
     checkpoints/round-NNNN.safetensors   global weights after round NNNN (with the spec)
+    checkpoints/optimizer-NNNN.safetensors   the server optimiser's state after round NNNN
     model.safetensors        the final global model
     report.json              the summary written when the federation finishes
     tb/                      TensorBoard events
 
-A round's checkpoint is written (atomically) before its line in ``rounds.jsonl``, so the
-last line always has its checkpoint; a coordinator restarted on the directory resumes
-after that round. A checkpoint without a line (a crash in between) is simply redone.
+A round's optimiser state and checkpoint are written (atomically, in that order) before
+its line in ``rounds.jsonl``, so the last line always has both; a coordinator restarted
+on the directory resumes after that round, with the optimiser's state. A checkpoint
+without a line (a crash in between) is simply redone.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import nn
 
 from primia.config import write_toml
 from primia.errors import ConfigError
+from primia.federated.server_optimizer import ServerOptimizer
 from primia.files import atomic_write_bytes
 from primia.models.checkpoint import ModelSpec, load_model, save_model
 
@@ -81,8 +84,32 @@ class RunDirectory:
     def checkpoint_path(self, round_number: int) -> Path:
         return self.checkpoints / f"round-{round_number:04d}.safetensors"
 
-    def record_round(self, record: dict[str, Any], model: nn.Module, spec: ModelSpec) -> None:
-        """Checkpoint the global model, then append the round's line (see module docstring)."""
+    def optimizer_path(self, round_number: int) -> Path:
+        return self.checkpoints / f"optimizer-{round_number:04d}.safetensors"
+
+    def restore_optimizer(self, optimizer: ServerOptimizer, round_number: int) -> None:
+        """Load the optimiser's state after ``round_number``; a run whose rounds left none
+        (written before server optimisers existed) resumes only with stateless ``fedavg``."""
+        path = self.optimizer_path(round_number)
+        if path.exists():
+            optimizer.load_state(path)
+        elif optimizer.stateful:
+            raise ConfigError(
+                f"{path} is missing: the run was not trained with server_optimizer "
+                f"{optimizer.config.name!r}; restore its settings or choose a new run_dir"
+            )
+
+    def record_round(
+        self,
+        record: dict[str, Any],
+        model: nn.Module,
+        spec: ModelSpec,
+        optimizer: ServerOptimizer | None = None,
+    ) -> None:
+        """Save the optimiser's state, checkpoint the global model, then append the round's
+        line (see module docstring)."""
+        if optimizer is not None:
+            optimizer.save_state(self.optimizer_path(int(record["round"])))
         save_model(self.checkpoint_path(int(record["round"])), model, spec)
         line = json.dumps(_json_safe(record)) + "\n"
         with open(self.rounds_path, "a") as handle:

@@ -24,15 +24,11 @@ import torch
 from torch import nn
 
 from primia.errors import ModelError
-from primia.models.compat import ALLOWED_LAYERS
-from primia.models.layers import BasicBlock, Residual
-from primia.models.resnet import ResNet9, ResNet18
+from primia.models.compat import ALLOWED_LAYERS, SEQUENTIAL_MODELS
+from primia.models.layers import BasicBlock, DenseLayer, Residual
 
 CrypTensor = Any
 """crypten.CrypTensor (CrypTen ships no type information)."""
-
-SEQUENTIAL_MODELS: tuple[type[nn.Module], ...] = (ResNet18, ResNet9)
-"""Top-level models whose forward applies their children in registration order."""
 
 INV_SQRT_GUESS = (1.33535531, -0.41063349, 0.05120116)
 """Coefficients (of 1, u, u²) of the minimax quadratic to 1/√u on [1, 4)."""
@@ -132,12 +128,20 @@ class EncryptedModel:
                 else self._apply(module.shortcut, f"{prefix}shortcut.", x)
             )
             return (out + skip).relu()
+        if isinstance(module, DenseLayer):
+            out = self._apply(module.norm1, f"{prefix}norm1.", x).relu()
+            out = self._apply(module.conv1, f"{prefix}conv1.", out)
+            out = self._apply(module.norm2, f"{prefix}norm2.", out).relu()
+            out = self._apply(module.conv2, f"{prefix}conv2.", out)
+            return _cat([x, out], dim=1)
         raise AssertionError(f"check_supported let {type(module).__name__} through")
 
 
 MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 _LEAVES = tuple(
-    layer for layer in ALLOWED_LAYERS if layer not in (nn.Sequential, BasicBlock, Residual)
+    layer
+    for layer in ALLOWED_LAYERS
+    if layer not in (nn.Sequential, BasicBlock, Residual, DenseLayer)
 )
 """The layers :meth:`EncryptedModel._apply` evaluates itself: primia's allowed layers
 without the containers it walks into."""
@@ -147,7 +151,7 @@ def check_supported(model: nn.Module, prefix: str = "") -> None:
     """Raise :class:`ModelError` naming the first layer (or layer option) that
     :class:`EncryptedModel` cannot evaluate."""
     children: list[tuple[str, nn.Module]]
-    if _is_sequential(model) or isinstance(model, Residual | BasicBlock):
+    if _is_sequential(model) or isinstance(model, Residual | BasicBlock | DenseLayer):
         children = [(f"{prefix}{name}.", child) for name, child in model.named_children()]
         for child_prefix, child in children:
             check_supported(child, child_prefix)

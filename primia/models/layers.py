@@ -65,3 +65,26 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
+
+
+class DenseLayer(nn.Module):
+    """DenseNet's bottleneck layer: ``cat([x, conv3(relu(norm(conv1(relu(norm(x))))))])``.
+
+    The 1×1 convolution makes ``4 × growth`` channels, the 3×3 one ``growth`` new channels
+    that are appended to the input's (Huang et al. 2017, DenseNet-BC), GroupNorm in place
+    of BatchNorm. Each layer is called once per forward (FastDPSGD's requirement).
+    """
+
+    def __init__(self, in_channels: int, growth: int) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.relu1 = nn.ReLU()
+        self.conv1 = nn.Conv2d(in_channels, 4 * growth, 1, bias=False)
+        self.norm2 = group_norm(4 * growth)
+        self.relu2 = nn.ReLU()
+        self.conv2 = nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(self.relu1(self.norm1(x)))
+        out = self.conv2(self.relu2(self.norm2(out)))
+        return torch.cat([x, out], dim=1)

@@ -25,6 +25,11 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     return add
 
 
+def registered(name: str) -> ModelFactory | None:
+    """The factory registered under ``name`` (None: none)."""
+    return _FACTORIES.get(name)
+
+
 def model_names() -> list[str]:
     return sorted(_FACTORIES)
 

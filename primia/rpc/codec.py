@@ -86,6 +86,7 @@ def plan_to_proto(plan: TrainPlan) -> pb.TrainPlan:
         optimizer=plan.optimizer,
         momentum=plan.momentum,
         weight_decay=plan.weight_decay,
+        proximal_mu=plan.proximal_mu,
         dp=pb.DPPlan(
             enabled=plan.dp.enabled,
             epsilon=plan.dp.epsilon,
@@ -111,6 +112,7 @@ def plan_from_proto(message: pb.TrainPlan) -> TrainPlan:
         optimizer=optimizer,
         momentum=message.momentum,
         weight_decay=message.weight_decay,
+        proximal_mu=message.proximal_mu,
         dp=DPPlan(
             enabled=message.dp.enabled,
             epsilon=message.dp.epsilon,

@@ -49,6 +49,7 @@ from primia.errors import ConfigError
 from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySettings
 from primia.federated.plan import PlanLimits
 from primia.federated.policy import NodePolicy
+from primia.models.plugins import load_plugins
 from primia.pki import TLSFiles
 
 
@@ -67,8 +68,18 @@ class NodeConfig:
     """The longest wait between attempts to reach the coordinator (back-off doubles to it)."""
     exit_when_done: bool = False
     """Exit once a federation finishes, instead of waiting for the next."""
+    plugins: list[str] = field(default_factory=list)
+    """Model plug-ins to load (``NAME=package.module:factory`` or an entry point's
+    ``NAME``; :mod:`primia.models.plugins`); needs ``policy.allow_plugins``."""
 
     def __post_init__(self) -> None:
+        if self.plugins and not self.policy.allow_plugins:
+            raise ConfigError(
+                f"plugins lists {', '.join(self.plugins)} but policy.allow_plugins is false: "
+                "loading a plug-in runs its module's code on this node; set "
+                "policy.allow_plugins = true to accept it, or remove plugins"
+            )
+        load_plugins(self.plugins)
         if ":" not in self.coordinator:
             raise ConfigError(f"coordinator {self.coordinator!r} must be HOST:PORT")
         if self.reconnect_max_s <= 0:

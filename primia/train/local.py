@@ -57,8 +57,10 @@ from primia.train.loops import EpochLoop, FastDPLoop, OpacusLoop, PlainLoop, to_
 from primia.train.losses import criterion_for
 from primia.train.metrics import Metrics, classification_metrics
 from primia.train.progress import TrainingProgress
+from primia.train.proximal import add_proximal_term
 from primia.train.randomness import os_seeded_generator
 from primia.train.runlog import RunLog
+from primia.train.tracking import open_run
 from primia.train.train_config import TrainConfig
 
 FAILED_FILENAME = "failed.json"
@@ -172,7 +174,12 @@ def _train_into(
     write_toml(config, config.out / "config.toml")
 
     model_path = config.out / "model.safetensors"
-    with RunLog(config.out) as log:
+    mlflow = open_run(
+        config.tracking,
+        run_name=config.out.name,
+        params={"model": config.model, "epochs": config.epochs, "dp": config.dp.enabled},
+    )
+    with RunLog(config.out, mlflow) as log:
 
         def after_epoch(epoch: int, record: dict[str, Any], trained: nn.Module) -> None:
             log.record(epoch, record)
@@ -241,6 +248,9 @@ def fit(
     check_model(model)
     model.to(device)
     optimizer = _make_optimizer(model, config)
+    if config.proximal_mu > 0:
+        # on the plain optimiser, before any DP wrapper: it then sees the privatised gradient
+        add_proximal_term(optimizer, model, config.proximal_mu)
     train_set = TensorDataset(*train.uint8_tensors())
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
 

@@ -4,7 +4,8 @@ Each call to :meth:`RunLog.record` appends one JSON line (flushed and fsynced, s
 loses at most the line being written) and the same scalars to ``tb/``, under the tags a
 federation's coordinator uses (``validation/mean_auroc``, ``validation/auroc/LABEL``,
 ``validation/loss``; see :func:`tensorboard_tag`), so that one TensorBoard shows local and
-federated runs side by side.
+federated runs side by side (and, given an MLflow run, to MLflow under the same tags:
+:mod:`primia.train.tracking`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
+from primia.train.tracking import MLflowRun
+
 
 class RunLog:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, mlflow: MLflowRun | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = run_dir / "metrics.jsonl"
         self._writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+        self._mlflow = mlflow
 
     def record(self, step: int, values: dict[str, Any]) -> None:
         line = json.dumps({key: _json_safe(value) for key, value in values.items()})
@@ -36,9 +40,13 @@ class RunLog:
             if is_number and math.isfinite(value):
                 self._writer.add_scalar(tensorboard_tag(key), value, step)
         self._writer.flush()
+        if self._mlflow is not None:
+            self._mlflow.log(values, step)
 
     def close(self) -> None:
         self._writer.close()
+        if self._mlflow is not None:
+            self._mlflow.close()
 
     def __enter__(self) -> RunLog:
         return self

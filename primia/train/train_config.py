@@ -9,6 +9,7 @@ from typing import Literal
 from primia.data import ReadOptions, check_format
 from primia.errors import ConfigError
 from primia.train.accounting import AccountantName
+from primia.train.tracking import TrackingConfig
 
 GradSampleMode = Literal["fast", "hooks", "functorch", "ew", "ghost"]
 LEDGER_FILENAME = "privacy-ledger.jsonl"
@@ -70,6 +71,9 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
+    proximal_mu: float = 0.0
+    """FedProx's μ: the loss gains μ/2 ‖w − w₀‖² toward the starting weights w₀, its
+    gradient added after DP's clipping and noise (:mod:`primia.train.proximal`)."""
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
@@ -79,6 +83,8 @@ class TrainConfig:
     ``0``: PyTorch's own default (all cores)."""
     progress: bool = True
     dp: DPConfig = field(default_factory=DPConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow logging beside TensorBoard (off by default; :mod:`primia.train.tracking`)."""
 
     def read_options(self) -> ReadOptions:
         """The public-collection reading options this run names."""
@@ -98,6 +104,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not self.proximal_mu >= 0:
+            raise ConfigError(f"proximal_mu must be 0 or more, got {self.proximal_mu}")
         for name, fraction in (
             ("val_fraction", self.val_fraction),
             ("test_fraction", self.test_fraction),

@@ -98,6 +98,7 @@ def test_spec_without_outputs_is_refused():
             optimizer="sgd",
             momentum=0.8,
             weight_decay=1e-4,
+            proximal_mu=0.01,
             dp=DPPlan(enabled=False, epsilon=2.5, delta=1e-6, max_grad_norm=0.5),
         ),
     ],

@@ -267,6 +267,7 @@ def _plaintext_spread(model: nn.Module, images: torch.Tensor, draws: int = 8) ->
         ("resnet9", 32),
         ("resnet18", 16),
         ("resnet18", 32),
+        ("densenet121", 32),
     ],
 )
 def test_encrypted_model_logits_match_plaintext(

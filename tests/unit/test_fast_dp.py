@@ -73,6 +73,24 @@ def _median_norm(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) 
     return float(torch.stack(norms).median())
 
 
+def _noiseless_step(
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, clip: float, strategy: str
+) -> FastDPSGD:
+    """One FastDPSGD step without noise (lr 0: the clipped mean gradient stays in .grad)."""
+    dp = FastDPSGD(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=BATCH,
+        conv_strategy=strategy,  # type: ignore[arg-type]
+    )
+    dp.zero_grad()
+    dp.backward(_per_sample_bce(model(images), targets))
+    dp.step()
+    return dp
+
+
 def _opacus_step(
     model: nn.Module, images: torch.Tensor, targets: torch.Tensor, max_grad_norm: float
 ) -> dict[str, torch.Tensor]:
@@ -113,17 +131,7 @@ def test_fast_dp_equals_opacus_hooks(model_name: str, strategy: str, dtype: torc
     clip = _median_norm(model, images, targets)
     expected = _opacus_step(copy.deepcopy(model), images, targets, clip)
 
-    dp = FastDPSGD(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        noise_multiplier=0.0,
-        max_grad_norm=clip,
-        expected_batch_size=BATCH,
-        conv_strategy=strategy,  # type: ignore[arg-type]
-    )
-    dp.zero_grad()
-    dp.backward(_per_sample_bce(model(images), targets))
-    dp.step()
+    dp = _noiseless_step(model, images, targets, clip, strategy)
 
     assert dp.per_sample_norms is not None
     clipped = (dp.per_sample_norms > clip).sum().item()
@@ -290,3 +298,20 @@ def test_refuses_what_it_cannot_clip() -> None:
         dp.backward(model(x).sum(dim=1))
     with pytest.raises(ValueError, match="one loss per sample"):
         dp.backward(model(x))
+
+
+def test_fast_dp_equals_opacus_hooks_on_densenet121() -> None:
+    """DenseNet's concatenations: each layer once per forward, at 32 px (its least size);
+    in float64, as float32's rounding over 120 layers exceeds a tight tolerance."""
+    torch.manual_seed(0)
+    model = build_model("densenet121", num_classes=4, width=4).double()
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(BATCH, 1, 32, 32, generator=gen, dtype=torch.float64)
+    images[: BATCH // 2] *= 4.0
+    targets = (torch.rand(BATCH, 4, generator=gen) > 0.5).double()
+    clip = _median_norm(model, images, targets)
+    expected = _opacus_step(copy.deepcopy(model), images, targets, clip)
+    _noiseless_step(model, images, targets, clip, "auto").remove()
+    for name, param in model.named_parameters():
+        assert param.grad is not None
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-9, atol=1e-12)

@@ -5,7 +5,7 @@ from concurrent.futures import Future
 import torch
 
 from primia.blobs import Blob
-from primia.federated.aggregation import PlaintextAggregator, RoundContributions
+from primia.federated.aggregation import PlaintextAggregator
 from primia.federated.plan import TrainPlan
 from primia.federated.tasks import (
     NodeDropped,
@@ -202,27 +202,3 @@ def test_no_links_gives_zero_sums():
     assert result.total_weight == 0
     assert all(torch.count_nonzero(t) == 0 for t in result.weighted_sum.values())
     assert result.contributors == []
-
-
-def test_apply_to_adds_the_mean_update_to_the_model_in_place():
-    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
-    model.register_buffer("seen", torch.tensor([4]))
-    before = {name: t.clone() for name, t in model.state_dict().items()}
-    sums = {
-        "0.weight": torch.full((2, 3), 6.0, dtype=torch.float64),
-        "0.bias": torch.tensor([3.0, -3.0], dtype=torch.float64),
-        "seen": torch.tensor([6.0], dtype=torch.float64),
-    }
-    result = RoundContributions(
-        weighted_sum=sums,
-        total_weight=3.0,
-        dtypes={name: t.dtype for name, t in before.items()},
-    )
-    weight = model[0].weight
-    result.apply_to(model)
-    assert model[0].weight is weight  # in place: the model's own tensors
-    mean = result.mean_update()
-    for name, tensor in model.state_dict().items():
-        assert tensor.dtype == before[name].dtype
-        assert torch.allclose(tensor, before[name] + mean[name], rtol=0, atol=1e-6), name
-    assert model.seen.item() == 6

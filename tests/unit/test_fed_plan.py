@@ -66,6 +66,9 @@ def test_plan_at_every_upper_bound_is_acceptable():
         ({"weight_decay": 1.0}, "weight_decay=1.0 is outside [0, 1)"),
         ({"weight_decay": -1e-4}, "weight_decay=-0.0001 is outside [0, 1)"),
         ({"weight_decay": math.inf}, "weight_decay=inf is outside [0, 1)"),
+        ({"proximal_mu": -0.1}, "proximal_mu=-0.1 is outside [0, 10.0]"),
+        ({"proximal_mu": 10.5}, "proximal_mu=10.5 is outside [0, 10.0]"),
+        ({"proximal_mu": math.nan}, "proximal_mu=nan is outside [0, 10.0]"),
     ],
 )
 def test_each_training_bound_is_named(changes, expected):
@@ -89,6 +92,18 @@ def test_each_training_bound_is_named(changes, expected):
 )
 def test_each_dp_bound_is_named(changes, expected):
     assert problems_of(with_dp(**changes)) == [expected]
+
+
+def test_a_node_bounds_fedprox_and_the_local_optimizer():
+    limits = PlanLimits(max_proximal_mu=0.1, optimizers=["sgd"])
+    plan = TrainPlan(optimizer="adam", proximal_mu=0.5)
+    assert plan_problems(plan, limits, delta_budget=DELTA_BUDGET, name_settings=True) == [
+        "optimizer='adam' is not among ['sgd'] (limits.optimizers)",
+        "proximal_mu=0.5 is outside [0, 0.1] (limits.max_proximal_mu)",
+    ]
+    assert problems_of(replace(plan, optimizer="sgd", proximal_mu=0.1)) == []
+    with pytest.raises(ConfigError, match=r"limits\.optimizers"):
+        PlanLimits(optimizers=["rmsprop"])  # type: ignore[list-item]
 
 
 def test_delta_above_the_nodes_delta_budget_is_refused():

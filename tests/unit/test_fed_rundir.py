@@ -10,6 +10,7 @@ import torch
 from primia.errors import ConfigError
 from primia.federated.plan import TrainPlan
 from primia.federated.rundir import RunDirectory
+from primia.federated.server_optimizer import ServerOptimizer, ServerOptimizerConfig
 from primia.models.checkpoint import ModelSpec, load_model
 
 SPEC = ModelSpec("cnn", num_outputs=4, image_size=32, label_names=("a", "b", "c", "d"))
@@ -165,3 +166,30 @@ def test_finish_writes_the_model_and_a_json_safe_report(tmp_path):
         "test": {"auroc": {"a": 0.75, "b": None}, "history": [1.0, None]},
         "name": "run",
     }
+
+
+def test_server_optimizer_state_is_kept_per_round_and_restored(tmp_path):
+    config = ServerOptimizerConfig(name="fedadam", lr=0.05)
+    run = RunDirectory(tmp_path)
+    run.open(TrainPlan(), SPEC)
+    model, optimizer = model_with_seed(1), ServerOptimizer(config)
+    sums = {name: torch.ones_like(t, dtype=torch.float64) for name, t in model.state_dict().items()}
+    for number in (1, 2):
+        optimizer.step(model, sums, 4.0)
+        run.record_round({"round": number}, model, SPEC, optimizer)
+    assert run.optimizer_path(1).exists() and run.optimizer_path(2).exists()
+    state = RunDirectory(tmp_path).open(TrainPlan(), SPEC)
+    resumed = ServerOptimizer(config)
+    RunDirectory(tmp_path).restore_optimizer(resumed, int(state.rounds[-1]["round"]))
+    assert resumed.steps == 2
+    for name, moment in optimizer.second.items():
+        assert torch.equal(resumed.second[name], moment), name
+
+
+def test_a_run_without_optimizer_state_resumes_only_with_fedavg(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.open(TrainPlan(), SPEC)
+    run.record_round({"round": 1}, model_with_seed(1), SPEC)
+    run.restore_optimizer(ServerOptimizer(ServerOptimizerConfig()), 1)
+    with pytest.raises(ConfigError, match="not trained with server_optimizer 'fedyogi'"):
+        run.restore_optimizer(ServerOptimizer(ServerOptimizerConfig(name="fedyogi")), 1)

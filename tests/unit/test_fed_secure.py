@@ -24,6 +24,11 @@ from primia.federated.coordinator import make_aggregator
 from primia.federated.coordinator_config import CoordinatorConfig, SecureAggregationConfig
 from primia.federated.plan import TrainPlan
 from primia.federated.secure import SecureAggregator, SecureContribution, VectorLayout
+from primia.federated.server_optimizer import (
+    SERVER_OPTIMIZERS,
+    ServerOptimizer,
+    ServerOptimizerConfig,
+)
 from primia.federated.tasks import (
     DatasetSummary,
     LocalTraining,
@@ -282,3 +287,32 @@ def test_secure_aggregation_is_the_default_and_plaintext_is_logged(consortium, t
         aggregator = make_aggregator(_coordinator_config(tls, tmp_path, aggregation="plaintext"))
     assert isinstance(aggregator, PlaintextAggregator)
     assert "sees every node's update" in caplog.text
+
+
+class Weights(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        for name, tensor in REFERENCE.items():
+            self.register_parameter(name, torch.nn.Parameter(tensor.clone()))
+
+
+@pytest.mark.parametrize("name", SERVER_OPTIMIZERS)
+def test_each_server_optimizer_gives_the_same_model_from_secure_and_plaintext_sums(
+    consortium, name
+):
+    config = ServerOptimizerConfig(name=name, lr=0.1)
+    counts = {"alpha": 10, "bravo": 30, "charlie": 60, "delta": 25}
+    from_secure, from_plaintext = Weights(), Weights()
+    secure_optimizer, plaintext_optimizer = ServerOptimizer(config), ServerOptimizer(config)
+    for round_number in range(3):
+        updates = {n: random_update(10 * round_number + s) for s, n in enumerate(NAMES)}
+        links = [InProcessNode(n, updates[n], counts[n], consortium[n]) for n in NAMES]
+        result = secure(consortium).collect(links, make_task, reference=REFERENCE, timeout=5)
+        secure_optimizer.step(from_secure, result.weighted_sum, result.total_weight)
+        total = sum(counts.values())
+        sums = {t: total * mean.double() for t, mean in plaintext_mean(updates, counts).items()}
+        plaintext_optimizer.step(from_plaintext, sums, total)
+    for tensor in REFERENCE:
+        difference = getattr(from_secure, tensor) - getattr(from_plaintext, tensor)
+        assert difference.abs().max() < 1e-4, tensor
+    assert not torch.equal(from_secure.w, torch.zeros(2, 3))
