@@ -281,12 +281,15 @@ def crypten_model_owner(
     weights: bytes,
     shape: tuple[int, ...],
     progress: parties.Progress = parties.no_progress,
+    *,
+    plain: bool = True,
 ) -> parties.PartyStats:
-    """Plain CrypTen's model owner: convert the BatchNorm copy, share it, run it."""
+    """Plain CrypTen's model owner: convert the BatchNorm copy, share it, run it (run_local
+    passes ``plain=True`` to all three parties: CrypTen's own dealing too)."""
     model = batchnorm_copy(spec.build(), seed=0)
     model.load_state_dict(load_safetensors(weights))
     converted = from_pytorch(import_crypten(), model, shape)
-    with parties.join(rendezvous, parties.MODEL_OWNER, progress) as session:
+    with parties.join(rendezvous, parties.MODEL_OWNER, progress, plain=plain) as session:
         crypten = session.crypten
         private = converted.encrypt(src=parties.MODEL_OWNER).eval()
         images = crypten.cryptensor(torch.zeros(shape), src=parties.DATA_OWNER)
@@ -299,12 +302,14 @@ def crypten_data_owner(
     spec: ModelSpec,
     images: np.ndarray,
     progress: parties.Progress = parties.no_progress,
+    *,
+    plain: bool = True,
 ) -> tuple[np.ndarray, parties.PartyStats]:
     """Plain CrypTen's data owner: the same graph (other values), the owner's weights."""
     shape = tuple(images.shape)
     model = batchnorm_copy(spec.build(), seed=1)  # the architecture only
     converted = from_pytorch(import_crypten(), model, shape)
-    with parties.join(rendezvous, parties.DATA_OWNER, progress) as session:
+    with parties.join(rendezvous, parties.DATA_OWNER, progress, plain=plain) as session:
         crypten = session.crypten
         private = converted.encrypt(src=parties.MODEL_OWNER).eval()
         shared = crypten.cryptensor(torch.from_numpy(images), src=parties.DATA_OWNER)
@@ -373,6 +378,7 @@ def run(config: Config, args: argparse.Namespace) -> Result:
                         threads=args.threads,
                         model_owner=crypten_model_owner,
                         data_owner=crypten_data_owner,
+                        plain=True,
                     )
                     for _ in range(args.repeats)
                 ]

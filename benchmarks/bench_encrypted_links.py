@@ -13,8 +13,12 @@ For ResNet-18 (one input channel, width 64, 4 outputs, seeded random weights) at
   once over CrypTen's own gloo process group (unauthenticated, unencrypted), alternating
   TLS, gloo, TLS, gloo for ``--repeats`` pairs; ``tls/gloo`` is the ratio of their
   medians: what securing the links costs.
+* ``--unaccelerated``: also TLS sessions with CrypTen's own dealing and Beaver
+  multiplication (``run_local(plain=True)``, without
+  :mod:`primia.inference.acceleration`), alternating with the others: what the exact
+  faster forms save.
 * ``crypten s/img``: plain CrypTen (its ONNX path on a BatchNorm copy of the model, gloo,
-  TTP) in the same run, with warm processes (its model conversion counts).
+  TTP, CrypTen's own dealing) in the same run, with warm processes (its model conversion counts).
 * per party: CrypTen's own rounds and bytes (8 bytes an element) in the service session.
 
 All three parties share this machine's cores (``--threads`` torch threads each), so their
@@ -59,6 +63,7 @@ from primia.rpc.inference_client import predict
 from primia.rpc.inference_server import crypto_provider_server, model_owner_server
 
 WARM_TIMEOUT_S = 600.0
+LABELS = ("tls", "gloo", "tls-unaccel", "crypten")
 GOALS = {1: 8.0, 8: 4.0}
 """Seconds per image the issue asks for, by batch size (secured links included)."""
 
@@ -129,18 +134,18 @@ def _local(
     threads: int,
     repeats: int,
     crypten: bool,
+    unaccelerated: bool,
 ) -> dict[str, list[float]]:
-    """Seconds per image of warm run_local sessions: TLS and gloo alternating, then plain
-    CrypTen."""
+    """Seconds per image of warm run_local sessions: TLS, gloo (and TLS without primia's
+    faster dealing and multiplication) alternating, then plain CrypTen."""
     pool = PartyPool(3, threads=threads, name="bench")
     model = spec.build()
     model.load_state_dict(state)
     crypten_state = batchnorm_copy(model, seed=0).state_dict()
-    times: dict[str, list[float]] = {"tls": [], "gloo": [], "crypten": []}
+    times: dict[str, list[float]] = {label: [] for label in LABELS}
+    pair = [("tls", True), ("gloo", False)] + ([("tls-unaccel", True)] if unaccelerated else [])
+    order = pair * repeats + ([("crypten", False)] if crypten else [])
     try:
-        order = [("tls", True), ("gloo", False)] * repeats
-        if crypten:
-            order.append(("crypten", False))
         for label, secure in order:
             if not pool.wait_warm(WARM_TIMEOUT_S):
                 raise RuntimeError("the party pool did not warm up")
@@ -152,7 +157,14 @@ def _local(
             # plain CrypTen runs the BatchNorm copy of the model (its converter's input)
             weights = crypten_state if label == "crypten" else state
             run = run_local(
-                spec, weights, images, secure=secure, pool=pool, threads=threads, **functions
+                spec,
+                weights,
+                images,
+                secure=secure,
+                pool=pool,
+                threads=threads,
+                plain=label in ("crypten", "tls-unaccel"),
+                **functions,
             )
             times[label].append(run.seconds / len(images))
     finally:
@@ -169,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1, help="TLS/gloo pairs (default 1)")
     parser.add_argument("--no-crypten", action="store_true", help="skip plain CrypTen")
+    parser.add_argument(
+        "--unaccelerated",
+        action="store_true",
+        help="also time TLS sessions with CrypTen's own dealing and multiplication (without "
+        "primia.inference.acceleration), alternating with the others",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -186,15 +204,23 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as scratch:
             service_s, logits, stats = _service(spec, model, images, args.threads, Path(scratch))
         local = _local(
-            spec, model.state_dict(), images, args.threads, args.repeats, not args.no_crypten
+            spec,
+            model.state_dict(),
+            images,
+            args.threads,
+            args.repeats,
+            not args.no_crypten,
+            args.unaccelerated,
         )
         tls, gloo = statistics.median(local["tls"]), statistics.median(local["gloo"])
+        unaccelerated = statistics.median(local["tls-unaccel"]) if local["tls-unaccel"] else None
         row = {
             "batch": batch,
             "service_s_per_image": service_s,
             "tls_s_per_image": tls,
             "gloo_s_per_image": gloo,
             "tls_over_gloo": tls / gloo,
+            "tls_unaccelerated_s_per_image": unaccelerated,
             "crypten_s_per_image": statistics.median(local["crypten"])
             if local["crypten"]
             else None,
@@ -213,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             f"crypten {'-' if crypten_s is None else f'{crypten_s:.2f}'} s/img, "
             f"max err {row['max_error']:.1e}"
         )
+        if unaccelerated is not None:
+            print(
+                f"  tls without primia's acceleration {unaccelerated:.2f} s/img "
+                f"(accelerated/unaccelerated {tls / unaccelerated:.2f})"
+            )
         for role, rounds, nbytes in stats:
             print(f"  {role:16} {rounds:6d} rounds {nbytes / 1e9:7.3f} GB")
         share = row["others_cpu_share"]

@@ -10,6 +10,7 @@ CrypTen's own unauthenticated gloo process group instead (benchmarks compare the
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from collections.abc import Callable
@@ -82,6 +83,7 @@ def run_local(
     pool: processes.PartyPool | None = None,
     model_owner: Callable[..., parties.PartyStats] = processes.model_owner,
     data_owner: Callable[..., tuple[np.ndarray, parties.PartyStats]] = processes.data_owner,
+    plain: bool = False,
 ) -> EncryptedRun:
     """The logits of ``images`` under encrypted inference, the three parties on loopback.
 
@@ -89,11 +91,15 @@ def run_local(
     in a process from ``pool`` if given (warm), else started now. ``model_owner`` and
     ``data_owner`` are the parties' functions, with the signatures of
     :func:`processes.model_owner` and :func:`processes.data_owner` (the benchmark passes
-    plain CrypTen's to compare).
+    plain CrypTen's to compare); all three get ``plain`` (True: CrypTen's own dealing and
+    multiplication, without :mod:`primia.inference.acceleration`).
     """
+    parts = (model_owner, data_owner, processes.crypto_provider)
+    if plain:
+        parts = tuple(functools.partial(part, plain=True) for part in parts)  # type: ignore[assignment]
     with tempfile.TemporaryDirectory() as scratch:
         plans = local_plans(local_consortium(Path(scratch))) if secure else None
-        return _run(spec, state, images, plans, timeout_s, threads, pool, model_owner, data_owner)
+        return _run(spec, state, images, plans, timeout_s, threads, pool, *parts)
 
 
 def _run(
@@ -106,6 +112,7 @@ def _run(
     pool: processes.PartyPool | None,
     model_owner: Callable[..., parties.PartyStats],
     data_owner: Callable[..., tuple[np.ndarray, parties.PartyStats]],
+    crypto_provider: Callable[..., parties.PartyStats],
 ) -> EncryptedRun:
     source: processes.PartyPool | _Started = pool or _Started(3, threads)
     weights, shape = encode(state), tuple(images.shape)
@@ -125,7 +132,7 @@ def _run(
         if plans is not None:
             owner_port = _port(owner, deadline)
             meeting[2] = _with_port(plans[2], 0, owner_port)
-        dealer = source.take("crypto provider", processes.crypto_provider, (meeting[2],))
+        dealer = source.take("crypto provider", crypto_provider, (meeting[2],))
         taken.append(dealer)
         if plans is not None:
             dealer_port = _port(dealer, deadline)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from primia.inference import communicator
+from primia.inference import acceleration, communicator
 from primia.inference.compat import import_crypten
 from primia.inference.encrypted import EncryptedModel
 from primia.inference.links import LinkPlan, bind_listener, establish
@@ -99,10 +99,19 @@ def no_progress(event: str, value: int) -> None:
 
 
 @contextmanager
-def join(meeting: Meeting, rank: int, progress: Progress = no_progress) -> Iterator[_Session]:
-    """Start CrypTen as ``rank`` with the TTP provider, counting what it communicates."""
+def join(
+    meeting: Meeting, rank: int, progress: Progress = no_progress, *, plain: bool = False
+) -> Iterator[_Session]:
+    """Start CrypTen as ``rank`` with the TTP provider, counting what it communicates.
+
+    Unless ``plain``, with primia's exact faster forms of CrypTen's dealing and Beaver
+    multiplication (:mod:`primia.inference.acceleration`); the three parties of a session
+    must agree on ``plain`` (only benchmarks set it, to measure plain CrypTen).
+    """
     started = time.perf_counter()
     crypten = import_crypten()
+    if not plain:
+        acceleration.install()
     crypten.cfg.mpc.provider = "TTP"
     crypten.cfg.communicator.verbose = True
     if isinstance(meeting, LinkPlan):
@@ -143,9 +152,15 @@ def open_to(x: Any, rank: int) -> torch.Tensor | None:
     return None if raw is None else (raw.double() / x.encoder.scale).float()
 
 
-def crypto_provider(meeting: Meeting, progress: Progress = no_progress) -> PartyStats:
-    """Deal correlated randomness until the model owner ends the session."""
-    with join(meeting, CRYPTO_PROVIDER, progress) as session, warnings.catch_warnings():
+def crypto_provider(
+    meeting: Meeting, progress: Progress = no_progress, *, plain: bool = False
+) -> PartyStats:
+    """Deal correlated randomness until the model owner ends the session (``plain``: as
+    plain CrypTen deals, see :func:`join`)."""
+    with (
+        join(meeting, CRYPTO_PROVIDER, progress, plain=plain) as session,
+        warnings.catch_warnings(),
+    ):
         # TTPServer calls crypten.init() again, which warns that CrypTen is initialised
         warnings.filterwarnings("ignore", "CrypTen is already initialized")
         session.crypten.mpc.provider.TTPServer()
@@ -158,11 +173,13 @@ def model_owner(
     state: dict[str, torch.Tensor],
     input_shape: tuple[int, ...],
     progress: Progress = no_progress,
+    *,
+    plain: bool = False,
 ) -> PartyStats:
     """Share the weights, run the model on the data owner's shared images; learn nothing."""
     model = spec.build()
     model.load_state_dict(state)
-    with join(meeting, MODEL_OWNER, progress) as session:
+    with join(meeting, MODEL_OWNER, progress, plain=plain) as session:
         crypten = session.crypten
         encrypted = EncryptedModel(model, src=MODEL_OWNER, crypten=crypten)
         images = crypten.cryptensor(torch.zeros(input_shape), src=DATA_OWNER)
@@ -171,11 +188,16 @@ def model_owner(
 
 
 def data_owner(
-    meeting: Meeting, spec: ModelSpec, images: torch.Tensor, progress: Progress = no_progress
+    meeting: Meeting,
+    spec: ModelSpec,
+    images: torch.Tensor,
+    progress: Progress = no_progress,
+    *,
+    plain: bool = False,
 ) -> tuple[torch.Tensor, PartyStats]:
     """Share the images, run the model owner's shared model; return the logits (only here)."""
     model = spec.build()  # the architecture only: the weights come shared from the owner
-    with join(meeting, DATA_OWNER, progress) as session:
+    with join(meeting, DATA_OWNER, progress, plain=plain) as session:
         crypten = session.crypten
         encrypted = EncryptedModel(model, src=MODEL_OWNER, crypten=crypten)
         shared = crypten.cryptensor(images, src=DATA_OWNER)

@@ -117,6 +117,11 @@ class PartyProcess:
         return self._process.is_alive()
 
     @property
+    def pid(self) -> int | None:
+        """The process's id once started (one process, one session: a new id each)."""
+        return self._process.pid
+
+    @property
     def joined(self) -> bool:
         """Whether its links came up."""
         self.wait(0)
@@ -246,6 +251,11 @@ class PartyPool:
         with self._lock:
             return len(self._idle)
 
+    def idle_pids(self) -> list[int | None]:
+        """The process ids of the idle processes, oldest first."""
+        with self._lock:
+            return [process.pid for process in self._idle]
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -278,9 +288,12 @@ class PartyPool:
 
 
 def crypto_provider(
-    meeting: parties.Meeting, progress: parties.Progress = parties.no_progress
+    meeting: parties.Meeting,
+    progress: parties.Progress = parties.no_progress,
+    *,
+    plain: bool = False,
 ) -> parties.PartyStats:
-    return parties.crypto_provider(meeting, progress)
+    return parties.crypto_provider(meeting, progress, plain=plain)
 
 
 def model_owner(
@@ -289,9 +302,13 @@ def model_owner(
     weights: bytes,
     shape: tuple[int, ...],
     progress: parties.Progress = parties.no_progress,
+    *,
+    plain: bool = False,
 ) -> parties.PartyStats:
     """The model owner's party; ``weights`` are safetensors bytes (the pipe copies them)."""
-    return parties.model_owner(meeting, spec, load_safetensors(weights), shape, progress)
+    return parties.model_owner(
+        meeting, spec, load_safetensors(weights), shape, progress, plain=plain
+    )
 
 
 def data_owner(
@@ -299,8 +316,12 @@ def data_owner(
     spec: ModelSpec,
     images: np.ndarray,
     progress: parties.Progress = parties.no_progress,
+    *,
+    plain: bool = False,
 ) -> tuple[np.ndarray, parties.PartyStats]:
-    logits, stats = parties.data_owner(meeting, spec, torch.from_numpy(images), progress)
+    logits, stats = parties.data_owner(
+        meeting, spec, torch.from_numpy(images), progress, plain=plain
+    )
     return logits.numpy(), stats
 
 

@@ -1,0 +1,316 @@
+"""Faster, exact forms of three of CrypTen's inner steps, for a party's process.
+
+Profiling a ResNet-18 session at 224 px (``benchmarks/bench_encrypted_links.py``, one
+thread per party) put a third of every party's CPU time into ``torch.randint`` (the
+shares of Beaver triples, of binary triples and of the random masks: several GB of
+random ring elements per session), and the crypto provider's dealing on the critical path
+of every multiplication and comparison: the model owner waits while it generates. What
+:func:`install` changes, and why each change leaves CrypTen's arithmetic (every share,
+every opened value and every result, in the ring Z/2^64 with 16 fractional bits) as it was:
+
+1. **Random ring elements from AES-128-CTR** (:func:`ring_random`), keyed with 128 bits
+   drawn from the same ``torch.Generator`` CrypTen would have drawn the elements from.
+   Every holder of a generator (a party and the dealer hold copies of the party's
+   generator; neighbours hold the pairwise ones) draws the same key and so the same
+   elements, so every pseudo-random sharing is as consistent as before; the elements are
+   uniform over the ring (a k-bit element is the keystream's low k bits). AES-CTR runs at
+   about 4× the speed of ``torch.randint`` on 64-bit ranges here, and unlike the
+   Mersenne Twister behind ``torch.randint`` it is a cryptographic generator: its outputs
+   do not reveal its state. The secrecy still rests on the generators' seeds (64 bits
+   from ``os.urandom``, as CrypTen draws them).
+2. **The dealer's requests go out first.** Party 0 asks the dealer for its share of c
+   (``c = a·b``, a square, a binary triple, wraps, a random bit), then draws its own
+   shares of a and b while the dealer computes, instead of before asking. Each generator
+   is drawn from in the same order as before, so every share is the same.
+3. **No product computed only for its shape, and one fewer product per multiplication.**
+   A party other than 0 computed ``op(a, b)`` in full to learn the size of its share of
+   c; the size now comes from the same op on ``meta`` tensors (shapes only). Beaver's
+   ``z = c + ε·b + a·δ + ε·δ`` (ε = x − a and δ = y − b opened) is computed as
+   ``c + ε·b + (a + ε)·δ`` by party 0 and ``c + ε·b + a·δ`` by the others: ``op`` is
+   bilinear over Z/2^64 (an integer convolution, matrix or elementwise product, with
+   int64 arithmetic wrapping modulo 2^64), so a·δ + ε·δ = (a + ε)·δ exactly, and the
+   public term ε·δ is still added once, by party 0, as CrypTen adds public values.
+
+Only CrypTen's TTP provider is changed (primia never uses another) and only without
+active security (primia never enables it; with it, CrypTen's own protocol runs). A
+process runs one session only (:mod:`primia.inference.processes`), so replacing CrypTen's
+functions in this process is safe; all three parties of a session must install it, or
+none (their generators would disagree, and the session's results would be garbage):
+:func:`primia.inference.parties.join` installs it in every party unless told to run plain
+CrypTen (benchmarks measure plain CrypTen that way).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+_KEY_WORDS = 2
+"""64-bit words drawn from the generator per call: an AES-128 key."""
+_TAIL = 16
+"""Bytes of keystream produced by ``update`` rather than ``update_into`` (which needs
+block size − 1 spare bytes after its output)."""
+
+
+class _Zeros:
+    """A read-only zero buffer, grown as needed: AES-CTR of zeros is the keystream."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._lock = threading.Lock()
+
+    def view(self, size: int) -> memoryview:
+        with self._lock:
+            if len(self._buffer) < size:
+                self._buffer = bytearray(max(size, 2 * len(self._buffer)))
+            return memoryview(self._buffer)[:size]
+
+
+_ZEROS = _Zeros()
+
+
+def keystream(key: bytes, size: int) -> torch.Tensor:
+    """``size`` bytes of AES-CTR keystream under ``key`` (counter from 0), as uint8."""
+    out = torch.empty(size, dtype=torch.uint8)
+    if size == 0:
+        return out
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+    view = memoryview(out.numpy().data).cast("B")
+    head = max(size - _TAIL, 0)
+    if head:
+        encryptor.update_into(_ZEROS.view(head), view)
+    view[head:] = encryptor.update(bytes(size - head))
+    return out
+
+
+def ring_random(
+    size: Any,
+    ring_size: int = 2**64,
+    generator: torch.Generator | None = None,
+    bitlength: int = 64,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Elements uniform over Z/2^``bitlength`` (two's complement int64 for 64 bits, else
+    in [0, 2^bitlength)), of shape ``size``, from a key drawn from ``generator`` (CrypTen's
+    local generator if None); the signature of CrypTen's ``generate_random_ring_element``."""
+    if ring_size != 2**64:
+        raise ValueError(f"only the ring Z/2^64 is supported, not Z/{ring_size}")
+    device = kwargs.get("device")
+    if generator is None:
+        import crypten
+
+        generator = crypten.generators["local"][torch.device(device or "cpu")]
+    words = torch.randint(-(2**63), 2**63 - 1, (_KEY_WORDS,), generator=generator)
+    shape = torch.Size(size) if not isinstance(size, int) else torch.Size([size])
+    count = shape.numel()
+    elements = keystream(words.numpy().tobytes(), 8 * count).view(torch.int64).view(shape)
+    if bitlength < 64:
+        elements &= (1 << bitlength) - 1
+    return elements if device is None else elements.to(device)
+
+
+def kbit_random(
+    size: Any, bitlength: int | None = None, generator: torch.Generator | None = None, **kwargs: Any
+) -> torch.Tensor:
+    """CrypTen's ``generate_kbit_random_tensor`` on :func:`ring_random`."""
+    return ring_random(size, generator=generator, bitlength=bitlength or 64, **kwargs)
+
+
+def product_size(op: str, size0: Any, size1: Any, *args: Any, **kwargs: Any) -> torch.Size:
+    """The size of ``torch.<op>`` of tensors of these sizes, computed on shapes only."""
+    first = torch.empty(size0, dtype=torch.long, device="meta")
+    second = torch.empty(size1, dtype=torch.long, device="meta")
+    size: torch.Size = getattr(torch, op)(first, second, *args, **kwargs).size()
+    return size
+
+
+def install() -> None:
+    """Put the faster forms in place of CrypTen's in this process (before ``crypten.init``)."""
+    import crypten.common.rng as rng
+    import crypten.mpc.primitives.arithmetic as arithmetic
+    import crypten.mpc.primitives.beaver as beaver
+    import crypten.mpc.primitives.binary as binary
+    import crypten.mpc.provider.ttp_provider as ttp
+
+    for module in (rng, ttp, arithmetic):
+        module.generate_random_ring_element = ring_random
+    for module in (rng, ttp, binary):
+        module.generate_kbit_random_tensor = kbit_random
+    original = beaver.__dict__["__beaver_protocol"]
+    if getattr(original, "primia", False):
+        return
+    protocol = _beaver_protocol(original)
+    # a module-level name: "beaver.__beaver_protocol = ..." inside no class is not mangled,
+    # but setattr says plainly which global the module's functions look up
+    setattr(beaver, "__beaver_protocol", protocol)
+    beaver.AND = _binary_and
+    provider = ttp.TrustedThirdParty
+    provider.generate_additive_triple = _additive_triple
+    provider.square = _square
+    provider.generate_binary_triple = _binary_triple
+    provider.wrap_rng = _wrap_rng
+    provider.B2A_rng = _b2a_rng
+
+
+def _beaver_protocol(original: Any) -> Any:
+    """CrypTen's Beaver multiplication with the bilinear identity of the module docstring."""
+    import crypten
+    import crypten.communicator as comm
+    from crypten.config import cfg
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+    from crypten.mpc.primitives.beaver import IgnoreEncodings
+
+    def protocol(op: str, x: Any, y: Any, *args: Any, **kwargs: Any) -> Any:
+        if cfg.mpc.active_security or x.device != y.device:
+            return original(op, x, y, *args, **kwargs)
+        provider = crypten.mpc.get_default_provider()
+        a, b, c = provider.generate_additive_triple(
+            x.size(), y.size(), op, *args, device=x.device, **kwargs
+        )
+        with IgnoreEncodings([a, b, x, y]):
+            epsilon, delta = ArithmeticSharedTensor.reveal_batch([x - a, y - b])
+        function = getattr(torch, op)
+        # z = c + ε·b + (a + ε)·δ at party 0, c + ε·b + a·δ elsewhere (see the module)
+        left = a._tensor + epsilon if comm.get().get_rank() == 0 else a._tensor
+        c._tensor += function(epsilon, b._tensor, *args, **kwargs)
+        c._tensor += function(left, delta, *args, **kwargs)
+        return c
+
+    protocol.primia = True  # type: ignore[attr-defined]
+    return protocol
+
+
+def _binary_and(x: Any, y: Any) -> Any:
+    """CrypTen's Beaver AND of binary shares, on the raw shares in place.
+
+    With ε = x ⊕ a and δ = y ⊕ b opened, CrypTen returns
+    ``(b ∧ ε) ⊕ (a ∧ δ) ⊕ (ε ∧ δ) ⊕ c``, the public ε ∧ δ XORed in by party 0 only, through
+    eight temporary shared tensors. Since (a ∧ δ) ⊕ (ε ∧ δ) = (a ⊕ ε) ∧ δ bit by bit, the
+    share here is ``c ⊕ (b ∧ ε) ⊕ ((a ⊕ ε) ∧ δ)`` at party 0 and ``c ⊕ (b ∧ ε) ⊕ (a ∧ δ)``
+    elsewhere: the same bits, written into c's share (a fresh tensor of the triple).
+    """
+    import crypten
+    from crypten.mpc.primitives.binary import BinarySharedTensor
+
+    provider = crypten.mpc.get_default_provider()
+    a, b, c = provider.generate_binary_triple(x.size(), y.size(), device=x.device)
+    epsilon, delta = BinarySharedTensor.reveal_batch([x ^ a, y ^ b])
+    left = a.share ^ epsilon if _party0() else a.share
+    c.share ^= b.share & epsilon  # c has the broadcast shape of x and y
+    c.share ^= left & delta
+    return c
+
+
+class _Request:
+    """A request to the dealer sent now, its result received later (party 0 only).
+
+    The same messages as CrypTen's ``TTPClient.ttp_request`` (the request, the result's
+    size, the result), counted by the same communicator statistics.
+    """
+
+    def __init__(self, function: str, device: Any, *args: Any, **kwargs: Any) -> None:
+        import crypten.communicator as comm
+        from crypten.mpc.provider.ttp_provider import TTPClient
+
+        self._client = TTPClient.get()
+        self._device = device
+        message = {
+            "function": function,
+            "device": None if device is None else str(device),
+            "args": args,
+            "kwargs": kwargs,
+        }
+        comm.get().send_obj(message, comm.get().get_ttp_rank(), self._client.ttp_group)
+
+    def result(self) -> torch.Tensor:
+        import crypten.communicator as comm
+
+        dealer = comm.get().get_ttp_rank()
+        size = comm.get().recv_obj(dealer, self._client.ttp_group)
+        result = torch.empty(size, dtype=torch.long, device=self._device)
+        comm.get().broadcast(result, dealer, self._client.comm_group)
+        return result
+
+
+def _party0() -> bool:
+    import crypten.communicator as comm
+
+    return bool(comm.get().get_rank() == 0)
+
+
+def _generator(device: Any) -> torch.Generator:
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    generator: torch.Generator = TTPClient.get().get_generator(device=device)
+    return generator
+
+
+def _deal(
+    request: tuple[Any, ...],
+    drawn: list[Any],
+    last: Any,
+    device: Any,
+    bitlength: int = 64,
+    **kwargs: Any,
+) -> list[torch.Tensor]:
+    """A party's shares of one dealt correlation: party 0 sends ``request`` (the dealer's
+    function and its arguments, with ``kwargs``) first, then every party draws its shares
+    of sizes ``drawn`` (``bitlength`` bits) from its dealer generator; the last share is
+    the dealer's answer at party 0 and drawn, of size ``last``, elsewhere."""
+    function, *arguments = request
+    asked = _Request(function, device, *arguments, **kwargs) if _party0() else None
+    generator = _generator(device)
+    shares = [
+        ring_random(size, generator=generator, device=device, bitlength=bitlength) for size in drawn
+    ]
+    shares.append(
+        asked.result() if asked else ring_random(last, generator=generator, device=device)
+    )
+    return shares
+
+
+def _additive_triple(
+    self: Any, size0: Any, size1: Any, op: str, device: Any = None, *args: Any, **kwargs: Any
+) -> tuple[Any, Any, Any]:
+    from crypten.mpc.primitives import ArithmeticSharedTensor
+
+    last = product_size(op, size0, size1, *args, **kwargs)
+    shares = _deal(("additive", size0, size1, op, *args), [size0, size1], last, device, **kwargs)
+    return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in shares)
+
+
+def _square(self: Any, size: Any, device: Any = None) -> tuple[Any, Any]:
+    return _arithmetic_pair("square", size, device)
+
+
+def _wrap_rng(self: Any, size: Any, device: Any = None) -> tuple[Any, Any]:
+    return _arithmetic_pair("wraps", size, device)
+
+
+def _arithmetic_pair(function: str, size: Any, device: Any) -> tuple[Any, Any]:
+    """r and the dealt value for r (its square, or its wraps), arithmetic shares."""
+    from crypten.mpc.primitives import ArithmeticSharedTensor
+
+    shares = _deal((function, size), [size], size, device)
+    return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in shares)
+
+
+def _binary_triple(self: Any, size0: Any, size1: Any, device: Any = None) -> tuple[Any, Any, Any]:
+    from crypten.mpc.primitives import BinarySharedTensor
+
+    last = torch.broadcast_shapes(torch.Size(size0), torch.Size(size1))
+    shares = _deal(("binary", size0, size1), [size0, size1], last, device)
+    return tuple(BinarySharedTensor.from_shares(t) for t in shares)
+
+
+def _b2a_rng(self: Any, size: Any, device: Any = None) -> tuple[Any, Any]:
+    from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
+
+    bits, arithmetic = _deal(("B2A", size), [size], size, device, bitlength=1)
+    return (
+        ArithmeticSharedTensor.from_shares(arithmetic, precision=0),
+        BinarySharedTensor.from_shares(bits),
+    )

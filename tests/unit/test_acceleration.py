@@ -1,0 +1,52 @@
+"""The pure parts of :mod:`primia.inference.acceleration`: the random ring elements two
+holders of one generator draw, and the product sizes computed on shapes only. (The
+multiplication and AND identities are checked end to end: encrypted logits against
+plaintext in tests/integration/test_encrypted_inference.py, whose sessions use them.)"""
+
+from __future__ import annotations
+
+import torch
+
+from primia.inference.acceleration import keystream, product_size, ring_random
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_holders_of_one_generator_draw_the_same_elements_and_others_do_not() -> None:
+    mine, copy, other = _generator(7), _generator(7), _generator(8)
+    for size in [(3, 5), (1,), (), (2, 64, 9, 9)]:
+        drawn = ring_random(size, generator=mine)
+        assert drawn.dtype == torch.int64 and drawn.shape == torch.Size(size)
+        assert torch.equal(drawn, ring_random(size, generator=copy))
+    many = ring_random((4096,), generator=mine)
+    assert not torch.equal(many, ring_random((4096,), generator=other))
+    assert not torch.equal(many, ring_random((4096,), generator=mine))  # the generator moved on
+
+
+def test_elements_cover_the_ring_and_k_bit_elements_their_range() -> None:
+    elements = ring_random((1 << 16,), generator=_generator(1))
+    assert (elements < 0).any() and (elements > 0).any()
+    # every one of the 64 bits is set in about half the elements
+    bits = (elements.unsqueeze(1) >> torch.arange(64)) & 1
+    assert ((bits.float().mean(0) - 0.5).abs() < 0.02).all()
+    one_bit = ring_random((1 << 12,), generator=_generator(1), bitlength=1)
+    assert set(one_bit.unique().tolist()) == {0, 1}
+    twenty = ring_random((1 << 12,), generator=_generator(1), bitlength=20)
+    assert twenty.min() >= 0 and twenty.max() < 1 << 20
+
+
+def test_keystream_is_aes_ctr_of_zeros_at_every_length() -> None:
+    key = bytes(range(16))
+    long = keystream(key, 100)
+    for size in (0, 1, 15, 16, 17, 33):
+        assert torch.equal(keystream(key, size), long[:size])
+
+
+def test_product_sizes_match_the_products() -> None:
+    image, weight = torch.zeros(2, 3, 9, 9, dtype=torch.long), torch.ones(4, 3, 3, 3).long()
+    conv = torch.conv2d(image, weight, stride=2, padding=1)
+    assert product_size("conv2d", image.shape, weight.shape, stride=2, padding=1) == conv.shape
+    assert product_size("matmul", (5, 3), (3, 2)) == torch.Size([5, 2])
+    assert product_size("mul", (5, 1), (1, 4)) == torch.Size([5, 4])
