@@ -20,6 +20,7 @@ gives an image an attacker could draw from them; the attacks then refine it.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,9 @@ MINIBATCH = 128
 LEARNING_RATE = 1e-3
 WEIGHT_DECAY = 1e-5
 DECODER_SEED = 0
+CACHED_DECODERS = 4
+"""Decoders kept per process: one audit per threat or batch size fits the same model."""
+_decoders: dict[str, FeatureDecoder] = {}
 
 
 def public_images(source: Path | None, *, image_size: int, count: int = PUBLIC_IMAGES) -> Tensor:
@@ -84,9 +88,28 @@ def fit_decoder(
     model: nn.Module, images: Tensor, *, steps: int = STEPS, batch: int = 64
 ) -> FeatureDecoder:
     """Train the decoder on the attacker's ``images`` for ``model`` (see the module
-    docstring); deterministic for given inputs."""
+    docstring). Deterministic for given inputs, so a fit is reused for the same weights,
+    images and steps."""
     if len(images) < 10:
         raise ConfigError(f"the learned prior needs at least 10 public images, got {len(images)}")
+    key = _fingerprint(model, images, steps)
+    if key not in _decoders:
+        if len(_decoders) >= CACHED_DECODERS:
+            del _decoders[next(iter(_decoders))]
+        _decoders[key] = _fit(model, images, steps=steps, batch=batch)
+    return _decoders[key]
+
+
+def _fingerprint(model: nn.Module, images: Tensor, steps: int) -> str:
+    digest = hashlib.sha256(f"{type(model).__name__}|{steps}|".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(images.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _fit(model: nn.Module, images: Tensor, *, steps: int, batch: int) -> FeatureDecoder:
     device = next(model.parameters()).device
     with torch.no_grad():
         features = torch.cat(
