@@ -8,13 +8,13 @@ from primia.audit.consistency import consistency_refusal
 from primia.audit.release import UpdateRule, node_update
 from primia.audit.threats import Threat, craft, sent_to_nodes
 from primia.data.dataset import Task
-from primia.models import build_model
+from primia.models import build_model, model_names
 from primia.models.checkpoint import ModelSpec
 
 LABELS = [[0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 1]]
 
 
-@pytest.mark.parametrize("name", ["resnet9", "cnn", "lenet"])
+@pytest.mark.parametrize("name", model_names())
 @pytest.mark.parametrize("labels", LABELS)
 def test_batch_one_gives_labels_and_features_exactly_for_every_model(name, labels):
     torch.manual_seed(0)
