@@ -37,6 +37,8 @@ from primia.audit import (
     run_inversion_audit,
 )
 from primia.data.synth import SynthConfig, write_dataset
+from primia.models import build_model
+from primia.models.checkpoint import find_checkpoint, load_model
 from primia.train import DPConfig, TrainConfig, train_local
 
 THREATS = {"honest": ("none", "dp", "secagg"), "trap": ("none", "dp", "secagg")}
@@ -60,6 +62,17 @@ def _train(data: Path, out: Path, model: str, width: int, size: int) -> Path:
     return out / "model.safetensors"
 
 
+def _moved(checkpoint: Path, model: str, width: int) -> str:
+    """How far training moved the weights from the untrained model the audit attacks
+    (training starts from the same seed-0 initialisation): ‖θ − θ₀‖ / ‖θ₀‖."""
+    trained, spec = load_model(find_checkpoint(checkpoint))
+    torch.manual_seed(0)
+    initial = build_model(model, num_classes=spec.num_outputs, width=width)
+    before = torch.cat([p.flatten() for p in initial.state_dict().values()])
+    after = torch.cat([p.flatten() for p in trained.state_dict().values()])
+    return f"{(after - before).norm() / before.norm():.1%}"
+
+
 def _row(label: str, audit: InversionAudit) -> str:
     s = audit.summary
     refused = "refused" if audit.refusal else "passes"
@@ -79,11 +92,13 @@ def main() -> None:
     parser.add_argument("--resnet-width", type=int, default=None)
     parser.add_argument("--iterations", type=int, default=200, help="feature-ig iterations")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=["resnet9", "cnn", "lenet"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     attacks = [AttackName.ANALYTIC] + ([AttackName.FEATURE_IG] if args.full else [])
     resnet_width = args.resnet_width or (64 if args.full else 16)
-    models = (("resnet9", resnet_width), ("cnn", 16), ("lenet", 17))
+    widths = {"resnet9": resnet_width, "cnn": 16, "lenet": 17}
+    models = [(name, widths[name]) for name in args.models]
     watch = CpuWatch()
     started = time.perf_counter()
     print(f"load average before: {load_average()}")
@@ -92,6 +107,7 @@ def main() -> None:
         "| SSIM (prior) | re-id image / patient | findings exact | s / attack | consistency check |"
     )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    moved: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for size in args.sizes:
             data = Path(scratch) / f"data{size}"
@@ -99,6 +115,7 @@ def main() -> None:
             write_dataset(data, synth, progress=False)
             for model, width in models:
                 trained = _train(data, Path(scratch) / f"{model}{size}", model, width, size)
+                moved[f"{size} px {model}"] = _moved(trained, model, width)
                 for state, checkpoint in (("untrained", None), ("trained", trained)):
                     for attack in attacks:
                         for batch in (1, 8):
@@ -120,6 +137,7 @@ def main() -> None:
                                 label = f"{size} · {model} · {state} · {attack.value} · {batch}"
                                 for audit in run_inversion_audit(config).audits:
                                     print(_row(label, audit), flush=True)
+    print("training moved the weights by ‖θ − θ₀‖/‖θ₀‖ =", moved)
     foreign = watch.foreign_share()
     share = "n/a" if foreign is None else f"{foreign:.0%}"
     print(f"load average after: {load_average()}")

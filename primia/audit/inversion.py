@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from primia.audit.attacks import Advance, AttackConfig, Reconstruction, invert
+from primia.audit.consistency import consistency_refusal
 from primia.audit.feature_attacks import Knowledge, feature_attack
 from primia.audit.labels import recover_labels
 from primia.audit.linking import link_with_verifier
@@ -36,7 +37,7 @@ from primia.audit.prior import fit_decoder, public_images
 from primia.audit.release import Defense, UpdateRule, epsilon_cost, observe
 from primia.audit.report import ReportFiles, write_report
 from primia.audit.results import AttackOutcome, InversionAudit, summarize
-from primia.audit.threats import Threat, consistency_check, craft, node_digests, observe_crafted
+from primia.audit.threats import Threat, craft, observe_crafted, sent_to_nodes
 from primia.audit.verifier import load_verifier
 from primia.data import RadiographDataset, Task, open_dataset
 from primia.errors import ConfigError, ModelError
@@ -169,8 +170,11 @@ def run_inversion_audit(config: InversionConfig) -> InversionRun:
     if config.attack.from_features:
         public = public_images(config.public, image_size=dataset.image_size)
         sent = crafted.target if crafted is not None else model
-        with torch.random.fork_rng():
-            decoder = fit_decoder(sent, public)
+        # An imprint decodes the features exactly: no learned prior to fit then.
+        decoder = None
+        if crafted is None or crafted.decode is None:
+            with torch.random.fork_rng():
+                decoder = fit_decoder(sent, public)
         knowledge = Knowledge(model, decoder, public.mean(0, keepdim=True), crafted)
     audits = [
         _audit(config, defense, model, spec, dataset, images, prior, device, knowledge)
@@ -279,7 +283,10 @@ def _audit(
             rule, batch_size=config.batch_size, dataset_size=len(dataset), delta=config.delta
         )
     crafted = knowledge.crafted
-    refusal = consistency_check(node_digests(crafted, model, rule.nodes))
+    refusal = None
+    if rule.defense is Defense.SECAGG:
+        # The check belongs to secure rounds: plaintext updates need no inconsistency.
+        refusal = consistency_refusal(sent_to_nodes(crafted, model, rule.nodes), spec)
     notes = _notes(config, rule, epsilon, len(dataset))
     if crafted is not None:
         notes += [f"Crafted by the coordinator: {note}." for note in crafted.notes]

@@ -126,9 +126,9 @@ class InversionAudit:
     epsilon: float | None = None
     notes: list[str] = field(default_factory=list)
     refusal: str | None = None
-    """Why primia's nodes would refuse what the coordinator sent (the model-consistency
-    check, :func:`primia.audit.threats.consistency_check`); None when nothing refuses it.
-    The scores then say what would leak without that check."""
+    """Why primia's nodes refuse what the coordinator sent (their own model-consistency
+    check, run by :func:`primia.audit.consistency.consistency_refusal`; secure rounds
+    only); None when nothing refuses it. The scores then say what would leak without it."""
 
 
 def verdict(leaked: int, images: int) -> Verdict:

@@ -24,14 +24,13 @@ width (a node's policy, which checks structure, accepts them) and sets values:
 
 primia's defence against the second is the model-consistency check: nodes compare the
 SHA-256 of the global weights each received (inside their signed key advertisements) and
-abort the round on a mismatch. :func:`consistency_check` simulates it on the digests of
-the weights each simulated node received.
+abort the round on a mismatch. The audit runs the nodes' own check on the weights
+:func:`sent_to_nodes` gives each node (:mod:`primia.audit.consistency`).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -110,37 +109,11 @@ def craft(threat: Threat, model: nn.Module, *, task: Task, image_size: int) -> C
     return Crafted(target.eval(), others.eval(), counting, decode, notes)
 
 
-def weight_digest(model: nn.Module) -> str:
-    """SHA-256 over every tensor of the state dict (name, dtype, shape and bytes), as a
-    node would hash the global weights it received."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        array = tensor.detach().cpu().contiguous().numpy()
-        digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def consistency_check(digests: Sequence[str]) -> str | None:
-    """The model-consistency check as the nodes run it: every node compares the digests
-    in the others' signed advertisements with its own and aborts on a mismatch. Returns
-    the refusal (why the round is aborted) or None when all agree."""
-    distinct = sorted(set(digests))
-    if len(distinct) <= 1:
-        return None
-    return (
-        f"refused by the model-consistency check: the {len(digests)} nodes received "
-        f"{len(distinct)} different weight digests, so every node aborts the round before "
-        "sending an update"
-    )
-
-
-def node_digests(crafted: Crafted | None, model: nn.Module, nodes: int) -> list[str]:
-    """The digest each of ``nodes`` nodes computes of the weights it received (node 0 is
-    the target)."""
+def sent_to_nodes(crafted: Crafted | None, model: nn.Module, nodes: int) -> list[nn.Module]:
+    """The weights each of ``nodes`` nodes received (node 0 is the target)."""
     if crafted is None:
-        return [weight_digest(model)] * nodes
-    return [weight_digest(crafted.target)] + [weight_digest(crafted.others)] * (nodes - 1)
+        return [model] * nodes
+    return [crafted.target] + [crafted.others] * (nodes - 1)
 
 
 def observe_crafted(

@@ -33,7 +33,9 @@ def test_resnet9_batch_one_leaks_most_images_and_dp_stops_it(
     assert none.summary.leaked_images >= 3, none.summary  # most of the 4
     assert none.summary.verdict.startswith(f"leaks: {none.summary.leaked_images} of 4")
     assert none.summary.labels_exact_images == 4  # every finding, from the bias signs
-    assert none.summary.psnr >= none.summary.prior_psnr + 1.0
+    # The issue's goal: 3 dB above the prior and most images re-identified.
+    assert none.summary.psnr >= none.summary.prior_psnr + 3.0, none.summary
+    assert none.summary.reidentified_images > 0.5, none.summary
     assert dp.summary.leaked_images == 0
     assert dp.summary.verdict == NO_LEAK
     report = json.loads((tmp_path / "audit" / "report.json").read_text())
@@ -88,7 +90,10 @@ def test_model_inconsistency_leaks_through_secure_aggregation_unless_checked(
     (honest,) = run_inversion_audit(config).audits
     target = inconsistent.outcomes[0].scores
     assert sum(s.psnr > 40 for s in target) >= 1  # without the check: exact images
-    assert inconsistent.refusal is not None and "model-consistency check" in inconsistent.refusal
+    # The refusal is the nodes' own InconsistentRound, raised by their AggregationClient.
+    refusal = inconsistent.refusal
+    assert refusal is not None and "model-consistency check" in refusal
+    assert "4 of 4 nodes abandoned the round" in refusal and "other weights" in refusal
     assert honest.refusal is None and not [
         s for o in honest.outcomes for s in o.scores if s.psnr > 40
     ]

@@ -4,21 +4,17 @@ import pytest
 import torch
 
 from primia.audit.analytic import features_of, recover_from_head
+from primia.audit.consistency import consistency_refusal
 from primia.audit.release import UpdateRule, node_update
-from primia.audit.threats import (
-    Threat,
-    consistency_check,
-    craft,
-    node_digests,
-    weight_digest,
-)
+from primia.audit.threats import Threat, craft, sent_to_nodes
 from primia.data.dataset import Task
-from primia.models import build_model
+from primia.models import build_model, model_names
+from primia.models.checkpoint import ModelSpec
 
 LABELS = [[0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 1]]
 
 
-@pytest.mark.parametrize("name", ["resnet9", "cnn", "lenet"])
+@pytest.mark.parametrize("name", model_names())
 @pytest.mark.parametrize("labels", LABELS)
 def test_batch_one_gives_labels_and_features_exactly_for_every_model(name, labels):
     torch.manual_seed(0)
@@ -81,12 +77,14 @@ def test_the_trap_isolates_an_image_alone_with_its_label_at_batch_four():
     assert torch.allclose(found.features[0], expected, rtol=1e-4, atol=1e-6)
 
 
-def test_the_consistency_check_refuses_only_different_weights():
+def test_the_nodes_consistency_check_refuses_only_different_weights():
     model = build_model("cnn", num_classes=4, width=8)
+    spec = ModelSpec("cnn", num_outputs=4, width=8, image_size=32)
     same = craft(Threat.TRAP, model, task=Task.MULTILABEL, image_size=32)
     different = craft(Threat.INCONSISTENT, model, task=Task.MULTILABEL, image_size=32)
-    assert consistency_check(node_digests(None, model, 4)) is None
-    assert consistency_check(node_digests(same, model, 4)) is None
-    refusal = consistency_check(node_digests(different, model, 4))
-    assert refusal is not None and "2 different weight digests" in refusal
-    assert weight_digest(model) != weight_digest(build_model("cnn", num_classes=4, width=8))
+    assert consistency_refusal(sent_to_nodes(None, model, 4), spec) is None
+    assert consistency_refusal(sent_to_nodes(same, model, 4), spec) is None
+    refusal = consistency_refusal(sent_to_nodes(different, model, 4), spec)
+    # The nodes' own InconsistentRound: every node sees the others' weights digest differ.
+    assert refusal is not None and "4 of 4 nodes abandoned the round" in refusal
+    assert "other weights" in refusal and "before any share was sent" in refusal
