@@ -4,16 +4,16 @@ restart; client sampling draws the round's nodes; a plug-in model trains."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
-from conftest import SITES, Consortium, rounds_of
+from conftest import SITES, Consortium, rounds_of, run_federation
 from safetensors import safe_open
 
 from primia.federated.coordinator_config import ModelConfig
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
 from primia.federated.policy import NodePolicy
+from primia.federated.result import FederationResult
 from primia.federated.sampling import SamplingConfig
 from primia.federated.server_optimizer import ServerOptimizerConfig
 from primia.models import registry
@@ -26,14 +26,14 @@ PLAN = TrainPlan(epochs=1, batch_size=8, lr=3e-3, proximal_mu=0.1, dp=DPPlan(eps
 FEDADAM = ServerOptimizerConfig(name="fedadam", lr=0.01)
 
 
-def run_federation(
+def federate(
     consortium: Consortium,
     tmp_path: Path,
     rounds: int,
     strict: str | None = None,
     sampling: SamplingConfig | None = None,
     tracking: TrackingConfig | None = None,
-) -> dict:
+) -> FederationResult:
     """``strict`` names a node whose limits allow a smaller FedProx μ than the plan's."""
     server = CoordinatorServer(
         consortium.coordinator_config(
@@ -57,12 +57,7 @@ def run_federation(
                 policy=NodePolicy(min_participants=2),  # the round goes on without the strict one
             )
         )
-    report: dict = {}
-    runner = threading.Thread(target=lambda: report.update(server.run()))
-    runner.start()
-    runner.join(timeout=240)
-    assert not runner.is_alive(), "the federation did not finish"
-    return report
+    return run_federation(server)
 
 
 def optimizer_steps(path: Path) -> int:
@@ -73,10 +68,11 @@ def optimizer_steps(path: Path) -> int:
 def test_fedadam_with_fedprox_resumes_its_state_after_a_restart(
     consortium: Consortium, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_federation(consortium, tmp_path, rounds=1, strict="site2")
+    federate(consortium, tmp_path, rounds=1, strict="site2")
     first = rounds_of(tmp_path / "run")[0]
     assert first["contributors"] == ["site0", "site1"]
-    assert "proximal_mu=0.1 is outside [0, 0.01]" in first["refused"]["site2"]
+    # the strict node saw the plan at Join and refused to join the run
+    assert "proximal_mu=0.1 is outside [0, 0.01]" in str(consortium.ended["site2"])
     checkpoints = tmp_path / "run" / "checkpoints"
     assert optimizer_steps(checkpoints / "optimizer-0001.safetensors") == 1
 
@@ -85,7 +81,7 @@ def test_fedadam_with_fedprox_resumes_its_state_after_a_restart(
     store = (tmp_path / "mlruns").as_uri()
     tracking = TrackingConfig(mlflow_uri=store) if mlflow_installed() else None
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    report = run_federation(
+    report = federate(
         consortium, tmp_path, rounds=2, sampling=SamplingConfig(count=2), tracking=tracking
     )
     rounds = rounds_of(tmp_path / "run")
@@ -96,13 +92,13 @@ def test_fedadam_with_fedprox_resumes_its_state_after_a_restart(
     assert all(r["aggregation"] == "secure" and len(r["contributors"]) >= 2 for r in rounds)
     # round 2 continued round 1's moments rather than starting afresh
     assert optimizer_steps(checkpoints / "optimizer-0002.safetensors") == 2
-    assert report["test"]["examples"] > 0
+    assert report.test is not None and report.test.examples > 0
     if tracking is not None:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=store)
         (run,) = client.search_runs([client.get_experiment_by_name("primia").experiment_id])
-        assert run.info.run_name == report["run_id"] and run.info.status == "FINISHED"
+        assert run.info.run_name == report.run_id and run.info.status == "FINISHED"
         assert run.data.params["server_optimizer"] == "fedadam"
         auroc = client.get_metric_history(run.info.run_id, "validation/mean_auroc")
         assert [m.step for m in auroc] == [2]  # the same tags as TensorBoard, by round
@@ -135,11 +131,7 @@ def test_a_plugin_model_trains_in_a_two_node_federation(
                 policy=NodePolicy(min_participants=2, allow_plugins=True),
             )
         )
-    report: dict = {}
-    runner = threading.Thread(target=lambda: report.update(server.run()))
-    runner.start()
-    runner.join(timeout=240)
-    assert not runner.is_alive(), "the federation did not finish"
+    run_federation(server)
     assert rounds_of(tmp_path / "run")[0]["contributors"] == ["site0", "site1"]
     _, spec = load_model(tmp_path / "run" / "model.safetensors")
     assert spec.architecture == "consortium_net"

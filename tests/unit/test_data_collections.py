@@ -260,7 +260,7 @@ def test_training_and_node_settings_carry_the_format(tmp_path: Path) -> None:
 
     argv = ["train-local", "--data", "d", "--out", "o", "--format", "rsna", "--views", "all"]
     argv.append("--skip-missing")
-    config = config_from_args(build_parser().parse_args(argv))
+    config = config_from_args(build_parser("train-local").parse_args(argv))
     assert config.format == "rsna" and config.read_options().views == "all"
     assert config.skip_missing
     settings = DataSettings(tmp_path, format="chexpert", uncertain="zeros")
