@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -16,7 +15,7 @@ from rich.table import Table
 from primia.cli.commands import command_help
 from primia.demo.federation import DemoResult, DemoSettings, run_demo
 from primia.federated.coordinator import FederationStatus
-from primia.federated.display import render, status_line
+from primia.federated.display import figure, render, status_line
 
 HELP = {
     "out": "folder for everything the demo makes (emptied if an earlier demo made it)",
@@ -128,8 +127,8 @@ def print_summary(result: DemoResult, console: Console) -> None:
     for entry in federation.rounds:
         rounds.add_row(
             str(entry.round),
-            _number(entry.validation_mean_auroc, 3),
-            _number(entry.validation_loss, 4),
+            figure(entry.validation_mean_auroc, 3),
+            figure(entry.validation_loss, 4),
             str(len(entry.contributors)),
             ", ".join(entry.left_out) or "-",
             f"{entry.seconds:.1f}",
@@ -142,17 +141,17 @@ def print_summary(result: DemoResult, console: Console) -> None:
         nodes.add_row(
             name,
             str(node.rounds_contributed),
-            _number(node.epsilon_spent, 2),
-            _number(node.epsilon_budget, 2),
+            figure(node.epsilon_spent, 2),
+            figure(node.epsilon_budget, 2),
         )
     console.print(nodes)
     test = federation.test
     per_label = ", ".join(
-        f"{label} {_number(value, 3)}" for label, value in (test.auroc if test else {}).items()
+        f"{label} {figure(value, 3)}" for label, value in (test.auroc if test else {}).items()
     )
     console.print(
         "test AUROC (held-out patients of every node): "
-        f"[bold]{_number(test.mean_auroc if test else None, 3)}[/] ({per_label})"
+        f"[bold]{figure(test.mean_auroc if test else None, 3)}[/] ({per_label})"
     )
     console.print(
         f"model: {result.out / 'run' / 'model.safetensors'}\n"
@@ -160,9 +159,3 @@ def print_summary(result: DemoResult, console: Console) -> None:
         f"logs: {result.out / 'logs'}\n"
         f"finished in {result.seconds:.0f} s"
     )
-
-
-def _number(value: float | None, digits: int) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"

@@ -79,28 +79,6 @@ class FederationFailed(PrimiaError):
 
 
 @dataclass(frozen=True)
-class RoundSummary:
-    round: int
-    contributors: tuple[str, ...]
-    dropped: tuple[str, ...]
-    loss: float | None
-    mean_auroc: float | None
-    seconds: float
-
-    @classmethod
-    def of(cls, record: dict[str, Any]) -> RoundSummary:
-        validation = record.get("validation") or {}
-        return cls(
-            round=int(record["round"]),
-            contributors=tuple(record.get("contributors", ())),
-            dropped=tuple(record.get("dropped", {})) + tuple(record.get("refused", {})),
-            loss=validation.get("loss"),
-            mean_auroc=validation.get("mean_auroc"),
-            seconds=float(record.get("seconds", 0.0)),
-        )
-
-
-@dataclass(frozen=True)
 class FederationStatus:
     run_id: str
     state: str
@@ -108,7 +86,7 @@ class FederationStatus:
     rounds: int
     min_nodes: int
     nodes: list[NodeStatus]
-    history: list[RoundSummary]
+    history: list[RoundResult]
     unit: str = "round"
     """What ``round`` of ``rounds`` counts: the federation's rounds, or another job's
     steps (the transfer matrix trains and evaluates models)."""
@@ -144,7 +122,7 @@ class Federation:
         self._stop = stop or threading.Event()
         self._state = "starting"
         self._round = 0
-        self._history: list[RoundSummary] = []
+        self._history: list[RoundResult] = []
         self._lock = threading.Lock()
         self._last_blob: Blob | None = None
         self._excluded: dict[str, tuple[str, NodeLink]] = {}
@@ -170,7 +148,7 @@ class Federation:
         resume = self._resume
         model = resume.model if resume.model is not None else self._initial_model()
         records = list(resume.rounds)
-        self._history = [RoundSummary.of(record) for record in records]
+        self._history = [RoundResult.of(record) for record in records]
         self._restore_counts(records)
         first = int(records[-1]["round"]) + 1 if records else 1
         if records:
@@ -187,6 +165,7 @@ class Federation:
             },
         )
         self._set_state(first, "waiting for the roster")
+        outcome = "FAILED"
         try:
             self.registry.wait_for(
                 len(self.registry.roster), timeout=self.config.startup_wait_s, stop=self._stop
@@ -196,7 +175,6 @@ class Federation:
                     raise FederationFailed(f"stopped before round {round_number}")
                 record = self._run_round(round_number, model)
                 self.run_dir.record_round(record, model, self.spec, self.server_optimizer)
-                records.append(record)
                 self._log_round(writer, record)
             test = None
             if self.config.final_test:
@@ -209,12 +187,13 @@ class Federation:
                         self._blob(model, f"r{self.config.rounds}"),
                     )
                 )
-            result = self._result(records, test)
+            result = self._result(test)
             self.run_dir.finish(result.to_mapping(), model, self.spec)
             self._set_state(self.config.rounds, "finished")
             if self._finish_nodes:
                 for link in self.registry.connected():
                     link.shutdown("the federation has finished", finished=True)
+            outcome = "FINISHED"
             return result
         except BaseException as error:
             self._set_state(self._round, "failed")
@@ -222,14 +201,11 @@ class Federation:
                 reason = f"the federation failed: {error}"
                 for link in self.registry.every_link():
                     link.shutdown(reason, finished=True, failed=True)
-            if self._mlflow is not None:
-                self._mlflow.close("FAILED")
-                self._mlflow = None
             raise
         finally:
             writer.close()
             if self._mlflow is not None:
-                self._mlflow.close()
+                self._mlflow.close(outcome)
 
     def _run_round(self, round_number: int, model: nn.Module) -> dict[str, Any]:
         started = time.perf_counter()
@@ -494,10 +470,14 @@ class Federation:
     def _log_round(self, writer: SummaryWriter, record: dict[str, Any]) -> None:
         round_number = int(record["round"])
         validation = record["validation"]
-        summary = RoundSummary.of(record)
+        summary = RoundResult.of(record)
         with self._lock:
             self._history.append(summary)
-        auroc = "n/a" if summary.mean_auroc is None else f"{summary.mean_auroc:.3f}"
+        auroc = (
+            "n/a"
+            if summary.validation_mean_auroc is None
+            else f"{summary.validation_mean_auroc:.3f}"
+        )
         log.info(
             "round %d/%d done in %.1f s: %d nodes, validation AUROC %s, loss %s",
             round_number,
@@ -505,7 +485,7 @@ class Federation:
             record["seconds"],
             len(record["contributors"]),
             auroc,
-            "n/a" if summary.loss is None else f"{summary.loss:.4f}",
+            "n/a" if summary.validation_loss is None else f"{summary.validation_loss:.4f}",
         )
         scalars: dict[str, float | None] = {
             "validation/loss": validation.get("loss"),
@@ -525,22 +505,11 @@ class Federation:
         if self._mlflow is not None:
             self._mlflow.log(scalars, round_number)
 
-    def _result(
-        self, records: list[dict[str, Any]], test: FinalEvaluation | None
-    ) -> FederationResult:
+    def _result(self, test: FinalEvaluation | None) -> FederationResult:
+        """The run's result: its rounds are the history :meth:`_log_round` kept."""
         return FederationResult(
             run_id=self.run_id,
-            rounds=tuple(
-                RoundResult(
-                    round=int(r["round"]),
-                    contributors=tuple(r["contributors"]),
-                    left_out=tuple(sorted(r["dropped"]) + sorted(r["refused"])),
-                    validation_loss=r["validation"].get("loss"),
-                    validation_mean_auroc=r["validation"].get("mean_auroc"),
-                    seconds=float(r["seconds"]),
-                )
-                for r in records
-            ),
+            rounds=tuple(self._history),
             test=test,
             nodes=MappingProxyType(
                 {

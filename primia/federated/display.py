@@ -7,6 +7,7 @@ once from another terminal.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from types import TracebackType
 
@@ -63,10 +64,10 @@ def render(status: FederationStatus) -> RenderableType:
         for summary in status.history[-RECENT_ROUNDS:]:
             rounds.add_row(
                 str(summary.round),
-                "n/a" if summary.mean_auroc is None else f"{summary.mean_auroc:.3f}",
-                "n/a" if summary.loss is None else f"{summary.loss:.4f}",
+                figure(summary.validation_mean_auroc, 3),
+                figure(summary.validation_loss, 4),
                 str(len(summary.contributors)),
-                ", ".join(summary.dropped) or "-",
+                ", ".join(summary.left_out) or "-",
                 f"{summary.seconds:.1f}",
             )
         parts.append(rounds)
@@ -83,7 +84,7 @@ def status_line(status: FederationStatus) -> str:
     )
     if status.history:
         last = status.history[-1]
-        auroc = "n/a" if last.mean_auroc is None else f"{last.mean_auroc:.3f}"
+        auroc = figure(last.validation_mean_auroc, 3)
         line += f" · round {last.round} validation AUROC {auroc}"
     return line
 
@@ -118,3 +119,10 @@ class LiveStatus:
     ) -> None:
         if self._live is not None:
             self._live.stop()
+
+
+def figure(value: float | None, digits: int) -> str:
+    """``value`` with ``digits`` decimals, or "n/a" where it is undefined (None, NaN)."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.{digits}f}"

@@ -28,6 +28,19 @@ class RoundResult:
     validation_mean_auroc: float | None
     seconds: float
 
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> RoundResult:
+        """The round's line in ``rounds.jsonl`` (:meth:`Federation._run_round`'s record)."""
+        validation = record.get("validation") or {}
+        return cls(
+            round=int(record["round"]),
+            contributors=tuple(record.get("contributors", ())),
+            left_out=tuple(sorted(record.get("dropped", {})) + sorted(record.get("refused", {}))),
+            validation_loss=validation.get("loss"),
+            validation_mean_auroc=validation.get("mean_auroc"),
+            seconds=float(record.get("seconds", 0.0)),
+        )
+
 
 @dataclass(frozen=True)
 class NodeEvaluation:

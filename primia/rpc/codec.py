@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 
 from primia.errors import PrimiaError
-from primia.federated.coordinator import FederationStatus, RoundSummary
+from primia.federated.coordinator import FederationStatus
 from primia.federated.plan import DPPlan, Optimizer, TrainPlan
 from primia.federated.registry import NodeStatus
+from primia.federated.result import RoundResult
 from primia.federated.tasks import (
     DatasetSummary,
     EvaluationOutcome,
@@ -338,9 +339,11 @@ def reply_of(status: FederationStatus) -> pb.StatusReply:
             pb.RoundSummary(
                 round=summary.round,
                 contributors=list(summary.contributors),
-                dropped=list(summary.dropped),
-                loss=math.nan if summary.loss is None else summary.loss,
-                mean_auroc=math.nan if summary.mean_auroc is None else summary.mean_auroc,
+                dropped=list(summary.left_out),
+                loss=math.nan if summary.validation_loss is None else summary.validation_loss,
+                mean_auroc=math.nan
+                if summary.validation_mean_auroc is None
+                else summary.validation_mean_auroc,
                 seconds=summary.seconds,
             )
             for summary in status.history
@@ -357,12 +360,14 @@ def status_of(reply: pb.StatusReply) -> FederationStatus:
         min_nodes=reply.min_nodes,
         nodes=[status_from_proto(node) for node in reply.nodes],
         history=[
-            RoundSummary(
+            RoundResult(
                 round=summary.round,
                 contributors=tuple(summary.contributors),
-                dropped=tuple(summary.dropped),
-                loss=None if math.isnan(summary.loss) else summary.loss,
-                mean_auroc=None if math.isnan(summary.mean_auroc) else summary.mean_auroc,
+                left_out=tuple(summary.dropped),
+                validation_loss=None if math.isnan(summary.loss) else summary.loss,
+                validation_mean_auroc=None
+                if math.isnan(summary.mean_auroc)
+                else summary.mean_auroc,
                 seconds=summary.seconds,
             )
             for summary in reply.history

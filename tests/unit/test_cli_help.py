@@ -15,8 +15,9 @@ from primia.cli import build_parser
 from primia.cli.demo import changes_printer
 from primia.cli.progress import step_progress
 from primia.cli.train import config_from_args
-from primia.federated.coordinator import FederationStatus, RoundSummary
+from primia.federated.coordinator import FederationStatus
 from primia.federated.registry import NodeStatus
+from primia.federated.result import RoundResult
 
 
 def subcommand(*path: str) -> argparse.ArgumentParser:
@@ -57,7 +58,7 @@ def test_one_label_option_and_the_old_spelling_warns(capsys: pytest.CaptureFixtu
     assert "--label-columns" in subcommand("evaluate").format_help()
 
 
-def _status(round_: int, state: str, history: list[RoundSummary]) -> FederationStatus:
+def _status(round_: int, state: str, history: list[RoundResult]) -> FederationStatus:
     return FederationStatus(
         run_id="r",
         state=state,
@@ -72,7 +73,7 @@ def _status(round_: int, state: str, history: list[RoundSummary]) -> FederationS
 def test_the_demo_without_a_live_table_prints_a_line_per_change() -> None:
     out = io.StringIO()
     on_status = changes_printer(Console(file=out, width=200))
-    done = RoundSummary(1, ("site0",), (), 0.5, 0.712, 3.0)
+    done = RoundResult(1, ("site0",), (), 0.5, 0.712, 3.0)
     for status in (
         _status(0, "starting", []),
         _status(0, "starting", []),

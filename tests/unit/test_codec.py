@@ -5,10 +5,11 @@ import math
 import pytest
 from rich.console import Console
 
-from primia.federated.coordinator import FederationStatus, RoundSummary
+from primia.federated.coordinator import FederationStatus
 from primia.federated.display import render
 from primia.federated.plan import DPPlan, TrainPlan
 from primia.federated.registry import NodeStatus
+from primia.federated.result import RoundResult
 from primia.federated.tasks import (
     DatasetSummary,
     EvaluationOutcome,
@@ -260,7 +261,11 @@ def test_federation_status_round_trip_keeps_what_it_counts(unit):
         rounds=8,
         min_nodes=2,
         nodes=[NodeStatus("alpha", connected=True)],
-        history=[RoundSummary(1, ("alpha",), (), loss=0.5, mean_auroc=None, seconds=2.0)],
+        history=[
+            RoundResult(
+                1, ("alpha",), (), validation_loss=0.5, validation_mean_auroc=None, seconds=2.0
+            )
+        ],
         unit=unit,
     )
     received = codec.status_of(wire(codec.reply_of(status)))
