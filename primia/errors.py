@@ -25,6 +25,10 @@ class PrivacyBudgetExceeded(PrimiaError):
     """A training plan would spend more privacy than the ledger's budget allows."""
 
 
+class PrivacyUnitMismatch(PrimiaError):
+    """A release protects another unit (patient, example) than the ledger's earlier ones."""
+
+
 class LedgerError(PrimiaError):
     """A privacy ledger file is corrupt or inconsistent."""
 

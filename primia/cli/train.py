@@ -82,6 +82,25 @@ OPTIONS: list[tuple[str, str, type, str]] = [
         str,
         "per-sample gradients: fast (default) or Opacus: hooks, functorch, ew, ghost",
     ),
+    (
+        "--privacy-unit",
+        "dp.privacy_unit",
+        str,
+        "what ε protects with --dp: patient (all of a patient's images sampled and clipped "
+        "together; default) or example (each image alone)",
+    ),
+    (
+        "--max-images-per-patient",
+        "dp.max_images_per_patient",
+        int,
+        "with --privacy-unit patient, the most images of a patient a step uses (default 16)",
+    ),
+    (
+        "--augmentations",
+        "dp.augmentation_multiplicity",
+        int,
+        "K random shifts of each image averaged before clipping, free in ε (default 1: none)",
+    ),
     ("--epsilon-budget", "dp.epsilon_budget", float, "the dataset's total ε budget (default 10)"),
     ("--ledger", "dp.ledger", Path, "privacy ledger file (default: beside the data)"),
 ]

@@ -44,7 +44,13 @@ from primia.data import (
     open_dataset,
     patient_split,
 )
-from primia.errors import ConfigError, LedgerError, LedgerIntegrityError, PrivacyBudgetExceeded
+from primia.errors import (
+    ConfigError,
+    LedgerError,
+    LedgerIntegrityError,
+    PrivacyBudgetExceeded,
+    PrivacyUnitMismatch,
+)
 from primia.evaluate.bootstrap import secret_seed
 from primia.evaluate.evaluation import evaluate_scores
 from primia.federated.plan import PlanLimits, TrainPlan, plan_problems
@@ -82,6 +88,7 @@ from primia.train.accounting import AccountantName
 from primia.train.ledger import Budget, PrivacyLedger
 from primia.train.local import dp_mechanism, fit, logits_of, metrics_of, resolve_device
 from primia.train.train_config import LEDGER_FILENAME, DPConfig, GradSampleMode, TrainConfig
+from primia.train.units import PrivacyUnit, check_unit
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +137,18 @@ class PrivacySettings:
     epsilon_budget: float = 10.0
     delta: float = 1e-5
     accountant: AccountantName = "prv"
+    unit: PrivacyUnit = "patient"
+    """What this node's ε protects (:mod:`primia.train.units`): the node decides, never the
+    coordinator's plan, so a coordinator cannot weaken a patient-level guarantee."""
+    max_images_per_patient: int = 16
+
+    def __post_init__(self) -> None:
+        check_unit(self.unit)
+        if self.max_images_per_patient < 1:
+            raise ConfigError(
+                "privacy.max_images_per_patient must be at least 1, got "
+                f"{self.max_images_per_patient}"
+            )
 
 
 @dataclass(frozen=True)
@@ -321,6 +340,14 @@ class DataOwner:
         parameters = sum(tensor.numel() for tensor in spec.shapes().values())
         problems = model_problems(self._policy, spec, parameters=parameters, accepted=accepted)
         if plan.dp.enabled:
+            recorded = self.ledger.unit
+            if recorded is not None and recorded != self._privacy.unit:
+                raise TaskRefused(
+                    Refusal.POLICY,
+                    f"this node trains at the {self._privacy.unit} level (privacy.unit) but its "
+                    f"ledger {self.ledger.path} records {recorded}-level releases, which do not "
+                    f"compose with them; set privacy.unit = {recorded!r} or start a new ledger",
+                )
             mechanism = dp_mechanism(self._train_config(spec, plan), examples=len(splits.train))
             problems += dp_problems(
                 self._limits,
@@ -391,6 +418,8 @@ class DataOwner:
             )
         except PrivacyBudgetExceeded as error:
             raise TaskRefused(Refusal.BUDGET_EXCEEDED, str(error)) from error
+        except PrivacyUnitMismatch as error:
+            raise TaskRefused(Refusal.POLICY, str(error)) from error
         except LedgerError as error:
             raise TaskRefused(Refusal.LEDGER_INTEGRITY, str(error)) from error
         local_state = fitted.model.state_dict()
@@ -446,6 +475,8 @@ class DataOwner:
                 max_grad_norm=plan.dp.max_grad_norm,
                 accountant=self._privacy.accountant,
                 grad_sample_mode=self._compute.grad_sample_mode,
+                privacy_unit=self._privacy.unit,
+                max_images_per_patient=self._privacy.max_images_per_patient,
             ),
         )
 

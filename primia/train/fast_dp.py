@@ -17,6 +17,17 @@ the one Opacus' accountant computes for (σ, q, steps): example-level (ε, δ)-D
 weights released. This module changes how the clipped sum is computed, not what it is;
 ``tests/unit/test_fast_dp.py`` checks it against Opacus' hooks mode with the noise off.
 
+**Groups** (the unit of privacy, :meth:`FastDPSGD.backward`'s ``groups``): when the
+samples of a batch are grouped — all images of one patient, or K augmentations of one
+example — the clipped term is the group's gradient, G_p = Σ_{i∈p} g_i, so the sum's
+sensitivity to one *group* is C::
+
+    ĝ = ( Σ_p G_p · min(1, C / (‖G_p‖ + 1e-6)) + N(0, σ²C² I) ) / E|P|
+
+with E|P| the expected number of groups in a batch. With Poisson sampling of groups at
+rate q, the accountant's (σ, q, steps) then bound the privacy loss of a whole group
+(patient-level DP). A group must lie whole in one :meth:`FastDPSGD.backward` call.
+
 How, with a = a layer's input and b = ∂(Σ_i ℓ_i)/∂(its output), both captured by one
 backward pass that asks autograd for the layers' output gradients only (so no weight
 gradient is computed in it):
@@ -113,6 +124,37 @@ def _dot_last(x: Tensor, y: Tensor) -> Tensor:
         part = slice(start, start + step)
         torch.sum(x[part] * y[part], dim=-1, out=out[part])
     return out
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """Which group each sample of a backward call belongs to: ``index[i]`` in [0, count)."""
+
+    index: Tensor
+    count: int
+
+    @classmethod
+    def of(cls, labels: Tensor | None, batch: int, device: torch.device) -> _Groups | None:
+        """Groups from arbitrary integer labels [B]; ``None`` when every sample is alone."""
+        if labels is None:
+            return None
+        if labels.shape != (batch,):
+            raise ValueError(f"groups needs one label per sample, shape [{batch}]")
+        _, index = torch.unique(labels, return_inverse=True)
+        count = int(index.max().item()) + 1
+        if count == batch:
+            return None
+        return cls(index.to(device), count)
+
+    def sum(self, per_sample: Tensor) -> Tensor:
+        """Σ over each group's samples: [B, ...] → [count, ...]."""
+        out = per_sample.new_zeros((self.count, *per_sample.shape[1:]))
+        return out.index_add_(0, self.index, per_sample)
+
+    def pair_sum(self, products: Tensor) -> Tensor:
+        """Σ_{i,j ∈ p} products[i, j] for each group p: [B, B] → [count]."""
+        members = functional.one_hot(self.index, self.count).to(products.dtype)  # [B, P]
+        return ((products @ members) * members).sum(dim=0)
 
 
 def _clip_factors(norms: Tensor, max_grad_norm: float) -> Tensor:
@@ -334,11 +376,17 @@ class FastDPSGD:
         self._sums.clear()
         self._recorder.captures.clear()
 
-    def backward(self, per_sample_losses: Tensor) -> None:
-        """Add Σ_i clip(g_i) for this batch to the step's sum.
+    def backward(self, per_sample_losses: Tensor, groups: Tensor | None = None) -> None:
+        """Add Σ_i clip(g_i) for this batch to the step's sum — or, given ``groups``,
+        Σ_p clip(Σ_{i∈p} g_i).
 
         ``per_sample_losses`` holds one unreduced loss per sample (shape [B]) computed from
         the model's latest forward pass, made in training mode with gradients enabled.
+        ``groups`` (integer labels, shape [B]) puts samples with the same label in one
+        clipping unit (a patient's images; an example's augmentations, whose losses the
+        caller weights 1/K so that the group's gradient is their mean). Every sample of a
+        group must be in this call: a group split over two calls would be clipped twice,
+        contributing up to 2C.
         """
         captures, self._recorder.captures = self._recorder.captures, []
         if per_sample_losses.dim() != 1:
@@ -354,14 +402,16 @@ class FastDPSGD:
         for capture in captures:
             if capture.activation.shape[0] != per_sample_losses.shape[0]:
                 raise ValueError("a layer's batch size differs from the number of losses")
+        grouping = _Groups.of(groups, per_sample_losses.shape[0], per_sample_losses.device)
+        units = per_sample_losses.shape[0] if grouping is None else grouping.count
 
         # Gradients with respect to the layers' outputs only: autograd skips weight gradients.
         backprops = torch.autograd.grad(per_sample_losses.sum(), [c.output for c in captures])
         with torch.no_grad():
-            sq_norms = per_sample_losses.new_zeros(per_sample_losses.shape[0])
+            sq_norms = per_sample_losses.new_zeros(units)
             finishers: list[Callable[[Tensor], None]] = []
             for capture, backprop in zip(captures, backprops, strict=True):
-                sq, finish = self._layer(capture, backprop)
+                sq, finish = self._layer(capture, backprop, grouping)
                 sq_norms += sq
                 finishers.append(finish)
             norms = sq_norms.sqrt()
@@ -376,18 +426,25 @@ class FastDPSGD:
         else:
             self._sums[param] = value
 
-    def _layer(self, capture: _Capture, b: Tensor) -> tuple[Tensor, Callable[[Tensor], None]]:
-        """Per-sample squared norms of the layer's gradient, and how to add its clipped sum.
+    def _layer(
+        self, capture: _Capture, b: Tensor, grouping: _Groups | None
+    ) -> tuple[Tensor, Callable[[Tensor], None]]:
+        """Per-unit squared norms of the layer's gradient, and how to add its clipped sum.
 
-        Each parameter is handled either through its per-sample gradients (``per_sample``)
-        or through its per-sample squared norm and a function of the clipping factors c
-        that returns Σ_i c_i g_i directly (``direct``).
+        A unit is a sample, or a group of samples given ``grouping``. Each parameter is
+        handled either through its per-unit gradients (``per_sample``: per-sample gradients
+        summed over each group) or through its per-unit squared norm and a function of the
+        units' clipping factors c that returns Σ_u c_u G_u directly (``direct``).
         """
         module, a = capture.module, capture.activation
         n = b.shape[0]
+
+        def per_sample_factors(c: Tensor) -> Tensor:
+            return c if grouping is None else c[grouping.index]
+
         per_sample: dict[nn.Parameter, Tensor] = {}
         direct: dict[nn.Parameter, Callable[[Tensor], Tensor]] = {}
-        sq = b.new_zeros(n)
+        sq = b.new_zeros(n if grouping is None else grouping.count)
         weight = module.weight
         assert isinstance(weight, nn.Parameter)
         train_w = weight.requires_grad
@@ -421,18 +478,28 @@ class FastDPSGD:
                 per_sample[bias] = b3.sum(dim=1)
         elif isinstance(module, nn.Linear):
             if train_w:
-                sq = sq + _sq_norms(a) * _sq_norms(b)
-                direct[weight] = lambda c: (b * c.unsqueeze(1)).t() @ a
+                if grouping is None:
+                    sq = sq + _sq_norms(a) * _sq_norms(b)
+                else:  # ‖Σ_{i∈p} b_i a_iᵀ‖² = Σ_{i,j∈p} (a_i·a_j)(b_i·b_j)
+                    sq = sq + grouping.pair_sum((a @ a.t()) * (b @ b.t()))
+                direct[weight] = lambda c: (b * per_sample_factors(c).unsqueeze(1)).t() @ a
             if bias is not None:
                 per_sample[bias] = b
         elif isinstance(module, nn.Conv2d):
-            if train_w and _use_ghost(module, a, b, self.conv_strategy):
+            # Ghost norms are per sample; a group's norm needs its samples' cross terms, so
+            # grouped batches take the per-sample path (exact, slower on small maps).
+            ghost = grouping is None and _use_ghost(module, a, b, self.conv_strategy)
+            if train_w and ghost:
                 sq = sq + _ghost_sq_norms(module, a, b)
                 # Σ_i c_i (b_i ⋆ a_i): scale whichever of a and b is smaller.
                 if a.numel() < b.numel():
-                    direct[weight] = lambda c: _conv_weight_grad(module, a * c.view(-1, 1, 1, 1), b)
+                    direct[weight] = lambda c: _conv_weight_grad(
+                        module, a * per_sample_factors(c).view(-1, 1, 1, 1), b
+                    )
                 else:
-                    direct[weight] = lambda c: _conv_weight_grad(module, a, b * c.view(-1, 1, 1, 1))
+                    direct[weight] = lambda c: _conv_weight_grad(
+                        module, a, b * per_sample_factors(c).view(-1, 1, 1, 1)
+                    )
             elif train_w:
                 per_sample[weight] = torch.stack(
                     [_conv_weight_grad(module, a[i : i + 1], b[i : i + 1]) for i in range(n)]
@@ -442,6 +509,8 @@ class FastDPSGD:
         else:  # pragma: no cover - refused in __init__
             raise TypeError(type(module).__name__)
 
+        if grouping is not None:
+            per_sample = {param: grouping.sum(g) for param, g in per_sample.items()}
         for g in per_sample.values():
             sq = sq + _sq_norms(g)
 
@@ -537,12 +606,14 @@ def vmap_clipped_grad_sum(
     *,
     max_grad_norm: float,
     chunk_size: int | None = None,
+    groups: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Σ_i g_i·min(1, C/(‖g_i‖+1e-6)) by ``torch.func``: ``vmap(grad(ℓ))`` over the batch.
 
     General (any layer ``torch.func`` can batch) but materialises every per-sample gradient;
     ``chunk_size`` bounds that memory. ``per_sample_loss(logits, targets)`` returns one loss
-    per sample, shape [B], as for :meth:`FastDPSGD.backward`. Returns the clipped sums by
+    per sample, shape [B], as for :meth:`FastDPSGD.backward`; so does ``groups``, which
+    sums each group's per-sample gradients before clipping. Returns the clipped sums by
     parameter name (no noise, no division by the batch size).
     """
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
@@ -555,6 +626,9 @@ def vmap_clipped_grad_sum(
     grads: dict[str, Tensor] = vmap(grad(loss_one), in_dims=(None, 0, 0), chunk_size=chunk_size)(
         params, inputs, targets
     )
+    grouping = _Groups.of(groups, inputs.shape[0], inputs.device)
+    if grouping is not None:
+        grads = {k: grouping.sum(g) for k, g in grads.items()}
     norms = torch.stack([_sq_norms(g) for g in grads.values()], dim=1).sum(dim=1).sqrt()
     factors = _clip_factors(norms, max_grad_norm)
     return {k: torch.einsum("n,n...->...", factors, g) for k, g in grads.items()}

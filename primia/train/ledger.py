@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from primia.errors import ConfigError, LedgerError, PrivacyBudgetExceeded
+from primia.errors import ConfigError, LedgerError, PrivacyBudgetExceeded, PrivacyUnitMismatch
 from primia.files import atomic_write_bytes
 from primia.train.accounting import ACCOUNTANTS, AccountantName, Mechanism, epsilon_of
 from primia.train.ledger_chain import (
@@ -59,6 +59,7 @@ from primia.train.ledger_chain import (
     write_anchor,
 )
 from primia.train.ledger_records import anchored_first
+from primia.train.units import PrivacyUnit, check_unit
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,18 @@ class PrivacyLedger:
             )
         return releases
 
+    @property
+    def unit(self) -> PrivacyUnit | None:
+        """What the recorded releases protect (a release without the field, from before
+        units were recorded, was example-level); ``None`` before the first release."""
+        units = {e.get("unit", "example") for e in self._events if e["event"] == "reserve"}
+        if len(units) > 1:  # reserve() never writes this; a hand-edited ledger might
+            raise LedgerError(
+                f"{self.path} mixes releases of units {sorted(units)}, which do not compose; "
+                "split it into one ledger per unit"
+            )
+        return check_unit(units.pop()) if units else None
+
     def spent_epsilon(self, extra: Mechanism | None = None, *, run: str | None = None) -> float:
         """ε at the budget's δ of all releases composed (plus ``extra``, if given); with
         ``run``, of that coordinator run's releases only."""
@@ -233,15 +246,29 @@ class PrivacyLedger:
         delta: float,
         description: str = "",
         run: str = "",
+        unit: PrivacyUnit = "example",
     ) -> str:
         """Record a planned release before it runs; refuse it if the budget would be exceeded.
 
         ``epsilon`` and ``delta`` are the release's own guarantee, kept for the record; the
-        budget check composes the mechanism with every earlier release. Returns the
-        release id that :meth:`complete` takes.
+        budget check composes the mechanism with every earlier release. ``unit`` is what
+        the release's ε protects (:mod:`primia.train.units`); releases of different units
+        do not compose into one ε, so a release whose unit differs from the ledger's
+        earlier ones is refused (:class:`PrivacyUnitMismatch`). Returns the release id
+        that :meth:`complete` takes.
         """
+        check_unit(unit)
         with locked(self.path):
             self._chain = self._read()
+            recorded = self.unit
+            if recorded is not None and recorded != unit:
+                raise PrivacyUnitMismatch(
+                    f"this release protects each {unit} but the ledger {self.path} records "
+                    f"{recorded}-level releases, and the two do not compose into one epsilon "
+                    f"(a {recorded}-level guarantee for a patient with k images is only a "
+                    f"k-fold group-privacy bound); train with privacy unit '{recorded}', or "
+                    "keep this unit's releases in a ledger of their own (--ledger)"
+                )
             budget = self.budget
             total = self.spent_epsilon(extra=mechanism)
             if not math.isfinite(total) or total > budget.epsilon:
@@ -263,6 +290,7 @@ class PrivacyLedger:
                     "epsilon": epsilon,
                     "delta": delta,
                     "description": description,
+                    "unit": unit,
                     "time": _now(),
                     # a federated round's run id, so that a node can bound ε per run
                     **({"run": run} if run else {}),

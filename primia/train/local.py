@@ -62,6 +62,7 @@ from primia.train.randomness import os_seeded_generator
 from primia.train.runlog import RunLog
 from primia.train.tracking import open_run
 from primia.train.train_config import TrainConfig
+from primia.train.units import PrivacyUnit, unit_members
 
 FAILED_FILENAME = "failed.json"
 """Marks a run folder whose run failed after an epoch had finished (see _leave_failed_run)."""
@@ -78,6 +79,8 @@ class PrivacyReport:
     steps: int
     max_grad_norm: float
     accountant: str
+    unit: PrivacyUnit
+    """What ε protects: a ``patient`` or one ``example`` (:mod:`primia.train.units`)."""
     ledger: Path
     release_id: str
     dataset_spent_epsilon: float
@@ -268,21 +271,29 @@ def fit(
     if ledger is not None:
         dp = config.dp
         mechanism = dp_mechanism(config, examples=len(train_set))
+        members = unit_members(
+            train.patient_ids, dp.privacy_unit, max_images_per_patient=dp.max_images_per_patient
+        )
         release_id = ledger.reserve(
-            mechanism, epsilon=dp.epsilon, delta=dp.delta, description=description, run=run
+            mechanism,
+            epsilon=dp.epsilon,
+            delta=dp.delta,
+            description=description,
+            run=run,
+            unit=dp.privacy_unit,
         )
-        loop_class = FastDPLoop if dp.grad_sample_mode == "fast" else OpacusLoop
-        loop = loop_class(
-            model,
-            optimizer,
-            train_set,
-            task=train.task,
-            config=config,
-            device=device,
-            noise_multiplier=mechanism.noise_multiplier,
-            sample_rate=mechanism.sample_rate,
-            generator=os_seeded_generator(),
-        )
+        common: dict[str, Any] = {
+            "task": train.task,
+            "config": config,
+            "device": device,
+            "noise_multiplier": mechanism.noise_multiplier,
+            "sample_rate": mechanism.sample_rate,
+            "generator": os_seeded_generator(),
+        }
+        if dp.grad_sample_mode == "fast":
+            loop = FastDPLoop(model, optimizer, train_set, members=members, **common)
+        else:
+            loop = OpacusLoop(model, optimizer, train_set, **common)
     else:
         loop = PlainLoop(model, optimizer, train_set, task=train.task, config=config, device=device)
 
@@ -328,6 +339,7 @@ def fit(
             steps=_steps(loop),
             max_grad_norm=config.dp.max_grad_norm,
             accountant=config.dp.accountant,
+            unit=config.dp.privacy_unit,
             ledger=ledger.path,
             release_id=release_id,
             dataset_spent_epsilon=ledger.spent_epsilon(),

@@ -10,23 +10,25 @@ Three loops share one interface (``run_epoch``, ``model``, ``steps``, ``history`
   (``hooks``, ``functorch``, ``ew`` or ``ghost``), for comparison and for layers that
   FastDPSGD does not support.
 
-Both DP loops draw Poisson batches with Opacus' ``DPDataLoader`` at rate q and step an
-Opacus accountant with (σ, q) per step, so ε is computed the same way whichever runs.
+Both DP loops draw Poisson batches at rate q — :class:`FastDPLoop` of privacy units
+(patients or examples, :mod:`primia.train.units`), :class:`OpacusLoop` of examples with
+Opacus' ``DPDataLoader`` — and step an Opacus accountant with (σ, q) per step, so ε is
+computed the same way whichever runs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from opacus import PrivacyEngine
 from opacus.accountants import create_accountant
-from opacus.data_loader import DPDataLoader
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from primia.data.dataset import Task
 from primia.models.checkpoint import unwrap
@@ -36,6 +38,7 @@ from primia.train.losses import criterion_for
 from primia.train.progress import TrainingProgress
 from primia.train.randomness import os_seeded_generator
 from primia.train.train_config import TrainConfig
+from primia.train.units import UnitPoissonSampler, random_shifts, unit_batches
 
 
 class EpochLoop(Protocol):
@@ -97,11 +100,14 @@ class PlainLoop:
 
 
 class FastDPLoop:
+    """DP-SGD over privacy units (:mod:`primia.train.units`): Poisson sampling of units at
+    rate q, each unit's gradient clipped once, K random shifts per image averaged first."""
+
     def __init__(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        dataset: Dataset[Any],
+        dataset: TensorDataset,
         *,
         task: Task,
         config: TrainConfig,
@@ -109,39 +115,56 @@ class FastDPLoop:
         noise_multiplier: float,
         sample_rate: float,
         generator: torch.Generator,
+        members: Sequence[torch.Tensor],
     ) -> None:
         self.model = model
         self._criterion = criterion_for(task, reduction="none")
-        self._physical = config.max_physical_batch_size
+        self._images, self._targets = dataset.tensors
+        self._members = members
+        self._multiplicity = config.dp.augmentation_multiplicity
+        self._max_shift = max(1, config.image_size // 16)
+        # a unit's K copies of each image stay in one physical batch
+        self._physical = max(1, config.max_physical_batch_size // self._multiplicity)
         self._device = device
-        self._loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=generator)
+        self._generator = generator
+        self._sampler = UnitPoissonSampler(len(members), sample_rate, generator)
+        self._grouped = config.dp.privacy_unit == "patient" or self._multiplicity > 1
         self._accountant = create_accountant(mechanism=config.dp.accountant)
         self._dp = FastDPSGD(
             model,
             optimizer,
             noise_multiplier=noise_multiplier,
             max_grad_norm=config.dp.max_grad_norm,
-            expected_batch_size=max(1, int(len(self._loader.dataset) * sample_rate)),
+            expected_batch_size=max(1, int(len(members) * sample_rate)),
             accountant=self._accountant,
             sample_rate=sample_rate,
         )
 
     def __len__(self) -> int:
-        return len(self._loader)
+        return len(self._sampler)
 
     def run_epoch(self, progress: TrainingProgress) -> float:
         self.model.train()
         losses = []
-        for images, targets in self._loader:
+        for sampled in self._sampler:
             self._dp.zero_grad()
-            total = 0.0
-            for chunk_images, chunk_targets in _chunks(images, targets, self._physical):
-                outputs = self.model(to_float(chunk_images, self._device))
-                per_sample = self._criterion(outputs, chunk_targets.to(self._device))
-                self._dp.backward(per_sample)
+            total, images_seen = 0.0, 0
+            for indices, units in unit_batches(sampled, self._members, max_images=self._physical):
+                images = to_float(self._images[indices], self._device)
+                targets = self._targets[indices].to(self._device)
+                if self._multiplicity > 1:
+                    k = self._multiplicity
+                    images = random_shifts(
+                        images.repeat_interleave(k, dim=0), self._max_shift, self._generator
+                    )
+                    targets = targets.repeat_interleave(k, dim=0)
+                    units = units.repeat_interleave(k)
+                per_sample = self._criterion(self.model(images), targets) / self._multiplicity
+                self._dp.backward(per_sample, groups=units if self._grouped else None)
                 total += per_sample.sum().item()
+                images_seen += len(indices)
             self._dp.step()
-            losses.append(total / max(1, len(images)))
+            losses.append(total / max(1, images_seen))
             progress.step(losses[-1])
         return float(np.mean(losses)) if losses else math.nan
 

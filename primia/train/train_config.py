@@ -10,6 +10,7 @@ from primia.data import ReadOptions, check_format
 from primia.errors import ConfigError
 from primia.train.accounting import AccountantName
 from primia.train.tracking import TrackingConfig
+from primia.train.units import PrivacyUnit, check_unit
 
 GradSampleMode = Literal["fast", "hooks", "functorch", "ew", "ghost"]
 LEDGER_FILENAME = "privacy-ledger.jsonl"
@@ -30,8 +31,35 @@ class DPConfig:
     """The dataset's total budget, enforced by its privacy ledger across all runs."""
     ledger: Path | None = None
     """The ledger file; default: ``privacy-ledger.jsonl`` beside the data."""
+    privacy_unit: PrivacyUnit = "patient"
+    """What ε protects: a ``patient`` (all their images sampled and clipped together) or
+    one ``example`` (image); see :mod:`primia.train.units`."""
+    max_images_per_patient: int = 16
+    """The most images of one patient a step uses (memory, not privacy: the guarantee
+    holds for any number)."""
+    augmentation_multiplicity: int = 1
+    """K: each sampled image's gradient is the mean over K random shifts (free in ε)."""
 
     def __post_init__(self) -> None:
+        check_unit(self.privacy_unit)
+        if self.max_images_per_patient < 1:
+            raise ConfigError(
+                f"dp.max_images_per_patient must be at least 1, got {self.max_images_per_patient}"
+            )
+        if self.augmentation_multiplicity < 1:
+            raise ConfigError(
+                "dp.augmentation_multiplicity must be at least 1 (1: no augmentation), got "
+                f"{self.augmentation_multiplicity}"
+            )
+        if self.grad_sample_mode != "fast" and (
+            self.privacy_unit == "patient" or self.augmentation_multiplicity > 1
+        ):
+            raise ConfigError(
+                f"dp.grad_sample_mode {self.grad_sample_mode!r} clips each image alone; "
+                "patient-level DP and augmentation multiplicity need grad_sample_mode 'fast' "
+                "(the default), or set dp.privacy_unit = 'example' and "
+                "dp.augmentation_multiplicity = 1"
+            )
         if self.epsilon <= 0:
             raise ConfigError(f"dp.epsilon must be positive, got {self.epsilon}")
         if not 0 < self.delta < 1:

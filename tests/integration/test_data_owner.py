@@ -255,3 +255,27 @@ def test_a_coordinator_record_above_the_ledger_refuses_until_repaired(owner: Dat
     repair(owner.ledger.path, at_least=1.5, accept=True)
     assert owner.check_coordinator_record(1.5) is None
     assert owner.ledger.spent_epsilon() == pytest.approx(1.5)
+
+
+def test_a_node_refuses_to_mix_privacy_units_in_its_ledger(
+    synth_data: Path, tmp_path: Path
+) -> None:
+    """The node, not the coordinator, sets the unit; releases of another unit than its
+    ledger's earlier ones are refused (they would not compose into one ε)."""
+
+    def node(unit: str) -> DataOwner:
+        return DataOwner(
+            data=DataSettings(path=synth_data, site="site1"),
+            privacy=PrivacySettings(epsilon_budget=30.0, accountant="rdp", unit=unit),  # type: ignore[arg-type]
+            limits=PlanLimits(max_epochs=5),
+            compute=ComputeSettings(threads=1),
+            state_dir=tmp_path / "state",
+            default_image_size=32,
+            policy=PLAINTEXT_ALLOWED,
+        )
+
+    example_node = node("example")
+    example_node.train(TrainTask("t1", 1, SPEC, _weights(), PLAN))
+    assert example_node.ledger.unit == "example"
+    refusal = _refusal(node("patient"), TrainTask("t2", 2, SPEC, _weights(), PLAN))
+    assert refusal.reason is Refusal.POLICY and "privacy.unit" in refusal.detail

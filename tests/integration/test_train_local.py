@@ -9,7 +9,7 @@ import torch
 from opacus.accountants import create_accountant
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from primia.errors import PrivacyBudgetExceeded
+from primia.errors import PrivacyBudgetExceeded, PrivacyUnitMismatch
 from primia.models.checkpoint import load_model
 from primia.train import DPConfig, PrivacyLedger, TrainConfig, train_local
 
@@ -53,6 +53,19 @@ def test_dp_run_reports_the_epsilon_of_opacus_accountant(data, tmp_path):
     (release,) = ledger.releases()
     assert release.completed and release.mechanism.steps == privacy.steps
     assert ledger.spent_epsilon() == pytest.approx(privacy.dataset_spent_epsilon)
+    # the default unit is the patient: q is the rate at which patients are sampled
+    assert privacy.unit == "patient" and ledger.unit == "patient"
+
+
+def test_patient_level_run_with_augmentations_and_a_refused_unit_change(data, tmp_path):
+    dp = DPConfig(enabled=True, epsilon=2.0, epsilon_budget=50.0, augmentation_multiplicity=2)
+    result = train_local(small_config(data, tmp_path / "patient", dp=dp, epochs=1))
+    assert result.privacy is not None and result.privacy.unit == "patient"
+    assert math.isfinite(result.epochs[0]["train_loss"])
+    example = DPConfig(enabled=True, epsilon=2.0, epsilon_budget=50.0, privacy_unit="example")
+    with pytest.raises(PrivacyUnitMismatch, match="records patient-level releases"):
+        train_local(small_config(data, tmp_path / "example", dp=example, epochs=1))
+    assert len(PrivacyLedger.open(result.privacy.ledger).releases()) == 1
 
 
 def test_run_directory_holds_config_metrics_events_and_checkpoint(data, tmp_path):
@@ -95,7 +108,13 @@ def test_non_private_run_spends_no_ledger_and_reports_infinite_epsilon(data, tmp
 
 @pytest.mark.parametrize("mode", ["hooks", "ghost"])
 def test_other_grad_sample_modes_train(data, tmp_path, mode):
-    dp = DPConfig(enabled=True, epsilon=3.0, grad_sample_mode=mode, epsilon_budget=1e6)
+    dp = DPConfig(
+        enabled=True,
+        epsilon=3.0,
+        grad_sample_mode=mode,
+        epsilon_budget=1e6,
+        privacy_unit="example",  # Opacus clips each image alone
+    )
     result = train_local(small_config(data, tmp_path / mode, epochs=1, dp=dp))
     assert result.privacy is not None and result.privacy.epsilon <= 3.0
 

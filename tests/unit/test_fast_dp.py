@@ -315,3 +315,54 @@ def test_fast_dp_equals_opacus_hooks_on_densenet121() -> None:
     for name, param in model.named_parameters():
         assert param.grad is not None
         torch.testing.assert_close(param.grad, expected[name], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "ghost", "per_sample"])
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_grouped_clipping_equals_the_reference(model_name: str, strategy: str) -> None:
+    """Patient-level clipping: each group's summed gradient is clipped once, exactly as the
+    torch.func reference that sums per-sample gradients by group before clipping."""
+    torch.manual_seed(0)
+    model = MODELS[model_name]()
+    images, targets = _batch(n=7)
+    groups = torch.tensor([3, 3, 0, 5, 5, 5, 9])  # patients of 2, 1, 3 and 1 images
+    clip = _median_norm(model, images, targets)
+    expected = vmap_clipped_grad_sum(
+        model, _per_sample_bce, images, targets, max_grad_norm=clip, groups=groups
+    )
+    dp = FastDPSGD(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=1,
+        conv_strategy=strategy,  # type: ignore[arg-type]
+    )
+    dp.zero_grad()
+    dp.backward(_per_sample_bce(model(images), targets), groups=groups)
+    assert dp.per_sample_norms is not None and dp.per_sample_norms.shape == (4,)
+    dp.step()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6)
+
+
+def test_grouping_changes_the_clipped_sum() -> None:
+    """Grouped and per-sample clipping differ when groups exceed the norm: the test above
+    could not pass by ignoring the groups."""
+    torch.manual_seed(0)
+    model = MODELS["biased"]()
+    images, targets = _batch(n=6)
+    clip = _median_norm(model, images, targets)
+    alone = vmap_clipped_grad_sum(model, _per_sample_bce, images, targets, max_grad_norm=clip)
+    grouped = vmap_clipped_grad_sum(
+        model,
+        _per_sample_bce,
+        images,
+        targets,
+        max_grad_norm=clip,
+        groups=torch.tensor([0, 0, 0, 1, 1, 1]),
+    )
+    total_alone = torch.cat([g.flatten() for g in alone.values()]).norm()
+    total_grouped = torch.cat([g.flatten() for g in grouped.values()]).norm()
+    assert total_grouped <= 2 * clip + 1e-4  # two groups, each clipped to C
+    assert not torch.isclose(total_alone, total_grouped)
