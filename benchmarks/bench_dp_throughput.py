@@ -23,11 +23,18 @@ zero_grad to the end of the optimizer step; images/s is the batch size over the 
 step time after warm-up. Each mode runs alone in a fresh process (on the 2-core VM this
 was measured on, a step that allocates gigabytes is up to 2x slower when another process
 merely holds a few GB, so modes sharing a process or running side by side skew each
-other). Steps during which other programs used more than 10% of the CPUs are discarded
-and rerun (up to twice the step count); the "kept" column says how many counted.
+other). Every timed step counts, whatever the load; the share of the CPUs other programs
+used during a mode's steps is printed beside it.
+
+Nodes share machines, so each model is measured in two conditions (``--conditions``):
+``quiet`` (nothing added) and ``contended``, with ``--burners`` processes (default: one per
+core) spinning on the CPU for the whole measurement. Within a condition the modes run in
+turn, non-private first, and the round repeats ``--repeats`` times (A, B, A, B, …); a
+mode's figure is the median over all its steps, its ratio the one to the non-private
+median in the same condition.
 
     python benchmarks/bench_dp_throughput.py
-    python benchmarks/bench_dp_throughput.py --models resnet9:64 --modes nonprivate fast
+    python benchmarks/bench_dp_throughput.py --models resnet9:64 --modes nonprivate hooks fast
 """
 
 from __future__ import annotations
@@ -62,7 +69,6 @@ NUM_LABELS = 4
 NOISE_MULTIPLIER = 1.0
 MAX_GRAD_NORM = 1.0
 VMAP_CHUNK = 8
-MAX_FOREIGN_LOAD = 0.1  # share of all CPUs other processes may use during a kept step
 
 # Workers fork from a server that has imported torch once (fast, and single-threaded so
 # safe to fork); "spawn" where there is no fork.
@@ -78,15 +84,13 @@ Step = Callable[[], None]
 class Result:
     mode: str
     times: list[float] = field(default_factory=list)  # seconds per timed step
-    loaded: int = 0  # timed steps not kept: other programs were using the CPUs
-    all_loaded: bool = False  # no step was kept; ``times`` are the loaded ones
+    foreign: list[float] = field(default_factory=list)  # other programs' CPU share, per run
     error: str = ""
 
-    @property
-    def kept(self) -> str:
-        if self.all_loaded:
-            return f"0/{len(self.times)}*"
-        return f"{len(self.times)}/{len(self.times) + self.loaded}"
+    def add(self, other: Result) -> None:
+        self.times += other.times
+        self.foreign += other.foreign
+        self.error = self.error or other.error
 
     def images_per_s(self, batch: int) -> float | None:
         return batch / statistics.median(self.times) if self.times and not self.error else None
@@ -199,13 +203,9 @@ def _worker(
     warmup: int,
     steps: int,
 ) -> None:
-    """One mode in a fresh process: warm up, time ``steps`` steps, send the times back.
-
-    A step during which other processes used more than ``MAX_FOREIGN_LOAD`` of the CPUs
-    is timed but not kept, and another is run instead (up to ``steps`` more), so that
-    bursts of load from other programs on a shared machine do not skew the figure. The
-    allocator reuses freed blocks, as in the ``primia`` command (:mod:`primia.memory`).
-    """
+    """One mode in a fresh process: warm up, time ``steps`` steps, send back the times and
+    the share of the CPUs other programs used meanwhile. The allocator reuses freed blocks,
+    as in the ``primia`` command (:mod:`primia.memory`)."""
     reuse_freed_memory()
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore")  # Opacus' secure-RNG and hook warnings
@@ -216,18 +216,16 @@ def _worker(
         step = make_step(mode, name, images, targets)
         for _ in range(warmup):
             step()
-        kept: list[float] = []
-        loaded: list[float] = []
-        while len(kept) < steps and len(kept) + len(loaded) < 2 * steps:
-            watch, start = CpuWatch(), time.perf_counter()
+        times: list[float] = []
+        watch = CpuWatch()
+        for _ in range(steps):
+            start = time.perf_counter()
             step()
-            wall = time.perf_counter() - start
-            foreign = watch.foreign_share() or 0.0
-            (kept if foreign <= MAX_FOREIGN_LOAD else loaded).append(wall)
+            times.append(time.perf_counter() - start)
     except Exception as error:  # a mode that cannot run this model is reported, not fatal
         conn.send(("error", _failure(error)))
         return
-    conn.send(("times", (kept, loaded)))
+    conn.send(("times", (times, watch.foreign_share())))
 
 
 def measure(
@@ -251,10 +249,34 @@ def measure(
     process.join()
     if kind == "error":
         return Result(mode, error=str(value))
-    kept, loaded = value
-    if not kept:
-        return Result(mode, times=list(loaded), all_loaded=True)
-    return Result(mode, times=list(kept), loaded=len(loaded))
+    times, foreign = value
+    return Result(mode, times=list(times), foreign=[] if foreign is None else [foreign])
+
+
+def _burn(stop: Any) -> None:
+    """Spin on one core until ``stop`` is set: another program sharing the machine."""
+    value = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            value = (value * 31 + 7) % 1_000_003
+
+
+class Burners:
+    """``count`` processes spinning on the CPU while the block runs."""
+
+    def __init__(self, count: int) -> None:
+        self._stop = _CONTEXT.Event()
+        self._processes = [_CONTEXT.Process(target=_burn, args=(self._stop,)) for _ in range(count)]
+
+    def __enter__(self) -> Burners:
+        for process in self._processes:
+            process.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for process in self._processes:
+            process.join()
 
 
 def _parse_model(spec: str) -> tuple[str, int]:
@@ -272,19 +294,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first, per mode")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of all modes, in turn")
+    parser.add_argument(
+        "--conditions", nargs="+", default=["quiet", "contended"], choices=["quiet", "contended"]
+    )
+    parser.add_argument(
+        "--burners",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="spinning processes added in the contended condition (default: one per core)",
+    )
     args = parser.parse_args(argv)
 
     modes = list(dict.fromkeys(["nonprivate", *args.modes]))  # the ratio needs the baseline
     print(
         f"DP-SGD throughput: {args.threads} threads, batch {args.batch_size}, torch "
         f"{torch.__version__}, CPU only ({os.cpu_count()} cores), load average {load_average()}.\n"
-        "images/s = batch / median step time, each mode alone in a fresh process; 'kept':\n"
-        f"timed steps during which other programs used <= {MAX_FOREIGN_LOAD:.0%} of the CPUs "
-        "(* = none were, all used)."
+        "images/s = batch / median step time, each mode alone in a fresh process, modes in\n"
+        f"turn, {args.repeats} rounds; every step counts; 'others': the share of the CPUs other\n"
+        f"programs used meanwhile (contended: {args.burners} spinning processes added)."
     )
     header = (
-        f"{'model':<9} {'size':>4} {'mode':<11} {'images/s':>8} {'ratio':>6} {'kept':>6} "
-        f"{'min ms':>7} {'max ms':>7}"
+        f"{'model':<9} {'size':>4} {'condition':<9} {'mode':<11} {'images/s':>8} {'ratio':>6} "
+        f"{'others':>6} {'min ms':>7} {'max ms':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -292,31 +324,42 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.models:
         name, size = _parse_model(spec)
         steps = args.steps or DEFAULT_STEPS.get(name, 5)
-        results: list[Result] = []
-        for mode in modes:
-            result = measure(mode, name, size, args.batch_size, steps, args.warmup, args.threads)
-            results.append(result)
-            baseline = results[0].images_per_s(args.batch_size)
-            speed = result.images_per_s(args.batch_size)
-            if speed is None:
-                print(f"{name:<9} {size:>4} {mode:<11} {'failed':>8}  {result.error}")
-                continue
-            ratio = f"{speed / baseline:5.2f}x" if baseline else "     -"
-            print(
-                f"{name:<9} {size:>4} {mode:<11} {speed:8.1f} {ratio:>6} "
-                f"{result.kept:>6} {1000 * min(result.times):7.0f} "
-                f"{1000 * max(result.times):7.0f}",
-                flush=True,
-            )
-        baseline = results[0].images_per_s(args.batch_size)
-        private = [
-            (speed, r.mode)
-            for r in results[1:]
-            if (speed := r.images_per_s(args.batch_size)) is not None
-        ]
-        if private and baseline:
-            speed, mode = max(private)
-            best.append(f"{name} {size}px: {mode} ({speed / baseline:.2f}x non-private)")
+        for condition in args.conditions:
+            results = {mode: Result(mode) for mode in modes}
+            with Burners(args.burners if condition == "contended" else 0):
+                for _ in range(args.repeats):
+                    for mode in modes:
+                        results[mode].add(
+                            measure(
+                                mode, name, size, args.batch_size, steps, args.warmup, args.threads
+                            )
+                        )
+            baseline = results["nonprivate"].images_per_s(args.batch_size)
+            for mode, result in results.items():
+                speed = result.images_per_s(args.batch_size)
+                if speed is None:
+                    print(
+                        f"{name:<9} {size:>4} {condition:<9} {mode:<11} {'failed':>8}  "
+                        + result.error
+                    )
+                    continue
+                ratio = f"{speed / baseline:5.2f}x" if baseline else "     -"
+                others = f"{statistics.mean(result.foreign):.0%}" if result.foreign else "n/a"
+                print(
+                    f"{name:<9} {size:>4} {condition:<9} {mode:<11} {speed:8.1f} {ratio:>6} "
+                    f"{others:>6} {1000 * min(result.times):7.0f} {1000 * max(result.times):7.0f}",
+                    flush=True,
+                )
+            private = [
+                (speed, mode)
+                for mode, r in results.items()
+                if mode != "nonprivate" and (speed := r.images_per_s(args.batch_size)) is not None
+            ]
+            if private and baseline:
+                speed, mode = max(private)
+                best.append(
+                    f"{name} {size}px {condition}: {mode} ({speed / baseline:.2f}x non-private)"
+                )
     print(f"Load average at end: {load_average()}")
     print("best DP mode per model: " + "; ".join(best))
     return 0

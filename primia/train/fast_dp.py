@@ -185,6 +185,16 @@ def _conv_weight_grad(conv: nn.Conv2d, activation: Tensor, backprop: Tensor) -> 
     )[1]
 
 
+def _per_sample_conv_grads(conv: nn.Conv2d, activation: Tensor, backprop: Tensor) -> Tensor:
+    """Each sample's weight gradient, [B, *weight.shape]: batch-of-one weight gradients."""
+    return torch.stack(
+        [
+            _conv_weight_grad(conv, activation[i : i + 1], backprop[i : i + 1])
+            for i in range(activation.shape[0])
+        ]
+    )
+
+
 def _shifted_gram_is_cheaper(conv: nn.Conv2d, activation: Tensor, backprop: Tensor) -> bool:
     """Whether T_pad² < K·T²: the padded input's Gram beats the unfolded input's."""
     kh, kw = conv.kernel_size
@@ -501,9 +511,7 @@ class FastDPSGD:
                         module, a, b * per_sample_factors(c).view(-1, 1, 1, 1)
                     )
             elif train_w:
-                per_sample[weight] = torch.stack(
-                    [_conv_weight_grad(module, a[i : i + 1], b[i : i + 1]) for i in range(n)]
-                )
+                per_sample[weight] = _per_sample_conv_grads(module, a, b)
             if bias is not None:
                 per_sample[bias] = b.sum(dim=(2, 3))
         else:  # pragma: no cover - refused in __init__
