@@ -68,13 +68,6 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--optimizer", "optimizer", str, "adam or sgd (default adam)"),
     ("--lr", "lr", float, "learning rate (default 1e-3)"),
     (
-        "--init",
-        "init",
-        Path,
-        "start from this checkpoint's weights (same model, width and labels), e.g. one "
-        "trained on public or synthetic data (default: random)",
-    ),
-    (
         "--ema-decay",
         "ema_decay",
         float,

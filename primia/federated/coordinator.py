@@ -69,7 +69,6 @@ from primia.federated.tasks import (
     TrainTask,
 )
 from primia.federated.weights import encode
-from primia.models.checkpoint import load_initial_weights
 from primia.train.tracking import MLflowRun, open_run
 
 log = logging.getLogger(__name__)
@@ -429,8 +428,6 @@ class Federation:
         return pooled
 
     def _initial_model(self) -> nn.Module:
-        if self.config.initial_weights is not None:
-            return load_initial_weights(self.config.initial_weights, self.spec)
         torch.manual_seed(self.config.seed)
         return self.spec.build()
 

@@ -173,9 +173,6 @@ class CoordinatorConfig:
     """Tries per round before the federation stops with an error."""
     seed: int = 0
     """Fixes the initial global weights."""
-    initial_weights: Path | None = None
-    """Start the run from this checkpoint's weights (same architecture, width and labels
-    as ``[model]``; e.g. pre-trained on public data) instead of random ones."""
     aggregation: Literal["secure", "plaintext"] = "secure"
     """``secure``: the coordinator learns only the sum of the updates (the default);
     ``plaintext``: it sees every node's update (for comparison and debugging only)."""

@@ -92,37 +92,6 @@ def save_model(path: Path, model: nn.Module, spec: ModelSpec) -> None:
     atomic_write_bytes(path, save_safetensors(tensors, metadata={SPEC_KEY: spec.to_json()}))
 
 
-SPEC_FIELDS_TO_MATCH = (
-    "architecture",
-    "num_outputs",
-    "width",
-    "in_channels",
-    "task",
-    "label_names",
-)
-"""What a starting checkpoint must share with the run's model (the image size may differ:
-every architecture pools globally)."""
-
-
-def load_initial_weights(path: Path, spec: ModelSpec) -> nn.Module:
-    """The model of ``spec`` starting from the weights stored at ``path`` (e.g. trained
-    non-privately on public or synthetic data); refused, naming each difference, when the
-    checkpoint holds another model."""
-    model, stored = load_model(path)
-    differences = [
-        f"{name} {getattr(stored, name)!r} where this run has {getattr(spec, name)!r}"
-        for name in SPEC_FIELDS_TO_MATCH
-        if getattr(stored, name) != getattr(spec, name)
-    ]
-    if differences:
-        raise ModelError(
-            f"checkpoint {path} holds another model than this run's: "
-            + "; ".join(differences)
-            + "; start from a checkpoint of the same architecture, width and labels"
-        )
-    return model
-
-
 def load_model(path: Path) -> tuple[nn.Module, ModelSpec]:
     """Rebuild the model stored at ``path`` and load its weights (on the CPU)."""
     try:

@@ -50,7 +50,7 @@ from primia.config import write_toml
 from primia.data import RadiographDataset, Splits, open_dataset, patient_split
 from primia.files import atomic_write_bytes
 from primia.models import check_model
-from primia.models.checkpoint import ModelSpec, load_initial_weights, save_model
+from primia.models.checkpoint import ModelSpec, save_model
 from primia.threads import set_torch_threads
 from primia.train.accounting import Mechanism, epsilon_of, noise_for_target
 from primia.train.ema import WeightAverage
@@ -146,7 +146,7 @@ def _train(config: TrainConfig) -> TrainResult:
         task=str(dataset.task),
         label_names=dataset.label_names,
     )
-    model = spec.build() if config.init is None else load_initial_weights(config.init, spec)
+    model = spec.build()
     fresh = not config.out.exists()
     model_path = config.out / "model.safetensors"
     try:

@@ -99,9 +99,6 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
-    init: Path | None = None
-    """Start from this checkpoint's weights (same architecture, width and labels; e.g.
-    pre-trained non-privately on public data) instead of a random initialisation."""
     ema_decay: float = 0.0
     """Evaluate and keep the exponential moving average of the weights with this decay
     (e.g. 0.99; 0: the last weights). Post-processing: no privacy cost

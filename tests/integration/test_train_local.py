@@ -9,7 +9,7 @@ import torch
 from opacus.accountants import create_accountant
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from primia.errors import ModelError, PrivacyBudgetExceeded, PrivacyUnitMismatch
+from primia.errors import PrivacyBudgetExceeded, PrivacyUnitMismatch
 from primia.models.checkpoint import load_model
 from primia.train import DPConfig, PrivacyLedger, TrainConfig, train_local
 
@@ -143,17 +143,3 @@ def test_weight_averaging_is_free_in_epsilon_and_is_the_model_kept(data, tmp_pat
         assert result.privacy is not None
         spent[decay] = PrivacyLedger.open(result.privacy.ledger).spent_epsilon()
     assert spent[0.9] == pytest.approx(spent[0.0])
-
-
-def test_training_starts_from_a_checkpoint_of_the_same_model_only(data, tmp_path):
-    first = train_local(small_config(data, tmp_path / "public", epochs=1))
-    # a learning rate too small to move the weights: the run keeps the checkpoint's
-    resumed = train_local(
-        small_config(data, tmp_path / "init", epochs=1, lr=1e-12, init=first.model_path)
-    )
-    start, _ = load_model(first.model_path)
-    kept, _ = load_model(resumed.model_path)
-    for name, tensor in start.state_dict().items():
-        torch.testing.assert_close(kept.state_dict()[name], tensor)
-    with pytest.raises(ModelError, match="width 4 where this run has 8"):
-        train_local(small_config(data, tmp_path / "wider", width=8, init=first.model_path))
