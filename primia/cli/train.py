@@ -67,13 +67,6 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ),
     ("--optimizer", "optimizer", str, "adam or sgd (default adam)"),
     ("--lr", "lr", float, "learning rate (default 1e-3)"),
-    (
-        "--ema-decay",
-        "ema_decay",
-        float,
-        "evaluate and keep the moving average of the weights, e.g. 0.99 (default 0: off; "
-        "free in ε)",
-    ),
     ("--seed", "seed", int, "seed of splits, initialisation and sampling (default 0)"),
     ("--device", "device", str, "auto (CUDA when present), cpu or cuda:N (default auto)"),
     ("--threads", "threads", int, THREADS_HELP),

@@ -44,9 +44,6 @@ class TrainPlan:
     """FedProx's μ (Li et al. 2020): each node minimises its loss plus
     μ/2 ‖w − w_global‖², the gradient μ (w − w_global) added after DP-SGD's clipping and
     noise (see :func:`primia.train.proximal.add_proximal_term`); 0: plain local training."""
-    ema_decay: float = 0.0
-    """Each node releases the moving average of its local iterates with this decay
-    (:mod:`primia.train.ema`; 0: the last iterate). Post-processing: no privacy cost."""
     dp: DPPlan = field(default_factory=DPPlan)
 
 
@@ -125,8 +122,6 @@ def plan_problems(
             f"proximal_mu={plan.proximal_mu} is outside [0, {limits.max_proximal_mu}]"
             + setting("limits.max_proximal_mu")
         )
-    if not (math.isfinite(plan.ema_decay) and 0 <= plan.ema_decay < 1):
-        problems.append(f"ema_decay={plan.ema_decay} is outside [0, 1)")
     if not (math.isfinite(plan.momentum) and 0 <= plan.momentum < 1):
         problems.append(f"momentum={plan.momentum} is outside [0, 1)")
     if not (math.isfinite(plan.weight_decay) and 0 <= plan.weight_decay < 1):

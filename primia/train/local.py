@@ -29,7 +29,6 @@ recorded (see :mod:`primia.train.ledger`).
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
@@ -53,7 +52,6 @@ from primia.models import check_model
 from primia.models.checkpoint import ModelSpec, save_model
 from primia.threads import set_torch_threads
 from primia.train.accounting import Mechanism, epsilon_of, noise_for_target
-from primia.train.ema import WeightAverage
 from primia.train.ledger import Budget, PrivacyLedger
 from primia.train.loops import EpochLoop, FastDPLoop, OpacusLoop, PlainLoop, to_float
 from primia.train.losses import criterion_for
@@ -256,8 +254,6 @@ def fit(
     if config.proximal_mu > 0:
         # on the plain optimiser, before any DP wrapper: it then sees the privatised gradient
         add_proximal_term(optimizer, model, config.proximal_mu)
-    average = _weight_average(model, optimizer, config.ema_decay)
-    evaluated = copy.deepcopy(model) if average is not None else model
     train_set = TensorDataset(*train.uint8_tensors())
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
 
@@ -311,8 +307,6 @@ def fit(
             for epoch in range(1, config.epochs + 1):
                 epoch_started = time.perf_counter()
                 train_loss = loop.run_epoch(progress)
-                if average is not None:
-                    average.copy_to(evaluated)
                 epsilon = _spent(loop, config)
                 record: dict[str, Any] = {
                     "epoch": epoch,
@@ -322,13 +316,11 @@ def fit(
                     "seconds": time.perf_counter() - epoch_started,
                 }
                 if validation is not None:
-                    metrics = evaluate(
-                        evaluated if average is not None else loop.model, validation, device=device
-                    )
+                    metrics = evaluate(loop.model, validation, device=device)
                     record.update(metrics.as_dict("val_"))
                 epochs.append(record)
                 if after_epoch is not None:
-                    after_epoch(epoch, record, evaluated if average is not None else loop.model)
+                    after_epoch(epoch, record, loop.model)
                 progress.epoch_done(epoch, metrics.mean_auroc if metrics else None, epsilon)
     finally:
         if ledger is not None:
@@ -336,8 +328,6 @@ def fit(
             ledger.complete(release_id, steps=_steps(loop), epsilon=_spent(loop, config))
         if isinstance(loop, FastDPLoop):
             loop.close()
-    if average is not None:  # the average is what is evaluated and kept
-        average.copy_to(loop.model)
 
     privacy = None
     if ledger is not None and mechanism is not None:
@@ -400,18 +390,6 @@ def evaluate(
     """Loss, accuracy and AUROC of ``model`` on ``dataset``."""
     images, _ = dataset.uint8_tensors()
     return metrics_of(logits_of(model, images, device=device, batch_size=batch_size), dataset)
-
-
-def _weight_average(
-    model: nn.Module, optimizer: torch.optim.Optimizer, decay: float
-) -> WeightAverage | None:
-    """With ``decay`` > 0, an EMA of ``model`` updated after every step of ``optimizer``
-    (also when a DP wrapper steps it): post-processing of the released iterates."""
-    if decay == 0:
-        return None
-    average = WeightAverage(model, decay)
-    optimizer.register_step_post_hook(lambda *_: average.update(model))
-    return average
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -99,10 +99,6 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
-    ema_decay: float = 0.0
-    """Evaluate and keep the exponential moving average of the weights with this decay
-    (e.g. 0.99; 0: the last weights). Post-processing: no privacy cost
-    (:mod:`primia.train.ema`)."""
     proximal_mu: float = 0.0
     """FedProx's μ: the loss gains μ/2 ‖w − w₀‖² toward the starting weights w₀, its
     gradient added after DP's clipping and noise (:mod:`primia.train.proximal`)."""
@@ -136,11 +132,6 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(
-                f"ema_decay must be in [0, 1) (0: no averaging; 0.99 is typical), got "
-                f"{self.ema_decay}"
-            )
         if not self.proximal_mu >= 0:
             raise ConfigError(f"proximal_mu must be 0 or more, got {self.proximal_mu}")
         for name, fraction in (

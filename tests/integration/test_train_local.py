@@ -129,17 +129,3 @@ def test_seed_fixes_plain_training_but_never_dp_noise(data, tmp_path):
     assert torch.equal(weights(tmp_path / "a", plain), weights(tmp_path / "b", plain))
     private = DPConfig(enabled=True, epsilon=8.0, epsilon_budget=1e6)
     assert not torch.equal(weights(tmp_path / "c", private), weights(tmp_path / "d", private))
-
-
-def test_weight_averaging_is_free_in_epsilon_and_is_the_model_kept(data, tmp_path):
-    """EMA is post-processing: the ledger charges the same ε with and without it."""
-    spent = {}
-    for decay in (0.0, 0.9):
-        folder = tmp_path / f"data{decay}"
-        shutil.copytree(data, folder)
-        dp = DPConfig(enabled=True, epsilon=2.0, epsilon_budget=50.0)
-        config = small_config(folder, tmp_path / f"ema{decay}", dp=dp, ema_decay=decay)
-        result = train_local(config)
-        assert result.privacy is not None
-        spent[decay] = PrivacyLedger.open(result.privacy.ledger).spent_epsilon()
-    assert spent[0.9] == pytest.approx(spent[0.0])
