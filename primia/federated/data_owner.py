@@ -531,7 +531,8 @@ class DataOwner:
         if spec.architecture not in model_names():
             problems.append(
                 f"unknown architecture {spec.architecture!r} (this node has "
-                f"{', '.join(model_names())}); update primia on this node"
+                f"{', '.join(model_names())}); update primia on this node, or, for a "
+                "plug-in, add its reference to plugins and set policy.allow_plugins = true"
             )
         if spec.in_channels != 1:
             problems.append(f"the model takes {spec.in_channels} channels, radiographs have 1")

@@ -36,7 +36,7 @@ from primia.crypto.secagg.messages import majority
 from primia.errors import ConfigError
 from primia.federated.plan import PlanLimits
 from primia.federated.tasks import FederationPlan
-from primia.models import model_names
+from primia.models import BUILT_IN_MODELS, model_names
 from primia.models.checkpoint import ModelSpec
 from primia.models.registry import default_width
 
@@ -45,17 +45,15 @@ AggregationKind = Literal["secure", "plaintext"]
 
 @dataclass(frozen=True)
 class AcceptedModel:
-    """An architecture at one width (None: the architecture's default width)."""
+    """An architecture at one width (None: the architecture's default width).
+
+    A plug-in's name is checked once the node has loaded its plug-ins
+    (:func:`check_policy_models`); a built-in's is known at once (:class:`NodePolicy`)."""
 
     architecture: str
     width: int | None = None
 
     def __post_init__(self) -> None:
-        if self.architecture not in model_names():
-            raise ConfigError(
-                f"policy.models: unknown architecture {self.architecture!r}; choose one of "
-                f"{', '.join(model_names())}"
-            )
         if self.width is not None and self.width < 4:
             raise ConfigError(f"policy.models: width must be at least 4, not {self.width}")
 
@@ -113,10 +111,31 @@ class NodePolicy:
             raise ConfigError(f"policy.min_threshold must be at least 2, not {self.min_threshold}")
         if self.max_parameters is not None and self.max_parameters < 1:
             raise ConfigError(f"policy.max_parameters must be positive, not {self.max_parameters}")
+        if not self.allow_plugins:
+            for model in self.models:
+                if model.architecture not in BUILT_IN_MODELS:
+                    raise ConfigError(
+                        f"policy.models: unknown architecture {model.architecture!r}: the "
+                        f"built-in models are {', '.join(sorted(BUILT_IN_MODELS))}; a plug-in "
+                        "model also needs policy.allow_plugins = true and its reference in "
+                        "plugins"
+                    )
 
     @property
     def allows_plaintext(self) -> bool:
         return "plaintext" in self.aggregation
+
+
+def check_policy_models(policy: NodePolicy) -> None:
+    """Refuse a ``policy.models`` entry that names no model once the node's plug-ins are
+    loaded: a plug-in is accepted only when it is listed there, loaded from ``plugins`` and
+    ``policy.allow_plugins`` is true (:class:`NodePolicy` refuses it when that is false)."""
+    for model in policy.models:
+        if model.architecture not in model_names():
+            raise ConfigError(
+                f"policy.models: unknown architecture {model.architecture!r}; choose one of "
+                f"{', '.join(model_names())}, or add its plug-in's reference to plugins"
+            )
 
 
 def aggregation_problems(policy: NodePolicy, setup: Setup | None) -> list[str]:
@@ -220,6 +239,12 @@ def model_problems(
     then pinned by the caller)."""
     problems = []
     asked = AcceptedModel.of(spec)
+    if spec.architecture not in BUILT_IN_MODELS and not policy.allow_plugins:
+        problems.append(
+            f"policy.allow_plugins=false: the coordinator asks for the plug-in model "
+            f"{spec.architecture!r} (a plug-in runs its own code on this node); set "
+            "policy.allow_plugins = true, list it in plugins and in policy.models to train it"
+        )
     if accepted and asked not in accepted:
         setting = "policy.models" if policy.models else "policy.models (pinned)"
         problems.append(

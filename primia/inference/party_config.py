@@ -13,6 +13,8 @@ The model owner (``primia infer serve --config model-owner.toml``)::
     session_timeout_s = 900
     join_timeout_s = 30                        # a session not joined by then is ended
     pool_size = 1                              # party processes kept started (warm)
+    plugins = ["mynet=my_package.models:build_mynet"]   # a plug-in model, if it serves one
+    allow_plugins = true                       # loading a plug-in runs its code here
 
     [tls]
     ca = "pki/ca.pem"
@@ -44,9 +46,12 @@ The data owner (``primia infer predict --config data-owner.toml ...``)::
     server = "10.8.0.1:50061"
     server_name = "model-owner"                # the name in the model owner's certificate
     crypto_providers = ["crypto-provider"]     # names it accepts; empty: any `inference`
+    plugins = ["mynet=my_package.models:build_mynet"]   # the served plug-in, if any
+    allow_plugins = true
 
     [tls]  # its certificate, role node or inference
 
+The crypto provider deals randomness and never builds the model: it takes no plug-in.
 Relative paths are taken from the file's folder. ``network_interface`` (any file) is read
 for older files and only matters to the unauthenticated gloo path benchmarks compare with:
 the MPC links listen on ``rendezvous_host`` / ``mpc_host`` and are mutual TLS.
@@ -60,6 +65,7 @@ from pathlib import Path
 from primia.config import load_toml, rebase_paths
 from primia.errors import ConfigError
 from primia.limits import ServerLimits
+from primia.models.plugins import load_allowed_plugins
 from primia.pki import TLSFiles
 
 
@@ -89,8 +95,15 @@ class ModelOwnerConfig:
     network_interface: str = ""
     limits: ServerLimits = field(default_factory=ServerLimits)
     """What one certificate holder may cost the server (see docs/operator-guide.md)."""
+    plugins: tuple[str, ...] = ()
+    """Model plug-ins to load (``NAME=package.module:factory`` or an entry point's ``NAME``;
+    :mod:`primia.models.plugins`); its CrypTen processes load them too. Needs
+    ``allow_plugins``."""
+    allow_plugins: bool = False
+    """Load ``plugins``: a plug-in's module runs its code on this machine, so off by default."""
 
     def __post_init__(self) -> None:
+        load_allowed_plugins(self.plugins, allowed=self.allow_plugins, switch="allow_plugins")
         _check_address("listen", self.listen)
         _check_address("crypto_provider", self.crypto_provider)
         _check_ports("rendezvous_ports", self.rendezvous_ports)
@@ -174,8 +187,15 @@ class DataOwnerConfig:
     ``inference`` that the model owner names."""
     threads: int = 0
     network_interface: str = ""
+    plugins: tuple[str, ...] = ()
+    """Model plug-ins to load (``NAME=package.module:factory`` or an entry point's ``NAME``;
+    :mod:`primia.models.plugins`); its CrypTen processes load them too. Needs
+    ``allow_plugins``."""
+    allow_plugins: bool = False
+    """Load ``plugins``: a plug-in's module runs its code on this machine, so off by default."""
 
     def __post_init__(self) -> None:
+        load_allowed_plugins(self.plugins, allowed=self.allow_plugins, switch="allow_plugins")
         _check_address("server", self.server)
 
 

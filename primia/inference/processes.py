@@ -15,7 +15,9 @@ The pipe carries, child to parent::
 
     ("ready", 0) → ("listening", port)? → ("joined", 0)? → ("ok", result) | ("error", text)
 
-and the job parent to child. It links a party to the process that started it on the same
+and the job parent to child: a function and its arguments, plain values only (a model
+plug-in travels as its reference, which the child imports, never as code or an object).
+It links a party to the process that started it on the same
 machine (the same party, never another one).
 """
 
@@ -37,6 +39,7 @@ from safetensors.torch import load as load_safetensors
 
 from primia.inference import parties
 from primia.models.checkpoint import ModelSpec
+from primia.models.plugins import load_plugins
 
 log = logging.getLogger(__name__)
 
@@ -304,8 +307,12 @@ def model_owner(
     progress: parties.Progress = parties.no_progress,
     *,
     plain: bool = False,
+    plugins: tuple[str, ...] = (),
 ) -> parties.PartyStats:
-    """The model owner's party; ``weights`` are safetensors bytes (the pipe copies them)."""
+    """The model owner's party; ``weights`` are safetensors bytes (the pipe copies them).
+    ``plugins`` are the references of the model plug-ins to load first (this process is
+    not the one that loaded them; its operator allowed them in the parent's config)."""
+    load_plugins(plugins)
     return parties.model_owner(
         meeting, spec, load_safetensors(weights), shape, progress, plain=plain
     )
@@ -318,7 +325,11 @@ def data_owner(
     progress: parties.Progress = parties.no_progress,
     *,
     plain: bool = False,
+    plugins: tuple[str, ...] = (),
 ) -> tuple[np.ndarray, parties.PartyStats]:
+    """The data owner's party: the logits of ``images``; ``plugins`` as for
+    :func:`model_owner`."""
+    load_plugins(plugins)
     logits, stats = parties.data_owner(
         meeting, spec, torch.from_numpy(images), progress, plain=plain
     )

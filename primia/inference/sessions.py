@@ -22,6 +22,7 @@ peers named for it (:mod:`primia.inference.links`).
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import secrets
 import threading
@@ -30,13 +31,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from primia.errors import PrimiaError
+from torch import nn
+
+from primia.errors import ModelError, PrimiaError
 from primia.federated.weights import encode
 from primia.inference import processes
 from primia.inference.inputs import check_input_shape
 from primia.inference.links import LinkPeer, LinkPlan
 from primia.inference.parties import CRYPTO_PROVIDER, DATA_OWNER, MODEL_OWNER, WORLD_SIZE
-from primia.models.checkpoint import ModelSpec, find_checkpoint, load_model
+from primia.models import model_names
+from primia.models.checkpoint import ModelSpec, find_checkpoint, load_model, read_spec
+from primia.models.compat import encrypted_problems
+from primia.models.plugins import plugin_needed
 from primia.pki import TLSFiles, identity_of
 
 log = logging.getLogger(__name__)
@@ -241,8 +247,10 @@ class ModelOwnerSessions:
         limits: Limits,
         max_batch: int,
         pool: processes.PartyPool,
+        plugins: tuple[str, ...] = (),
     ) -> None:
         self.spec = spec
+        self._party = functools.partial(processes.model_owner, plugins=plugins)
         self.max_batch = max_batch
         self.limits = limits
         self.table = SessionTable(
@@ -284,7 +292,7 @@ class ModelOwnerSessions:
             self.table.reserve(peer)
             party = self._pool.take(
                 f"model owner of session {session_id}",
-                processes.model_owner,
+                self._party,
                 (plan, self.spec, self._weights, input_shape),
             )
             now = time.monotonic()
@@ -446,6 +454,26 @@ def _describe(outcome: processes.PartyOutcome) -> str:
 
 
 def load_served_model(path: Path) -> tuple[ModelSpec, bytes]:
-    """The spec and safetensors weights of the model :func:`find_checkpoint` finds."""
-    model, spec = load_model(find_checkpoint(path))
+    """The spec and safetensors weights of the model :func:`find_checkpoint` finds.
+
+    Refused here, before any session, naming the layer, when encrypted inference cannot
+    run the model (a plug-in's ``nn.Identity``, in-place ReLU, BatchNorm, own forward...),
+    or when it names a plug-in this party has not loaded."""
+    checkpoint = find_checkpoint(path)
+    spec = read_spec(checkpoint)
+    if spec.architecture not in model_names():
+        needed = plugin_needed(spec.architecture, switch="allow_plugins")
+        raise ModelError(f"{checkpoint}: {needed}")
+    model, spec = load_model(checkpoint)
+    check_encryptable(model, spec)
     return spec, encode(model.state_dict())
+
+
+def check_encryptable(model: nn.Module, spec: ModelSpec) -> None:
+    """Raise :class:`ModelError` with every layer encrypted inference cannot evaluate
+    (:func:`primia.models.compat.encrypted_problems`)."""
+    problems = encrypted_problems(model)
+    if problems:
+        raise ModelError(
+            f"the model {spec.architecture!r} cannot run encrypted: {'; '.join(problems)}"
+        )

@@ -1,7 +1,8 @@
 """Model plug-ins: a consortium's own architecture, loaded by name on every party.
 
 A plug-in is named in the configuration (``[model] plugins`` in ``coordinator.toml``,
-``plugins`` in ``node.toml`` and the inference parties' files) by a reference:
+``plugins`` in ``node.toml``, in ``model-owner.toml`` and in ``data-owner.toml``) by a
+reference:
 
 * ``"NAME=package.module:factory"`` — import ``package.module`` (it must be importable
   on that machine) and register ``factory`` under ``NAME``;
@@ -10,9 +11,13 @@ A plug-in is named in the configuration (``[model] plugins`` in ``coordinator.to
 
 ``factory(*, num_classes, in_channels, width)`` builds the model, as the built-in ones do;
 ``[model] architecture = "NAME"`` then selects it. Loading a plug-in imports a module:
-it runs that module's code with the party's rights, which is why a node loads plug-ins
-only when its policy allows it (``policy.allow_plugins``, default false). Check a model
-before any round with :func:`primia.train.model_check.check_model_targets`.
+it runs that module's code with the party's rights, which is why a party loads plug-ins
+only when its operator allows it (:func:`load_allowed_plugins`: ``policy.allow_plugins``
+on a node, ``allow_plugins`` on the model owner and the data owner; default false). The
+inference parties' CrypTen processes are separate processes: they receive the references
+and load them again (:mod:`primia.inference.processes`). The crypto provider never builds
+the model (it deals randomness only), so it loads none. Check a model before any round with
+:func:`primia.train.model_check.check_model_targets`.
 """
 
 from __future__ import annotations
@@ -50,6 +55,27 @@ def load_plugin(reference: str) -> str:
 
 def load_plugins(references: Sequence[str]) -> list[str]:
     return [load_plugin(reference) for reference in references]
+
+
+def load_allowed_plugins(references: Sequence[str], *, allowed: bool, switch: str) -> list[str]:
+    """Load ``references`` if the operator's ``switch`` (the config key, e.g.
+    ``policy.allow_plugins``) is on; refuse them, naming the switch, if it is off."""
+    if references and not allowed:
+        raise ConfigError(
+            f"plugins lists {', '.join(references)} but {switch} is false: loading a plug-in "
+            f"runs its module's code on this machine; set {switch} = true to accept it, or "
+            "remove plugins"
+        )
+    return load_plugins(references)
+
+
+def plugin_needed(architecture: str, *, switch: str) -> str:
+    """Why a party cannot build ``architecture``, a name no model is registered under."""
+    return (
+        f"the model {architecture!r} is not a built-in model: it is a plug-in this party has "
+        f"not loaded; add its reference to plugins (NAME=package.module:factory) and set "
+        f"{switch} = true"
+    )
 
 
 def _import(target: str, reference: str) -> ModelFactory:

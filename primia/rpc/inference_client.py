@@ -18,6 +18,7 @@ between predictions.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,9 @@ from primia.inference.parties import (
     PartyStats,
 )
 from primia.inference.party_config import DataOwnerConfig
+from primia.models import model_names
 from primia.models.checkpoint import ModelSpec
+from primia.models.plugins import plugin_needed
 from primia.rpc.codec import MessageError, spec_from_proto
 from primia.rpc.generated import inference_pb2 as pb
 from primia.rpc.generated import inference_pb2_grpc as pb_grpc
@@ -89,6 +92,7 @@ def predict(
     with _channel(config) as channel:
         stub = pb_grpc.ModelOwnerStub(channel)
         served = served or _describe(config, stub)
+        check_buildable(served.spec)
         check_images(images, served.spec, served.max_batch)
         # without a pool, start the party process before asking, so that the session's
         # short join deadline is not spent importing CrypTen
@@ -154,15 +158,15 @@ def join_session(
     started = time.perf_counter() if started is None else started
     plan = link_plan(offer, config)
     spec = _spec(offer.model)
+    check_buildable(spec)
     name = f"data owner of session {offer.session_id}"
     arguments = (plan, spec, images.float().numpy())
+    party_function = functools.partial(processes.data_owner, plugins=config.plugins)
     if pool is None:
-        party = processes.PartyProcess(
-            name, processes.data_owner, arguments, threads=config.threads
-        )
+        party = processes.PartyProcess(name, party_function, arguments, threads=config.threads)
         party.start()
     else:
-        party = pool.take(name, processes.data_owner, arguments)
+        party = pool.take(name, party_function, arguments)
     try:
         outcome = party.wait(offer.deadline_s + DEADLINE_MARGIN_S)
     finally:
@@ -183,6 +187,13 @@ def join_session(
         seconds=time.perf_counter() - started,
         stats=outcome.stats,
     )
+
+
+def check_buildable(spec: ModelSpec) -> None:
+    """Refuse, before any session, a served model this data owner cannot build: its party
+    builds the architecture (the weights come shared), so a plug-in must be loaded here."""
+    if spec.architecture not in model_names():
+        raise PredictionFailed(plugin_needed(spec.architecture, switch="allow_plugins"))
 
 
 def _describe(config: DataOwnerConfig, stub: pb_grpc.ModelOwnerStub) -> ServedModel:

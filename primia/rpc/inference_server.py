@@ -158,6 +158,7 @@ def model_owner_server(
         ),
         max_batch=config.max_batch,
         pool=PartyPool(config.pool_size, threads=config.threads, name="model owner"),
+        plugins=config.plugins,
     )
     service = ModelOwnerService(sessions, ca_pem=ca_pem, allowed=config.allowed_data_owners)
     return InferenceServer(

@@ -48,8 +48,8 @@ from primia.config import load_toml, rebase_paths
 from primia.errors import ConfigError
 from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySettings
 from primia.federated.plan import PlanLimits
-from primia.federated.policy import NodePolicy
-from primia.models.plugins import load_plugins
+from primia.federated.policy import NodePolicy, check_policy_models
+from primia.models.plugins import load_allowed_plugins
 from primia.pki import TLSFiles
 
 
@@ -73,13 +73,10 @@ class NodeConfig:
     ``NAME``; :mod:`primia.models.plugins`); needs ``policy.allow_plugins``."""
 
     def __post_init__(self) -> None:
-        if self.plugins and not self.policy.allow_plugins:
-            raise ConfigError(
-                f"plugins lists {', '.join(self.plugins)} but policy.allow_plugins is false: "
-                "loading a plug-in runs its module's code on this node; set "
-                "policy.allow_plugins = true to accept it, or remove plugins"
-            )
-        load_plugins(self.plugins)
+        load_allowed_plugins(
+            self.plugins, allowed=self.policy.allow_plugins, switch="policy.allow_plugins"
+        )
+        check_policy_models(self.policy)
         if ":" not in self.coordinator:
             raise ConfigError(f"coordinator {self.coordinator!r} must be HOST:PORT")
         if self.reconnect_max_s <= 0:

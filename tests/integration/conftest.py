@@ -23,7 +23,9 @@ from primia.federated.coordinator_config import CoordinatorConfig, ModelConfig
 from primia.federated.data_owner import ComputeSettings, DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, TrainPlan
 from primia.federated.result import FederationResult
+from primia.inference.party_config import CryptoProviderConfig, ModelOwnerConfig, ModelOwnerEntry
 from primia.rpc.coordinator_server import CoordinatorServer
+from primia.rpc.inference_server import InferenceServer, crypto_provider_server, model_owner_server
 from primia.rpc.node_client import NodeClient
 from primia.rpc.node_config import NodeConfig
 
@@ -67,6 +69,46 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, *logs: 
             tails = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
             raise AssertionError(f"timed out waiting for {what}\n{tails}")
         time.sleep(0.1)
+
+
+def start_inference_servers(
+    pki_dir: Path,
+    model_path: Path,
+    *,
+    owner_ports: tuple[int, int] = (29700, 29799),
+    dealer_ports: tuple[int, int] = (29800, 29899),
+    session_timeout_s: float = 120.0,
+    join_timeout_s: float = 30.0,
+    dealer_port: int = 0,
+    **owner_options: Any,
+) -> tuple[InferenceServer, InferenceServer]:
+    """A crypto provider and a model owner serving ``model_path`` on loopback (mutual TLS),
+    started; ``dealer_port`` set: the model owner dials that port instead of the
+    provider's; ``owner_options``: more of the model owner's settings."""
+    dealer = crypto_provider_server(
+        CryptoProviderConfig(
+            tls=pki.tls_files(pki_dir, "crypto-provider"),
+            listen="127.0.0.1:0",
+            mpc_ports=dealer_ports,
+            model_owners=(ModelOwnerEntry("model-owner", "127.0.0.1", owner_ports),),
+            join_timeout_s=join_timeout_s,
+        )
+    )
+    port = dealer.start()
+    values: dict[str, Any] = {
+        "tls": pki.tls_files(pki_dir, "model-owner"),
+        "listen": "127.0.0.1:0",
+        "crypto_provider": f"127.0.0.1:{dealer_port or port}",
+        "rendezvous_ports": owner_ports,
+        "max_batch": 4,
+        "max_sessions_per_caller": 2,
+        "session_timeout_s": session_timeout_s,
+        "join_timeout_s": join_timeout_s,
+    }
+    values.update(owner_options)
+    owner = model_owner_server(ModelOwnerConfig(**values), model_path)
+    owner.start()
+    return owner, dealer
 
 
 @dataclass

@@ -10,16 +10,12 @@ import pytest
 from conftest import SITES, Consortium, rounds_of, run_federation
 from safetensors import safe_open
 
-from primia.federated.coordinator_config import ModelConfig
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
 from primia.federated.policy import NodePolicy
 from primia.federated.result import FederationResult
 from primia.federated.sampling import SamplingConfig
 from primia.federated.server_optimizer import ServerOptimizerConfig
-from primia.models import registry
-from primia.models.checkpoint import load_model
 from primia.rpc.coordinator_server import CoordinatorServer
-from primia.train.model_check import check_model_targets
 from primia.train.tracking import TrackingConfig, mlflow_installed
 
 PLAN = TrainPlan(epochs=1, batch_size=8, lr=3e-3, proximal_mu=0.1, dp=DPPlan(epsilon=1.0))
@@ -105,34 +101,3 @@ def test_fedadam_with_fedprox_resumes_its_state_after_a_restart(
         assert {f"epsilon_spent/{name}" for name in rounds[1]["contributors"]} <= set(
             run.data.metrics
         )
-
-
-def test_a_plugin_model_trains_in_a_two_node_federation(
-    consortium: Consortium, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
-    plugin = "consortium_net=primia.models.cnn:cnn"  # any importable factory, a new name
-    server = CoordinatorServer(
-        consortium.coordinator_config(
-            tmp_path / "run",
-            rounds=1,
-            roster=["site0", "site1"],
-            model=ModelConfig(architecture="consortium_net", image_size=32, plugins=[plugin]),
-        )
-    )
-    port = server.start()
-    for site in ("site0", "site1"):
-        consortium.start_node(
-            consortium.node_config(
-                site,
-                port,
-                tmp_path / f"state-{site}",
-                plugins=[plugin],
-                policy=NodePolicy(min_participants=2, allow_plugins=True),
-            )
-        )
-    run_federation(server)
-    assert rounds_of(tmp_path / "run")[0]["contributors"] == ["site0", "site1"]
-    _, spec = load_model(tmp_path / "run" / "model.safetensors")
-    assert spec.architecture == "consortium_net"
-    assert check_model_targets(spec.build(), image_size=32).valid  # encrypted included

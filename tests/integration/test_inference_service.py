@@ -20,16 +20,14 @@ import numpy as np
 import pytest
 import tomli_w
 import torch
+from conftest import start_inference_servers
 from PIL import Image
 
 from primia import pki
 from primia.errors import DataError
 from primia.inference import processes
 from primia.inference.party_config import (
-    CryptoProviderConfig,
     DataOwnerConfig,
-    ModelOwnerConfig,
-    ModelOwnerEntry,
 )
 from primia.inference.sessions import SessionState
 from primia.launch import free_port
@@ -37,7 +35,7 @@ from primia.models.checkpoint import ModelSpec, save_model
 from primia.rpc.generated import inference_pb2 as pb
 from primia.rpc.generated import inference_pb2_grpc as pb_grpc
 from primia.rpc.inference_client import PredictionFailed, describe_model, link_plan, predict
-from primia.rpc.inference_server import InferenceServer, crypto_provider_server, model_owner_server
+from primia.rpc.inference_server import InferenceServer
 from primia.rpc.tls import secure_channel
 
 pytestmark = pytest.mark.slow
@@ -55,42 +53,6 @@ class Parties:
     pki_dir: Path
 
 
-OWNER_PORTS = (29700, 29799)
-
-
-def _start(
-    pki_dir: Path,
-    model_path: Path,
-    *,
-    session_timeout_s: float = 120.0,
-    join_timeout_s: float = 30.0,
-    dealer_port: int = 0,
-) -> tuple[InferenceServer, InferenceServer]:
-    dealer = crypto_provider_server(
-        CryptoProviderConfig(
-            tls=pki.tls_files(pki_dir, "crypto-provider"),
-            listen="127.0.0.1:0",
-            mpc_ports=(29800, 29899),
-            model_owners=(ModelOwnerEntry("model-owner", "127.0.0.1", OWNER_PORTS),),
-            join_timeout_s=join_timeout_s,
-        )
-    )
-    port = dealer.start()
-    owner_config = ModelOwnerConfig(
-        tls=pki.tls_files(pki_dir, "model-owner"),
-        listen="127.0.0.1:0",
-        crypto_provider=f"127.0.0.1:{dealer_port or port}",
-        rendezvous_ports=OWNER_PORTS,
-        max_batch=4,
-        max_sessions_per_caller=2,
-        session_timeout_s=session_timeout_s,
-        join_timeout_s=join_timeout_s,
-    )
-    owner = model_owner_server(owner_config, model_path)
-    owner.start()
-    return owner, dealer
-
-
 @pytest.fixture
 def parties(
     consortium_pki: Path, tmp_path: Path, request: pytest.FixtureRequest
@@ -100,7 +62,7 @@ def parties(
     model_path = tmp_path / "model.safetensors"
     save_model(model_path, model, SPEC)
     timeout = getattr(request, "param", 120.0)
-    owner, dealer = _start(consortium_pki, model_path, session_timeout_s=timeout)
+    owner, dealer = start_inference_servers(consortium_pki, model_path, session_timeout_s=timeout)
     data_owner = DataOwnerConfig(
         tls=pki.tls_files(consortium_pki, "site0"), server=f"127.0.0.1:{owner.port}"
     )
@@ -228,7 +190,7 @@ def test_a_data_owner_that_vanishes_does_not_hang_the_servers(parties: Parties) 
 def test_an_unreachable_crypto_provider_is_reported(consortium_pki: Path, tmp_path: Path) -> None:
     model_path = tmp_path / "model.safetensors"
     save_model(model_path, SPEC.build(), SPEC)
-    owner, dealer = _start(consortium_pki, model_path, dealer_port=free_port())
+    owner, dealer = start_inference_servers(consortium_pki, model_path, dealer_port=free_port())
     try:
         config = DataOwnerConfig(
             tls=pki.tls_files(consortium_pki, "site0"), server=f"127.0.0.1:{owner.port}"

@@ -1,4 +1,5 @@
-"""Model plug-ins: loaded by name, checked for every target, refused by default policy."""
+"""Model plug-ins: loaded by name, checked for every target, refused by default policy, on
+the nodes and on the inference parties."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import pytest
 from torch import nn
 
 from primia import pki
-from primia.errors import ConfigError
+from primia.errors import ConfigError, ModelError
 from primia.federated.coordinator_config import CoordinatorConfig, ModelConfig
 from primia.federated.data_owner import DataSettings
-from primia.federated.policy import NodePolicy
+from primia.federated.policy import AcceptedModel, NodePolicy, accepted_models, model_problems
+from primia.inference.party_config import DataOwnerConfig, ModelOwnerConfig
+from primia.inference.sessions import load_served_model
 from primia.models import BUILT_IN_MODELS, build_model, model_names, registry
+from primia.models.checkpoint import ModelSpec, save_model
 from primia.models.plugins import load_plugin
 from primia.rpc.node_config import NodeConfig
 from primia.train.model_check import check_model_targets
@@ -100,3 +104,53 @@ def test_a_node_refuses_plugins_unless_its_policy_allows_them(tmp_path):
     assert "t3" not in model_names()
     NodeConfig(**settings, policy=NodePolicy(allow_plugins=True))
     assert "t3" in model_names()
+
+
+def test_policy_models_names_a_plugin_only_when_plugins_are_allowed(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"unknown architecture 'p4'.*policy\.allow_plugins = true"
+    ):
+        NodePolicy(models=(AcceptedModel("p4"),))
+    settings = {"tls": TLS, "data": DataSettings(path=tmp_path)}
+    allowed = NodePolicy(allow_plugins=True, models=(AcceptedModel("p4"),))
+    with pytest.raises(ConfigError, match=r"unknown architecture 'p4'.*add its plug-in"):
+        NodeConfig(**settings, policy=allowed)  # listed and allowed, but not loaded
+    NodeConfig(**settings, policy=allowed, plugins=["p4=plugin_models:tiny"])
+
+
+def test_a_node_refuses_a_plugin_task_with_the_reason():
+    load_plugin("p5=plugin_models:tiny")
+    spec = ModelSpec("p5", num_outputs=2, image_size=32)
+    # plug-ins not allowed: refused even though this process has the plug-in loaded
+    closed = model_problems(NodePolicy(), spec, parameters=10, accepted=())
+    assert len(closed) == 1 and closed[0].startswith("policy.allow_plugins=false")
+    # allowed, but not listed in policy.models
+    policy = NodePolicy(allow_plugins=True, models=(AcceptedModel("cnn"),))
+    unlisted = model_problems(policy, spec, parameters=10, accepted=accepted_models(policy, None))
+    assert len(unlisted) == 1 and "policy.models=['cnn (width 16)']" in unlisted[0]
+    assert "asks for p5" in unlisted[0]
+    listed = NodePolicy(allow_plugins=True, models=(AcceptedModel("p5"),))
+    assert model_problems(listed, spec, parameters=10, accepted=accepted_models(listed, None)) == []
+
+
+@pytest.mark.parametrize("config", [ModelOwnerConfig, DataOwnerConfig])
+def test_inference_parties_load_plugins_only_when_allowed(config):
+    with pytest.raises(ConfigError, match=r"allow_plugins is false.*set allow_plugins = true"):
+        config(tls=TLS, plugins=("p6=plugin_models:tiny",))
+    assert "p6" not in model_names()
+    config(tls=TLS, plugins=("p6=plugin_models:tiny",), allow_plugins=True)
+    assert "p6" in model_names()
+
+
+def test_the_model_owner_refuses_a_model_it_cannot_run_encrypted_naming_the_layers(tmp_path):
+    path = tmp_path / "model.safetensors"
+    name = load_plugin("p7=plugin_models:identity")
+    spec = ModelSpec(name, num_outputs=2, image_size=32)
+    save_model(path, spec.build(), spec)
+    with pytest.raises(
+        ModelError, match="cannot run encrypted: 1: Identity cannot run encrypted; 2: in-place ReLU"
+    ):
+        load_served_model(path)
+    registry._FACTORIES.pop(name)  # a model owner without the plug-in
+    with pytest.raises(ModelError, match=r"'p7' is not a built-in model.*set allow_plugins = true"):
+        load_served_model(path)
