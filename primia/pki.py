@@ -22,7 +22,9 @@ the CA's folder.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,7 +97,7 @@ class TLSFiles:
         return (
             _read(self.ca, "the consortium's CA certificate", "copy ca.pem from the CA's folder"),
             _read(self.certificate, f"the certificate of {name!r}", issue_hint),
-            _read(self.key, f"the private key of {name!r}", issue_hint),
+            _read(self.key, f"the private key of {name!r}", issue_hint, private=True),
         )
 
 
@@ -375,7 +377,7 @@ def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
             )
     try:
         certificate = x509.load_pem_x509_certificate(certificate_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(read_private(key_path), password=None)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"cannot read the CA in {directory}: {error}") from error
     if not isinstance(key, ec.EllipticCurvePrivateKey) or (
@@ -438,9 +440,29 @@ def _refuse_existing(paths: Sequence[Path], what: str) -> None:
         )
 
 
-def _read(path: Path, what: str, fix: str) -> bytes:
+def read_private(path: Path) -> bytes:
+    """The bytes of the secret at ``path``, refused (:class:`ConfigError`) when its
+    permissions let another account read or change it (any group or other bit).
+
+    A secret written with :data:`~primia.files.PRIVATE` passes; one copied, restored or
+    made by hand with a looser mode would otherwise be used silently while any local
+    account could read it (a TLS key: impersonate this participant; a pseudonymization
+    key: link pseudonyms back to patients). Where the platform has no POSIX permissions
+    (Windows), the check is left to its ACLs.
+    """
+    if os.name == "posix":
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"{path} can be read or changed by other accounts (mode {mode:o}); a secret "
+                f"must be its owner's only: run `chmod 600 {path}`"
+            )
+    return path.read_bytes()
+
+
+def _read(path: Path, what: str, fix: str, *, private: bool = False) -> bytes:
     try:
-        return path.read_bytes()
+        return read_private(path) if private else path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{what} is missing: {path}; {fix}") from None
     except OSError as error:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from primia.errors import ConfigError
 from primia.files import PRIVATE, atomic_write_bytes
+from primia.pki import read_private
 
 DROPPABLE = ("site", "sex", "age", "view")
 TOP_CODED_AGE = 90
@@ -42,9 +43,8 @@ def load_or_create_key(path: Path) -> bytes:
     """The key at ``path``, created (random, owner-only permissions) if it is absent."""
     if not path.exists():
         atomic_write_bytes(path, secrets.token_hex(KEY_BYTES).encode() + b"\n", mode=PRIVATE)
-    text = path.read_text().strip()
     try:
-        key = bytes.fromhex(text)
+        key = bytes.fromhex(read_private(path).decode(errors="replace").strip())
     except ValueError:
         key = b""
     if len(key) < 16:

@@ -79,9 +79,10 @@ from primia.federated.tasks import (
     TrainTask,
 )
 from primia.federated.weights import WeightsError, decode_like
-from primia.files import atomic_write_bytes
+from primia.files import PRIVATE, atomic_write_bytes
 from primia.models import model_names
 from primia.models.checkpoint import ModelSpec
+from primia.pki import read_private
 from primia.scoring.predict import dataset_scores, predict
 from primia.threads import set_torch_threads
 from primia.train.accounting import AccountantName
@@ -624,9 +625,10 @@ def _secret_key(path: Path) -> bytes:
     """The node's evaluation secret (32 random bytes, created on first use): mixed into
     bootstrap seeds so that only this node knows which samples each resample drew."""
     if not path.exists():
-        atomic_write_bytes(path, secrets.token_bytes(32))
-        path.chmod(0o600)
-    key = path.read_bytes()
+        # Private from its first byte: written then chmod-ed, it would be readable by any
+        # local account until the chmod, and for good after a crash in between.
+        atomic_write_bytes(path, secrets.token_bytes(32), mode=PRIVATE)
+    key = read_private(path)
     if len(key) != 32:
         raise ConfigError(f"{path} is not a 32-byte key; delete it and a new one is made")
     return key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -87,7 +88,7 @@ def test_join_refuses_other_cas_expired_and_missing_certificates(
     expired_dir = tmp_path / "expired"
     expired_dir.mkdir()
     for name in ("ca.pem", "ca.key"):
-        (expired_dir / name).write_bytes((consortium.pki_dir / name).read_bytes())
+        shutil.copy(consortium.pki_dir / name, expired_dir / name)  # ca.key stays 0600
     expired = pki.issue(
         expired_dir, "site1", "node", not_before=datetime.now(UTC) - timedelta(days=10), days=1
     )

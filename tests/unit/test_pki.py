@@ -194,3 +194,21 @@ def test_describe_is_one_line_for_people(pki):
     line = describe(cert_pem)
     assert line.startswith("hospital-a (node) of consortium Lung Study, serial ")
     assert "valid until" in line and "\n" not in line
+
+
+def test_private_keys_others_can_read_are_refused(pki):
+    # A private key any local account can read lets that account impersonate the
+    # participant (or, the CA's, issue certificates): it is refused, naming the fix.
+    files = issue(pki, "hospital-a", "node")
+    files.key.chmod(0o644)
+    with pytest.raises(
+        ConfigError, match=r"hospital-a.key can be read or changed by other.*chmod 600"
+    ):
+        files.read()
+    files.key.chmod(0o600)
+    assert b"PRIVATE KEY" in files.read()[2]
+    (pki / "ca.key").chmod(0o640)
+    with pytest.raises(ConfigError, match=r"ca.key can be read or changed by other.*chmod 600"):
+        issue(pki, "hospital-b", "node")
+    (pki / "ca.key").chmod(0o600)
+    issue(pki, "hospital-b", "node")

@@ -65,3 +65,18 @@ def test_the_key_stays_out_of_the_copy_and_bad_requests_are_refused(tmp_path: Pa
     assert described["sex"] == "dropped" and described["site"] == "kept"
     assert described["age"].startswith("5-year bands")
     assert "HMAC-SHA256" in described["patient_id"]
+
+
+def test_a_key_others_can_read_is_refused(tmp_path: Path) -> None:
+    # A key readable by the group or others lets any local account link pseudonyms back to
+    # medical record numbers: it is refused, not used, and the message names the fix.
+    path = tmp_path / "copy.id-key"
+    key = load_or_create_key(path)
+    for loose in (0o644, 0o640, 0o604):
+        path.chmod(loose)
+        with pytest.raises(ConfigError, match=r"read or changed by other accounts.*chmod 600"):
+            load_or_create_key(path)
+    path.chmod(0o600)
+    assert load_or_create_key(path) == key
+    path.chmod(0o400)  # read-only for its owner is private too
+    assert load_or_create_key(path) == key
