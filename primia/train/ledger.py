@@ -265,8 +265,8 @@ class PrivacyLedger:
                 raise PrivacyUnitMismatch(
                     f"this release protects each {unit} but the ledger {self.path} records "
                     f"{recorded}-level releases, and the two do not compose into one epsilon "
-                    f"(a {recorded}-level guarantee for a patient with k images is only a "
-                    f"k-fold group-privacy bound); train with privacy unit '{recorded}', or "
+                    "(a guarantee per image protects a patient with k images only by a k-fold "
+                    f"group-privacy bound); train with privacy unit '{recorded}', or "
                     "keep this unit's releases in a ledger of their own (--ledger)"
                 )
             budget = self.budget
