@@ -13,7 +13,13 @@ from primia.errors import ConfigError, PrivacyUnitMismatch
 from primia.train.accounting import Mechanism, noise_for_target
 from primia.train.fast_dp import FastDPSGD, vmap_clipped_grad_sum
 from primia.train.ledger import Budget, PrivacyLedger
-from primia.train.units import UnitPoissonSampler, random_shifts, unit_batches, unit_members
+from primia.train.units import (
+    UnitPoissonSampler,
+    random_shifts,
+    unit_batches,
+    unit_members,
+    unnamed_patients_problem,
+)
 
 PATIENTS = ["p1", "p2", "p1", "p3", "p2", "p1", "p4", "p3", "p1"]
 
@@ -154,3 +160,12 @@ def test_example_level_releases_refuse_a_patient_level_one(tmp_path) -> None:
     assert reserve["event"] == "reserve" and reserve["unit"] == "example"
     with pytest.raises(PrivacyUnitMismatch, match="do not compose"):
         PrivacyLedger.open(path).reserve(_mechanism(), epsilon=1.0, delta=1e-5, unit="patient")
+
+
+def test_patient_level_is_refused_for_images_that_name_no_patient() -> None:
+    """Each such image would be its own 'patient': example-level DP recorded as patient."""
+    problem = unnamed_patients_problem("patient", unnamed=2, images=5)
+    assert problem is not None and "2 of the 5 training images name no patient" in problem
+    assert "privacy unit 'example'" in problem
+    assert unnamed_patients_problem("patient", unnamed=0, images=5) is None
+    assert unnamed_patients_problem("example", unnamed=5, images=5) is None
