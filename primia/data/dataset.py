@@ -47,6 +47,9 @@ class Record:
     site: str = ""
     source: str = ""
     extra: dict[str, str] = field(default_factory=dict, compare=False)
+    patient_from_file: bool = False
+    """Nothing named the patient, so ``patient_id`` is the file's own name: the image is
+    its own patient, and patient-level DP would protect only the image (refused)."""
 
 
 ImageReader = Callable[[Path, int], np.ndarray]
@@ -89,6 +92,11 @@ class RadiographDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     @property
     def patient_ids(self) -> list[str]:
         return [record.patient_id for record in self.records]
+
+    @property
+    def unnamed_patients(self) -> int:
+        """How many images have no named patient (:attr:`Record.patient_from_file`)."""
+        return sum(record.patient_from_file for record in self.records)
 
     @property
     def sites(self) -> list[str]:

@@ -45,18 +45,19 @@ def is_split_layout(root: Path) -> bool:
     return bool(folders) and all(p.name.lower() in SPLIT_ALIASES for p in folders)
 
 
-def patient_id_for(path: Path) -> str:
-    """The patient of one image file.
+def patient_id_for(path: Path) -> tuple[str, bool]:
+    """The patient of one image file, and whether it is only the file's own name.
 
     ``person1234`` for the paediatric set's ``person1234_bacteria_5678.jpeg``; else a DICOM
-    file's PatientID tag; else the file stem (one patient per image).
+    file's PatientID tag; else the file stem (one patient per image, flagged: nothing says
+    which images share a patient, so patient-level DP cannot be claimed for them).
     """
     match = _PERSON.match(path.name)
     if match:
-        return match.group(1)
-    if is_dicom_path(path):
-        return dicom_patient_id(path) or path.stem
-    return path.stem
+        return match.group(1), False
+    if is_dicom_path(path) and (tagged := dicom_patient_id(path)):
+        return tagged, False
+    return path.stem, True
 
 
 def _images(class_folder: Path) -> list[Path]:
@@ -138,13 +139,15 @@ def load_image_folder(root: Path | str, *, image_size: int) -> RadiographDataset
         Record(
             path=path,
             labels=(index,),
-            patient_id=patient_id_for(path),
+            patient_id=patient,
             source=str(path),
             extra={"split": split} if split else {},
+            patient_from_file=from_file,
         )
         for split, classes in layout.items()
         for index, name in enumerate(class_names)
         for path in _images(classes[name])
+        for patient, from_file in [patient_id_for(path)]
     ]
     return RadiographDataset(
         records,

@@ -89,7 +89,7 @@ from primia.train.accounting import AccountantName
 from primia.train.ledger import Budget, PrivacyLedger
 from primia.train.local import dp_mechanism, fit, logits_of, metrics_of, resolve_device
 from primia.train.train_config import LEDGER_FILENAME, DPConfig, GradSampleMode, TrainConfig
-from primia.train.units import PrivacyUnit, check_unit
+from primia.train.units import PrivacyUnit, check_unit, unnamed_patients_problem
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,13 @@ class DataOwner:
             log.warning(
                 "policy.aggregation allows plaintext: a coordinator that asks for it receives "
                 "this node's updates in the clear"
+            )
+        if privacy.unit == "patient" and compute.grad_sample_mode != "fast":
+            # else every DP round would fail in the middle of training, not at start-up
+            raise ConfigError(
+                f"compute.grad_sample_mode {compute.grad_sample_mode!r} clips each image alone, "
+                "so it cannot train at privacy.unit = 'patient'; set compute.grad_sample_mode "
+                "= 'fast' (the default), or privacy.unit = 'example'"
             )
         state_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = PrivacyLedger.open(
@@ -341,6 +348,11 @@ class DataOwner:
         parameters = sum(tensor.numel() for tensor in spec.shapes().values())
         problems = model_problems(self._policy, spec, parameters=parameters, accepted=accepted)
         if plan.dp.enabled:
+            unnamed = unnamed_patients_problem(
+                self._privacy.unit, unnamed=splits.train.unnamed_patients, images=len(splits.train)
+            )
+            if unnamed is not None:
+                raise TaskRefused(Refusal.POLICY, unnamed)
             recorded = self.ledger.unit
             if recorded is not None and recorded != self._privacy.unit:
                 raise TaskRefused(

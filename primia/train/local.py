@@ -47,6 +47,7 @@ from torch.utils.data import TensorDataset
 
 from primia.config import write_toml
 from primia.data import RadiographDataset, Splits, open_dataset, patient_split
+from primia.errors import ConfigError
 from primia.files import atomic_write_bytes
 from primia.models import check_model
 from primia.models.checkpoint import ModelSpec, save_model
@@ -62,7 +63,7 @@ from primia.train.randomness import os_seeded_generator
 from primia.train.runlog import RunLog
 from primia.train.tracking import open_run
 from primia.train.train_config import TrainConfig
-from primia.train.units import PrivacyUnit, unit_members
+from primia.train.units import PrivacyUnit, unit_members, unnamed_patients_problem
 
 FAILED_FILENAME = "failed.json"
 """Marks a run folder whose run failed after an epoch had finished (see _leave_failed_run)."""
@@ -260,6 +261,12 @@ def fit(
     release_id = ""
     mechanism: Mechanism | None = None
     loop: EpochLoop
+    if config.dp.enabled and (
+        problem := unnamed_patients_problem(
+            config.dp.privacy_unit, unnamed=train.unnamed_patients, images=len(train)
+        )
+    ):
+        raise ConfigError(problem)  # before the ledger is opened: nothing is recorded
     if not config.dp.enabled:
         ledger = None
     elif ledger is None:

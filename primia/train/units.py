@@ -47,6 +47,22 @@ def check_unit(unit: str) -> PrivacyUnit:
     return unit
 
 
+def unnamed_patients_problem(unit: PrivacyUnit, *, unnamed: int, images: int) -> str | None:
+    """Why ``unit`` cannot be claimed for a training set of ``images`` images, ``unnamed`` of
+    which name no patient (a plain file in a class folder: its patient is its own file
+    name); ``None`` when it can. Patient-level DP over such images would clip and sample
+    each image alone — example-level DP recorded as patient-level."""
+    if unit != "patient" or unnamed == 0:
+        return None
+    return (
+        f"{unnamed} of the {images} training images name no patient (files in class folders "
+        "without a personNNN_ prefix or a DICOM PatientID), so each would count as its own "
+        "patient and the patient-level guarantee would hold only per image; give a manifest "
+        "with a patient_id column, or train with privacy unit 'example' (--privacy-unit "
+        'example, node [privacy] unit = "example")'
+    )
+
+
 def unit_members(
     patient_ids: Sequence[str], unit: PrivacyUnit, *, max_images_per_patient: int
 ) -> list[Tensor]:

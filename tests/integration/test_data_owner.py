@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from primia.blobs import Blob
+from primia.errors import ConfigError
 from primia.federated import data_owner
 from primia.federated.data_owner import ComputeSettings, DataOwner, DataSettings, PrivacySettings
 from primia.federated.plan import DPPlan, PlanLimits, TrainPlan
@@ -46,6 +47,19 @@ def owner(synth_data: Path, tmp_path: Path) -> DataOwner:
 def _weights(spec: ModelSpec = SPEC) -> Blob:
     torch.manual_seed(0)
     return Blob.of("w", encode(spec.build().state_dict()))
+
+
+def _node(data: DataSettings, state: Path, compute: ComputeSettings | None = None) -> DataOwner:
+    """A node with the default privacy settings (RDP) and limits, plaintext allowed."""
+    return DataOwner(
+        data=data,
+        privacy=PrivacySettings(accountant="rdp"),
+        limits=PlanLimits(),
+        compute=compute or ComputeSettings(threads=1),
+        state_dir=state,
+        default_image_size=32,
+        policy=PLAINTEXT_ALLOWED,
+    )
 
 
 def _refusal(owner: DataOwner, task: TrainTask) -> TaskRefused:
@@ -139,15 +153,7 @@ def test_the_first_model_trained_is_pinned_and_kept_across_restarts(
     synth_data: Path, tmp_path: Path
 ) -> None:
     def start() -> DataOwner:
-        return DataOwner(
-            data=DataSettings(path=synth_data, site="site1"),
-            privacy=PrivacySettings(accountant="rdp"),
-            limits=PlanLimits(),
-            compute=ComputeSettings(threads=1),
-            state_dir=tmp_path / "state",
-            default_image_size=32,
-            policy=PLAINTEXT_ALLOWED,
-        )
+        return _node(DataSettings(path=synth_data, site="site1"), tmp_path / "state")
 
     start().train(TrainTask("t1", 1, SPEC, _weights(), PLAN))
     owner = start()  # the node restarted: the pin is on disk
@@ -279,3 +285,38 @@ def test_a_node_refuses_to_mix_privacy_units_in_its_ledger(
     assert example_node.ledger.unit == "example"
     refusal = _refusal(node("patient"), TrainTask("t2", 2, SPEC, _weights(), PLAN))
     assert refusal.reason is Refusal.POLICY and "privacy.unit" in refusal.detail
+
+
+def test_a_node_that_cannot_train_its_unit_fails_at_start_up(
+    synth_data: Path, tmp_path: Path
+) -> None:
+    """Opacus' modes clip each image alone: a patient-level node must not start with one
+    (before, every DP round failed mid-admission with a configuration error)."""
+    with pytest.raises(ConfigError, match="grad_sample_mode 'hooks'"):
+        _node(
+            DataSettings(path=synth_data, site="site1"),
+            tmp_path / "state",
+            ComputeSettings(threads=1, grad_sample_mode="hooks"),
+        )
+
+
+def test_a_patient_level_node_refuses_data_that_names_no_patient(tmp_path: Path) -> None:
+    """A class folder of plain files: each image would count as its own patient, so the
+    node refuses the round (nothing reserved) instead of recording patient-level ε."""
+    from PIL import Image
+
+    for klass in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "folder" / klass).mkdir(parents=True)
+        for i in range(10):
+            pixels = torch.randint(0, 255, (32, 32), dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "folder" / klass / f"img{i}.png")
+    owner = _node(DataSettings(path=tmp_path / "folder"), tmp_path / "state")
+    spec = ModelSpec(
+        architecture="cnn",
+        num_outputs=2,
+        image_size=32,
+        task="multiclass",
+        label_names=("NORMAL", "PNEUMONIA"),
+    )
+    refusal = _refusal(owner, TrainTask("t1", 1, spec, _weights(spec), PLAN))
+    assert refusal.reason is Refusal.POLICY and "name no patient" in refusal.detail

@@ -9,7 +9,7 @@ import torch
 from opacus.accountants import create_accountant
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from primia.errors import PrivacyBudgetExceeded, PrivacyUnitMismatch
+from primia.errors import ConfigError, PrivacyBudgetExceeded, PrivacyUnitMismatch
 from primia.models.checkpoint import load_model
 from primia.train import DPConfig, PrivacyLedger, TrainConfig, train_local
 
@@ -55,6 +55,25 @@ def test_dp_run_reports_the_epsilon_of_opacus_accountant(data, tmp_path):
     assert ledger.spent_epsilon() == pytest.approx(privacy.dataset_spent_epsilon)
     # the default unit is the patient: q is the rate at which patients are sampled
     assert privacy.unit == "patient" and ledger.unit == "patient"
+
+
+def test_patient_level_is_refused_where_files_name_no_patient(tmp_path):
+    """A class folder of plain files gives each image its own patient ID; recording its
+    releases as patient-level would claim a guarantee that holds only per image."""
+    from PIL import Image
+
+    for klass, count in (("NORMAL", 12), ("PNEUMONIA", 12)):
+        (tmp_path / "folder" / klass).mkdir(parents=True)
+        for i in range(count):
+            pixels = torch.randint(0, 255, (32, 32), dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "folder" / klass / f"img{i}.png")
+    dp = DPConfig(enabled=True, epsilon=2.0, epsilon_budget=5.0)
+    with pytest.raises(ConfigError, match="name no patient"):
+        train_local(small_config(tmp_path / "folder", tmp_path / "run", dp=dp, epochs=1))
+    assert not (tmp_path / "folder" / "privacy-ledger.jsonl").exists()  # nothing recorded
+    example = DPConfig(enabled=True, epsilon=2.0, epsilon_budget=5.0, privacy_unit="example")
+    result = train_local(small_config(tmp_path / "folder", tmp_path / "ex", dp=example, epochs=1))
+    assert result.privacy is not None and result.privacy.unit == "example"
 
 
 def test_patient_level_run_with_augmentations_and_a_refused_unit_change(data, tmp_path):

@@ -224,5 +224,6 @@ def test_class_folders_of_dicom_files(tmp_path: Path) -> None:
     write_dicom(tmp_path / "NORMAL" / "y.dcm", patient_id=None)  # no tag: the file stem
     dataset = load_image_folder(tmp_path, image_size=16)
     assert dataset.patient_ids == ["N1", "y", "S1"]
+    assert [r.patient_from_file for r in dataset.records] == [False, True, False]
     assert dataset.targets().tolist() == [0, 0, 1]
     assert dataset.image(0).shape == (16, 16)

@@ -150,3 +150,13 @@ def test_open_dataset_lists_the_layouts_it_understands(tmp_path: Path) -> None:
         open_dataset(tmp_path / "loose.png", image_size=8)
     with pytest.raises(DataError, match=r"missing does not exist; primia reads a CSV manifest"):
         open_dataset(tmp_path / "missing", image_size=8)
+
+
+def test_files_that_name_no_patient_are_flagged(tmp_path: Path) -> None:
+    """A plain file's patient is its own name, so it cannot carry a patient-level claim."""
+    _paediatric(tmp_path)
+    dataset = load_image_folder(tmp_path, image_size=16)
+    flagged = {r.path.name for r in dataset.records if r.patient_from_file}
+    assert flagged == {"IM-0001-0001.jpeg", "NORMAL2-IM-0002-0001.jpeg"}
+    assert dataset.unnamed_patients == 2
+    assert dataset.subset([2, 3, 4]).unnamed_patients == 0
