@@ -11,18 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
-import uvicorn
 from machine import CpuWatch, load_average
 
-from primia.api.dashboard import dashboard_app
+from primia.api.dashboard import dashboard_app, running_dashboard
 
 
 def _write_run(run_dir: Path, rounds: int, nodes: int) -> None:
@@ -55,25 +52,16 @@ def main() -> None:
         (root / "reports").mkdir()
         (root / "reports" / "report.html").write_text("<html></html>")
         app = dashboard_app(run_dir=root / "run", reports=[root / "reports"])
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
         rows = []
-        for page in ("/", "/state.json"):
-            times, size = [], 0
-            for _ in range(args.repeats):
-                started = time.perf_counter()
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{page}") as response:
-                    size = len(response.read())
-                times.append(time.perf_counter() - started)
-            rows.append((page, statistics.median(times) * 1000, size))
-        server.should_exit = True
-        thread.join(10)
+        with running_dashboard(app) as url:
+            for page in ("/", "/state.json"):
+                times, size = [], 0
+                for _ in range(args.repeats):
+                    started = time.perf_counter()
+                    with urllib.request.urlopen(f"{url}{page}") as response:
+                        size = len(response.read())
+                    times.append(time.perf_counter() - started)
+                rows.append((page, statistics.median(times) * 1000, size))
     share = watch.foreign_share()
     print(
         f"{os.cpu_count()} CPUs, load {load_average()}; other programs used "

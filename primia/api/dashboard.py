@@ -3,7 +3,11 @@ finished run's directory, in the browser; see :mod:`primia.dashboard`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +60,27 @@ def serve_dashboard(app: Any, *, host: str = DEFAULT_HOST, port: int = 8765) -> 
             "the dashboard needs its extra: pip install 'primia[dashboard]'"
         ) from error
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@contextmanager
+def running_dashboard(app: Any, *, host: str = DEFAULT_HOST) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free port of ``host`` in a background thread, for
+    tests and benchmarks; yields its base URL and stops the server on exit."""
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = int(sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, name="dashboard", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise ConfigError(f"the dashboard did not start on {host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -4,9 +4,6 @@ by a real uvicorn on loopback and read over HTTP."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -51,18 +48,10 @@ def _write_run(run_dir: Path) -> None:
     (run_dir / "rounds.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[str]:
     pytest.importorskip("uvicorn")
-    import uvicorn
-
-    from primia.api.dashboard import dashboard_app
+    from primia.api.dashboard import dashboard_app, running_dashboard
 
     _write_run(tmp_path / "run")
     reports = tmp_path / "reports"
@@ -70,17 +59,8 @@ def served(tmp_path: Path) -> Iterator[str]:
     (reports / "report.html").write_text("<html>report</html>")
     (reports / "grid.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     app = dashboard_app(run_dir=tmp_path / "run", reports=[reports])
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with running_dashboard(app) as url:
+        yield url
 
 
 def _get(url: str) -> bytes:
