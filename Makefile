@@ -14,12 +14,13 @@ PY := $(BIN)/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.primia-setup
 
-.PHONY: setup demo test unit lint bench proto layers clean help
+.PHONY: setup demo test unit lint bench proto layers clean help browser
 
 help:
 	@echo "make demo   - a federation of 3 synthetic hospitals with DP-SGD, end to end"
 	@echo "make test   - lint, type check and the whole test suite (what CI runs)"
 	@echo "make bench  - the benchmarks in benchmarks/, one script per figure"
+	@echo "make browser - install Chromium for the dashboard's browser test, when possible"
 	@echo "make lint   - ruff, mypy and the layering contract (.importlinter)"
 	@echo "make proto  - regenerate the gRPC stubs from protos/"
 	@echo "make layers - redraw the layers picture in docs/architecture.md from the code"
@@ -31,7 +32,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip setuptools wheel
 	@# torch first and pinned, so that nothing later resolves a (CUDA) build from the registry.
 	$(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
-	$(PIP) install -q -e ".[dev,inference,tracking]" "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -e ".[dev,inference,tracking,dashboard]" "torch==$(TORCH_VERSION)"
 	$(PIP) install -q --no-deps "crypten==$(CRYPTEN_VERSION)"
 	@touch $(STAMP)
 
@@ -52,7 +53,12 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
-test: lint
+# The dashboard's browser test drives Debian's Chromium; installed when missing and apt
+# can (root), else the test skips saying why. Never fails the build.
+browser:
+	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } || echo "no chromium: the browser test will skip"
+
+test: lint browser
 	$(BIN)/pytest -q
 
 proto: $(STAMP)

@@ -33,6 +33,7 @@ COMMANDS: dict[str, Command] = {
     "coordinator": Command("federation", "run a federation's coordinator"),
     "node": Command("federation", "run a data-owner node"),
     "status": Command("federation", "show a running federation's rounds, nodes and privacy spent"),
+    "dashboard": Command("dashboard", "show a federation or a finished run in the browser"),
     "check": Command(
         "check", "test the link to a coordinator: certificates, integrity, throughput"
     ),

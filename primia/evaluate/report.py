@@ -14,23 +14,15 @@ from collections.abc import Sequence
 
 from primia.evaluate.evaluation import Comparison, Estimate, Evaluation, MetricTable
 from primia.evaluate.metrics import MEAN
+from primia.reports import Markup, render, stylesheet
 
 FINDING_METRICS = ("auroc", "sensitivity", "specificity", "precision", "f1")
 """The columns of the per-finding table."""
 GROUP_METRICS = ("auroc", "sensitivity", "specificity")
 """The columns of the subgroup and comparison tables (mean over findings)."""
 
-CSS = """
-body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto;
-       padding: 0 1rem; color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
-th { background: #f3f3f3; }
-td.number { text-align: right; font-variant-numeric: tabular-nums; }
-.note { color: #555; }
-.warning { border-left: 4px solid #c60; padding-left: 0.6rem; }
-"""
-"""The style of primia's HTML reports (evaluation, transfer matrix)."""
+CSS = stylesheet()
+"""The style of primia's HTML reports (the shipped ``primia/reports/report.css``)."""
 
 
 def estimate_text(estimate: Estimate, separator: str = " ") -> str:
@@ -71,33 +63,28 @@ def evaluation_html(
     other_model: str = "",
     comparison: Comparison | None = None,
 ) -> str:
-    """The page (module docstring)."""
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8"><title>Evaluation</title>',
-        f"<style>{CSS}</style></head><body>",
-        "<h1>Evaluation</h1>",
-        f"<p class='note'>model {_e(model)} · data {_e(data)} · test split, "
-        f"{evaluation.overall.num_examples} images · {evaluation.resamples} bootstrap "
-        f"resamples, {evaluation.confidence:.0%} intervals</p>",
-        f"<h2>Per finding, at the operating point</h2><p>Threshold: "
-        f"{_e(evaluation.threshold_rule)}. Sensitivity, specificity, precision and F1 are "
-        "at that threshold; AUROC needs none.</p>",
-        _table(["finding", "positives", "threshold", *FINDING_METRICS], finding_rows(evaluation)),
-        *(f"<p class='note'>note: {_e(note)}</p>" for note in evaluation.threshold_notes),
-        "<h2>By patient group (mean over findings)</h2>",
-        _table(["group", "images", *GROUP_METRICS], _group_rows(evaluation.groups)),
-    ]
-    if other is not None and comparison is not None:
-        parts += [
-            f"<h2>Compared with {_e(other_model)}</h2>",
-            _table(["finding", "positives", "threshold", *FINDING_METRICS], finding_rows(other)),
-            "<p>This model minus the other, on the same images and resamples: difference "
-            "[95% interval] (paired bootstrap P).</p>",
-            _table(["group", *GROUP_METRICS], comparison_rows(comparison)),
-        ]
-    parts += ["</body></html>", ""]
-    return "\n".join(parts)
+    """The page (module docstring), rendered from ``templates/evaluation.html``."""
+    compared = other is not None and comparison is not None
+    header = ["finding", "positives", "threshold", *FINDING_METRICS]
+    return render(
+        "evaluation.html",
+        model=model,
+        data=data,
+        examples=evaluation.overall.num_examples,
+        resamples=evaluation.resamples,
+        confidence=f"{evaluation.confidence:.0%}",
+        threshold_rule=evaluation.threshold_rule,
+        findings=Markup(_table(header, finding_rows(evaluation))),
+        notes=evaluation.threshold_notes,
+        groups=Markup(_table(["group", "images", *GROUP_METRICS], _group_rows(evaluation.groups))),
+        comparison=Markup(_table(["group", *GROUP_METRICS], comparison_rows(comparison)))
+        if compared and comparison is not None
+        else "",
+        other_findings=Markup(_table(header, finding_rows(other)))
+        if compared and other is not None
+        else "",
+        other_model=other_model,
+    )
 
 
 def comparison_rows(comparison: Comparison, separator: str = " ") -> list[list[str]]:

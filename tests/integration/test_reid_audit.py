@@ -75,6 +75,7 @@ def test_cli_writes_the_report(patients: Path, tmp_path: Path) -> None:
     page = (out / "report.html").read_text()
     assert "Re-identification audit" in page and "above 0.6" in page
     assert "chance" in page and "chance_precision_at_1" in report
+    assert page.count("<figure>") == 3 and "validation AUROC per epoch" in page  # the chart
 
 
 def test_one_image_per_patient_is_a_clear_error(tmp_path: Path) -> None:
