@@ -1,6 +1,7 @@
 """Anonymization of radiographs before they are shared (PriCheXy-Net style).
 
-* :mod:`~primia.anonymize.generators` — the flow-field and noise generators;
+* :mod:`~primia.anonymize.generators` — the flow-field and noise generators, optionally
+  weighted by a segmentation mask (:func:`guidance_weight`);
 * :mod:`~primia.anonymize.checkpoint` — a trained generator on disk;
 * :mod:`~primia.anonymize.training` — adversarial training against a re-identification
   verifier, with an auxiliary classifier (``primia anonymize train``);
@@ -9,6 +10,11 @@
   classification (``evaluate``).
 """
 
-from primia.anonymize.generators import FlowFieldGenerator, NoiseGenerator, UNet
+from primia.anonymize.generators import (
+    FlowFieldGenerator,
+    NoiseGenerator,
+    UNet,
+    guidance_weight,
+)
 
-__all__ = ["FlowFieldGenerator", "NoiseGenerator", "UNet"]
+__all__ = ["FlowFieldGenerator", "NoiseGenerator", "UNet", "guidance_weight"]

@@ -15,47 +15,33 @@ connections) with a tanh output, so every output value is in (−1, 1).
   x' = clip(x + s · g(x), 0, 1). s = 0 is the identity.
 
 Neither has BatchNorm or in-place activations, and both keep the input's shape and range.
+
+Segmentation guidance (PriCheXySeg-style): both ``forward`` methods take an optional
+per-pixel strength ``w`` in [0, 1] (``[B, 1, H, W]``) from :func:`guidance_weight`, and
+scale the perturbation by it: grid = identity − μ · w · smooth(g(x)), or
+x' = clip(x + s · w · g(x), 0, 1). With masks m_r of the diagnostic regions (lungs,
+heart) and a per-region inside strength a_r,
+
+    w = min_r (1 − (1 − a_r) · smooth(m_r)),
+
+so w = a_r well inside region r, 1 well outside every region, and a smooth ramp of about
+two Gaussian σ at each border. Where w = 0 the perturbation is exactly zero: the noise
+generator returns the pixel unchanged, the flow samples at the identity grid (the pixel
+itself up to bilinear rounding, below 1e-6 for float32).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from primia.segment.model import UNet
 
-class UNet(nn.Module):
-    """Two levels down and up with skips; ``out_channels`` tanh outputs per pixel."""
-
-    def __init__(self, out_channels: int, width: int = 16) -> None:
-        super().__init__()
-        self.down0 = _block(1, width)
-        self.down1 = _block(width, 2 * width)
-        self.bottom = _block(2 * width, 4 * width)
-        self.up1 = _block(4 * width + 2 * width, 2 * width)
-        self.up0 = _block(2 * width + width, width)
-        self.out = nn.Conv2d(width, out_channels, kernel_size=1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        level0 = self.down0(images)
-        level1 = self.down1(F.avg_pool2d(level0, 2))
-        bottom = self.bottom(F.avg_pool2d(level1, 2))
-        up1 = self.up1(torch.cat([F.interpolate(bottom, size=level1.shape[-2:]), level1], 1))
-        up0 = self.up0(torch.cat([F.interpolate(up1, size=level0.shape[-2:]), level0], 1))
-        return torch.tanh(self.out(up0))
-
-
-def _block(inputs: int, outputs: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(inputs, outputs, kernel_size=3, padding=1),
-        nn.GroupNorm(min(8, outputs), outputs),
-        nn.ReLU(),
-        nn.Conv2d(outputs, outputs, kernel_size=3, padding=1),
-        nn.GroupNorm(min(8, outputs), outputs),
-        nn.ReLU(),
-    )
+__all__ = ["FlowFieldGenerator", "NoiseGenerator", "UNet", "guidance_weight"]
 
 
 class FlowFieldGenerator(nn.Module):
@@ -83,12 +69,16 @@ class FlowFieldGenerator(nn.Module):
         padded = F.pad(field, (padding,) * 4, mode="replicate")
         return F.conv2d(padded, kernel, groups=2)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Deform ``images``; ``weight`` (``[B, 1, H, W]`` in [0, 1]) scales the offsets."""
         batch = images.shape[0]
         identity = torch.eye(2, 3, dtype=images.dtype, device=images.device)
         grid = F.affine_grid(identity.expand(batch, 2, 3), list(images.shape), align_corners=False)
         if self.mu > 0:
-            grid = grid - self.mu * self.offsets(images).permute(0, 2, 3, 1)
+            offsets = self.offsets(images)
+            if weight is not None:
+                offsets = offsets * _checked_weight(weight, images)
+            grid = grid - self.mu * offsets.permute(0, 2, 3, 1)
         return F.grid_sample(
             images, grid, mode="bilinear", padding_mode="border", align_corners=False
         )
@@ -106,8 +96,51 @@ class NoiseGenerator(nn.Module):
         self.strength = strength
         self.net = UNet(out_channels=1, width=width)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (images + self.strength * self.net(images)).clamp(0.0, 1.0)
+    def forward(self, images: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Perturb ``images``; ``weight`` (``[B, 1, H, W]`` in [0, 1]) scales the noise."""
+        noise = self.net(images)
+        if weight is not None:
+            noise = noise * _checked_weight(weight, images)
+        return (images + self.strength * noise).clamp(0.0, 1.0)
+
+
+def guidance_weight(
+    masks: torch.Tensor, inside: Sequence[float], *, smoothing: float = 2.0
+) -> torch.Tensor:
+    """Per-pixel strength w = min_r (1 − (1 − a_r) · smooth(m_r)), ``[B, 1, H, W]``.
+
+    ``masks`` is ``[B, R, H, W]`` with values in [0, 1] (one channel per diagnostic
+    region, e.g. lungs and heart); ``inside`` gives a_r in [0, 1] per region. The smoothed
+    mask is snapped to exactly 1 where it is within 1e-5 of 1, so w equals a_r exactly
+    well inside region r (a_r = 0 leaves those pixels untouched).
+    """
+    if masks.dim() != 4:
+        raise ValueError(f"masks must be [batch, regions, H, W], got shape {tuple(masks.shape)}")
+    if len(inside) != masks.shape[1]:
+        raise ValueError(
+            f"give one inside strength per mask channel: {len(inside)} for {masks.shape[1]}"
+        )
+    if any(not 0 <= a <= 1 for a in inside):
+        raise ValueError(f"inside strengths must be in [0, 1], got {list(inside)}")
+    if smoothing <= 0:
+        raise ValueError(f"smoothing must be positive, got {smoothing}")
+    regions = masks.shape[1]
+    kernel = _gaussian_kernel(smoothing).to(masks.dtype).to(masks.device).expand(regions, 1, -1, -1)
+    padding = kernel.shape[-1] // 2
+    smooth = F.conv2d(F.pad(masks, (padding,) * 4, mode="replicate"), kernel, groups=regions)
+    smooth = torch.where(smooth >= 1 - 1e-5, torch.ones_like(smooth), smooth.clamp(0.0, 1.0))
+    strengths = torch.tensor(inside, dtype=masks.dtype, device=masks.device)[None, :, None, None]
+    return (1 - (1 - strengths) * smooth).amin(dim=1, keepdim=True)
+
+
+def _checked_weight(weight: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    expected = (images.shape[0], 1, *images.shape[-2:])
+    if tuple(weight.shape) != expected:
+        raise ValueError(
+            f"guidance weight must have shape {expected}, got {tuple(weight.shape)}; "
+            "build it with guidance_weight(masks, inside)"
+        )
+    return weight.to(images.dtype)
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:

@@ -105,6 +105,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="replace a dataset already in --out (its images and manifest); without it, a "
         "folder that holds a manifest.csv is refused",
     )
+    synth.add_argument(
+        "--masks",
+        action="store_true",
+        help="also write lung and heart masks (0/255 PNG) beside each image, listed in the "
+        "manifest's mask_lungs and mask_heart columns",
+    )
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.set_defaults(handler=run_synth)
     _register_inspect(commands)
@@ -239,7 +245,11 @@ def run_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     summary = write_dataset(
-        args.out, config, progress=not args.no_progress, overwrite=args.overwrite
+        args.out,
+        config,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        masks=args.masks,
     )
     print_synth_summary(summary, config, Console())
     return 0

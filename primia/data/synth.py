@@ -41,13 +41,15 @@ import numpy.typing as npt
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from primia.data.synth_anatomy import MAX_MARKERS, RenderParams, render
+from primia.data.synth_anatomy import MAX_MARKERS, RenderParams, anatomy_masks, render
 from primia.errors import ConfigError, DataError
 
 FINDINGS = ("pneumonia", "effusion", "cardiomegaly", "nodule")
 """The binary labels, in the order of :attr:`SynthBatch.labels` and the manifest columns."""
 
 MANIFEST_COLUMNS = ("path", "patient_id", "site", "view", "sex", "age", *FINDINGS)
+# Optional columns (``write_dataset(masks=True)``): 0/255 PNG masks of the drawn organs.
+MASK_COLUMNS = ("mask_lungs", "mask_heart")
 
 # Images are rendered in chunks of about this many pixels (64 images of 128 px): big enough
 # that numpy's per-call overhead is small, small enough that the float32 working arrays stay
@@ -190,7 +192,12 @@ def generate(config: SynthConfig) -> SynthBatch:
 
 
 def write_dataset(
-    out_dir: Path, config: SynthConfig, *, progress: bool = True, overwrite: bool = False
+    out_dir: Path,
+    config: SynthConfig,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+    masks: bool = False,
 ) -> SynthSummary:
     """Write ``config``'s images as PNGs and a ``manifest.csv`` into ``out_dir``.
 
@@ -199,6 +206,10 @@ def write_dataset(
     rendered and written in chunks, so memory stays small for any dataset size. The
     manifest is written last, so an interrupted run leaves no manifest behind and can simply
     be repeated.
+
+    With ``masks``, each image also gets lung and heart masks beside it
+    (``<patient_id>_<k>_lungs.png``, ``..._heart.png``, 0/255, from the very maps the
+    renderer draws the organs with) and the manifest the optional :data:`MASK_COLUMNS`.
 
     With ``overwrite``, an existing dataset's images (the files its manifest lists) and its
     manifest are deleted first; other files in ``out_dir`` are left alone.
@@ -221,7 +232,7 @@ def write_dataset(
         _remove_dataset(out_dir)
     plan = _plan(config)
     try:
-        _write_files(out_dir, plan, config, progress)
+        _write_files(out_dir, plan, config, progress, masks)
     except OSError as error:
         raise DataError(
             f"cannot write the dataset into {out_dir}: {error}; check that the folder is "
@@ -238,8 +249,11 @@ def write_dataset(
     )
 
 
-def _write_files(out_dir: Path, plan: _Plan, config: SynthConfig, progress: bool) -> None:
+def _write_files(
+    out_dir: Path, plan: _Plan, config: SynthConfig, progress: bool, masks: bool
+) -> None:
     paths = plan.meta.paths()
+    mask_paths = [_mask_paths(path) for path in paths] if masks else None
     for site in config.site_names:
         (out_dir / "images" / site).mkdir(parents=True, exist_ok=True)
     columns = (
@@ -253,15 +267,33 @@ def _write_files(out_dir: Path, plan: _Plan, config: SynthConfig, progress: bool
         for start, chunk in _render_chunks(plan, config):
             for offset, image in enumerate(chunk):
                 Image.fromarray(image).save(out_dir / paths[start + offset], format="PNG")
+            if mask_paths is not None:
+                params = plan.params.take(slice(start, start + len(chunk)))
+                for offset, organs in enumerate(
+                    zip(*anatomy_masks(params, config.size), strict=True)
+                ):
+                    for mask, relative in zip(organs, mask_paths[start + offset], strict=True):
+                        Image.fromarray(mask).save(out_dir / relative, format="PNG")
             bar.advance(task, len(chunk))
-    _write_manifest(out_dir / "manifest.csv", plan.meta, paths)
+    _write_manifest(out_dir / "manifest.csv", plan.meta, paths, mask_paths)
 
 
-def _write_manifest(manifest: Path, meta: SynthBatch, paths: list[str]) -> None:
+def _mask_paths(path: str) -> tuple[str, str]:
+    """The lung and heart mask files beside an image (same folder, suffixed names)."""
+    stem = path.removesuffix(".png")
+    return f"{stem}_lungs.png", f"{stem}_heart.png"
+
+
+def _write_manifest(
+    manifest: Path,
+    meta: SynthBatch,
+    paths: list[str],
+    mask_paths: list[tuple[str, str]] | None = None,
+) -> None:
     partial = manifest.with_name(manifest.name + ".partial")
     with partial.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerow(MANIFEST_COLUMNS + (MASK_COLUMNS if mask_paths is not None else ()))
         for i, path in enumerate(paths):
             writer.writerow(
                 (
@@ -272,6 +304,7 @@ def _write_manifest(manifest: Path, meta: SynthBatch, paths: list[str]) -> None:
                     meta.sex[i],
                     int(meta.age[i]),
                     *(int(v) for v in meta.labels[i]),
+                    *(mask_paths[i] if mask_paths is not None else ()),
                 )
             )
     os.replace(partial, manifest)
@@ -283,7 +316,11 @@ def _remove_dataset(out_dir: Path) -> None:
     images = (out_dir / "images").resolve()
     try:
         with manifest.open(newline="", encoding="utf-8") as handle:
-            listed = [row.get("path") or "" for row in csv.DictReader(handle)]
+            listed = [
+                row.get(column) or ""
+                for row in csv.DictReader(handle)
+                for column in ("path", *MASK_COLUMNS)
+            ]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(
             f"cannot read the existing {manifest} to replace its dataset ({error}); "

@@ -175,15 +175,7 @@ def draw_scene(params: RenderParams, size: int, rng: np.random.Generator) -> Flo
 
     lung_y, lung_w, lung_h = _col(p.lung_center_y), _col(p.lung_width), _col(p.lung_height)
     offset = _col(p.lung_offset)
-    heart = _ellipse(
-        x, y, _col(p.heart_x), _col(p.heart_y), _col(p.heart_width), _col(p.heart_height)
-    )
-    outside_heart = 1.0 - heart
-    # "right"/"left" are the patient's: the right lung is on the image's left (PA view).
-    air_right = _ellipse(x, y, -offset, lung_y, lung_w, lung_h) * outside_heart
-    left_h = lung_h * _col(p.left_lung_ratio)
-    left_y = lung_y + lung_h - left_h  # both lungs end at the diaphragm
-    air_left = _ellipse(x, y, offset, left_y, lung_w, left_h) * outside_heart
+    heart, air_right, air_left = _organs(x, y, p)
     air = air_right + air_left
     density -= _AIR * air
     density += 0.16 * heart
@@ -211,6 +203,41 @@ def draw_scene(params: RenderParams, size: int, rng: np.random.Generator) -> Flo
     density += _AIR * np.minimum(filling, _MAX_FILLING) * air
     _add_nodule(density, x, y, p)
     return density
+
+
+def _organs(
+    x: FloatArray, y: FloatArray, p: RenderParams
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Soft heart, right-lung and left-lung maps in [0, 1] (the lungs stop at the heart)."""
+    lung_y, lung_w, lung_h = _col(p.lung_center_y), _col(p.lung_width), _col(p.lung_height)
+    offset = _col(p.lung_offset)
+    heart = _ellipse(
+        x, y, _col(p.heart_x), _col(p.heart_y), _col(p.heart_width), _col(p.heart_height)
+    )
+    outside_heart = 1.0 - heart
+    # "right"/"left" are the patient's: the right lung is on the image's left (PA view).
+    air_right = _ellipse(x, y, -offset, lung_y, lung_w, lung_h) * outside_heart
+    left_h = lung_h * _col(p.left_lung_ratio)
+    left_y = lung_y + lung_h - left_h  # both lungs end at the diaphragm
+    air_left = _ellipse(x, y, offset, left_y, lung_w, left_h) * outside_heart
+    return heart, air_right, air_left
+
+
+def anatomy_masks(
+    params: RenderParams, size: int
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """``uint8[B, size, size]`` lung and heart masks (0/255) of a batch.
+
+    They come from the very maps :func:`draw_scene` darkens (lungs) and brightens (heart),
+    thresholded at half their soft edge, so a mask pixel is 255 exactly where the organ
+    covers more than half of it in the rendered image.
+    """
+    x, y = _posed_grid(params, size)
+    heart, air_right, air_left = _organs(x, y, params)
+    lungs = (air_right + air_left) > 0.5
+    return (lungs * np.uint8(255)).astype(np.uint8), ((heart > 0.5) * np.uint8(255)).astype(
+        np.uint8
+    )
 
 
 def _add_breast(density: FloatArray, x: FloatArray, y: FloatArray, p: RenderParams) -> None:
