@@ -47,6 +47,20 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--model", "model", str, "architecture: resnet9, resnet18 or cnn (default resnet9)"),
     ("--width", "width", int, "base channel count of the model (default: the model's own)"),
     (
+        "--init",
+        "init",
+        Path,
+        "start from this checkpoint's weights (e.g. pre-trained on public or synthetic data); "
+        "its model spec must match",
+    ),
+    (
+        "--ema-decay",
+        "ema_decay",
+        float,
+        "evaluate and save the moving average of the weights with this decay, e.g. 0.999 "
+        "(free in ε; default 0: off)",
+    ),
+    (
         "--image-size",
         "image_size",
         int,
@@ -108,6 +122,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--labels", help="deprecated spelling of --label-columns (comma-separated)")
     parser.add_argument("--dp", action="store_true", default=None, help="train with DP-SGD")
     parser.add_argument(
+        "--ws", action="store_true", help="weight-standardised convolutions (with GroupNorm)"
+    )
+    parser.add_argument(
         "--skip-missing",
         action="store_true",
         help="leave out a public collection's rows whose image is missing (partial downloads)",
@@ -138,6 +155,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ]
     if args.dp:
         _set(values, "dp.enabled", True)
+    if args.ws:
+        values["ws"] = True
     if args.skip_missing:
         values["skip_missing"] = True
     if args.no_progress:

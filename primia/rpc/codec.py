@@ -60,6 +60,7 @@ def spec_to_proto(spec: ModelSpec) -> pb.ModelSpec:
         image_size=spec.image_size,
         task=spec.task,
         label_names=list(spec.label_names),
+        ws=spec.ws,
     )
 
 
@@ -76,6 +77,7 @@ def spec_from_proto(message: pb.ModelSpec) -> ModelSpec:
         image_size=message.image_size,
         task=message.task,
         label_names=tuple(message.label_names),
+        ws=message.ws,
     )
 
 

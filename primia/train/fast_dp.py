@@ -43,7 +43,10 @@ non-private step. Per-sample gradients exist only for the layers on large maps, 
 weights are small. The Gaussian noise is drawn in parallel threads (:class:`_GaussianNoise`).
 
 Supported trainable layers: ``nn.Conv2d`` (numeric zero padding), ``nn.Linear`` and
-``nn.GroupNorm``, what :data:`primia.models.ALLOWED_LAYERS` trains; a model with another
+``nn.GroupNorm``, what :data:`primia.models.ALLOWED_LAYERS` trains. A weight-standardised
+convolution (:class:`~primia.models.layers.WSConv2d`) takes the per-sample path and maps
+each ∂ℓ_i/∂ŵ through the standardisation's Jacobian, so what is clipped is the gradient of
+the raw parameter the optimizer updates; a model with another
 trainable layer, or that calls a layer twice in a forward pass, is refused.
 :func:`vmap_clipped_grad_sum` is a general, slower reference built on ``torch.func``.
 
@@ -74,6 +77,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional
 
+from primia.models.layers import WSConv2d, standardise_backward
 from primia.train.randomness import os_seeded_generator
 
 ConvStrategy = Literal["auto", "ghost", "per_sample"]
@@ -425,6 +429,19 @@ class FastDPSGD:
                 direct[weight] = lambda c: (b * c.unsqueeze(1)).t() @ a
             if bias is not None:
                 per_sample[bias] = b
+        elif isinstance(module, WSConv2d):
+            # ŵ = standardise(w) is what the convolution used, so b ⋆ a_i is ∂ℓ_i/∂ŵ; the
+            # raw parameter's per-sample gradient is its image under the standardisation's
+            # Jacobian, which changes norms: clip those, never ‖∂ℓ_i/∂ŵ‖ (no ghost norms).
+            if train_w:
+                per_sample[weight] = standardise_backward(
+                    weight.detach(),
+                    torch.stack(
+                        [_conv_weight_grad(module, a[i : i + 1], b[i : i + 1]) for i in range(n)]
+                    ),
+                )
+            if bias is not None:
+                per_sample[bias] = b.sum(dim=(2, 3))
         elif isinstance(module, nn.Conv2d):
             if train_w and _use_ghost(module, a, b, self.conv_strategy):
                 sq = sq + _ghost_sq_norms(module, a, b)

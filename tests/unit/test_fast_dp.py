@@ -189,6 +189,33 @@ def test_unusual_convolutions(strategy: str) -> None:
         torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("architecture", ["cnn", "resnet9"])
+def test_weight_standardised_convolutions_clip_the_raw_parameters_gradients(
+    architecture: str,
+) -> None:
+    """Σ_i clip(∂ℓ_i/∂w) for the raw weights w of WSConv2d layers, against torch.func's
+    per-sample gradients through the standardisation (which FastDPSGD must not clip by
+    the norm of ∂ℓ_i/∂ŵ instead: the Jacobian changes the norms)."""
+    torch.manual_seed(0)
+    model = build_model(architecture, num_classes=4, width=4, ws=True)
+    images, targets = _batch(n=BATCH)
+    clip = 0.05  # below every per-sample norm here, so every sample is clipped
+    expected = vmap_clipped_grad_sum(model, _per_sample_bce, images, targets, max_grad_norm=clip)
+    dp = FastDPSGD(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=1,
+    )
+    dp.zero_grad()
+    dp.backward(_per_sample_bce(model(images), targets))
+    assert dp.per_sample_norms is not None and (dp.per_sample_norms > clip).all()
+    dp.step()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6)
+
+
 def test_backward_accumulates_physical_batches() -> None:
     torch.manual_seed(0)
     model = MODELS["biased"]()

@@ -325,7 +325,7 @@ class FederationPlan(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., plan: _Optional[_Union[TrainPlan, _Mapping]] = ..., secure_aggregation: _Optional[bool] = ..., roster_size: _Optional[int] = ..., min_nodes: _Optional[int] = ..., threshold: _Optional[int] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("architecture", "num_outputs", "width", "in_channels", "image_size", "task", "label_names")
+    __slots__ = ("architecture", "num_outputs", "width", "in_channels", "image_size", "task", "label_names", "ws")
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     NUM_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -333,6 +333,7 @@ class ModelSpec(_message.Message):
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     LABEL_NAMES_FIELD_NUMBER: _ClassVar[int]
+    WS_FIELD_NUMBER: _ClassVar[int]
     architecture: str
     num_outputs: int
     width: int
@@ -340,7 +341,8 @@ class ModelSpec(_message.Message):
     image_size: int
     task: str
     label_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, architecture: _Optional[str] = ..., num_outputs: _Optional[int] = ..., width: _Optional[int] = ..., in_channels: _Optional[int] = ..., image_size: _Optional[int] = ..., task: _Optional[str] = ..., label_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    ws: bool
+    def __init__(self, architecture: _Optional[str] = ..., num_outputs: _Optional[int] = ..., width: _Optional[int] = ..., in_channels: _Optional[int] = ..., image_size: _Optional[int] = ..., task: _Optional[str] = ..., label_names: _Optional[_Iterable[str]] = ..., ws: _Optional[bool] = ...) -> None: ...
 
 class DPPlan(_message.Message):
     __slots__ = ("enabled", "epsilon", "delta", "max_grad_norm")
