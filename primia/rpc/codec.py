@@ -90,6 +90,7 @@ def plan_to_proto(plan: TrainPlan) -> pb.TrainPlan:
         momentum=plan.momentum,
         weight_decay=plan.weight_decay,
         proximal_mu=plan.proximal_mu,
+        ema_decay=plan.ema_decay,
         dp=pb.DPPlan(
             enabled=plan.dp.enabled,
             epsilon=plan.dp.epsilon,
@@ -116,6 +117,7 @@ def plan_from_proto(message: pb.TrainPlan) -> TrainPlan:
         momentum=message.momentum,
         weight_decay=message.weight_decay,
         proximal_mu=message.proximal_mu,
+        ema_decay=message.ema_decay,
         dp=DPPlan(
             enabled=message.dp.enabled,
             epsilon=message.dp.epsilon,
