@@ -110,6 +110,13 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_training_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """train-local's settings (also the base configuration of ``primia tune``)."""
     parser.add_argument("--config", type=Path, help="a TOML file of the same settings")
     for flag, _key, kind, text in OPTIONS:
         parser.add_argument(flag, type=kind, default=None, help=text)
@@ -129,8 +136,6 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="leave out a public collection's rows whose image is missing (partial downloads)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(handler=run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -159,7 +164,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values["ws"] = True
     if args.skip_missing:
         values["skip_missing"] = True
-    if args.no_progress:
+    if getattr(args, "no_progress", False):
         values["progress"] = False
     for required in ("data", "out"):
         if required not in values:

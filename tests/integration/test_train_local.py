@@ -29,14 +29,6 @@ def small_config(data, out, **overrides):
     return TrainConfig(data=data, out=out, **(settings | overrides))
 
 
-@pytest.fixture
-def data(synth_data, tmp_path):
-    """A private copy of the dataset, so each test has its own privacy ledger."""
-    copy = tmp_path / "data"
-    shutil.copytree(synth_data, copy)
-    return copy
-
-
 def test_dp_run_reports_the_epsilon_of_opacus_accountant(data, tmp_path):
     dp = DPConfig(enabled=True, epsilon=2.0, delta=1e-5, epsilon_budget=5.0)
     result = train_local(small_config(data, tmp_path / "run", dp=dp))
