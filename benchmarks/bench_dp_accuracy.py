@@ -1,0 +1,134 @@
+"""Figure: the DP accuracy ablation: mean test AUROC, non-private and at each ε, adding the
+techniques one at a time (base DP → +WS → +EMA → +pre-training).
+
+Same synthetic data, splits, model, optimiser and epochs in every row; only the technique
+changes. ``+pre-training`` starts from a model trained non-privately on synthetic data of
+another seed (data the node need not protect), with WS and EMA kept. Each row adds to the
+one above. The privacy unit is the example (image): patient-level DP-SGD and augmentation
+multiplicity are issue 25's other half and are not in this script's rows yet.
+
+    python benchmarks/bench_dp_accuracy.py [--size 64] [--epochs 4] [--epsilons 1 3 8]
+
+Prints one line per run (AUROC, ε spent, seconds, load average) and a Markdown table.
+The issue's setting is --size 128 --patients-per-site 100 (about an hour on 2 quiet cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from machine import CpuWatch, load_average
+
+from primia.data.synth import SynthConfig, write_dataset
+from primia.train import DPConfig, TrainConfig, train_local
+
+TECHNIQUES = ("base DP", "+WS", "+EMA", "+pre-training")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", type=int, default=3)
+    parser.add_argument("--patients-per-site", type=int, default=100)
+    parser.add_argument("--images-per-patient", type=int, default=4)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--width", type=int, default=8, help="ResNet-9 base width")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--max-grad-norm", type=float, default=1.0)
+    parser.add_argument("--ema-decay", type=float, default=0.9)
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"load average at start: {load_average()}")
+
+    with tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+
+        def dataset(seed: int) -> Path:
+            path = scratch / f"data-{seed}"
+            config = SynthConfig(
+                sites=args.sites,
+                patients_per_site=args.patients_per_site,
+                images_per_patient=args.images_per_patient,
+                size=args.size,
+                seed=seed,
+            )
+            write_dataset(path, config, progress=False)
+            return path
+
+        data, public = dataset(0), dataset(1)
+        base = TrainConfig(
+            data=data,
+            out=scratch / "run",
+            model="resnet9",
+            width=args.width,
+            image_size=args.size,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            max_physical_batch_size=64,
+            lr=args.lr,
+            threads=args.threads,
+            progress=False,
+            dp=DPConfig(max_grad_norm=args.max_grad_norm, epsilon_budget=1e6),
+        )
+        runs = 0
+
+        def run(label: str, config: TrainConfig) -> float:
+            nonlocal runs
+            runs += 1
+            watch, started = CpuWatch(), time.perf_counter()
+            result = train_local(dataclasses.replace(config, out=scratch / f"run-{runs}"))
+            assert result.test is not None
+            auroc = result.test.mean_auroc or float("nan")
+            spent = result.privacy.epsilon if result.privacy else float("inf")
+            share = watch.foreign_share()
+            print(
+                f"{label:>24}: test AUROC {auroc:.3f}, val {result.validation.mean_auroc:.3f}, "
+                f"ε spent {spent:.2f}, {time.perf_counter() - started:.0f} s, other programs "
+                f"{'n/a' if share is None else f'{share:.0%}'} of the CPUs, "
+                f"load {load_average()}",
+                flush=True,
+            )
+            return auroc
+
+        plain = run("non-private", base)
+        pretrained = scratch / "public-run"
+        train_local(dataclasses.replace(base, data=public, out=pretrained, ws=True))
+        table: dict[float, list[float]] = {}
+        for epsilon in args.epsilons:
+            dp = dataclasses.replace(base.dp, enabled=True, epsilon=epsilon)
+            steps = [
+                dataclasses.replace(base, dp=dp),
+                dataclasses.replace(base, dp=dp, ws=True),
+                dataclasses.replace(base, dp=dp, ws=True, ema_decay=args.ema_decay),
+                dataclasses.replace(
+                    base, dp=dp, ws=True, ema_decay=args.ema_decay, init=pretrained
+                ),
+            ]
+            table[epsilon] = [
+                run(f"ε={epsilon:g} {name}", config)
+                for name, config in zip(TECHNIQUES, steps, strict=True)
+            ]
+    print(
+        f"\nResNet-9 (width {args.width}) at {args.size} px, {args.sites} sites × "
+        f"{args.patients_per_site} patients × {args.images_per_patient} images, "
+        f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g}, C "
+        f"{args.max_grad_norm:g}, EMA decay {args.ema_decay:g}; example-level DP; "
+        f"non-private test AUROC {plain:.3f}; load at the end {load_average()}\n"
+    )
+    print("| ε | " + " | ".join(TECHNIQUES) + " |")
+    print("|---|" + "---|" * len(TECHNIQUES))
+    for epsilon, aurocs in table.items():
+        cells = " | ".join(f"{a:.3f} ({a / plain:.2f}×)" for a in aurocs)
+        print(f"| {epsilon:g} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
