@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from dp_setting import add_setting_arguments
 from machine import CpuWatch, load_average
 
 from primia.data.synth import SynthConfig, write_dataset
@@ -32,18 +33,10 @@ TECHNIQUES = ("base DP", "+WS", "+EMA", "+pre-training")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sites", type=int, default=3)
-    parser.add_argument("--patients-per-site", type=int, default=100)
-    parser.add_argument("--images-per-patient", type=int, default=4)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--width", type=int, default=8, help="ResNet-9 base width")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    add_setting_arguments(parser, patients=100, size=64, width=8, epochs=4)
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--ema-decay", type=float, default=0.9)
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"load average at start: {load_average()}")
