@@ -189,9 +189,10 @@ def test_unusual_convolutions(strategy: str) -> None:
         torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("strategy", ["ghost", "per_sample"])
 @pytest.mark.parametrize("architecture", ["cnn", "resnet9"])
 def test_weight_standardised_convolutions_clip_the_raw_parameters_gradients(
-    architecture: str,
+    architecture: str, strategy: str
 ) -> None:
     """Σ_i clip(∂ℓ_i/∂w) for the raw weights w of WSConv2d layers, against torch.func's
     per-sample gradients through the standardisation (which FastDPSGD must not clip by
@@ -207,6 +208,7 @@ def test_weight_standardised_convolutions_clip_the_raw_parameters_gradients(
         noise_multiplier=0.0,
         max_grad_norm=clip,
         expected_batch_size=1,
+        conv_strategy=strategy,  # type: ignore[arg-type]
     )
     dp.zero_grad()
     dp.backward(_per_sample_bce(model(images), targets))
