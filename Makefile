@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip setuptools wheel
 	@# torch first and pinned, so that nothing later resolves a (CUDA) build from the registry.
 	$(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
-	$(PIP) install -q -e ".[dev,inference,tracking,dashboard]" "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -e ".[dev,inference,tracking,dashboard,tune]" "torch==$(TORCH_VERSION)"
 	$(PIP) install -q --no-deps "crypten==$(CRYPTEN_VERSION)"
 	@touch $(STAMP)
 

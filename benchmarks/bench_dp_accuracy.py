@@ -1,19 +1,18 @@
-"""Figure: what each DP technique costs or buys in test AUROC, at the patient level.
+"""Figure: the DP accuracy ablation: mean test AUROC, non-private and at each ε, adding the
+techniques one at a time (example-level DP → patient-level → +WS → +EMA → +K augmentations
+→ +pre-training).
 
-One invocation, same data, splits, model and optimiser; only the DP settings differ, in
-this order (an ablation):
+Same synthetic data, splits, model, optimiser and epochs in every row; only the technique
+changes. The first DP column protects each image (``privacy_unit="example"``, what primia
+did before issue 25); every later one protects each patient, at the same ε, and adds to the
+column before it. ``+K`` averages K random shifts of each image before clipping
+(``--augmentations``); ``+pre-training`` starts from a model trained non-privately on
+synthetic data of another seed (data the node need not protect).
 
-* non-private;
-* ε = 3, **example**-level (each image a unit: what primia did before issue 25);
-* ε = 1, 3, 8, **patient**-level (all of a patient's images sampled and clipped together);
-* ε = 3, patient-level with augmentation multiplicity K (``--augmentations``).
+    python benchmarks/bench_dp_accuracy.py [--size 64] [--epochs 4] [--epsilons 1 3 8]
 
-Prints each run's mean test AUROC, its ratio to the non-private run, the ε spent, the
-seconds, and the machine's load beside them. Single runs vary: the DP noise is, by design,
-not seeded. Issue 25's goal: patient-level ε = 3 at least 0.95× the non-private AUROC.
-
-    python benchmarks/bench_dp_accuracy.py                       # 64 px, 3 × 100 × 4 images
-    python benchmarks/bench_dp_accuracy.py --size 128 --epochs 10
+Prints one line per run (AUROC, ε spent, seconds, load average) and a Markdown table.
+The issue's setting is --size 128 --patients-per-site 100 (about an hour on 2 quiet cores).
 """
 
 from __future__ import annotations
@@ -23,105 +22,114 @@ import dataclasses
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
+from dp_setting import add_setting_arguments
 from machine import CpuWatch, load_average
 
 from primia.data.synth import SynthConfig, write_dataset
 from primia.train import DPConfig, TrainConfig, train_local
 
-
-def runs(augmentations: int) -> list[tuple[str, DPConfig]]:
-    """The ablation's rows, in order."""
-
-    def dp(epsilon: float, **extra: Any) -> DPConfig:
-        return DPConfig(enabled=True, epsilon=epsilon, epsilon_budget=1e6, **extra)
-
-    return [
-        ("non-private", DPConfig()),
-        ("ε=3 example", dp(3.0, privacy_unit="example")),
-        ("ε=1 patient", dp(1.0)),
-        ("ε=3 patient", dp(3.0)),
-        ("ε=8 patient", dp(8.0)),
-        (
-            f"ε=3 patient K={augmentations}",
-            dp(3.0, augmentation_multiplicity=augmentations),
-        ),
-    ]
-
-
-def share(watch: CpuWatch) -> str:
-    foreign = watch.foreign_share()
-    return "n/a" if foreign is None else f"{foreign:.0%} of the CPUs"
+TECHNIQUES = ("example-level", "patient-level", "+WS", "+EMA", "+K", "+pre-training")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sites", type=int, default=3)
-    parser.add_argument("--patients-per-site", type=int, default=100)
-    parser.add_argument("--images-per-patient", type=int, default=4)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--width", type=int, default=16, help="ResNet-9 base width")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--augmentations", type=int, default=2, help="K of the last row")
-    parser.add_argument("--threads", type=int, default=2)
+    add_setting_arguments(parser, patients=100, size=64, width=8, epochs=4)
+    parser.add_argument("--max-grad-norm", type=float, default=1.0)
+    parser.add_argument("--ema-decay", type=float, default=0.9)
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
+    parser.add_argument("--augmentations", type=int, default=2, help="K of the +K column")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"load average before: {load_average()}")
+    print(f"load average at start: {load_average()}")
 
-    with tempfile.TemporaryDirectory() as scratch:
-        data = Path(scratch) / "data"
-        write_dataset(
-            data,
-            SynthConfig(
+    with tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+
+        def dataset(seed: int) -> Path:
+            path = scratch / f"data-{seed}"
+            config = SynthConfig(
                 sites=args.sites,
                 patients_per_site=args.patients_per_site,
                 images_per_patient=args.images_per_patient,
                 size=args.size,
-                seed=0,
-            ),
-            progress=False,
-        )
-        baseline = None
-        for number, (label, dp) in enumerate(runs(args.augmentations)):
-            started = time.perf_counter()
-            watch = CpuWatch()
-            if dp.enabled:  # each run its own ledger: the budget is not what is measured
-                dp = dataclasses.replace(dp, ledger=Path(scratch) / f"ledger{number}.jsonl")
-            result = train_local(
-                TrainConfig(
-                    data=data,
-                    out=Path(scratch) / f"run{number}",
-                    model="resnet9",
-                    width=args.width,
-                    image_size=args.size,
-                    epochs=args.epochs,
-                    batch_size=args.batch_size,
-                    max_physical_batch_size=64,
-                    lr=args.lr,
-                    threads=args.threads,
-                    progress=False,
-                    dp=dp,
-                )
+                seed=seed,
             )
+            write_dataset(path, config, progress=False)
+            return path
+
+        data, public = dataset(0), dataset(1)
+        base = TrainConfig(
+            data=data,
+            out=scratch / "run",
+            model="resnet9",
+            width=args.width,
+            image_size=args.size,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            max_physical_batch_size=64,
+            lr=args.lr,
+            threads=args.threads,
+            progress=False,
+            dp=DPConfig(max_grad_norm=args.max_grad_norm, epsilon_budget=1e6),
+        )
+        runs = 0
+
+        def run(label: str, config: TrainConfig) -> float:
+            nonlocal runs
+            runs += 1
+            watch, started = CpuWatch(), time.perf_counter()
+            # each run its own ledger: the budget, and the unit of earlier runs, are not
+            # what is measured
+            dp = dataclasses.replace(config.dp, ledger=scratch / f"ledger-{runs}.jsonl")
+            result = train_local(dataclasses.replace(config, out=scratch / f"run-{runs}", dp=dp))
             assert result.test is not None
             auroc = result.test.mean_auroc or float("nan")
-            baseline = auroc if baseline is None else baseline
-            spent = f"{result.privacy.epsilon:.2f}" if result.privacy else "∞"
+            spent = result.privacy.epsilon if result.privacy else float("inf")
+            share = watch.foreign_share()
             print(
-                f"{label:>20}: test mean AUROC {auroc:.3f} ({auroc / baseline:.3f}× non-private); "
-                f"ε spent {spent}; {time.perf_counter() - started:.0f} s; "
-                f"load {load_average()}; other programs {share(watch)}",
+                f"{label:>24}: test AUROC {auroc:.3f}, val {result.validation.mean_auroc:.3f}, "
+                f"ε spent {spent:.2f}, {time.perf_counter() - started:.0f} s, other programs "
+                f"{'n/a' if share is None else f'{share:.0%}'} of the CPUs, "
+                f"load {load_average()}",
                 flush=True,
             )
+            return auroc
+
+        plain = run("non-private", base)
+        pretrained = scratch / "public-run"
+        train_local(dataclasses.replace(base, data=public, out=pretrained, ws=True))
+        table: dict[float, list[float]] = {}
+        for epsilon in args.epsilons:
+            dp = dataclasses.replace(base.dp, enabled=True, epsilon=epsilon)
+            example = dataclasses.replace(dp, privacy_unit="example")
+            augmented = dataclasses.replace(dp, augmentation_multiplicity=args.augmentations)
+            averaged = dataclasses.replace(base, ws=True, ema_decay=args.ema_decay)
+            steps = [
+                dataclasses.replace(base, dp=example),
+                dataclasses.replace(base, dp=dp),
+                dataclasses.replace(base, dp=dp, ws=True),
+                dataclasses.replace(averaged, dp=dp),
+                dataclasses.replace(averaged, dp=augmented),
+                dataclasses.replace(averaged, dp=augmented, init=pretrained),
+            ]
+            table[epsilon] = [
+                run(f"ε={epsilon:g} {name}", config)
+                for name, config in zip(TECHNIQUES, steps, strict=True)
+            ]
     print(
-        f"ResNet-9 (width {args.width}) at {args.size} px, {args.sites} sites × "
+        f"\nResNet-9 (width {args.width}) at {args.size} px, {args.sites} sites × "
         f"{args.patients_per_site} patients × {args.images_per_patient} images, "
-        f"{args.epochs} epochs, Adam {args.lr:g}, batch {args.batch_size}"
+        f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g}, C "
+        f"{args.max_grad_norm:g}, EMA decay {args.ema_decay:g}, K {args.augmentations}; "
+        f"non-private test AUROC {plain:.3f}; load at the end {load_average()}\n"
     )
+    print("| ε | " + " | ".join(TECHNIQUES) + " |")
+    print("|---|" + "---|" * len(TECHNIQUES))
+    for epsilon, aurocs in table.items():
+        cells = " | ".join(f"{a:.3f} ({a / plain:.2f}×)" for a in aurocs)
+        print(f"| {epsilon:g} | {cells} |")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from dp_setting import add_setting_arguments
 
 from primia.data.synth import SynthConfig, write_dataset
 from primia.train import DPConfig, TrainConfig, train_local
@@ -23,16 +24,8 @@ from primia.train import DPConfig, TrainConfig, train_local
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sites", type=int, default=3)
-    parser.add_argument("--patients-per-site", type=int, default=200)
-    parser.add_argument("--images-per-patient", type=int, default=4)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--width", type=int, default=16, help="ResNet-9 base width")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    add_setting_arguments(parser, patients=200, size=128, width=16, epochs=10)
     parser.add_argument("--epsilon", type=float, default=3.0)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -7,7 +7,8 @@
   (:class:`ServerOptimizerConfig`: FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad), which
   nodes train each round (:class:`SamplingConfig`), and FedProx's μ at the nodes
   (``TrainPlan.proximal_mu``, bounded by each node's :class:`PlanLimits`);
-* one hospital's local DP training — :func:`train_local`;
+* one hospital's local DP training — :func:`train_local`; its hyper-parameter search at
+  a fixed ε — :func:`tune` (:class:`TuneConfig`, :class:`SearchSpace`; each trial charged);
 * encrypted inference's parties — :mod:`primia.api.inference`;
 * privacy audits — :mod:`primia.api.audit`;
 * datasets as downloaded — :func:`open_dataset` (``format=``, :class:`ReadOptions`) and
@@ -66,6 +67,7 @@ from primia.federated.server_optimizer import ServerOptimizerConfig
 from primia.pki import TLSFiles
 from primia.rpc.node_config import NodeConfig
 from primia.train import DPConfig, TrainConfig, train_local
+from primia.train.tune import SearchSpace, TuneConfig, TuneResult, tune
 
 __all__ = [
     "ComputeSettings",
@@ -88,14 +90,18 @@ __all__ = [
     "ReadOptions",
     "RoundResult",
     "SamplingConfig",
+    "SearchSpace",
     "SecureAggregationConfig",
     "ServerOptimizerConfig",
     "SynthConfig",
     "TLSFiles",
     "TrainConfig",
     "TrainPlan",
+    "TuneConfig",
+    "TuneResult",
     "inspect_dataset",
     "open_dataset",
     "train_local",
+    "tune",
     "write_synthetic_dataset",
 ]

@@ -28,6 +28,9 @@ COMMANDS: dict[str, Command] = {
     "train-local": Command(
         "train", "train a model on one dataset, with or without differential privacy"
     ),
+    "tune": Command(
+        "tune", "search DP training's hyper-parameters at a fixed ε (charges every trial's ε)"
+    ),
     "ledger": Command("ledger", "verify a privacy ledger, or repair one that failed its checks"),
     "certs": Command("certs", "run the consortium's certificate authority (init, issue, list)"),
     "coordinator": Command("federation", "run a federation's coordinator"),

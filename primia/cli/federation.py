@@ -73,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--run-dir", type=Path, metavar="DIR", help="override `run_dir`")
     serve.add_argument("--listen", metavar="HOST:PORT", help="override `listen`")
     serve.add_argument(
+        "--init",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="override `init`: start the global model from this checkpoint (spec checked)",
+    )
+    serve.add_argument(
         "--no-progress", action="store_true", help="log lines instead of the live status table"
     )
     serve.set_defaults(handler=_serve_coordinator)
@@ -136,6 +142,7 @@ def _serve_coordinator(args: argparse.Namespace) -> int:
             ("rounds", args.rounds),
             ("run_dir", args.run_dir),
             ("listen", args.listen),
+            ("init", args.init),
         )
         if value is not None
     }

@@ -47,6 +47,20 @@ OPTIONS: list[tuple[str, str, type, str]] = [
     ("--model", "model", str, "architecture: resnet9, resnet18 or cnn (default resnet9)"),
     ("--width", "width", int, "base channel count of the model (default: the model's own)"),
     (
+        "--init",
+        "init",
+        Path,
+        "start from this checkpoint's weights (e.g. pre-trained on public or synthetic data); "
+        "its model spec must match",
+    ),
+    (
+        "--ema-decay",
+        "ema_decay",
+        float,
+        "evaluate and save the moving average of the weights with this decay, e.g. 0.999 "
+        "(free in ε; default 0: off)",
+    ),
+    (
         "--image-size",
         "image_size",
         int,
@@ -115,6 +129,13 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_training_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """train-local's settings (also the base configuration of ``primia tune``)."""
     parser.add_argument("--config", type=Path, help="a TOML file of the same settings")
     for flag, _key, kind, text in OPTIONS:
         parser.add_argument(flag, type=kind, default=None, help=text)
@@ -127,12 +148,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--labels", help="deprecated spelling of --label-columns (comma-separated)")
     parser.add_argument("--dp", action="store_true", default=None, help="train with DP-SGD")
     parser.add_argument(
+        "--ws", action="store_true", help="weight-standardised convolutions (with GroupNorm)"
+    )
+    parser.add_argument(
         "--skip-missing",
         action="store_true",
         help="leave out a public collection's rows whose image is missing (partial downloads)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(handler=run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -157,9 +179,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ]
     if args.dp:
         _set(values, "dp.enabled", True)
+    if args.ws:
+        values["ws"] = True
     if args.skip_missing:
         values["skip_missing"] = True
-    if args.no_progress:
+    if getattr(args, "no_progress", False):
         values["progress"] = False
     for required in ("data", "out"):
         if required not in values:

@@ -69,6 +69,7 @@ from primia.federated.tasks import (
     TrainTask,
 )
 from primia.federated.weights import encode
+from primia.models.checkpoint import load_initial_weights
 from primia.train.tracking import MLflowRun, open_run
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,12 @@ class Federation:
         self.run_dir = RunDirectory(config.run_dir)
         self.aggregator = aggregator or make_aggregator(config)
         self._resume = self.run_dir.open(config, self.spec)
+        # Read (and its spec checked) before any node is served: a mismatch stops here.
+        self._init_state = (
+            load_initial_weights(config.init, self.spec)
+            if config.init is not None and self._resume.model is None
+            else None
+        )
         self.server_optimizer = ServerOptimizer(config.server_optimizer)
         if self._resume.rounds:
             last = int(self._resume.rounds[-1]["round"])
@@ -429,7 +436,10 @@ class Federation:
 
     def _initial_model(self) -> nn.Module:
         torch.manual_seed(self.config.seed)
-        return self.spec.build()
+        model = self.spec.build()
+        if self._init_state is not None:
+            model.load_state_dict(self._init_state)
+        return model
 
     def _blob(self, model: nn.Module, label: str) -> Blob:
         """The model's weights as a blob; the evaluation's blob of round t is reused as

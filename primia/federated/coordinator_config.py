@@ -89,6 +89,8 @@ class ModelConfig:
 
     architecture: str = "resnet9"
     width: int | None = None
+    ws: bool = False
+    """Weight-standardised convolutions (:class:`~primia.models.layers.WSConv2d`)."""
     image_size: int = 64
     task: Literal["binary", "multilabel", "multiclass"] = "multilabel"
     labels: list[str] = field(default_factory=lambda: list(FINDINGS))
@@ -115,6 +117,7 @@ class ModelConfig:
             image_size=self.image_size,
             task=self.task,
             label_names=tuple(self.labels),
+            ws=self.ws,
         )
 
 
@@ -173,6 +176,9 @@ class CoordinatorConfig:
     """Tries per round before the federation stops with an error."""
     seed: int = 0
     """Fixes the initial global weights."""
+    init: Path | None = None
+    """Start the global model from this checkpoint (e.g. pre-trained on public or synthetic
+    data) instead of a seeded random one; its spec must match ``model``'s."""
     aggregation: Literal["secure", "plaintext"] = "secure"
     """``secure``: the coordinator learns only the sum of the updates (the default);
     ``plaintext``: it sees every node's update (for comparison and debugging only)."""

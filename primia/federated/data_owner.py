@@ -479,6 +479,7 @@ class DataOwner:
             momentum=plan.momentum,
             weight_decay=plan.weight_decay,
             proximal_mu=plan.proximal_mu,
+            ema_decay=plan.ema_decay,
             device=str(self.device),
             progress=False,
             dp=DPConfig(

@@ -44,6 +44,10 @@ class TrainPlan:
     """FedProx's μ (Li et al. 2020): each node minimises its loss plus
     μ/2 ‖w − w_global‖², the gradient μ (w − w_global) added after DP-SGD's clipping and
     noise (see :func:`primia.train.proximal.add_proximal_term`); 0: plain local training."""
+    ema_decay: float = 0.0
+    """Each node releases the EMA of its local iterates (from the global weights) with this
+    decay instead of the last iterate (0: off); post-processing, free in ε
+    (:mod:`primia.train.ema`)."""
     dp: DPPlan = field(default_factory=DPPlan)
 
 
@@ -110,6 +114,8 @@ def plan_problems(
         )
     if not (math.isfinite(plan.lr) and 0 < plan.lr <= limits.max_lr):
         problems.append(f"lr={plan.lr} is outside (0, {limits.max_lr}]" + setting("limits.max_lr"))
+    if not (math.isfinite(plan.ema_decay) and 0 <= plan.ema_decay < 1):
+        problems.append(f"ema_decay={plan.ema_decay} is outside [0, 1)")
     if plan.optimizer not in ("adam", "sgd"):
         problems.append(f"optimizer={plan.optimizer!r} is not adam or sgd")
     elif plan.optimizer not in limits.optimizers:

@@ -25,7 +25,7 @@ from torch import nn
 
 from primia.errors import ModelError
 from primia.models.compat import ALLOWED_LAYERS, SEQUENTIAL_MODELS
-from primia.models.layers import BasicBlock, DenseLayer, Residual
+from primia.models.layers import BasicBlock, DenseLayer, Residual, export_parameters
 
 CrypTensor = Any
 """crypten.CrypTensor (CrypTen ships no type information)."""
@@ -48,9 +48,11 @@ class EncryptedModel:
         check_supported(model)  # before any parameter is shared
         self.model = model.eval()
         self._crypten = crypten
+        # Weight-standardised convolutions are shared with ŵ folded in: under MPC they are
+        # plain convolutions (standardising shares would cost a secret inverse square root).
         self.parameters = {
-            name: crypten.cryptensor(parameter.detach(), src=src)
-            for name, parameter in model.named_parameters()
+            name: crypten.cryptensor(parameter, src=src)
+            for name, parameter in export_parameters(model).items()
         }
 
     def __call__(self, images: CrypTensor) -> CrypTensor:

@@ -23,7 +23,7 @@ from torch import nn
 
 from primia.errors import ModelError
 from primia.files import atomic_write_bytes
-from primia.models.registry import build_model
+from primia.models.registry import build_model, default_width
 
 SPEC_KEY = "primia.model_spec"
 
@@ -39,6 +39,8 @@ class ModelSpec:
     image_size: int = 64
     task: str = "multilabel"
     label_names: tuple[str, ...] = ()
+    ws: bool = False
+    """Weight-standardised convolutions (:class:`~primia.models.layers.WSConv2d`)."""
 
     def build(self) -> nn.Module:
         return build_model(
@@ -46,6 +48,7 @@ class ModelSpec:
             num_classes=self.num_outputs,
             in_channels=self.in_channels,
             width=self.width,
+            ws=self.ws,
         )
 
     def shapes(self) -> dict[str, torch.Tensor]:
@@ -109,6 +112,38 @@ def load_model(path: Path) -> tuple[nn.Module, ModelSpec]:
     except RuntimeError as error:
         raise ModelError(f"checkpoint {path} does not match its model spec: {error}") from error
     return model, spec
+
+
+INIT_FIELDS = ("architecture", "width", "num_outputs", "in_channels", "ws")
+"""What a starting checkpoint must share with the run it initialises (the weights' shapes
+and meaning); image size, task and label names may differ."""
+
+
+def load_initial_weights(path: Path, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """The weights of the checkpoint at ``path`` (a file or run folder) to start a model of
+    ``spec`` from, after checking that the two specs agree on :data:`INIT_FIELDS`; a
+    mismatch is a :class:`ModelError` naming both. Safetensors only: nothing is unpickled."""
+    model, stored = load_model(find_checkpoint(path))
+    differ = [name for name in INIT_FIELDS if _effective(stored, name) != _effective(spec, name)]
+    if differ:
+
+        def describe(s: ModelSpec) -> str:
+            return ", ".join(f"{name}={_effective(s, name)}" for name in INIT_FIELDS)
+
+        raise ModelError(
+            f"checkpoint {path} does not fit this model ({', '.join(differ)} differ): it has "
+            f"{describe(stored)}; this run builds {describe(spec)}; start from a checkpoint "
+            "of the same model or change the run's model options to match it"
+        )
+    return model.state_dict()
+
+
+def _effective(spec: ModelSpec, name: str) -> object:
+    """A spec field as built: no width means the architecture's default width."""
+    value = getattr(spec, name)
+    if name == "width" and value is None:
+        return default_width(spec.architecture)
+    return value
 
 
 def find_checkpoint(path: Path) -> Path:

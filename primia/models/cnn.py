@@ -17,11 +17,11 @@ from primia.models.registry import register_model
 
 
 @register_model("cnn")
-def cnn(*, num_classes: int, in_channels: int = 1, width: int = 16) -> nn.Module:
+def cnn(*, num_classes: int, in_channels: int = 1, width: int = 16, ws: bool = False) -> nn.Module:
     return nn.Sequential(
-        conv_norm_relu(in_channels, width),
+        conv_norm_relu(in_channels, width, ws=ws),
         nn.MaxPool2d(2),
-        conv_norm_relu(width, 2 * width),
+        conv_norm_relu(width, 2 * width, ws=ws),
         nn.MaxPool2d(2),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),

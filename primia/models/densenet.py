@@ -15,31 +15,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from primia.models.layers import DenseLayer, group_norm
+from primia.models.layers import DenseLayer, conv2d, group_norm
 from primia.models.registry import register_model
 
 BLOCKS = (6, 12, 24, 16)
 
 
 class DenseNet121(nn.Module):
-    def __init__(self, *, num_classes: int, in_channels: int = 1, width: int = 32) -> None:
+    def __init__(
+        self, *, num_classes: int, in_channels: int = 1, width: int = 32, ws: bool = False
+    ) -> None:
         super().__init__()
         channels = 2 * width
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, channels, 7, stride=2, padding=3, bias=False),
+            conv2d(in_channels, channels, 7, ws=ws, stride=2, padding=3, bias=False),
             group_norm(channels),
             nn.ReLU(),
             nn.MaxPool2d(3, stride=2, padding=1),
         ]
         for block, depth in enumerate(BLOCKS):
             for _ in range(depth):
-                layers.append(DenseLayer(channels, width))
+                layers.append(DenseLayer(channels, width, ws=ws))
                 channels += width
             if block < len(BLOCKS) - 1:
                 layers += [
                     group_norm(channels),
                     nn.ReLU(),
-                    nn.Conv2d(channels, channels // 2, 1, bias=False),
+                    conv2d(channels, channels // 2, 1, ws=ws, bias=False),
                     nn.AvgPool2d(2),
                 ]
                 channels //= 2
@@ -54,5 +56,7 @@ class DenseNet121(nn.Module):
 
 
 @register_model("densenet121")
-def densenet121(*, num_classes: int, in_channels: int = 1, width: int = 32) -> nn.Module:
-    return DenseNet121(num_classes=num_classes, in_channels=in_channels, width=width)
+def densenet121(
+    *, num_classes: int, in_channels: int = 1, width: int = 32, ws: bool = False
+) -> nn.Module:
+    return DenseNet121(num_classes=num_classes, in_channels=in_channels, width=width, ws=ws)

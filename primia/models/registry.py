@@ -45,10 +45,22 @@ def default_width(name: str) -> int | None:
     return parameter.default
 
 
+def supports_ws(name: str) -> bool:
+    """Whether ``name``'s factory takes ``ws`` (weight-standardised convolutions)."""
+    factory = _FACTORIES.get(name)
+    return factory is not None and "ws" in inspect.signature(factory).parameters
+
+
 def build_model(
-    name: str, *, num_classes: int, in_channels: int = 1, width: int | None = None
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int = 1,
+    width: int | None = None,
+    ws: bool = False,
 ) -> nn.Module:
-    """Build a registered model; ``width`` scales the channel counts (None: the default)."""
+    """Build a registered model; ``width`` scales the channel counts (None: the default),
+    ``ws`` standardises the convolutions' weights (:class:`~primia.models.layers.WSConv2d`)."""
     factory = _FACTORIES.get(name)
     if factory is None:
         raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
@@ -56,7 +68,14 @@ def build_model(
         raise ModelError(f"num_classes must be at least 1, got {num_classes}")
     if width is not None and width < 4:
         raise ModelError(f"width must be at least 4 channels, got {width}")
-    kwargs: dict[str, int] = {"num_classes": num_classes, "in_channels": in_channels}
+    if ws and not supports_ws(name):
+        raise ModelError(
+            f"model {name!r} has no weight-standardised variant; drop ws (--ws) or choose one "
+            f"of: {', '.join(n for n in model_names() if supports_ws(n))}"
+        )
+    kwargs: dict[str, int | bool] = {"num_classes": num_classes, "in_channels": in_channels}
     if width is not None:
         kwargs["width"] = width
+    if ws:
+        kwargs["ws"] = True
     return factory(**kwargs)

@@ -10,15 +10,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from primia.models.layers import BasicBlock, Residual, conv_norm_relu, group_norm
+from primia.models.layers import BasicBlock, Residual, conv2d, conv_norm_relu, group_norm
 from primia.models.registry import register_model
 
 
 class ResNet18(nn.Module):
-    def __init__(self, *, num_classes: int, in_channels: int = 1, width: int = 64) -> None:
+    def __init__(
+        self, *, num_classes: int, in_channels: int = 1, width: int = 64, ws: bool = False
+    ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),
+            conv2d(in_channels, width, 7, ws=ws, stride=2, padding=3, bias=False),
             group_norm(width),
             nn.ReLU(),
             nn.MaxPool2d(3, stride=2, padding=1),
@@ -27,8 +29,8 @@ class ResNet18(nn.Module):
         channels = width
         for stage, out_channels in enumerate((width, 2 * width, 4 * width, 8 * width)):
             stride = 1 if stage == 0 else 2
-            stages.append(BasicBlock(channels, out_channels, stride=stride))
-            stages.append(BasicBlock(out_channels, out_channels))
+            stages.append(BasicBlock(channels, out_channels, stride=stride, ws=ws))
+            stages.append(BasicBlock(out_channels, out_channels, ws=ws))
             channels = out_channels
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -40,19 +42,29 @@ class ResNet18(nn.Module):
 
 
 class ResNet9(nn.Module):
-    def __init__(self, *, num_classes: int, in_channels: int = 1, width: int = 64) -> None:
+    def __init__(
+        self, *, num_classes: int, in_channels: int = 1, width: int = 64, ws: bool = False
+    ) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            conv_norm_relu(in_channels, w),
-            conv_norm_relu(w, 2 * w),
+            conv_norm_relu(in_channels, w, ws=ws),
+            conv_norm_relu(w, 2 * w, ws=ws),
             nn.MaxPool2d(2),
-            Residual(nn.Sequential(conv_norm_relu(2 * w, 2 * w), conv_norm_relu(2 * w, 2 * w))),
-            conv_norm_relu(2 * w, 4 * w),
+            Residual(
+                nn.Sequential(
+                    conv_norm_relu(2 * w, 2 * w, ws=ws), conv_norm_relu(2 * w, 2 * w, ws=ws)
+                )
+            ),
+            conv_norm_relu(2 * w, 4 * w, ws=ws),
             nn.MaxPool2d(2),
-            conv_norm_relu(4 * w, 8 * w),
+            conv_norm_relu(4 * w, 8 * w, ws=ws),
             nn.MaxPool2d(2),
-            Residual(nn.Sequential(conv_norm_relu(8 * w, 8 * w), conv_norm_relu(8 * w, 8 * w))),
+            Residual(
+                nn.Sequential(
+                    conv_norm_relu(8 * w, 8 * w, ws=ws), conv_norm_relu(8 * w, 8 * w, ws=ws)
+                )
+            ),
         )
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.flatten = nn.Flatten()
@@ -63,10 +75,14 @@ class ResNet9(nn.Module):
 
 
 @register_model("resnet18")
-def resnet18(*, num_classes: int, in_channels: int = 1, width: int = 64) -> nn.Module:
-    return ResNet18(num_classes=num_classes, in_channels=in_channels, width=width)
+def resnet18(
+    *, num_classes: int, in_channels: int = 1, width: int = 64, ws: bool = False
+) -> nn.Module:
+    return ResNet18(num_classes=num_classes, in_channels=in_channels, width=width, ws=ws)
 
 
 @register_model("resnet9")
-def resnet9(*, num_classes: int, in_channels: int = 1, width: int = 64) -> nn.Module:
-    return ResNet9(num_classes=num_classes, in_channels=in_channels, width=width)
+def resnet9(
+    *, num_classes: int, in_channels: int = 1, width: int = 64, ws: bool = False
+) -> nn.Module:
+    return ResNet9(num_classes=num_classes, in_channels=in_channels, width=width, ws=ws)

@@ -60,6 +60,7 @@ def spec_to_proto(spec: ModelSpec) -> pb.ModelSpec:
         image_size=spec.image_size,
         task=spec.task,
         label_names=list(spec.label_names),
+        ws=spec.ws,
     )
 
 
@@ -76,6 +77,7 @@ def spec_from_proto(message: pb.ModelSpec) -> ModelSpec:
         image_size=message.image_size,
         task=message.task,
         label_names=tuple(message.label_names),
+        ws=message.ws,
     )
 
 
@@ -88,6 +90,7 @@ def plan_to_proto(plan: TrainPlan) -> pb.TrainPlan:
         momentum=plan.momentum,
         weight_decay=plan.weight_decay,
         proximal_mu=plan.proximal_mu,
+        ema_decay=plan.ema_decay,
         dp=pb.DPPlan(
             enabled=plan.dp.enabled,
             epsilon=plan.dp.epsilon,
@@ -114,6 +117,7 @@ def plan_from_proto(message: pb.TrainPlan) -> TrainPlan:
         momentum=message.momentum,
         weight_decay=message.weight_decay,
         proximal_mu=message.proximal_mu,
+        ema_decay=message.ema_decay,
         dp=DPPlan(
             enabled=message.dp.enabled,
             epsilon=message.dp.epsilon,

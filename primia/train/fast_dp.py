@@ -54,8 +54,11 @@ non-private step. Per-sample gradients exist only for the layers on large maps, 
 weights are small. The Gaussian noise is drawn in parallel threads (:class:`_GaussianNoise`).
 
 Supported trainable layers: ``nn.Conv2d`` (numeric zero padding), ``nn.Linear`` and
-``nn.GroupNorm``, what :data:`primia.models.ALLOWED_LAYERS` trains; a model with another
-trainable layer, or that calls a layer twice in a forward pass, is refused.
+``nn.GroupNorm``, what :data:`primia.models.ALLOWED_LAYERS` trains. A weight-standardised
+convolution (:class:`~primia.models.layers.WSConv2d`) clips the gradient of the raw
+parameter the optimizer updates: per-sample ∂ℓ_i/∂ŵ mapped through the standardisation's
+Jacobian, or its ghost norm corrected in closed form (:func:`_ws_ghost_sq_norms`). A model
+with another trainable layer, or that calls a layer twice in a forward pass, is refused.
 :func:`vmap_clipped_grad_sum` is a general, slower reference built on ``torch.func``.
 
 A training loop (Poisson sampling and accounting stay Opacus')::
@@ -85,6 +88,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional
 
+from primia.models.layers import WS_EPS, WSConv2d, standardise_backward
 from primia.train.randomness import os_seeded_generator
 
 ConvStrategy = Literal["auto", "ghost", "per_sample"]
@@ -286,6 +290,31 @@ def _saved_group_norm_stats(
     if isinstance(mean, Tensor) and isinstance(rstd, Tensor) and mean.shape == (batch, groups):
         return mean.detach(), rstd.detach()
     return None
+
+
+def _ws_ghost_sq_norms(conv: nn.Conv2d, a: Tensor, b: Tensor, output: Tensor) -> Tensor:
+    """‖∂ℓ_i/∂w‖² for a weight-standardised convolution without per-sample gradients.
+
+    Per filter o with fan-in n, r = (σ² + eps)^(-1/2), v = σ²r² (= ‖ŵ_o‖²/n) and g = ∂ℓ_i/∂ŵ_o,
+    the raw gradient is r·(g − ḡ·1 − c·ŵ_o) with ḡ = mean(g), c = ⟨g, ŵ_o⟩/n, whose squared
+    norm is r²·(‖g‖² − n·ḡ² − n·(2 − v)·c²) (ŵ_o ⊥ 1). Σ_o r²‖g_o‖² is the ghost norm with b
+    scaled by r per channel; n·ḡ = Σ_t b_o,t·s_t with s the input summed over each window (a
+    convolution with one all-ones filter), and n·c = Σ_t b_o,t·y_o,t with y the layer's
+    output without bias, conv(a, ŵ).
+    """
+    weight = conv.weight.detach()
+    var, _ = torch.var_mean(weight, dim=(1, 2, 3), unbiased=False)
+    r2 = (var + WS_EPS).reciprocal()
+    fan_in = weight[0].numel()
+    total = _ghost_sq_norms(conv, a, b * r2.sqrt().view(1, -1, 1, 1))
+    stride, padding, dilation = _conv_args(conv)
+    ones = weight.new_ones((1, *weight.shape[1:]))
+    window_sums = functional.conv2d(a, ones, None, stride, padding, dilation)
+    g_sum = (b * window_sums).sum(dim=(2, 3))
+    y = output if conv.bias is None else output - conv.bias.detach().view(1, -1, 1, 1)
+    gw = (b * y).sum(dim=(2, 3))
+    correction = (g_sum.square() + (2 - var * r2) * gw.square()) * r2 / fan_in
+    return (total - correction.sum(dim=1)).clamp(min=0)
 
 
 class _Recorder:
@@ -495,6 +524,31 @@ class FastDPSGD:
                 direct[weight] = lambda c: (b * per_sample_factors(c).unsqueeze(1)).t() @ a
             if bias is not None:
                 per_sample[bias] = b
+        elif isinstance(module, WSConv2d):
+            # ŵ = standardise(w) is what the convolution used, so b ⋆ a_i is ∂ℓ_i/∂ŵ; the
+            # raw parameter's per-sample gradient is its image under the standardisation's
+            # Jacobian, which changes norms: clip those, never ‖∂ℓ_i/∂ŵ‖.
+            # As for plain convolutions, grouped batches take the per-sample path.
+            if train_w and grouping is None and _use_ghost(module, a, b, self.conv_strategy):
+                sq = sq + _ws_ghost_sq_norms(module, a, b, capture.output.detach())
+                w = weight.detach()
+                scale = a.numel() < b.numel()
+                direct[weight] = lambda c: standardise_backward(
+                    w,
+                    _conv_weight_grad(
+                        module,
+                        a * c.view(-1, 1, 1, 1) if scale else a,
+                        b if scale else b * c.view(-1, 1, 1, 1),
+                    ).unsqueeze(0),
+                )[0]
+            elif train_w:
+                # the Jacobian is linear: mapping each sample's gradient, then summing a
+                # group's, is mapping the group's sum
+                per_sample[weight] = standardise_backward(
+                    weight.detach(), _per_sample_conv_grads(module, a, b)
+                )
+            if bias is not None:
+                per_sample[bias] = b.sum(dim=(2, 3))
         elif isinstance(module, nn.Conv2d):
             # Ghost norms are per sample; a group's norm needs its samples' cross terms, so
             # grouped batches take the per-sample path (exact, slower on small maps).

@@ -50,9 +50,10 @@ from primia.data import RadiographDataset, Splits, open_dataset, patient_split
 from primia.errors import ConfigError
 from primia.files import atomic_write_bytes
 from primia.models import check_model
-from primia.models.checkpoint import ModelSpec, save_model
+from primia.models.checkpoint import ModelSpec, load_initial_weights, save_model
 from primia.threads import set_torch_threads
 from primia.train.accounting import Mechanism, epsilon_of, noise_for_target
+from primia.train.ema import WeightEMA
 from primia.train.ledger import Budget, PrivacyLedger
 from primia.train.loops import EpochLoop, FastDPLoop, OpacusLoop, PlainLoop, to_float
 from primia.train.losses import criterion_for
@@ -144,8 +145,11 @@ def _train(config: TrainConfig) -> TrainResult:
         image_size=config.image_size,
         task=str(dataset.task),
         label_names=dataset.label_names,
+        ws=config.ws,
     )
     model = spec.build()
+    if config.init is not None:
+        model.load_state_dict(load_initial_weights(config.init, spec))
     fresh = not config.out.exists()
     model_path = config.out / "model.safetensors"
     try:
@@ -255,6 +259,12 @@ def fit(
     if config.proximal_mu > 0:
         # on the plain optimiser, before any DP wrapper: it then sees the privatised gradient
         add_proximal_term(optimizer, model, config.proximal_mu)
+    # The average is copied before a DP wrapper hooks the model, and updated after each of
+    # the plain optimizer's steps; it is what is evaluated, saved and released (free in ε:
+    # post-processing of the DP iterates, primia.train.ema).
+    ema = WeightEMA(model, config.ema_decay) if config.ema_decay > 0 else None
+    if ema is not None:
+        ema.attach(optimizer)
     train_set = TensorDataset(*train.uint8_tensors())
     batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
 
@@ -322,12 +332,13 @@ def fit(
                     "delta": config.dp.delta if config.dp.enabled else None,
                     "seconds": time.perf_counter() - epoch_started,
                 }
+                released = loop.model if ema is None else ema.average
                 if validation is not None:
-                    metrics = evaluate(loop.model, validation, device=device)
+                    metrics = evaluate(released, validation, device=device)
                     record.update(metrics.as_dict("val_"))
                 epochs.append(record)
                 if after_epoch is not None:
-                    after_epoch(epoch, record, loop.model)
+                    after_epoch(epoch, record, released)
                 progress.epoch_done(epoch, metrics.mean_auroc if metrics else None, epsilon)
     finally:
         if ledger is not None:
@@ -353,7 +364,7 @@ def fit(
             dataset_budget_epsilon=ledger.budget.epsilon,
         )
     return FitResult(
-        model=loop.model,
+        model=loop.model if ema is None else ema.average,
         epochs=epochs,
         train_loss=train_loss,
         steps=_steps(loop),

@@ -78,6 +78,14 @@ class TrainConfig:
     out: Path
     model: str = "resnet9"
     width: int | None = None
+    ws: bool = False
+    """Weight-standardised convolutions (:class:`~primia.models.layers.WSConv2d`)."""
+    init: Path | None = None
+    """Start from this checkpoint's weights (e.g. pre-trained on public or synthetic data);
+    its model spec must match this run's (architecture, width, outputs, channels, ws)."""
+    ema_decay: float = 0.0
+    """Evaluate, save and release the EMA of the weights with this decay (0: off; the
+    average is free in ε, :mod:`primia.train.ema`)."""
     image_size: int = 64
     label_columns: list[str] | None = None
     format: str | None = None
@@ -130,6 +138,8 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1) (0: no EMA), got {self.ema_decay}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if not self.proximal_mu >= 0:

@@ -9,6 +9,7 @@ sampling rates, and the composition logic under test is the same.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -211,3 +212,11 @@ def consortium(consortium_pki: Path, synth_data: Path) -> Iterator[Consortium]:
         client.stop()
     for thread in kit.threads:
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def data(synth_data: Path, tmp_path: Path) -> Path:
+    """A private copy of the synthetic dataset, so each test has its own privacy ledger."""
+    copy = tmp_path / "data"
+    shutil.copytree(synth_data, copy)
+    return copy

@@ -7,12 +7,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import SITES, Consortium, rounds_of, run_federation
 
+from primia.errors import ModelError
 from primia.federated.coordinator import FederationFailed
+from primia.federated.coordinator_config import ModelConfig
 from primia.federated.data_owner import PrivacySettings
 from primia.federated.plan import DPPlan, TrainPlan
-from primia.models.checkpoint import load_model
+from primia.models.checkpoint import load_model, save_model
 from primia.rpc.coordinator_server import CoordinatorServer
 from primia.rpc.status import fetch_status
 from primia.train.ledger import PrivacyLedger
@@ -98,3 +101,40 @@ def test_too_few_nodes_fails_the_round_with_a_clear_error(
     with pytest.raises(FederationFailed, match="min_nodes=2"):
         server.run()
     assert time.monotonic() - started < 60
+
+
+def test_federation_from_a_pre_trained_checkpoint_with_ws_and_ema(
+    consortium: Consortium, tmp_path: Path
+) -> None:
+    """The coordinator's initial weights come from ``init`` (spec checked before serving);
+    the nodes train the weight-standardised model and release the EMA of their iterates."""
+    model_config = ModelConfig(architecture="cnn", image_size=32, ws=True)
+    spec = model_config.spec()
+    torch.manual_seed(123)
+    start = spec.build()
+    save_model(tmp_path / "public.safetensors", start, spec)
+    plain = ModelConfig(architecture="cnn", image_size=32)
+    with pytest.raises(ModelError, match=r"ws differ.*ws=True.*ws=False"):
+        CoordinatorServer(
+            consortium.coordinator_config(
+                tmp_path / "refused", model=plain, init=tmp_path / "public.safetensors"
+            )
+        )
+    # lr 1e-12 (Adam's steps are about lr): the released model stays at the start it got
+    plan = TrainPlan(epochs=1, batch_size=8, lr=1e-12, ema_decay=0.9, dp=DPPlan(epsilon=1.0))
+    config = consortium.coordinator_config(
+        tmp_path / "run",
+        rounds=1,
+        model=model_config,
+        plan=plan,
+        init=tmp_path / "public.safetensors",
+    )
+    server = CoordinatorServer(config)
+    port = server.start()
+    for site in SITES:
+        consortium.start_node(consortium.node_config(site, port, tmp_path / f"state-{site}"))
+    run_federation(server)
+    trained, trained_spec = load_model(tmp_path / "run" / "model.safetensors")
+    assert trained_spec.ws
+    for name, tensor in start.state_dict().items():
+        torch.testing.assert_close(trained.state_dict()[name], tensor, rtol=0, atol=1e-6)

@@ -9,7 +9,7 @@ import torch
 from opacus.accountants import create_accountant
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from primia.errors import ConfigError, PrivacyBudgetExceeded, PrivacyUnitMismatch
+from primia.errors import ConfigError, ModelError, PrivacyBudgetExceeded, PrivacyUnitMismatch
 from primia.models.checkpoint import load_model
 from primia.train import DPConfig, PrivacyLedger, TrainConfig, train_local
 
@@ -27,14 +27,6 @@ def small_config(data, out, **overrides):
         "dp": DPConfig(),
     }
     return TrainConfig(data=data, out=out, **(settings | overrides))
-
-
-@pytest.fixture
-def data(synth_data, tmp_path):
-    """A private copy of the dataset, so each test has its own privacy ledger."""
-    copy = tmp_path / "data"
-    shutil.copytree(synth_data, copy)
-    return copy
 
 
 def test_dp_run_reports_the_epsilon_of_opacus_accountant(data, tmp_path):
@@ -148,3 +140,35 @@ def test_seed_fixes_plain_training_but_never_dp_noise(data, tmp_path):
     assert torch.equal(weights(tmp_path / "a", plain), weights(tmp_path / "b", plain))
     private = DPConfig(enabled=True, epsilon=8.0, epsilon_budget=1e6)
     assert not torch.equal(weights(tmp_path / "c", private), weights(tmp_path / "d", private))
+
+
+def test_ema_is_post_processing_the_ledger_charges_the_same(tmp_path, synth_data):
+    """The EMA of the iterates is released instead of the last iterate at no ε: the same
+    plan reserves and completes the same ε in two fresh ledgers, with and without it."""
+    spent = {}
+    for decay in (0.0, 0.9):
+        copy = tmp_path / f"data-{decay}"
+        shutil.copytree(synth_data, copy)
+        dp = DPConfig(enabled=True, epsilon=2.0, epsilon_budget=5.0)
+        out = tmp_path / f"run-{decay}"
+        result = train_local(small_config(copy, out, epochs=1, ema_decay=decay, dp=dp))
+        (release,) = PrivacyLedger.open(copy / "privacy-ledger.jsonl").releases()
+        spent[decay] = (release.epsilon, release.mechanism, result.privacy.epsilon)
+    assert spent[0.0] == spent[0.9]
+
+
+def test_init_starts_from_a_checkpoint_and_refuses_another_spec(data, tmp_path):
+    first = train_local(small_config(data, tmp_path / "public", epochs=1, ws=True))
+    start, _ = load_model(first.model_path)
+    # lr 1e-12: one epoch moves no weight measurably, so the run must have started there
+    second = train_local(
+        small_config(data, tmp_path / "init", epochs=1, ws=True, lr=1e-12, init=tmp_path / "public")
+    )
+    trained, spec = load_model(second.model_path)
+    assert spec.ws
+    for name, tensor in start.state_dict().items():
+        torch.testing.assert_close(trained.state_dict()[name], tensor, rtol=0, atol=1e-6)
+    with pytest.raises(ModelError, match=r"ws differ.*ws=True.*ws=False"):
+        train_local(small_config(data, tmp_path / "plain", init=first.model_path))
+    with pytest.raises(ModelError, match=r"width differ.*width=4.*width=8"):
+        train_local(small_config(data, tmp_path / "wide", ws=True, width=8, init=first.model_path))

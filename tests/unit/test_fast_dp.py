@@ -189,6 +189,35 @@ def test_unusual_convolutions(strategy: str) -> None:
         torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("strategy", ["ghost", "per_sample"])
+@pytest.mark.parametrize("architecture", ["cnn", "resnet9"])
+def test_weight_standardised_convolutions_clip_the_raw_parameters_gradients(
+    architecture: str, strategy: str
+) -> None:
+    """Σ_i clip(∂ℓ_i/∂w) for the raw weights w of WSConv2d layers, against torch.func's
+    per-sample gradients through the standardisation (which FastDPSGD must not clip by
+    the norm of ∂ℓ_i/∂ŵ instead: the Jacobian changes the norms)."""
+    torch.manual_seed(0)
+    model = build_model(architecture, num_classes=4, width=4, ws=True)
+    images, targets = _batch(n=BATCH)
+    clip = 0.05  # below every per-sample norm here, so every sample is clipped
+    expected = vmap_clipped_grad_sum(model, _per_sample_bce, images, targets, max_grad_norm=clip)
+    dp = FastDPSGD(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=1,
+        conv_strategy=strategy,  # type: ignore[arg-type]
+    )
+    dp.zero_grad()
+    dp.backward(_per_sample_bce(model(images), targets))
+    assert dp.per_sample_norms is not None and (dp.per_sample_norms > clip).all()
+    dp.step()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6)
+
+
 def test_backward_accumulates_physical_batches() -> None:
     torch.manual_seed(0)
     model = MODELS["biased"]()
@@ -317,13 +346,17 @@ def test_fast_dp_equals_opacus_hooks_on_densenet121() -> None:
         torch.testing.assert_close(param.grad, expected[name], rtol=1e-9, atol=1e-12)
 
 
+GROUPED_MODELS = MODELS | {"ws-cnn": lambda: build_model("cnn", num_classes=4, width=4, ws=True)}
+
+
 @pytest.mark.parametrize("strategy", ["auto", "ghost", "per_sample"])
-@pytest.mark.parametrize("model_name", sorted(MODELS))
+@pytest.mark.parametrize("model_name", sorted(GROUPED_MODELS))
 def test_grouped_clipping_equals_the_reference(model_name: str, strategy: str) -> None:
     """Patient-level clipping: each group's summed gradient is clipped once, exactly as the
-    torch.func reference that sums per-sample gradients by group before clipping."""
+    torch.func reference that sums per-sample gradients by group before clipping (weight-
+    standardised convolutions included)."""
     torch.manual_seed(0)
-    model = MODELS[model_name]()
+    model = GROUPED_MODELS[model_name]()
     images, targets = _batch(n=7)
     groups = torch.tensor([3, 3, 0, 5, 5, 5, 9])  # patients of 2, 1, 3 and 1 images
     clip = _median_norm(model, images, targets)

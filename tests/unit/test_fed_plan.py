@@ -69,6 +69,8 @@ def test_plan_at_every_upper_bound_is_acceptable():
         ({"proximal_mu": -0.1}, "proximal_mu=-0.1 is outside [0, 10.0]"),
         ({"proximal_mu": 10.5}, "proximal_mu=10.5 is outside [0, 10.0]"),
         ({"proximal_mu": math.nan}, "proximal_mu=nan is outside [0, 10.0]"),
+        ({"ema_decay": 1.0}, "ema_decay=1.0 is outside [0, 1)"),
+        ({"ema_decay": -0.5}, "ema_decay=-0.5 is outside [0, 1)"),
     ],
 )
 def test_each_training_bound_is_named(changes, expected):

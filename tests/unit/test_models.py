@@ -8,6 +8,7 @@ from torch import nn
 from primia.errors import ModelError
 from primia.models import ALLOWED_LAYERS, build_model, check_model, incompatibilities, model_names
 from primia.models.checkpoint import ModelSpec, load_model, read_spec, save_model
+from primia.models.layers import WSConv2d, export_parameters, standardise
 
 
 @pytest.mark.parametrize("name", model_names())
@@ -92,3 +93,30 @@ def test_shapes_describe_the_state_without_storage():
     assert {k: (t.shape, t.dtype) for k, t in shapes.items()} == {
         k: (t.shape, t.dtype) for k, t in real.items()
     }
+
+
+def test_weight_standardised_filters_have_mean_zero_and_unit_variance():
+    conv = WSConv2d(3, 5, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.mul_(7.0).add_(2.0)
+    folded = standardise(conv.weight)
+    mean, var = folded.mean(dim=(1, 2, 3)), folded.var(dim=(1, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean, torch.zeros(5), atol=1e-6, rtol=0)
+    torch.testing.assert_close(var, torch.ones(5), atol=1e-3, rtol=0)
+
+
+def test_folded_parameters_make_a_plain_model_compute_the_ws_model():
+    """What encrypted inference shares: ŵ in place of w, so plain convolutions agree."""
+    torch.manual_seed(0)
+    ws = build_model("resnet9", num_classes=2, width=4, ws=True).eval()
+    plain = build_model("resnet9", num_classes=2, width=4).eval()
+    plain.load_state_dict(export_parameters(ws), strict=False)
+    images = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(images), ws(images), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(ws.features[0][0].weight, plain.features[0][0].weight)
+
+
+def test_ws_on_a_model_without_a_ws_variant_names_the_ones_that_have_it():
+    with pytest.raises(ModelError, match=r"'lenet' has no weight-standardised variant.*resnet9"):
+        build_model("lenet", num_classes=2, ws=True)

@@ -325,7 +325,7 @@ class FederationPlan(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., plan: _Optional[_Union[TrainPlan, _Mapping]] = ..., secure_aggregation: _Optional[bool] = ..., roster_size: _Optional[int] = ..., min_nodes: _Optional[int] = ..., threshold: _Optional[int] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("architecture", "num_outputs", "width", "in_channels", "image_size", "task", "label_names")
+    __slots__ = ("architecture", "num_outputs", "width", "in_channels", "image_size", "task", "label_names", "ws")
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     NUM_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -333,6 +333,7 @@ class ModelSpec(_message.Message):
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     LABEL_NAMES_FIELD_NUMBER: _ClassVar[int]
+    WS_FIELD_NUMBER: _ClassVar[int]
     architecture: str
     num_outputs: int
     width: int
@@ -340,7 +341,8 @@ class ModelSpec(_message.Message):
     image_size: int
     task: str
     label_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, architecture: _Optional[str] = ..., num_outputs: _Optional[int] = ..., width: _Optional[int] = ..., in_channels: _Optional[int] = ..., image_size: _Optional[int] = ..., task: _Optional[str] = ..., label_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    ws: bool
+    def __init__(self, architecture: _Optional[str] = ..., num_outputs: _Optional[int] = ..., width: _Optional[int] = ..., in_channels: _Optional[int] = ..., image_size: _Optional[int] = ..., task: _Optional[str] = ..., label_names: _Optional[_Iterable[str]] = ..., ws: _Optional[bool] = ...) -> None: ...
 
 class DPPlan(_message.Message):
     __slots__ = ("enabled", "epsilon", "delta", "max_grad_norm")
@@ -355,7 +357,7 @@ class DPPlan(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
 
 class TrainPlan(_message.Message):
-    __slots__ = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "dp", "proximal_mu")
+    __slots__ = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "dp", "proximal_mu", "ema_decay")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
@@ -364,6 +366,7 @@ class TrainPlan(_message.Message):
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     DP_FIELD_NUMBER: _ClassVar[int]
     PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
+    EMA_DECAY_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     lr: float
@@ -372,7 +375,8 @@ class TrainPlan(_message.Message):
     weight_decay: float
     dp: DPPlan
     proximal_mu: float
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dp: _Optional[_Union[DPPlan, _Mapping]] = ..., proximal_mu: _Optional[float] = ...) -> None: ...
+    ema_decay: float
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dp: _Optional[_Union[DPPlan, _Mapping]] = ..., proximal_mu: _Optional[float] = ..., ema_decay: _Optional[float] = ...) -> None: ...
 
 class TrainTask(_message.Message):
     __slots__ = ("task_id", "round", "model", "weights_blob", "plan", "secure_aggregation")
