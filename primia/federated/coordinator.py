@@ -342,6 +342,7 @@ class Federation:
                     "epsilon_budget": o.privacy.epsilon_budget,
                     "delta": o.privacy.delta,
                     "noise_multiplier": o.release.noise_multiplier if o.release else 0.0,
+                    "unit": o.release.unit if o.release else "",
                     "clipped": o.clipped,
                 }
                 for name, o in sorted(contributions.outcomes.items())

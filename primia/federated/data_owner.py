@@ -452,6 +452,7 @@ class DataOwner:
                 sample_rate=report.sample_rate,
                 steps=report.steps,
                 max_grad_norm=report.max_grad_norm,
+                unit=report.unit,
             )
         return LocalTraining(
             update=update,

@@ -18,6 +18,7 @@ from primia.evaluate.evaluation import Evaluation
 from primia.federated.plan import TrainPlan
 from primia.federated.weights import State, encode
 from primia.models.checkpoint import ModelSpec
+from primia.train.units import PrivacyUnit
 
 Split = Literal["validation", "test"]
 
@@ -143,6 +144,8 @@ class PrivacyRelease:
     sample_rate: float
     steps: int
     max_grad_norm: float
+    unit: PrivacyUnit = "example"
+    """What ``epsilon`` protects: a ``patient`` or one ``example`` (image)."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from primia.federated.tasks import (
 )
 from primia.models.checkpoint import ModelSpec
 from primia.rpc.generated import federation_pb2 as pb
+from primia.train.units import PRIVACY_UNITS
 
 PROTOCOL_VERSION = 3
 """2: secure aggregation signs round views and has a consistency round (issue 20).
@@ -192,11 +193,16 @@ def release_to_proto(release: PrivacyRelease) -> pb.PrivacyRelease:
         sample_rate=release.sample_rate,
         steps=release.steps,
         max_grad_norm=release.max_grad_norm,
+        unit=release.unit,
     )
 
 
 def release_from_proto(message: pb.PrivacyRelease) -> PrivacyRelease:
     _check_privacy(message.epsilon, message.delta, "the release's epsilon")
+    if message.unit not in ("", *PRIVACY_UNITS):
+        raise MessageError(
+            f"the release's unit {message.unit[:40]!r} is not one of {', '.join(PRIVACY_UNITS)}"
+        )
     return PrivacyRelease(
         epsilon=message.epsilon,
         delta=message.delta,
@@ -204,6 +210,8 @@ def release_from_proto(message: pb.PrivacyRelease) -> PrivacyRelease:
         sample_rate=message.sample_rate,
         steps=message.steps,
         max_grad_norm=message.max_grad_norm,
+        # a node that does not say is taken at the weaker claim
+        unit="patient" if message.unit == "patient" else "example",
     )
 
 

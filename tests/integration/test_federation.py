@@ -43,6 +43,8 @@ def test_two_round_federation(consortium: Consortium, tmp_path: Path) -> None:
         assert record["contributors"] == list(SITES)
         assert record["validation"]["examples"] > 0
         assert set(record["validation"]["per_node"]) == set(SITES)
+        # each node's release says what its ε protects: the patient, the nodes' default
+        assert {node["unit"] for node in record["train"].values()} == {"patient"}
     assert (tmp_path / "run" / "checkpoints" / "round-0002.safetensors").exists()
     _, spec = load_model(tmp_path / "run" / "model.safetensors")
     assert spec.architecture == "cnn"

@@ -149,8 +149,18 @@ def test_release_round_trip():
         sample_rate=0.03125,
         steps=96,
         max_grad_norm=1.0,
+        unit="patient",
     )
     assert codec.release_from_proto(wire(codec.release_to_proto(release))) == release
+
+
+def test_a_release_that_names_no_unit_is_taken_as_example_level_and_a_bad_one_refused():
+    message = codec.release_to_proto(PrivacyRelease(1.0, 1e-5, 1.0, 0.1, 10, 1.0, "patient"))
+    message.unit = ""  # a node from before the field
+    assert codec.release_from_proto(wire(message)).unit == "example"
+    message.unit = "hospital"
+    with pytest.raises(codec.MessageError, match="unit 'hospital'"):
+        codec.release_from_proto(wire(message))
 
 
 def test_info_round_trip_through_hello():

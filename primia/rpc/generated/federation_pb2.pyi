@@ -161,20 +161,22 @@ class TrainResult(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., update_blob: _Optional[str] = ..., num_examples: _Optional[int] = ..., train_loss: _Optional[float] = ..., steps: _Optional[int] = ..., seconds: _Optional[float] = ..., release: _Optional[_Union[PrivacyRelease, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyState, _Mapping]] = ...) -> None: ...
 
 class PrivacyRelease(_message.Message):
-    __slots__ = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "max_grad_norm")
+    __slots__ = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "unit")
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
     epsilon: float
     delta: float
     noise_multiplier: float
     sample_rate: float
     steps: int
     max_grad_norm: float
-    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., sample_rate: _Optional[float] = ..., steps: _Optional[int] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
+    unit: str
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., sample_rate: _Optional[float] = ..., steps: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class EvaluateResult(_message.Message):
     __slots__ = ("task_id", "num_examples", "loss", "accuracy", "labels", "seconds", "detailed")
