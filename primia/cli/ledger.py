@@ -59,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     fix.add_argument("--epsilon-budget", type=float, help="the budget, if the header is lost")
     fix.add_argument("--delta", type=float, default=1e-5, help="the budget's delta (1e-5)")
     fix.add_argument("--accountant", choices=("prv", "rdp"), default="prv")
+    fix.add_argument(
+        "--unit",
+        choices=("patient", "example"),
+        help="what the lost releases protected (the node's [privacy] unit), needed when "
+        "epsilon is carried and no surviving release shows it",
+    )
     fix.set_defaults(handler=_repair)
 
 
@@ -89,6 +95,7 @@ def _repair(args: argparse.Namespace) -> int:
         accept=args.accept,
         budget=budget,
         accountant=args.accountant,
+        unit=args.unit,
     )
     print(f"problem: {result.problem}")
     print(f"records kept: {result.kept}, lines dropped: {result.dropped}")

@@ -289,7 +289,8 @@ class DataOwner:
             "the ledger (deleted, cut, or rewritten with its anchor). This node refuses to "
             "train until it is resolved: restore the ledger and its anchor from a backup, "
             f"or carry the coordinator's figure: `primia ledger repair {self.ledger.path} "
-            f"--at-least {recorded:.6g} --accept` (docs/privacy.md, 'Ledger integrity')"
+            f"--at-least {recorded:.6g} --unit {self._privacy.unit} --accept` (docs/privacy.md, "
+            "'Ledger integrity')"
         )
 
     def admit(self, task: TrainTask, *, run: str = "") -> None:

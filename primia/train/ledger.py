@@ -217,6 +217,8 @@ class PrivacyLedger:
         """What the recorded releases protect (a release without the field, from before
         units were recorded, was example-level); ``None`` before the first release."""
         units = {e.get("unit", "example") for e in self._events if e["event"] == "reserve"}
+        # a repair carries the ε of lost releases with their unit
+        units |= {e["unit"] for e in self._events if e["event"] == "repair" and "unit" in e}
         if len(units) > 1:  # reserve() never writes this; a hand-edited ledger might
             raise LedgerError(
                 f"{self.path} mixes releases of units {sorted(units)}, which do not compose; "

@@ -28,6 +28,7 @@ from primia.train.accounting import AccountantName
 from primia.train.ledger import FORMAT_VERSION, Budget, PrivacyLedger, locked
 from primia.train.ledger_chain import Anchor, chain_of, read_anchor, write_anchor
 from primia.train.ledger_records import check_record
+from primia.train.units import PrivacyUnit, check_unit
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,14 @@ def repair(
     accept: bool = False,
     budget: Budget | None = None,
     accountant: AccountantName = "prv",
+    unit: PrivacyUnit | None = None,
 ) -> Repair:
     """Rebuild the ledger at ``path`` from its sound records plus a ``repair`` record
     (see the module docstring). ``budget`` and ``accountant`` are needed only when the
-    header is lost. Raises :class:`ConfigError` when there is nothing to repair."""
+    header is lost; ``unit`` (what the lost releases protected: the node's
+    ``[privacy] unit``) only when ε is carried and no surviving release shows the unit, so
+    that the carried ε keeps its unit and later releases of another unit are refused.
+    Raises :class:`ConfigError` when there is nothing to repair."""
     if at_least is not None and not 0 <= at_least < math.inf:
         raise ConfigError(f"--at-least must be a finite epsilon >= 0, got {at_least}")
     verdict = verify(path)  # takes the lock itself (flock does not nest)
@@ -108,6 +113,7 @@ def repair(
         anchor = _anchor_or_none(path)
         figures = [anchor.epsilon_spent if anchor else 0.0, at_least or 0.0]
         carried = max(figures) if max(figures) > surviving else 0.0
+        unit = _carried_unit(events, carried, unit, path)
         problem = verdict.problem or (
             f"the ledger reports eps {surviving:.4g}, less than the {at_least:.4g} recorded "
             "elsewhere (the coordinator's record)"
@@ -117,6 +123,7 @@ def repair(
                 "event": "repair",
                 "problem": problem,
                 "carried_epsilon": carried,
+                **({"unit": unit} if unit is not None else {}),
                 "anchored_epsilon": anchor.epsilon_spent if anchor else None,
                 "at_least": at_least,
                 "surviving_epsilon": surviving,
@@ -146,6 +153,35 @@ def repair(
         written=accept,
         damaged_copy=copy,
     )
+
+
+def _carried_unit(
+    events: list[dict[str, Any]], carried: float, given: PrivacyUnit | None, path: Path
+) -> PrivacyUnit | None:
+    """The unit of the ε a repair carries: the surviving releases' (they must agree with
+    ``given``), else ``given``; refused when ε is carried and nothing says its unit."""
+    surviving = {
+        e.get("unit", "example")
+        for e in events
+        if e["event"] == "reserve" or (e["event"] == "repair" and "unit" in e)
+    }
+    if given is not None:
+        check_unit(given)
+        if surviving and surviving != {given}:
+            raise ConfigError(
+                f"the surviving releases of {path} are {'/'.join(sorted(surviving))}-level, "
+                f"not {given}-level; leave out --unit or give theirs"
+            )
+        return given
+    if len(surviving) == 1:
+        return check_unit(surviving.pop())
+    if carried > 0:
+        raise ConfigError(
+            f"the repair of {path} carries eps {carried:.4g} from releases that are lost, and "
+            "nothing left says what they protected; give --unit patient or --unit example "
+            "(the node's [privacy] unit when they ran)"
+        )
+    return None
 
 
 def _anchor_or_none(path: Path) -> Anchor | None:

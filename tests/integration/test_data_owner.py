@@ -258,8 +258,10 @@ def test_a_coordinator_record_above_the_ledger_refuses_until_repaired(owner: Dat
     with pytest.raises(TaskRefused) as refused:
         owner.train(TrainTask("t1", 1, SPEC, _weights(), PLAN))
     assert refused.value.reason == Refusal.LEDGER_INTEGRITY
-    repair(owner.ledger.path, at_least=1.5, accept=True)
+    assert "--unit patient" in str(problem)  # the command it gives names the node's unit
+    repair(owner.ledger.path, at_least=1.5, accept=True, unit="patient")
     assert owner.check_coordinator_record(1.5) is None
+    assert owner.ledger.unit == "patient"
     assert owner.ledger.spent_epsilon() == pytest.approx(1.5)
 
 

@@ -72,6 +72,6 @@ def test_a_node_whose_ledger_forgot_releases_refuses_until_repaired(
     assert [r["round"] for r in rounds_of(run_dir)] == [1]
 
     # The operator carries the coordinator's figure into the ledger; the node then trains.
-    repair(ledger_path, at_least=recorded, accept=True)
+    repair(ledger_path, at_least=recorded, accept=True, unit="patient")
     assert node.owner.check_coordinator_record(recorded) is None
     node.stop()

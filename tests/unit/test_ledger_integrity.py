@@ -292,7 +292,10 @@ def test_repair_of_a_deleted_ledger_needs_the_budget(ledger_path: Path) -> None:
     ledger_path.unlink()
     with pytest.raises(ConfigError, match=r"header .* is lost"):
         repair(ledger_path, accept=True)
-    repair(ledger_path, accept=True, budget=Budget(10.0, DELTA), accountant="rdp")
+    budget = Budget(10.0, DELTA)
+    with pytest.raises(ConfigError, match="give --unit"):  # nothing says what ε protected
+        repair(ledger_path, accept=True, budget=budget, accountant="rdp")
+    repair(ledger_path, accept=True, budget=budget, accountant="rdp", unit="example")
     assert spent(ledger_path) == pytest.approx(original)
 
 
@@ -303,9 +306,9 @@ def test_the_cli_verifies_and_repairs_only_with_accept(ledger_path: Path, capsys
     ledger_path.write_text(ledger_path.read_text().splitlines()[0] + "\n")
     assert main(["ledger", "verify", str(ledger_path)]) == 2
     assert "holds 1 records but its anchor 5" in capsys.readouterr().out
-    assert main(["ledger", "repair", str(ledger_path)]) == 1
+    assert main(["ledger", "repair", str(ledger_path), "--unit", "example"]) == 1
     assert "nothing written" in capsys.readouterr().out
-    assert main(["ledger", "repair", str(ledger_path), "--accept"]) == 0
+    assert main(["ledger", "repair", str(ledger_path), "--accept", "--unit", "example"]) == 0
     assert main(["ledger", "verify", str(ledger_path)]) == 0
 
 

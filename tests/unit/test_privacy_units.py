@@ -172,19 +172,17 @@ def test_patient_level_is_refused_for_images_that_name_no_patient() -> None:
     assert unnamed_patients_problem("example", unnamed=5, images=5) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a repair's carried epsilon records no unit, so a ledger rebuilt "
-    "after its file was lost accepts a release of another unit than the lost ones",
-)
 def test_a_repaired_ledger_keeps_the_unit_of_the_epsilon_it_carries(tmp_path) -> None:
     path = tmp_path / "ledger.jsonl"
     PrivacyLedger.open(path, budget=Budget(10.0, 1e-5)).reserve(
         _mechanism(), epsilon=1.0, delta=1e-5, unit="patient"
     )
     path.unlink()  # lost; the anchor beside it still says what was spent
-    repair(path, accept=True, budget=Budget(10.0, 1e-5))
+    with pytest.raises(ConfigError, match="give --unit patient or --unit example"):
+        repair(path, accept=True, budget=Budget(10.0, 1e-5))
+    repair(path, accept=True, budget=Budget(10.0, 1e-5), unit="patient")
     ledger = PrivacyLedger.open(path)
+    assert ledger.unit == "patient"
     assert ledger.spent_epsilon() > 0.9  # the patient-level epsilon is carried ...
     with pytest.raises(PrivacyUnitMismatch):  # ... and an example-level release joins it
         ledger.reserve(_mechanism(), epsilon=1.0, delta=1e-5, unit="example")
