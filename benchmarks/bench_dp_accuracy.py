@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 import torch
-from dp_setting import add_setting_arguments
+from dp_setting import add_setting_arguments, setting_config, write_setting_data
 from machine import CpuWatch, load_average
 
-from primia.data.synth import SynthConfig, write_dataset
 from primia.train import DPConfig, TrainConfig, train_local
 
 TECHNIQUES = ("example-level", "patient-level", "+WS", "+EMA", "+K", "+pre-training")
@@ -47,32 +46,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
 
-        def dataset(seed: int) -> Path:
-            path = scratch / f"data-{seed}"
-            config = SynthConfig(
-                sites=args.sites,
-                patients_per_site=args.patients_per_site,
-                images_per_patient=args.images_per_patient,
-                size=args.size,
-                seed=seed,
-            )
-            write_dataset(path, config, progress=False)
-            return path
-
-        data, public = dataset(0), dataset(1)
-        base = TrainConfig(
-            data=data,
-            out=scratch / "run",
-            model="resnet9",
-            width=args.width,
-            image_size=args.size,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            max_physical_batch_size=64,
-            lr=args.lr,
-            threads=args.threads,
-            progress=False,
-            dp=DPConfig(max_grad_norm=args.max_grad_norm, epsilon_budget=1e6),
+        data = write_setting_data(args, scratch / "data-0")
+        public = write_setting_data(args, scratch / "data-1", seed=1)
+        base = setting_config(
+            args,
+            data,
+            scratch / "run",
+            DPConfig(max_grad_norm=args.max_grad_norm, epsilon_budget=1e6),
         )
         runs = 0
 

@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import torch
-from dp_setting import add_setting_arguments
+from dp_setting import add_setting_arguments, setting_config, write_setting_data
 
-from primia.data.synth import SynthConfig, write_dataset
-from primia.train import DPConfig, TrainConfig, train_local
+from primia.train import DPConfig, train_local
 
 
 def main() -> None:
@@ -30,18 +29,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch:
-        data = Path(scratch) / "data"
-        write_dataset(
-            data,
-            SynthConfig(
-                sites=args.sites,
-                patients_per_site=args.patients_per_site,
-                images_per_patient=args.images_per_patient,
-                size=args.size,
-                seed=0,
-            ),
-            progress=False,
-        )
+        data = write_setting_data(args, Path(scratch) / "data")
         results = {}
         for label, dp in (
             ("non-private", DPConfig()),
@@ -49,19 +37,7 @@ def main() -> None:
         ):
             started = time.perf_counter()
             result = train_local(
-                TrainConfig(
-                    data=data,
-                    out=Path(scratch) / label.replace(" ", "_"),
-                    model="resnet9",
-                    width=args.width,
-                    image_size=args.size,
-                    epochs=args.epochs,
-                    batch_size=args.batch_size,
-                    max_physical_batch_size=64,
-                    lr=args.lr,
-                    progress=False,
-                    dp=dp,
-                )
+                setting_config(args, data, Path(scratch) / label.replace(" ", "_"), dp)
             )
             assert result.test is not None
             results[label] = result.test.mean_auroc or float("nan")

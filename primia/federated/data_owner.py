@@ -89,7 +89,12 @@ from primia.train.accounting import AccountantName
 from primia.train.ledger import Budget, PrivacyLedger
 from primia.train.local import dp_mechanism, fit, logits_of, metrics_of, resolve_device
 from primia.train.train_config import LEDGER_FILENAME, DPConfig, GradSampleMode, TrainConfig
-from primia.train.units import PrivacyUnit, check_unit, unnamed_patients_problem
+from primia.train.units import (
+    PrivacyUnit,
+    check_unit,
+    clipping_problem,
+    unnamed_patients_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,13 +210,9 @@ class DataOwner:
                 "policy.aggregation allows plaintext: a coordinator that asks for it receives "
                 "this node's updates in the clear"
             )
-        if privacy.unit == "patient" and compute.grad_sample_mode != "fast":
-            # else every DP round would fail in the middle of training, not at start-up
-            raise ConfigError(
-                f"compute.grad_sample_mode {compute.grad_sample_mode!r} clips each image alone, "
-                "so it cannot train at privacy.unit = 'patient'; set compute.grad_sample_mode "
-                "= 'fast' (the default), or privacy.unit = 'example'"
-            )
+        problem = clipping_problem(privacy.unit, compute.grad_sample_mode)
+        if problem is not None:  # else every DP round would fail mid-training
+            raise ConfigError(f"compute.{problem} (privacy.unit is {privacy.unit!r})")
         state_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = PrivacyLedger.open(
             state_dir / LEDGER_FILENAME,
@@ -354,14 +355,9 @@ class DataOwner:
             )
             if unnamed is not None:
                 raise TaskRefused(Refusal.POLICY, unnamed)
-            recorded = self.ledger.unit
-            if recorded is not None and recorded != self._privacy.unit:
-                raise TaskRefused(
-                    Refusal.POLICY,
-                    f"this node trains at the {self._privacy.unit} level (privacy.unit) but its "
-                    f"ledger {self.ledger.path} records {recorded}-level releases, which do not "
-                    f"compose with them; set privacy.unit = {recorded!r} or start a new ledger",
-                )
+            mismatch = self.ledger.unit_problem(self._privacy.unit)
+            if mismatch is not None:
+                raise TaskRefused(Refusal.POLICY, mismatch)
             mechanism = dp_mechanism(self._train_config(spec, plan), examples=len(splits.train))
             problems += dp_problems(
                 self._limits,

@@ -226,6 +226,20 @@ class PrivacyLedger:
             )
         return check_unit(units.pop()) if units else None
 
+    def unit_problem(self, unit: PrivacyUnit) -> str | None:
+        """Why a release protecting ``unit`` cannot join this ledger's releases; ``None``
+        if it can (the same unit, or no release yet)."""
+        recorded = self.unit
+        if recorded is None or recorded == unit:
+            return None
+        return (
+            f"this release protects each {unit} but the ledger {self.path} records "
+            f"{recorded}-level releases, and the two do not compose into one epsilon "
+            "(a guarantee per image protects a patient with k images only by a k-fold "
+            f"group-privacy bound); train with privacy unit '{recorded}' (privacy.unit on a "
+            "node), or keep this unit's releases in a ledger of their own"
+        )
+
     def spent_epsilon(self, extra: Mechanism | None = None, *, run: str | None = None) -> float:
         """ε at the budget's δ of all releases composed (plus ``extra``, if given); with
         ``run``, of that coordinator run's releases only."""
@@ -262,15 +276,9 @@ class PrivacyLedger:
         check_unit(unit)
         with locked(self.path):
             self._chain = self._read()
-            recorded = self.unit
-            if recorded is not None and recorded != unit:
-                raise PrivacyUnitMismatch(
-                    f"this release protects each {unit} but the ledger {self.path} records "
-                    f"{recorded}-level releases, and the two do not compose into one epsilon "
-                    "(a guarantee per image protects a patient with k images only by a k-fold "
-                    f"group-privacy bound); train with privacy unit '{recorded}', or "
-                    "keep this unit's releases in a ledger of their own (--ledger)"
-                )
+            problem = self.unit_problem(unit)
+            if problem is not None:
+                raise PrivacyUnitMismatch(problem)
             budget = self.budget
             total = self.spent_epsilon(extra=mechanism)
             if not math.isfinite(total) or total > budget.epsilon:

@@ -10,7 +10,7 @@ from primia.data import ReadOptions, check_format
 from primia.errors import ConfigError
 from primia.train.accounting import AccountantName
 from primia.train.tracking import TrackingConfig
-from primia.train.units import PrivacyUnit, check_unit
+from primia.train.units import PrivacyUnit, check_unit, clipping_problem
 
 GradSampleMode = Literal["fast", "hooks", "functorch", "ew", "ghost"]
 LEDGER_FILENAME = "privacy-ledger.jsonl"
@@ -51,15 +51,11 @@ class DPConfig:
                 "dp.augmentation_multiplicity must be at least 1 (1: no augmentation), got "
                 f"{self.augmentation_multiplicity}"
             )
-        if self.grad_sample_mode != "fast" and (
-            self.privacy_unit == "patient" or self.augmentation_multiplicity > 1
-        ):
-            raise ConfigError(
-                f"dp.grad_sample_mode {self.grad_sample_mode!r} clips each image alone; "
-                "patient-level DP and augmentation multiplicity need grad_sample_mode 'fast' "
-                "(the default), or set dp.privacy_unit = 'example' and "
-                "dp.augmentation_multiplicity = 1"
-            )
+        problem = clipping_problem(
+            self.privacy_unit, self.grad_sample_mode, self.augmentation_multiplicity
+        )
+        if problem is not None:
+            raise ConfigError(f"dp.{problem}")
         if self.epsilon <= 0:
             raise ConfigError(f"dp.epsilon must be positive, got {self.epsilon}")
         if not 0 < self.delta < 1:

@@ -63,6 +63,21 @@ def unnamed_patients_problem(unit: PrivacyUnit, *, unnamed: int, images: int) ->
     )
 
 
+def clipping_problem(
+    unit: PrivacyUnit, grad_sample_mode: str, augmentation_multiplicity: int = 1
+) -> str | None:
+    """Why ``grad_sample_mode`` cannot train ``unit`` with K augmentations; ``None`` if it
+    can. Only primia's fast path groups samples before clipping; Opacus' modes clip each
+    image alone."""
+    if grad_sample_mode == "fast" or (unit == "example" and augmentation_multiplicity == 1):
+        return None
+    return (
+        f"grad_sample_mode {grad_sample_mode!r} clips each image alone, so it cannot train "
+        "at the patient level or with augmentation multiplicity; use grad_sample_mode "
+        "'fast' (the default), or privacy unit 'example' without augmentations"
+    )
+
+
 def unit_members(
     patient_ids: Sequence[str], unit: PrivacyUnit, *, max_images_per_patient: int
 ) -> list[Tensor]:

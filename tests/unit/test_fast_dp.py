@@ -73,18 +73,26 @@ def _median_norm(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) 
     return float(torch.stack(norms).median())
 
 
-def _noiseless_step(
-    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, clip: float, strategy: str
+def _noiseless(
+    model: nn.Module, clip: float, strategy: str = "auto", *, expected_batch_size: int = 1
 ) -> FastDPSGD:
-    """One FastDPSGD step without noise (lr 0: the clipped mean gradient stays in .grad)."""
-    dp = FastDPSGD(
+    """FastDPSGD without noise on an optimiser with lr 0: ``.grad`` keeps the clipped sum
+    (divided by ``expected_batch_size``)."""
+    return FastDPSGD(
         model,
         torch.optim.SGD(model.parameters(), lr=0.0),
         noise_multiplier=0.0,
         max_grad_norm=clip,
-        expected_batch_size=BATCH,
+        expected_batch_size=expected_batch_size,
         conv_strategy=strategy,  # type: ignore[arg-type]
     )
+
+
+def _noiseless_step(
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, clip: float, strategy: str
+) -> FastDPSGD:
+    """One FastDPSGD step without noise (lr 0: the clipped mean gradient stays in .grad)."""
+    dp = _noiseless(model, clip, strategy, expected_batch_size=BATCH)
     dp.zero_grad()
     dp.backward(_per_sample_bce(model(images), targets))
     dp.step()
@@ -202,14 +210,7 @@ def test_weight_standardised_convolutions_clip_the_raw_parameters_gradients(
     images, targets = _batch(n=BATCH)
     clip = 0.05  # below every per-sample norm here, so every sample is clipped
     expected = vmap_clipped_grad_sum(model, _per_sample_bce, images, targets, max_grad_norm=clip)
-    dp = FastDPSGD(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        noise_multiplier=0.0,
-        max_grad_norm=clip,
-        expected_batch_size=1,
-        conv_strategy=strategy,  # type: ignore[arg-type]
-    )
+    dp = _noiseless(model, clip, strategy)
     dp.zero_grad()
     dp.backward(_per_sample_bce(model(images), targets))
     assert dp.per_sample_norms is not None and (dp.per_sample_norms > clip).all()
@@ -363,14 +364,7 @@ def test_grouped_clipping_equals_the_reference(model_name: str, strategy: str) -
     expected = vmap_clipped_grad_sum(
         model, _per_sample_bce, images, targets, max_grad_norm=clip, groups=groups
     )
-    dp = FastDPSGD(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        noise_multiplier=0.0,
-        max_grad_norm=clip,
-        expected_batch_size=1,
-        conv_strategy=strategy,  # type: ignore[arg-type]
-    )
+    dp = _noiseless(model, clip, strategy)
     dp.zero_grad()
     dp.backward(_per_sample_bce(model(images), targets), groups=groups)
     assert dp.per_sample_norms is not None and dp.per_sample_norms.shape == (4,)
