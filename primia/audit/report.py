@@ -15,7 +15,6 @@ a label used twice gets ``-2``, ``-3``, ... appended so no grid overwrites anoth
 
 from __future__ import annotations
 
-import html
 import io
 import json
 import math
@@ -39,6 +38,7 @@ from primia.audit.results import (
     InversionAudit,
 )
 from primia.files import atomic_write_bytes
+from primia.reports import render
 
 MAX_GRID_IMAGES = 16
 """A grid shows at most this many originals (the HTML says when more were attacked)."""
@@ -203,54 +203,45 @@ def _tile(image: np.ndarray, scale: int) -> np.ndarray:
 
 # --- report.html ------------------------------------------------------------------------
 
-_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto;
-       padding: 0 1rem; color: #222; line-height: 1.45; }
-h1 { margin-bottom: 0.2rem; }
-.date { color: #666; margin-top: 0; }
-section.audit { border-top: 1px solid #ccc; margin-top: 2rem; padding-top: 0.5rem; }
-.verdict { font-size: 2rem; font-weight: bold; padding: 0.4rem 0.8rem;
-           border-radius: 0.3rem; display: inline-block; margin: 0.3rem 0; }
-.verdict.inconclusive { background: #eeeeee; color: #333; }
-.verdict.leaks { background: #fde3e1; color: #a3191b; }
-.caveat { font-weight: bold; color: #5a4500; }
-.refusal { border-left: 4px solid #555; padding-left: 0.6rem; }
-.why { color: #444; }
-table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
-th { background: #f3f3f3; }
-td.number { text-align: right; font-variant-numeric: tabular-nums; }
-figure { margin: 1rem 0; overflow-x: auto; }
-figure img { image-rendering: pixelated; }
-figcaption { color: #555; font-size: 0.9rem; }
-"""
+IMAGE_COLUMNS = (
+    "leaked",
+    "reconstructed",
+    "re-identified",
+    "attack",
+    "dataset index",
+    "patient",
+    "PSNR (dB)",
+    "prior PSNR (dB)",
+    "SSIM",
+    "prior SSIM",
+    "leakage",
+    "label accuracy",
+    "re-identified image",
+    "re-identified patient",
+)
+"""The columns of each audit's per-image table."""
 
 
 def _html_page(audits: Sequence[InversionAudit], grids: list[Path], created: datetime) -> str:
+    """The page, from ``templates/audit.html`` (every value escaped by the template)."""
     names = [_audit_name(index, audit) for index, audit in enumerate(audits)]
-    sections = [
-        _audit_section(audit, name, grid)
-        for audit, name, grid in zip(audits, names, grids, strict=True)
-    ]
-    title = "Gradient-inversion audit"
-    return "\n".join(
-        [
-            "<!DOCTYPE html>",
-            '<html lang="en">',
-            '<head><meta charset="utf-8">',
-            f"<title>{_e(title)}</title>",
-            f"<style>{_CSS}</style></head>",
-            "<body>",
-            f"<h1>{_e(title)}</h1>",
-            f'<p class="date">{_e(created.strftime("%Y-%m-%d %H:%M UTC"))}'
-            f" · primia {_e(__version__)}</p>",
-            f"<p>{_e(_explanation(audits, names))}</p>",
-            _settings_table(audits, names),
-            *sections,
-            _how_to_read(),
-            "</body></html>",
-            "",
-        ]
+    keys = list(dict.fromkeys(key for audit in audits for key in audit.settings))
+    return render(
+        "audit.html",
+        created=created.strftime("%Y-%m-%d %H:%M UTC"),
+        version=__version__,
+        explanation=_explanation(audits, names),
+        names=names,
+        settings=[
+            (key, [_plain(audit.settings.get(key, "—")) for audit in audits]) for key in keys
+        ],
+        audits=[
+            _audit_context(audit, name, grid)
+            for audit, name, grid in zip(audits, names, grids, strict=True)
+        ],
+        caveat=CAVEAT,
+        image_columns=IMAGE_COLUMNS,
+        how_to_read=_how_to_read(),
     )
 
 
@@ -292,61 +283,30 @@ def _explanation(audits: Sequence[InversionAudit], names: list[str]) -> str:
     )
 
 
-def _settings_table(audits: Sequence[InversionAudit], names: list[str]) -> str:
-    keys = list(dict.fromkeys(key for audit in audits for key in audit.settings))
-    header = "".join(f"<th>{_e(name)}</th>" for name in names)
-    rows = [
-        f"<tr><th>{_e(key)}</th>"
-        + "".join(f"<td>{_e(_plain(audit.settings.get(key, '—')))}</td>" for audit in audits)
-        + "</tr>"
-        for key in keys
-    ]
-    return (
-        f"<table><caption>Settings</caption><tr><th>setting</th>{header}</tr>"
-        + "".join(rows)
-        + "</table>"
-    )
-
-
-def _audit_section(audit: InversionAudit, name: str, grid: Path) -> str:
+def _audit_context(audit: InversionAudit, name: str, grid: Path) -> dict[str, Any]:
+    """One audit's section of the page as plain values."""
     summary = audit.summary
-    leaks = summary.leaked_images > 0
-    parts = [
-        '<section class="audit">',
-        f"<h2>{_e(name)}</h2>",
-        f'<div class="verdict {"leaks" if leaks else "inconclusive"}">{_e(summary.verdict)}</div>',
-        f'<p class="caveat">{_e(CAVEAT)}</p>',
-        f'<p class="why">{_e(_why(audit))}</p>',
-        f"<p>{_e(findings_line(audit))}</p>",
-    ]
-    if audit.refusal is not None:
-        parts.append(f'<p class="refusal">{_e(refusal_line(audit))}</p>')
-    if audit.epsilon is not None:
-        parts.append(
-            f"<p>Privacy cost of the observed update: ε = {_e(_number(audit.epsilon))} "
-            "(differential privacy; smaller is more private).</p>"
-        )
-    parts.append(_metrics_table(audit))
     shown = min(summary.images, MAX_GRID_IMAGES)
-    parts.append(
-        f'<figure><img src="{_e(grid.name)}" '
-        f'alt="{_e("originals, reconstructions and the prior of " + name)}">'
-        "<figcaption>top: originals (leaked images first); bottom: reconstructions; "
+    caption = (
+        "top: originals (leaked images first); bottom: reconstructions; "
         "right: the prior (dataset mean image)"
-        + (
-            _e(f". The grid shows the first {shown} of the {summary.images} attacked images.")
-            if summary.images > shown
-            else ""
-        )
-        + "</figcaption></figure>"
     )
-    parts.append(_images_table(audit.outcomes))
-    if audit.notes:
-        parts.append(
-            "<h3>Notes</h3><ul>" + "".join(f"<li>{_e(note)}</li>" for note in audit.notes) + "</ul>"
-        )
-    parts.append("</section>")
-    return "\n".join(parts)
+    if summary.images > shown:
+        caption += f". The grid shows the first {shown} of the {summary.images} attacked images."
+    return {
+        "name": name,
+        "leaks": summary.leaked_images > 0,
+        "verdict": summary.verdict,
+        "why": _why(audit),
+        "findings": findings_line(audit),
+        "refusal": refusal_line(audit) if audit.refusal is not None else None,
+        "epsilon": _number(audit.epsilon) if audit.epsilon is not None else None,
+        "metrics": _metrics(audit),
+        "grid": grid.name,
+        "caption": caption,
+        "images": _image_rows(audit.outcomes),
+        "notes": audit.notes,
+    }
 
 
 def _why(audit: InversionAudit) -> str:
@@ -381,9 +341,10 @@ def refusal_line(audit: InversionAudit) -> str:
     )
 
 
-def _metrics_table(audit: InversionAudit) -> str:
+def _metrics(audit: InversionAudit) -> list[tuple[str, str, str]]:
+    """The summary table's rows: measure, value, what to compare it with."""
     s = audit.summary
-    rows = [
+    return [
         ("Mean PSNR", f"{_number(s.psnr)} dB", f"prior: {_number(s.prior_psnr)} dB"),
         ("Mean SSIM", _number(s.ssim), f"prior: {_number(s.prior_ssim)}"),
         ("Mean squared error", _number(s.mse, 4), ""),
@@ -409,34 +370,11 @@ def _metrics_table(audit: InversionAudit) -> str:
         ("Seconds per attack", _number(s.seconds_per_attack, 1), f"{len(audit.outcomes)} attacks"),
         ("Images attacked", str(s.images), ""),
     ]
-    body = "".join(
-        f'<tr><th>{_e(label)}</th><td class="number">{_e(value)}</td><td>{_e(compare)}</td></tr>'
-        for label, value, compare in rows
-    )
-    return (
-        "<table><caption>Summary (means over all attacked images)</caption>"
-        "<tr><th>measure</th><th>value</th><th>for comparison</th></tr>" + body + "</table>"
-    )
 
 
-def _images_table(outcomes: Sequence[AttackOutcome]) -> str:
-    columns = (
-        "leaked",
-        "reconstructed",
-        "re-identified",
-        "attack",
-        "dataset index",
-        "patient",
-        "PSNR (dB)",
-        "prior PSNR (dB)",
-        "SSIM",
-        "prior SSIM",
-        "leakage",
-        "label accuracy",
-        "re-identified image",
-        "re-identified patient",
-    )
-    rows = []
+def _image_rows(outcomes: Sequence[AttackOutcome]) -> list[tuple[str, ...]]:
+    """The per-image table's rows (:data:`IMAGE_COLUMNS`), leaked images first."""
+    rows: list[tuple[str, ...]] = []
     ordered = sorted(
         (
             (attack, score)
@@ -446,32 +384,30 @@ def _images_table(outcomes: Sequence[AttackOutcome]) -> str:
         key=lambda pair: not pair[1].leaked,
     )
     for attack, score in ordered:
-        cells = (
-            "LEAKED" if score.leaked else "no leak found",
-            "yes" if score.reconstructed else "no",
-            "yes" if score.reidentified else "no",
-            str(attack),
-            str(score.dataset_index),
-            score.patient_id,
-            _number(score.psnr),
-            _number(score.prior_psnr),
-            _number(score.ssim),
-            _number(score.prior_ssim),
-            _number(score.leakage),
-            _percent(score.label_accuracy),
-            "yes" if score.nearest_image_correct else "no",
-            "yes" if score.nearest_patient_correct else "no",
+        rows.append(
+            (
+                "LEAKED" if score.leaked else "no leak found",
+                "yes" if score.reconstructed else "no",
+                "yes" if score.reidentified else "no",
+                str(attack),
+                str(score.dataset_index),
+                score.patient_id,
+                _number(score.psnr),
+                _number(score.prior_psnr),
+                _number(score.ssim),
+                _number(score.prior_ssim),
+                _number(score.leakage),
+                _percent(score.label_accuracy),
+                "yes" if score.nearest_image_correct else "no",
+                "yes" if score.nearest_patient_correct else "no",
+            )
         )
-        rows.append("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>")
-    header = "".join(f"<th>{_e(column)}</th>" for column in columns)
-    return (
-        "<table><caption>Per image, leaked images first</caption>"
-        f"<tr>{header}</tr>" + "".join(rows) + "</table>"
-    )
+    return rows
 
 
-def _how_to_read() -> str:
-    paragraphs = [
+def _how_to_read() -> list[str]:
+    """The paragraphs of "How to read this"."""
+    return [
         "The verdict counts images, not means: an image leaks when it is reconstructed (its "
         f"leakage value ≥ {LEAKAGE_THRESHOLD} and its PSNR ≥ its prior's + {PSNR_MARGIN_DB} "
         "dB) or re-identified (nearest image or patient, or the verifier); the verdict says "
@@ -496,15 +432,6 @@ def _how_to_read() -> str:
         "patient without matching the exact radiograph.",
         "Caveat: " + CAVEAT,
     ]
-    return (
-        '<section class="how"><h2>How to read this</h2>'
-        + "".join(f"<p>{_e(text)}</p>" for text in paragraphs)
-        + "</section>"
-    )
-
-
-def _e(text: str) -> str:
-    return html.escape(text, quote=True)
 
 
 def _plain(value: Any) -> str:

@@ -8,21 +8,16 @@ subgroup, and, given a second model, the paired differences with their P values.
 
 from __future__ import annotations
 
-import html
 import math
-from collections.abc import Sequence
 
 from primia.evaluate.evaluation import Comparison, Estimate, Evaluation, MetricTable
 from primia.evaluate.metrics import MEAN
-from primia.reports import Markup, render, stylesheet
+from primia.reports import render
 
 FINDING_METRICS = ("auroc", "sensitivity", "specificity", "precision", "f1")
 """The columns of the per-finding table."""
 GROUP_METRICS = ("auroc", "sensitivity", "specificity")
 """The columns of the subgroup and comparison tables (mean over findings)."""
-
-CSS = stylesheet()
-"""The style of primia's HTML reports (the shipped ``primia/reports/report.css``)."""
 
 
 def estimate_text(estimate: Estimate, separator: str = " ") -> str:
@@ -65,7 +60,6 @@ def evaluation_html(
 ) -> str:
     """The page (module docstring), rendered from ``templates/evaluation.html``."""
     compared = other is not None and comparison is not None
-    header = ["finding", "positives", "threshold", *FINDING_METRICS]
     return render(
         "evaluation.html",
         model=model,
@@ -74,15 +68,14 @@ def evaluation_html(
         resamples=evaluation.resamples,
         confidence=f"{evaluation.confidence:.0%}",
         threshold_rule=evaluation.threshold_rule,
-        findings=Markup(_table(header, finding_rows(evaluation))),
+        finding_header=["finding", "positives", "threshold", *FINDING_METRICS],
+        findings=finding_rows(evaluation),
         notes=evaluation.threshold_notes,
-        groups=Markup(_table(["group", "images", *GROUP_METRICS], _group_rows(evaluation.groups))),
-        comparison=Markup(_table(["group", *GROUP_METRICS], comparison_rows(comparison)))
-        if compared and comparison is not None
-        else "",
-        other_findings=Markup(_table(header, finding_rows(other)))
-        if compared and other is not None
-        else "",
+        group_header=["group", "images", *GROUP_METRICS],
+        groups=_group_rows(evaluation.groups),
+        comparison_header=["group", *GROUP_METRICS],
+        comparison=comparison_rows(comparison) if compared and comparison is not None else [],
+        other_findings=finding_rows(other) if compared and other is not None else [],
         other_model=other_model,
     )
 
@@ -109,24 +102,3 @@ def _group_rows(groups: dict[str, MetricTable]) -> list[list[str]]:
         [name, str(table.num_examples), *(estimate_text(table.estimate(m)) for m in GROUP_METRICS)]
         for name, table in groups.items()
     ]
-
-
-def html_table(header: Sequence[str], rows: list[list[str]]) -> str:
-    """An HTML table of rows of already escaped cells; the cells after the first are
-    numbers (right-aligned)."""
-    head = "".join(f"<th>{_e(name)}</th>" for name in header)
-    body = "".join(
-        f"<tr><td>{row[0]}</td>"
-        + "".join(f"<td class='number'>{c}</td>" for c in row[1:])
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _table(header: Sequence[str], rows: list[list[str]]) -> str:
-    return html_table(header, [[_e(cell) for cell in row] for row in rows])
-
-
-def _e(text: str) -> str:
-    return html.escape(text, quote=True)

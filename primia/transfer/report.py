@@ -13,7 +13,6 @@ level and ``report.html`` that shows them.
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 from collections.abc import Mapping
@@ -27,8 +26,8 @@ from PIL import Image, ImageDraw, ImageFont
 from primia import __version__
 from primia.evaluate.evaluation import Evaluation
 from primia.evaluate.metrics import MEAN, METRICS
-from primia.evaluate.report import CSS, html_table
 from primia.files import atomic_write_bytes
+from primia.reports import render
 from primia.transfer.matrix import ModelPlan, level_name, level_tag
 
 
@@ -214,92 +213,66 @@ def _legend(
 
 
 def _html(document: dict[str, Any], heatmaps: list[Path]) -> str:
+    """The page, from ``templates/transfer.html`` (every value escaped by the template)."""
     settings = document["settings"]
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8"><title>Domain-transfer matrix</title>',
-        f"<style>{CSS}</style></head><body>",
-        "<h1>Domain-transfer matrix</h1>",
-        f'<p class="note">primia {_e(document["primia"])} · sites '
-        f"{_e(', '.join(settings['sites']))} · {settings['rounds']} rounds per model · "
-        f"{settings['resamples']} bootstrap resamples · "
-        f"{document['timings'].get('total_seconds', 0):.0f} s this run</p>",
-        "<p>Each model was trained at one site (or by the federation) and evaluated at "
-        "every site's node on its test split; only metrics left the nodes. A cell is the "
-        "mean AUROC over labels with its 95% bootstrap interval; the red outline marks "
-        "the on-site cell. The <em>drop</em> is the on-site AUROC minus the mean cross-site "
-        "AUROC of a site's own model.</p>",
-        _summary_table(document),
-        _below_chance_warning(document),
-    ]
-    for path, (name, level) in zip(heatmaps, document["levels"].items(), strict=True):
-        parts += [
-            f"<h2>{_e(name)}</h2>",
-            f'<img src="{_e(path.name)}" alt="heatmap {_e(name)}">',
-            _drop_table(level),
-        ]
-        groups = level.get("vs_non_dp", {}).get("difference_by_group")
-        if groups:
-            parts.append(_group_table(groups))
-    parts += ["</body></html>", ""]
-    return "\n".join(parts)
-
-
-def _below_chance_warning(document: dict[str, Any]) -> str:
-    cells = below_chance(document)
-    if not cells:
-        return ""
-    items = "".join(
-        f"<li>{_e(level)}: trained at {_e(trained_at)}, tested at {_e(site)}: {value:.3f}</li>"
-        for level, trained_at, site, value in cells
-    )
-    return (
-        f"<p class='warning'><strong>Warning:</strong> {len(cells)} cell(s) below AUROC "
-        f"{CHANCE} (worse than chance: the model ranks the other way round there). Check the "
-        "label order and coding at those sites, and the number of test images.</p>"
-        f"<ul>{items}</ul>"
+    return render(
+        "transfer.html",
+        version=document["primia"],
+        sites=", ".join(settings["sites"]),
+        rounds=settings["rounds"],
+        resamples=settings["resamples"],
+        seconds=f"{document['timings'].get('total_seconds', 0):.0f}",
+        summary=_summary_rows(document),
+        below_chance=below_chance(document),
+        chance=CHANCE,
+        levels=[
+            {
+                "name": name,
+                "heatmap": path.name,
+                "drop": _drop_rows(level),
+                "groups": _group_rows(level.get("vs_non_dp", {}).get("difference_by_group")),
+            }
+            for path, (name, level) in zip(heatmaps, document["levels"].items(), strict=True)
+        ],
     )
 
 
-def _summary_table(document: dict[str, Any]) -> str:
+def _summary_rows(document: dict[str, Any]) -> list[list[str]]:
+    """Per privacy level: the mean drop, and its difference from the non-DP drop."""
     rows = []
     for name, level in document["levels"].items():
         drop = level.get("mean_drop", {})
         versus = level.get("vs_non_dp", {}).get("mean_drop_difference", {})
         rows.append(
             [
-                _e(name),
+                name,
                 f"{_fmt(drop.get('value'))} {_interval(drop)}",
                 f"{_fmt(versus.get('difference'))} {_interval(versus)}",
                 _fmt(versus.get("p_value")),
             ]
         )
-    header = ["privacy", "mean drop", "minus the non-DP drop", "P (paired bootstrap)"]
-    return "<h2>On-site → cross-site drop</h2>" + html_table(header, rows)
+    return rows
 
 
-def _drop_table(level: dict[str, Any]) -> str:
-    rows = [
+def _drop_rows(level: dict[str, Any]) -> list[list[str]]:
+    """Per site's own model: on-site, mean cross-site AUROC and the drop."""
+    return [
         [
-            _e(site),
+            site,
             _fmt(figures["on_site"]["value"]),
             _fmt(figures["cross_site"]["value"]),
             f"{_fmt(figures['drop']['value'])} {_interval(figures['drop'])}",
         ]
         for site, figures in level["drop"].items()
     ]
-    return html_table(["trained at", "on-site", "cross-site (mean)", "drop"], rows)
 
 
-def _group_table(groups: dict[str, Any]) -> str:
-    rows = [
-        [_e(group), f"{_fmt(d['difference'])} {_interval(d)}", _fmt(d["p_value"])]
-        for group, d in groups.items()
+def _group_rows(groups: dict[str, Any] | None) -> list[list[str]]:
+    """Per patient group: the DP models' AUROC minus the non-DP models', with its P."""
+    return [
+        [group, f"{_fmt(d['difference'])} {_interval(d)}", _fmt(d["p_value"])]
+        for group, d in (groups or {}).items()
     ]
-    return (
-        "<p>AUROC of the DP models minus the non-DP models, mean over every cell, by "
-        "patient group:</p>" + html_table(["group", "difference", "P"], rows)
-    )
 
 
 def _interval(estimate: Mapping[str, Any]) -> str:
@@ -311,7 +284,3 @@ def _interval(estimate: Mapping[str, Any]) -> str:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def _e(text: str) -> str:
-    return html.escape(str(text), quote=True)
