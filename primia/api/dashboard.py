@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from primia.dashboard import make_app, status_from_run
+from primia.dashboard import LiveRun, allowed_hosts, make_app
 from primia.errors import ConfigError
-from primia.federated.coordinator import FederationStatus
+from primia.federated.run_view import RunView, read_run
 from primia.pki import TLSFiles
 
 DEFAULT_HOST = "127.0.0.1"
@@ -27,9 +27,12 @@ def dashboard_app(
     run_dir: Path | None = None,
     reports: Sequence[Path] = (),
     server_name: str = "coordinator",
+    host: str = DEFAULT_HOST,
 ) -> Any:
     """The dashboard's ASGI application, over a running coordinator (``coordinator`` and
-    the operator's ``tls``) or a run directory (``run_dir``): exactly one of the two."""
+    the operator's ``tls``) or a run directory (``run_dir``): exactly one of the two.
+    ``host``: the address it will be served on; requests naming another host (DNS
+    rebinding) are refused."""
     if (coordinator is None) == (run_dir is None):
         raise ConfigError(
             "give the dashboard either --coordinator (with --ca/--cert/--key) or --run"
@@ -37,18 +40,18 @@ def dashboard_app(
     for folder in reports:
         if not folder.is_dir():
             raise ConfigError(f"report folder {folder} is not a directory; pass --reports DIR")
-    fetch: Callable[[], FederationStatus]
+    fetch: Callable[[], RunView]
     if run_dir is not None:
         directory = run_dir
-        fetch = lambda: status_from_run(directory)  # noqa: E731
+        fetch = lambda: read_run(directory)  # noqa: E731
     else:
         if tls is None:
             raise ConfigError("the dashboard needs the operator's --ca, --cert and --key")
         from primia.rpc.status import fetch_status
 
         address, files = str(coordinator), tls
-        fetch = lambda: fetch_status(address, files, server_name=server_name, timeout=3.0)  # noqa: E731
-    return make_app(fetch, list(reports))
+        fetch = LiveRun(lambda: fetch_status(address, files, server_name=server_name, timeout=3.0))
+    return make_app(fetch, list(reports), hosts=allowed_hosts(host))
 
 
 def serve_dashboard(app: Any, *, host: str = DEFAULT_HOST, port: int = 8765) -> None:

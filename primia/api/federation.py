@@ -14,6 +14,7 @@ from primia.federated.coordinator_config import CoordinatorConfig
 from primia.federated.result import (
     FederationResult,
 )
+from primia.federated.run_view import write_run_report
 from primia.rpc.coordinator_server import CoordinatorServer
 from primia.rpc.node_client import NodeClient
 from primia.rpc.node_config import NodeConfig
@@ -32,8 +33,10 @@ class Coordinator:
         return self._server.start()
 
     def run(self) -> FederationResult:
-        """Serve until the last round is done, then stop serving; the run's result."""
+        """Serve until the last round is done, then stop serving; the run's result (also
+        in the run directory: ``report.json``, and ``report.html`` with its charts)."""
         result: FederationResult = self._server.run()  # the default job: the federation
+        write_run_report(self._server.config.run_dir)
         return result
 
     def stop(self) -> None:

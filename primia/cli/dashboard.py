@@ -36,6 +36,7 @@ def _dashboard(args: argparse.Namespace) -> int:
         run_dir=args.run,
         reports=args.reports,
         server_name=args.server_name,
+        host=args.host,
     )
     print(f"dashboard on http://{args.host}:{args.port}/")
     serve_dashboard(app, host=args.host, port=args.port)

@@ -155,7 +155,8 @@ def print_summary(result: DemoResult, console: Console) -> None:
     )
     console.print(
         f"model: {result.out / 'run' / 'model.safetensors'}\n"
-        f"run directory: {result.out / 'run'} (rounds.jsonl, checkpoints/, tb/, report.json); "
+        f"run directory: {result.out / 'run'} "
+        "(rounds.jsonl, checkpoints/, tb/, report.json, report.html); "
         f"logs: {result.out / 'logs'}\n"
         f"finished in {result.seconds:.0f} s"
     )

@@ -17,6 +17,7 @@ from primia.cli.connection import add_connection_arguments, tls_files_of
 from primia.cli.groups import print_help
 from primia.federated.display import LiveStatus, render
 from primia.federated.result import FederationResult
+from primia.federated.run_view import write_run_report
 from primia.rpc.coordinator_server import CoordinatorServer
 from primia.rpc.node_client import NodeClient
 from primia.rpc.node_config import NodeConfig, load_node_config
@@ -156,11 +157,12 @@ def _serve_coordinator(args: argparse.Namespace) -> int:
     server.start()
     with LiveStatus(server.federation.status, console=console, enabled=live):
         result: FederationResult = server.run()
+    page = write_run_report(config.run_dir)
     auroc = result.test.mean_auroc if result.test else None
     print(
         f"federation {result.run_id} finished: {len(result.rounds)} rounds, test AUROC "
         f"{'n/a' if auroc is None else f'{auroc:.3f}'}; report in "
-        f"{config.run_dir / 'report.json'}"
+        f"{config.run_dir / 'report.json'} and {page}"
     )
     return 0
 

@@ -2,82 +2,85 @@
 
 The dashboard is a gRPC client of the coordinator's status service with the operator's
 certificate (the same call as ``primia status``); it adds no surface to the coordinator.
-Or, with a finished run's directory, it shows the same views from ``rounds.jsonl``. The
-page polls ``/state.json`` every two seconds; a failed status call shows "coordinator
-unreachable". Every value is escaped by the templates (node names and device strings are
+Or, with a finished run's directory, it shows the same views from what the directory
+holds (:mod:`primia.federated.run_view`). The page polls ``/state.json`` every two
+seconds; a failed status call shows "coordinator unreachable". Every value is escaped by
+the templates or put in as text by the page's script (node names and device strings are
 chosen by remote parties).
+
+Whoever can reach the page reads what the operator's certificate reads, so the server
+answers only its own pages (see ``docs/threat-model.md``):
+
+* **DNS rebinding**: a request whose ``Host`` is not the bound address or ``localhost``
+  is refused (400), so a web page whose name resolves to 127.0.0.1 cannot read it;
+* **cross-site requests**: a browser's request another site started (``Sec-Fetch-Site``
+  ``cross-site`` or ``same-site``) is refused (403), except a plain top-level navigation;
+  no response carries CORS headers;
+* **report files are untrusted** (any process that can write a ``--reports`` folder
+  chooses them): they are served only from inside their folder, with
+  ``X-Content-Type-Options: nosniff`` and a ``Content-Security-Policy`` that sandboxes
+  them without scripts, so a report cannot run script on the dashboard's origin;
+* the dashboard's own page runs only its shipped script (``script-src 'self'``) and may
+  not be framed.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from primia.errors import PrimiaError
 from primia.federated.coordinator import FederationStatus
-from primia.federated.registry import NodeStatus
-from primia.federated.result import RoundResult
-from primia.reports import bar_chart, line_chart, render
+from primia.federated.run_view import RunView, charts, federation_html
+from primia.reports import render
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg")
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self'; "
+    "style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+"""The dashboard's own pages: its shipped script only, data from its own origin."""
+REPORT_POLICY = (
+    "sandbox allow-same-origin; default-src 'none'; img-src 'self' data:; "
+    "style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+)
+"""A report folder's files: no script at all (a sandbox without ``allow-scripts``), no
+forms, nothing fetched but its own folder's images and its inline style."""
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 
-def status_from_run(run_dir: Path) -> FederationStatus:
-    """A finished (or stopped) run's view: its rounds from ``rounds.jsonl``; nodes as the
-    rounds name them (their ε is not in the directory, so it shows as 0 of 0)."""
-    rounds_path = run_dir / "rounds.jsonl"
-    if not rounds_path.is_file():
-        raise PrimiaError(f"{rounds_path} is missing; pass a coordinator's --run-dir")
-    history = []
-    for line in rounds_path.read_text().splitlines():
-        try:
-            history.append(RoundResult.of(json.loads(line)))
-        except (json.JSONDecodeError, KeyError):
-            break  # a line cut short by a crash; the ones before it stand
-    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    names = sorted(
-        {name for result in history for name in (*result.contributors, *result.left_out)}
-    )
-    nodes = [
-        NodeStatus(
-            name=name,
-            activity="finished",
-            rounds_contributed=sum(name in result.contributors for result in history),
-        )
-        for name in names
-    ]
-    return FederationStatus(
-        run_id=str(run.get("run_id", run_dir.name)),
-        state="finished" if (run_dir / "report.json").is_file() else "stopped",
-        round=len(history),
-        rounds=len(history),
-        min_nodes=0,
-        nodes=nodes,
-        history=history,
-    )
+class LiveRun:
+    """A running coordinator's view: each call asks its status and notes every node's ε
+    spent at the round it is in, so the page can chart ε per round as the dashboard saw
+    it (the status call carries only the current totals)."""
+
+    def __init__(self, fetch: Callable[[], FederationStatus]) -> None:
+        self._fetch = fetch
+        self._lock = threading.Lock()
+        self._seen: dict[str, dict[int, float]] = {}
+
+    def __call__(self) -> RunView:
+        status = self._fetch()
+        with self._lock:
+            for node in status.nodes:
+                if node.epsilon_spent > 0:
+                    self._seen.setdefault(node.name, {})[status.round] = node.epsilon_spent
+            seen = {name: sorted(points.items()) for name, points in self._seen.items()}
+        return RunView(status=status, epsilon_by_round=seen)
 
 
-def state(fetch: Callable[[], FederationStatus]) -> dict[str, Any]:
+def state(fetch: Callable[[], RunView]) -> dict[str, Any]:
     """What ``/state.json`` answers: the status as plain data with its charts (safe SVG),
     or ``{"unreachable": reason}``."""
     try:
-        status = fetch()
+        view = fetch()
     except PrimiaError as error:
         return {"unreachable": str(error)}
-    auroc = line_chart(
-        [(r.round, r.validation_mean_auroc) for r in status.history],
-        label="validation mean AUROC per round",
-    )
-    loss = line_chart(
-        [(r.round, r.validation_loss) for r in status.history], label="validation loss per round"
-    )
-    epsilon = bar_chart(
-        [(n.name, n.epsilon_spent, n.epsilon_budget) for n in status.nodes],
-        label="ε spent of budget",
-    )
+    status = view.status
     return {
         "run_id": status.run_id,
         "state": status.state,
@@ -86,7 +89,8 @@ def state(fetch: Callable[[], FederationStatus]) -> dict[str, Any]:
         "unit": status.unit,
         "nodes": [asdict(node) for node in status.nodes],
         "history": [asdict(result) for result in status.history],
-        "charts": {"auroc": str(auroc), "loss": str(loss), "epsilon": str(epsilon)},
+        "epsilon_by_round": view.epsilon_by_round,
+        "charts": {name: str(svg) for name, svg in charts(status, view.epsilon_by_round).items()},
     }
 
 
@@ -108,35 +112,106 @@ def reports(folders: list[Path]) -> list[dict[str, Any]]:
     return listed
 
 
-def make_app(fetch: Callable[[], FederationStatus], report_folders: list[Path]) -> Any:
-    """The Starlette application: ``/`` (run, nodes, reports), ``/state.json`` and
-    ``/reports/<n>/<path>`` (files under the n-th ``--reports`` folder only)."""
+def allowed_hosts(host: str) -> list[str]:
+    """The ``Host`` names the dashboard answers when bound to ``host``: that address and
+    the loopback names (never a wildcard: a wildcard is what DNS rebinding needs)."""
+    return list(dict.fromkeys([host, *LOCAL_HOSTS]))
+
+
+def make_app(
+    fetch: Callable[[], RunView], report_folders: list[Path], *, hosts: Iterable[str] = LOCAL_HOSTS
+) -> Any:
+    """The Starlette application: ``/`` (run, nodes, reports), ``/dashboard.js``,
+    ``/state.json``, ``/federation.html`` (the run's report, from the current view) and
+    ``/reports/<n>/<path>`` (files under the n-th ``--reports`` folder only), answering
+    requests whose ``Host`` is one of ``hosts``."""
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
     from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
     folders = [folder.resolve() for folder in report_folders]
+    script = (resources.files("primia.reports") / "templates" / "dashboard.js").read_text()
+
+    def guarded(response: Response, policy: str) -> Response:
+        response.headers["Content-Security-Policy"] = policy
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     async def page(request: Request) -> Response:
-        return HTMLResponse(render("dashboard.html", reports=reports(folders)))
+        return guarded(
+            HTMLResponse(render("dashboard.html", reports=reports(folders))), PAGE_POLICY
+        )
+
+    async def page_script(request: Request) -> Response:
+        return guarded(Response(script, media_type="text/javascript"), PAGE_POLICY)
 
     async def state_json(request: Request) -> Response:
-        return JSONResponse(state(fetch))
+        return guarded(JSONResponse(state(fetch)), PAGE_POLICY)
+
+    async def federation(request: Request) -> Response:
+        try:
+            body = federation_html(fetch())
+        except PrimiaError as error:
+            return guarded(Response(f"coordinator unreachable: {error}", 503), PAGE_POLICY)
+        return guarded(HTMLResponse(body), PAGE_POLICY)
 
     async def report_file(request: Request) -> Response:
         index = int(request.path_params["index"])
         if index >= len(folders):
-            return Response("no such report folder", status_code=404)
+            return guarded(Response("no such report folder", status_code=404), REPORT_POLICY)
         path = (folders[index] / request.path_params["path"]).resolve()
         if not path.is_relative_to(folders[index]) or not path.is_file():
-            return Response("no such file", status_code=404)
-        return FileResponse(path)
+            return guarded(Response("no such file", status_code=404), REPORT_POLICY)
+        return guarded(FileResponse(path), REPORT_POLICY)
 
     return Starlette(
         routes=[
             Route("/", page),
+            Route("/dashboard.js", page_script),
             Route("/state.json", state_json),
+            Route("/federation.html", federation),
             Route("/reports/{index:int}/{path:path}", report_file),
-        ]
+        ],
+        middleware=[
+            Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts), www_redirect=False),
+            Middleware(SameSiteOnly),
+        ],
     )
+
+
+class SameSiteOnly:
+    """ASGI middleware: refuse (403) a browser's request that another site started
+    (``Sec-Fetch-Site: cross-site`` or ``same-site``), unless it is a plain top-level
+    navigation (``Sec-Fetch-Mode: navigate``, ``Sec-Fetch-Dest: document``), which shows
+    the page to the user but lets the other site read nothing. A request without the
+    header (an older browser, ``curl``) passes: the ``Host`` check still holds for it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {
+                key.decode("latin-1").lower(): value.decode("latin-1")
+                for key, value in scope["headers"]
+            }
+            site = headers.get("sec-fetch-site", "")
+            navigation = (
+                headers.get("sec-fetch-mode") == "navigate"
+                and headers.get("sec-fetch-dest") == "document"
+            )
+            if site in ("cross-site", "same-site") and not navigation:
+                from starlette.responses import PlainTextResponse
+
+                response = PlainTextResponse(
+                    "refused: another site's request (the dashboard answers its own pages only)",
+                    status_code=403,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -9,6 +9,9 @@
     checkpoints/optimizer-NNNN.safetensors   the server optimiser's state after round NNNN
     model.safetensors        the final global model
     report.json              the summary written when the federation finishes
+    report.html              its page: AUROC, loss and ε per round as charts
+                             (:func:`primia.federated.run_view.write_run_report`)
+    node-privacy.json        the highest ε each node reported (PrivacyRecord)
     tb/                      TensorBoard events
 
 A round's optimiser state and checkpoint are written (atomically, in that order) before

@@ -4,14 +4,14 @@ Every page (the reports and the dashboard) renders through :func:`render`, whose
 environment escapes every substituted value (autoescape on): a node name or a device
 string, which remote parties choose, is text in the page and never markup. One stylesheet
 (``report.css``) is inlined into each page, so a report is one self-contained file.
-Charts of data (AUROC per round, ε per node) are inline SVG drawn by :func:`line_chart`
-and :func:`bar_chart`; no script or font is fetched from anywhere.
+Charts of data (AUROC per round, ε per node) are inline SVG drawn by :func:`line_chart`,
+:func:`lines_chart` and :func:`bar_chart`; no script or font is fetched from anywhere.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup, escape
 
-__all__ = ["Markup", "bar_chart", "line_chart", "render", "stylesheet"]
+__all__ = ["Markup", "bar_chart", "line_chart", "lines_chart", "render", "stylesheet"]
 
 
 @cache
@@ -54,10 +54,30 @@ def line_chart(
     width: int = 420,
     height: int = 160,
 ) -> Markup:
-    """A polyline of ``(x, y)`` points as inline SVG, y scaled to the points' range (a
-    flat series to a band of ±0.5 around it); points whose y is None or not finite are
-    skipped. An empty series draws "no data"."""
-    finite = [(x, y) for x, y in points if y is not None and math.isfinite(y)]
+    """A polyline of ``(x, y)`` points as inline SVG; see :func:`lines_chart`."""
+    return lines_chart({"": points}, label=label, width=width, height=height)
+
+
+SERIES_CLASSES = 6
+"""Distinct series colours in ``report.css`` (``s0`` … ``s5``); more series reuse them."""
+
+
+def lines_chart(
+    series: Mapping[str, Sequence[tuple[float, float | None]]],
+    *,
+    label: str,
+    width: int = 420,
+    height: int = 160,
+) -> Markup:
+    """One polyline per named series of ``(x, y)`` points as inline SVG, all on one scale:
+    y from the points' range (a flat set to a band of ±0.5 around it), x likewise. Points
+    whose y is None or not finite are skipped; with no point left it draws "no data".
+    Named series get a legend line each (names escaped); a single unnamed one none."""
+    kept = {
+        name: [(x, y) for x, y in points if y is not None and math.isfinite(y)]
+        for name, points in series.items()
+    }
+    finite = [point for points in kept.values() for point in points]
     if not finite:
         return _empty(label, width, height)
     xs = [x for x, _ in finite]
@@ -67,26 +87,45 @@ def line_chart(
         low, high = low - 0.5, high + 0.5
     left, right = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
     pad = 28
+    named = [name for name in kept if name]
+    legend = 14 * len(named)
+    height += legend
 
-    def place(x: float, y: float) -> str:
+    def place(x: float, y: float) -> tuple[float, float]:
         px = pad + (x - left) / (right - left) * (width - 2 * pad)
-        py = height - pad - (y - low) / (high - low) * (height - 2 * pad)
-        return f"{px:.1f},{py:.1f}"
+        py = height - legend - pad - (y - low) / (high - low) * (height - legend - 2 * pad)
+        return px, py
 
-    dots = "".join(
-        f'<circle cx="{place(x, y).split(",")[0]}" cy="{place(x, y).split(",")[1]}" r="3">'
-        f"<title>{x:g}: {y:.4f}</title></circle>"
-        for x, y in finite
-    )
-    return Markup(
+    parts = [
         f'<svg class="chart" role="img" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}"><title>{escape(label)}</title>'
         f'<text x="{pad}" y="14">{escape(label)}</text>'
         f'<text x="2" y="{pad + 4}">{high:.3g}</text>'
-        f'<text x="2" y="{height - pad}">{low:.3g}</text>'
-        f'<polyline fill="none" points="{" ".join(place(x, y) for x, y in finite)}"/>'
-        f"{dots}</svg>"
-    )
+        f'<text x="2" y="{height - legend - pad}">{low:.3g}</text>'
+    ]
+    for index, (name, points) in enumerate(kept.items()):
+        colour = f"s{index % SERIES_CLASSES}"
+        placed = [place(x, y) for x, y in points]
+        parts.append(
+            f'<g class="{colour}"><polyline fill="none" points="'
+            + " ".join(f"{px:.1f},{py:.1f}" for px, py in placed)
+            + '"/>'
+            + "".join(
+                f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3"><title>'
+                f"{escape(name + ' ' if name else '')}{x:g}: {y:.4f}</title></circle>"
+                for (x, y), (px, py) in zip(points, placed, strict=True)
+            )
+            + "</g>"
+        )
+    for row, name in enumerate(named):
+        y = height - legend + 14 * row + 10
+        index = list(kept).index(name) % SERIES_CLASSES
+        parts.append(
+            f'<g class="s{index}"><rect x="{pad}" y="{y - 8}" width="10" height="10"/>'
+            f'<text x="{pad + 14}" y="{y + 1}">{escape(name)}</text></g>'
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))
 
 
 def bar_chart(
