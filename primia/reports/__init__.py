@@ -60,6 +60,9 @@ def line_chart(
 
 SERIES_CLASSES = 6
 """Distinct series colours in ``report.css`` (``s0`` … ``s5``); more series reuse them."""
+MAX_DOTS = 40
+"""A series of more points is drawn as its line alone: a dot with its tooltip per point
+would make a long run's chart (polled every few seconds) many times larger."""
 
 
 def lines_chart(
@@ -72,6 +75,7 @@ def lines_chart(
     """One polyline per named series of ``(x, y)`` points as inline SVG, all on one scale:
     y from the points' range (a flat set to a band of ±0.5 around it), x likewise. Points
     whose y is None or not finite are skipped; with no point left it draws "no data".
+    Each point is a dot with its value as a tooltip, up to :data:`MAX_DOTS` a series.
     Named series get a legend line each (names escaped); a single unnamed one none."""
     kept = {
         name: [(x, y) for x, y in points if y is not None and math.isfinite(y)]
@@ -114,6 +118,7 @@ def lines_chart(
                 f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3"><title>'
                 f"{escape(name + ' ' if name else '')}{x:g}: {y:.4f}</title></circle>"
                 for (x, y), (px, py) in zip(points, placed, strict=True)
+                if len(points) <= MAX_DOTS
             )
             + "</g>"
         )

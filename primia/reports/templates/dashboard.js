@@ -13,6 +13,8 @@ async function poll() {
   const rounds = document.getElementById("rounds"); rounds.replaceChildren();
   for (const r of s.history) { const tr = rounds.insertRow(); cell(tr, r.round); cell(tr, r.contributors.join(", ")); cell(tr, r.left_out.join(", ")); cell(tr, r.seconds.toFixed(1)); }
   const nodes = document.getElementById("node-rows"); nodes.replaceChildren();
-  for (const n of s.nodes) { const tr = nodes.insertRow(); tr.className = "node"; cell(tr, n.name); cell(tr, n.connected ? "yes" : "no"); cell(tr, n.activity); cell(tr, `${n.epsilon_spent.toFixed(2)} / ${n.epsilon_budget}`); cell(tr, n.rounds_contributed); cell(tr, n.last_refusal); cell(tr, n.device); }
+  for (const n of s.nodes) { const tr = nodes.insertRow(); tr.className = "node"; tr.dataset.node = n.name; cell(tr, n.name); cell(tr, n.connected ? "yes" : "no"); cell(tr, n.activity); cell(tr, `${n.epsilon_spent.toFixed(2)} / ${n.epsilon_budget}`); cell(tr, n.rounds_contributed); cell(tr, n.last_refusal); cell(tr, n.device); }
 }
-poll(); setInterval(poll, 2000);
+// ?poll=SECONDS sets the period (tests poll faster); at least 0.1 s, 2 s by default.
+const period = Math.max(0.1, Number(new URLSearchParams(location.search).get("poll")) || 2);
+poll(); setInterval(poll, period * 1000);
