@@ -123,3 +123,6 @@ def test_a_restarted_coordinator_resumes(consortium: Consortium, tmp_path: Path)
     assert "resuming run" in (tmp_path / "second.log").read_text()
     report = json.loads((run_dir / "report.json").read_text())
     assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
+    # The run's page, with every node's ε per round across the restart.
+    page = (run_dir / "report.html").read_text()
+    assert "ε spent per node after each round" in page and page.count("<polyline") >= 3
