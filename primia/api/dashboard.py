@@ -28,11 +28,13 @@ def dashboard_app(
     reports: Sequence[Path] = (),
     server_name: str = "coordinator",
     host: str = DEFAULT_HOST,
+    allow_hosts: Sequence[str] = (),
 ) -> Any:
     """The dashboard's ASGI application, over a running coordinator (``coordinator`` and
     the operator's ``tls``) or a run directory (``run_dir``): exactly one of the two.
-    ``host``: the address it will be served on; requests naming another host (DNS
-    rebinding) are refused."""
+    ``host``: the address it will be served on; requests naming another host than it,
+    ``localhost`` or one of ``allow_hosts`` (the names it is reached by when bound to
+    another interface) are refused, against DNS rebinding."""
     if (coordinator is None) == (run_dir is None):
         raise ConfigError(
             "give the dashboard either --coordinator (with --ca/--cert/--key) or --run"
@@ -51,7 +53,7 @@ def dashboard_app(
 
         address, files = str(coordinator), tls
         fetch = LiveRun(lambda: fetch_status(address, files, server_name=server_name, timeout=3.0))
-    return make_app(fetch, list(reports), hosts=allowed_hosts(host))
+    return make_app(fetch, list(reports), hosts=allowed_hosts(host, allow_hosts))
 
 
 def serve_dashboard(app: Any, *, host: str = DEFAULT_HOST, port: int = 8765) -> None:

@@ -21,6 +21,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default localhost)")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the page may be requested by, besides the bound address and "
+        "localhost (other names are refused, against DNS rebinding)",
+    )
     parser.set_defaults(handler=_dashboard)
 
 
@@ -37,6 +45,7 @@ def _dashboard(args: argparse.Namespace) -> int:
         reports=args.reports,
         server_name=args.server_name,
         host=args.host,
+        allow_hosts=args.allow_host,
     )
     print(f"dashboard on http://{args.host}:{args.port}/")
     serve_dashboard(app, host=args.host, port=args.port)

@@ -112,10 +112,13 @@ def reports(folders: list[Path]) -> list[dict[str, Any]]:
     return listed
 
 
-def allowed_hosts(host: str) -> list[str]:
-    """The ``Host`` names the dashboard answers when bound to ``host``: that address and
-    the loopback names (never a wildcard: a wildcard is what DNS rebinding needs)."""
-    return list(dict.fromkeys([host, *LOCAL_HOSTS]))
+def allowed_hosts(host: str, extra: Iterable[str] = ()) -> list[str]:
+    """The ``Host`` names the dashboard answers when bound to ``host``: that address (an
+    IPv6 one in brackets, as a ``Host`` header writes it), the loopback names and the
+    ``extra`` names the operator allows (``--allow-host``). Never a wildcard: a wildcard
+    is what DNS rebinding needs."""
+    bound = f"[{host}]" if ":" in host else host
+    return list(dict.fromkeys([bound, *LOCAL_HOSTS, *extra]))
 
 
 def make_app(

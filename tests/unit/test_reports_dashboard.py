@@ -152,6 +152,15 @@ def test_a_rebound_host_name_is_refused(served: str) -> None:
     assert _status(f"{served}/state.json", Host=f"localhost:{port}")[0] == 200
 
 
+def test_the_hosts_allowed_are_the_bound_address_loopback_and_named_ones() -> None:
+    from primia.dashboard import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1") == ["127.0.0.1", "localhost"]
+    assert allowed_hosts("::1") == ["[::1]", "127.0.0.1", "localhost"]  # as Host writes it
+    assert "dash.example" in allowed_hosts("0.0.0.0", ["dash.example"])
+    assert "*" not in allowed_hosts("0.0.0.0")
+
+
 def test_another_site_cannot_read_the_dashboard(served: str) -> None:
     code, headers = _status(f"{served}/state.json", Origin="https://evil.example")
     assert code == 200 and not any(k.startswith("access-control") for k in headers)
