@@ -11,8 +11,9 @@ chosen by remote parties).
 Whoever can reach the page reads what the operator's certificate reads, so the server
 answers only its own pages (see ``docs/threat-model.md``):
 
-* **DNS rebinding**: a request whose ``Host`` is not the bound address or ``localhost``
-  is refused (400), so a web page whose name resolves to 127.0.0.1 cannot read it;
+* **DNS rebinding**: a request whose ``Host`` is not the bound address, ``localhost`` or
+  a name the operator allowed is refused (400), so a web page whose name resolves to
+  127.0.0.1 cannot read it;
 * **cross-site requests**: a browser's request another site started (``Sec-Fetch-Site``
   ``cross-site`` or ``same-site``) is refused (403), except a plain top-level navigation;
   no response carries CORS headers;
