@@ -67,6 +67,16 @@ def join_halves(words: torch.Tensor) -> torch.Tensor:
     return words[..., 0::2] | (words[..., 1::2] << 32)
 
 
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Bit 0 of each element, 64 to a word: element 64·i + j as bit j of word i."""
+    flat = bits.reshape(-1) & 1
+    padded = torch.zeros(-(-flat.numel() // _WORD_BITS) * _WORD_BITS, dtype=torch.long)
+    padded[: flat.numel()] = flat
+    positions = torch.arange(_WORD_BITS, device=bits.device)
+    # distinct powers of two: the sum is their OR (bit 63 wraps to the sign, as intended)
+    return (padded.to(bits.device).reshape(-1, _WORD_BITS) << positions).sum(-1)
+
+
 def unpack_bits(words: torch.Tensor, count: int) -> torch.Tensor:
     """Bit j of word i as element 64·i + j, the first ``count`` of them."""
     positions = torch.arange(_WORD_BITS, device=words.device)
@@ -151,15 +161,27 @@ def _conjunction(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 
 def _sign_ltz(tensor: Any, rank: int) -> Any:
     """``tensor._ltz()`` as CrypTen returns it (1 where negative, 0 elsewhere, arithmetic
-    shares at scale 1), with the sign from :func:`sign_shares`."""
+    shares, encoder scale 1), with the sign from :func:`sign_shares`.
+
+    The sign becomes arithmetic as in CrypTen's single-bit conversion: with a random bit r
+    dealt both ways, z = sign ⊕ r is opened and the result is r + z − 2·r·z; the opened
+    bits travel 64 to a word (CrypTen opens a word per bit)."""
+    import crypten
+    from crypten.encoder import FixedPointEncoder
     from crypten.mpc.primitives import BinarySharedTensor
     from crypten.mpc.ptype import ptype as Ptype
 
-    sign = BinarySharedTensor.from_shares(sign_shares(tensor.share, rank, _conjunction))
-    sign.encoder = tensor._tensor.encoder
+    sign = sign_shares(tensor.share, rank, _conjunction)
+    count = sign.numel()
+    random_arithmetic, random_binary = crypten.mpc.get_default_provider().B2A_rng(
+        sign.size(), device=sign.device
+    )
+    masked = BinarySharedTensor.from_shares(pack_bits(sign ^ random_binary.share))
+    opened = unpack_bits(masked.reveal(), count).reshape(sign.shape)
+    bit = random_arithmetic * (1 - 2 * opened) + opened
+    # what CrypTen's conversion leaves: its encoder for the input's precision, scale 1
+    bit.encoder = FixedPointEncoder(precision_bits=0 if tensor.encoder.scale == 1 else None)
+    bit.encoder._scale = 1
     result = tensor.shallow_copy()
-    result._tensor, result.ptype = sign, Ptype.binary
-    precision = 0 if tensor.encoder.scale == 1 else None
-    result = result._to_ptype(Ptype.arithmetic, precision=precision, bits=1)
-    result.encoder._scale = 1
+    result._tensor, result.ptype = bit, Ptype.arithmetic
     return result

@@ -13,7 +13,14 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from primia.inference.sign_circuit import even_bits, join_halves, odd_bits, sign_shares
+from primia.inference.sign_circuit import (
+    even_bits,
+    join_halves,
+    odd_bits,
+    pack_bits,
+    sign_shares,
+    unpack_bits,
+)
 
 TOP = 2**63 - 1
 BOTTOM = -(2**63)
@@ -124,3 +131,11 @@ def test_shares_keep_their_shape() -> None:
     first = _random(3 * 5 * 7, seed=4).reshape(3, 5, 7)
     signs, _ = _sign(first, values - first)
     assert torch.equal(signs, (values < 0).long())
+
+
+@pytest.mark.parametrize("count", [1, 64, 65, 130])
+def test_packed_bits_unpack_to_the_same_bits(count: int) -> None:
+    bits = _random(count, seed=count) & 1
+    words = pack_bits(bits)
+    assert words.numel() == -(-count // 64)
+    assert torch.equal(unpack_bits(words, count), bits)
