@@ -1,12 +1,13 @@
-"""Faster, exact forms of three of CrypTen's inner steps, for a party's process.
+"""Faster, exact forms of four of CrypTen's inner steps, for a party's process.
 
 Profiling a ResNet-18 session at 224 px (``benchmarks/bench_encrypted_links.py``, one
 thread per party) put a third of every party's CPU time into ``torch.randint`` (the
 shares of Beaver triples, of binary triples and of the random masks: several GB of
 random ring elements per session), and the crypto provider's dealing on the critical path
 of every multiplication and comparison: the model owner waits while it generates. What
-:func:`install` changes, and why each change leaves CrypTen's arithmetic (every share,
-every opened value and every result, in the ring Z/2^64 with 16 fractional bits) as it was:
+:func:`install` changes, and why the first three leave CrypTen's arithmetic (every share,
+every opened value and every result, in the ring Z/2^64 with 16 fractional bits) as it
+was, and the fourth every result:
 
 1. **Random ring elements from AES-128-CTR** (:func:`ring_random`), keyed with 128 bits
    drawn from the same ``torch.Generator`` CrypTen would have drawn the elements from.
@@ -30,6 +31,10 @@ every opened value and every result, in the ring Z/2^64 with 16 fractional bits)
    bilinear over Z/2^64 (an integer convolution, matrix or elementwise product, with
    int64 arithmetic wrapping modulo 2^64), so a·δ + ε·δ = (a + ε)·δ exactly, and the
    public term ε·δ is still added once, by party 0, as CrypTen adds public values.
+4. **Comparisons with zero compute only the sign bit** (:mod:`primia.inference.sign_circuit`):
+   about 3 binary AND words per compared value instead of the 13 of CrypTen's full 64-bit
+   adder, in as many rounds. This one is exact in its results, not in its messages: every
+   comparison gives the bit CrypTen's gives, from other shares and other dealt triples.
 
 Only CrypTen's TTP provider is changed (primia never uses another) and only without
 active security (primia never enables it; with it, CrypTen's own protocol runs). A
@@ -47,6 +52,8 @@ from typing import Any
 
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from primia.inference import sign_circuit
 
 _KEY_WORDS = 2
 """64-bit words drawn from the generator per call: an AES-128 key."""
@@ -135,6 +142,7 @@ def install() -> None:
     import crypten.mpc.primitives.binary as binary
     import crypten.mpc.provider.ttp_provider as ttp
 
+    sign_circuit.install()
     for module in (rng, ttp, arithmetic):
         module.generate_random_ring_element = ring_random
     for module in (rng, ttp, binary):
