@@ -16,7 +16,12 @@ import pytest
 from abuse import IdleCalls
 
 from primia import pki
-from primia.inference.party_config import CryptoProviderConfig, DataOwnerConfig, ModelOwnerConfig
+from primia.inference.party_config import (
+    CryptoProviderConfig,
+    DataOwnerConfig,
+    ModelOwnerConfig,
+    ModelOwnerEntry,
+)
 from primia.limits import ServerLimits
 from primia.models.checkpoint import ModelSpec, save_model
 from primia.rpc.generated import inference_pb2 as pb
@@ -29,6 +34,15 @@ SPEC = ModelSpec("cnn", num_outputs=3, width=4, image_size=32, label_names=("a",
 LIMITS = ServerLimits(max_calls=16, max_calls_per_peer=4, first_message_s=2.0)
 OWNER_METHODS = ("/primia.v1.ModelOwner/Describe", "/primia.v1.ModelOwner/OpenSession")
 DEALER_METHODS = ("/primia.v1.CryptoProvider/Deal",)
+
+
+def _as_model_owner(dealer: InferenceServer, pki_dir: Path) -> grpc.Channel:
+    """A channel to the crypto provider with the model owner's certificate."""
+    return secure_channel(
+        f"127.0.0.1:{dealer.port}",
+        pki.tls_files(pki_dir, "model-owner"),
+        server_name="crypto-provider",
+    )
 
 
 @pytest.fixture
@@ -82,11 +96,7 @@ def test_idle_calls_leave_the_model_owner_and_crypto_provider_serving(
             tls=pki.tls_files(consortium_pki, "site0"), server=f"127.0.0.1:{owner.port}"
         )
         assert describe_model(data_owner).spec == SPEC
-        with secure_channel(
-            f"127.0.0.1:{dealer.port}",
-            pki.tls_files(consortium_pki, "model-owner"),
-            server_name="crypto-provider",
-        ) as channel:
+        with _as_model_owner(dealer, consortium_pki) as channel:
             with pytest.raises(grpc.RpcError) as refused:
                 pb_grpc.CryptoProviderStub(channel).Deal(pb.DealRequest(), timeout=20)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # it was served
@@ -117,11 +127,7 @@ def test_the_crypto_provider_refuses_oversized_and_control_character_fields(
     servers: tuple[InferenceServer, ...], consortium_pki: Path
 ) -> None:
     _, dealer = servers
-    with secure_channel(
-        f"127.0.0.1:{dealer.port}",
-        pki.tls_files(consortium_pki, "model-owner"),
-        server_name="crypto-provider",
-    ) as channel:
+    with _as_model_owner(dealer, consortium_pki) as channel:
         deal = pb_grpc.CryptoProviderStub(channel).Deal
         forged = pb.DealRequest(
             session_id="s",
@@ -139,3 +145,44 @@ def test_the_crypto_provider_refuses_oversized_and_control_character_fields(
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "limits.max_text" in (refused.value.details() or "")
     assert dealer.table.running == []  # no dealing process was started for either
+
+
+def test_a_session_id_the_crypto_provider_deals_for_cannot_be_dealt_again(
+    consortium_pki: Path,
+) -> None:
+    """A listed model owner replays a running session's id: before, the second Deal
+    replaced the first in the session table, so the first dealing process was no longer
+    counted, reaped or killed, and repeating it ran any number of processes past
+    max_sessions."""
+    port = 29650
+    dealer = crypto_provider_server(
+        CryptoProviderConfig(
+            tls=pki.tls_files(consortium_pki, "crypto-provider"),
+            listen="127.0.0.1:0",
+            model_owners=(ModelOwnerEntry("model-owner", "127.0.0.1", (port, port + 9)),),
+            mpc_ports=(29660, 29669),
+            pool_size=0,
+            limits=LIMITS,
+        )
+    )
+    dealer.start()
+    request = pb.DealRequest(
+        session_id="replayed", rendezvous_port=port, deadline_s=60, data_owner_name="site0"
+    )
+    try:
+        with _as_model_owner(dealer, consortium_pki) as channel:
+            deal = pb_grpc.CryptoProviderStub(channel).Deal
+            deal(request, timeout=120)
+            (first,) = dealer.table.running
+            with pytest.raises(grpc.RpcError) as refused:
+                deal(request, timeout=120)
+            assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            assert "replayed" in (refused.value.details() or "")
+            assert dealer.table.running == [first]  # still counted, reaped at its deadline
+            other = pb.DealRequest(
+                session_id="another", rendezvous_port=port, deadline_s=60, data_owner_name="site0"
+            )
+            deal(other, timeout=120)  # a fresh id is dealt for as before
+            assert len(dealer.table.running) == 2
+    finally:
+        dealer.stop()
