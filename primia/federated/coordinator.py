@@ -124,7 +124,7 @@ class Federation:
         self.server_optimizer = ServerOptimizer(config.server_optimizer)
         if self._resume.rounds:
             last = int(self._resume.rounds[-1]["round"])
-            self.run_dir.restore_optimizer(self.server_optimizer, last)
+            self.run_dir.restore_optimizer(self.server_optimizer, last, self.spec)
         self.run_id = self._resume.run_id
         self._stop = stop or threading.Event()
         self._state = "starting"

@@ -78,6 +78,7 @@ from primia.federated.tasks import (
     TaskRefused,
     TrainTask,
 )
+from primia.federated.used_sessions import USED_SESSIONS_FILENAME, UsedSessions
 from primia.federated.weights import WeightsError, decode_like
 from primia.files import PRIVATE, atomic_write_bytes
 from primia.models import model_names
@@ -222,6 +223,8 @@ class DataOwner:
         set_torch_threads(compute.threads)
         self.device = resolve_device(compute.device)
         self._evaluation_key = _secret_key(state_dir / EVALUATION_KEY_FILENAME)
+        self.sessions = UsedSessions(state_dir / USED_SESSIONS_FILENAME)
+        """The secure-aggregation sessions this node took part in (it refuses a reused one)."""
         self._splits: dict[int, Splits] = {}
         self._decoded: tuple[tuple[str, bytes, ModelSpec], dict[str, torch.Tensor]] | None = None
         """The last global weights decoded, by (blob id, digest, spec)."""

@@ -81,7 +81,15 @@ class RunDirectory:
         self._drop_unfinished_lines(rounds)
         model = None
         if rounds:
-            model, _ = load_model(self.checkpoint_path(int(rounds[-1]["round"])))
+            path = self.checkpoint_path(int(rounds[-1]["round"]))
+            model, _ = load_model(path)
+            # Every node refuses non-finite weights: a damaged or edited checkpoint would
+            # fail each round at every node, so it stops the coordinator here instead.
+            if bad := [n for n, t in model.state_dict().items() if not t.isfinite().all()]:
+                raise ConfigError(
+                    f"{path} holds NaN or infinite values in {', '.join(bad[:3])}; restore "
+                    "it from a backup or choose a new run_dir"
+                )
         return ResumeState(run_id=run_id, rounds=rounds, model=model)
 
     def checkpoint_path(self, round_number: int) -> Path:
@@ -90,12 +98,14 @@ class RunDirectory:
     def optimizer_path(self, round_number: int) -> Path:
         return self.checkpoints / f"optimizer-{round_number:04d}.safetensors"
 
-    def restore_optimizer(self, optimizer: ServerOptimizer, round_number: int) -> None:
+    def restore_optimizer(
+        self, optimizer: ServerOptimizer, round_number: int, spec: ModelSpec
+    ) -> None:
         """Load the optimiser's state after ``round_number``; a run whose rounds left none
         (written before server optimisers existed) resumes only with stateless ``fedavg``."""
         path = self.optimizer_path(round_number)
         if path.exists():
-            optimizer.load_state(path)
+            optimizer.load_state(path, spec.shapes())
         elif optimizer.stateful:
             raise ConfigError(
                 f"{path} is missing: the run was not trained with server_optimizer "

@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_tensors
 from torch import nn
 
@@ -160,19 +161,73 @@ class ServerOptimizer:
         metadata = {"config": json.dumps(asdict(self.config)), "steps": str(self.steps)}
         atomic_write_bytes(path, save_tensors(tensors, metadata=metadata))
 
-    def load_state(self, path: Path) -> None:
-        """Resume from :meth:`save_state`'s file; refuses one written with other settings
-        (a changed rule or hyperparameter would not continue the same optimisation)."""
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        stored = json.loads(metadata.get("config", "{}"))
+    def load_state(self, path: Path, shapes: Mapping[str, torch.Tensor]) -> None:
+        """Resume from :meth:`save_state`'s file for a model of ``shapes`` (name → tensor,
+        meta tensors will do). Refuses one written with other settings (a changed rule or
+        hyperparameter would not continue the same optimisation), and one that does not
+        hold what this optimiser writes: float64 moments of the model's floating tensors'
+        shapes, finite, v ≥ 0, one per tensor after the first step. A moment missing would
+        restart at m = 0, v = τ² (an adaptive step of η/τ per coordinate), a NaN or a
+        negative v would make every later global model NaN; so an edited or damaged file
+        stops the coordinator at start-up, naming it, rather than the nodes at the next
+        round."""
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            stored = json.loads(metadata.get("config", "{}"))
+            steps = int(metadata.get("steps", "0"))
+        except (SafetensorError, ValueError, OSError) as error:
+            raise ConfigError(
+                f"{path} is not a server optimiser state ({error}); restore it from a backup "
+                "or choose a new run_dir"
+            ) from error
         if stored != asdict(self.config):
             raise ConfigError(
                 f"{path} holds the state of server_optimizer {stored}, not the configured "
                 f"{asdict(self.config)}; restore the [server_optimizer] settings or choose a "
                 "new run_dir"
             )
-        self.steps = int(metadata.get("steps", "0"))
-        self.first = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("first/")}
-        self.second = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("second/")}
+        first = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("first/")}
+        second = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("second/")}
+        if problem := _state_problem(self.config.name, steps, tensors, first, second, shapes):
+            raise ConfigError(
+                f"{path} is not a state this optimiser wrote for this model: {problem}; "
+                "restore it from a backup or choose a new run_dir"
+            )
+        self.steps, self.first, self.second = steps, first, second
+
+
+def _state_problem(
+    name: ServerOptimizerName,
+    steps: int,
+    tensors: Mapping[str, torch.Tensor],
+    first: Mapping[str, torch.Tensor],
+    second: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, torch.Tensor],
+) -> str | None:
+    """What is wrong with a loaded state (None: nothing)."""
+    if steps < 0:
+        return f"a step count of {steps}"
+    if unknown := sorted(
+        set(tensors) - {f"first/{k}" for k in first} - {f"second/{k}" for k in second}
+    ):
+        return f"tensors {unknown[:3]} are not moments"
+    floating = {k for k, t in shapes.items() if t.is_floating_point()}
+    expected_first = floating if steps and name != "fedavg" else set()
+    expected_second = floating if steps and name in _ADAPTIVE else set()
+    for label, moments, expected in (("m", first, expected_first), ("v", second, expected_second)):
+        if set(moments) != expected:
+            differ = sorted(set(moments) ^ expected)
+            return f"{label} is kept for other tensors than the model's ({differ[:3]} differ)"
+        for key, moment in moments.items():
+            if moment.dtype != torch.float64 or moment.shape != shapes[key].shape:
+                return (
+                    f"{label} of {key} is {moment.dtype} {tuple(moment.shape)}, not float64 "
+                    f"{tuple(shapes[key].shape)}"
+                )
+            if not torch.isfinite(moment).all():
+                return f"{label} of {key} holds values that are not finite"
+            if label == "v" and (moment < 0).any():
+                return f"v of {key} holds negative values (a second moment is never below 0)"
+    return None

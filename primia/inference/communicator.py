@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch.distributed import ReduceOp
 
+from primia.inference import dealing
 from primia.inference.links import LinkError, Links
 
 Group = tuple[int, ...]
@@ -220,7 +221,17 @@ def _communicator_class() -> type:
 
         @_logging
         def recv_obj(self, src: int, group: Group | None = None) -> Any:
-            return self.links.recv_value(src)
+            value = self.links.recv_value(src)
+            # The dealer serves party 0's requests by name: only the dealing functions
+            # (primia.inference.dealing says what another name would hand it).
+            if self.rank == self.get_ttp_rank() and src == 0:
+                problem = dealing.request_problem(value)
+                if problem is not None:
+                    raise LinkError(
+                        f"session {self.links.plan.session_id}: the model owner asked the "
+                        f"crypto provider for {problem}; the dealer ended the session"
+                    )
+            return value
 
         @_logging
         def broadcast_obj(self, obj: Any, src: int, group: Group | None = None) -> Any:

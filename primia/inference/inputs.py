@@ -23,7 +23,10 @@ def check_input_shape(shape: Sequence[int], spec: ModelSpec, max_batch: int) -> 
     """Raise :class:`DataError` unless ``shape`` is (N, C, S, S) as ``spec`` takes it."""
     expected = f"(N, {spec.in_channels}, {spec.image_size}, {spec.image_size})"
     if len(shape) != 4:
-        raise DataError(f"images must have shape {expected}, got {tuple(shape)}")
+        # A request may list a million dimensions: name how many, not each (the refusal
+        # is logged and returned).
+        got = tuple(shape) if len(shape) <= 8 else f"{len(shape)} dimensions"
+        raise DataError(f"images must have shape {expected}, got {got}")
     count, channels, height, width = (int(value) for value in shape)
     if not 1 <= count <= max_batch:
         raise DataError(

@@ -83,18 +83,20 @@ def run_local(
     pool: processes.PartyPool | None = None,
     model_owner: Callable[..., parties.PartyStats] = processes.model_owner,
     data_owner: Callable[..., tuple[np.ndarray, parties.PartyStats]] = processes.data_owner,
+    crypto_provider: Callable[..., parties.PartyStats] = processes.crypto_provider,
     plain: bool = False,
 ) -> EncryptedRun:
     """The logits of ``images`` under encrypted inference, the three parties on loopback.
 
     Each party runs with ``threads`` torch threads (1: three processes share two cores),
-    in a process from ``pool`` if given (warm), else started now. ``model_owner`` and
-    ``data_owner`` are the parties' functions, with the signatures of
-    :func:`processes.model_owner` and :func:`processes.data_owner` (the benchmark passes
-    plain CrypTen's to compare); all three get ``plain`` (True: CrypTen's own dealing and
+    in a process from ``pool`` if given (warm), else started now. ``model_owner``,
+    ``data_owner`` and ``crypto_provider`` are the parties' functions, with the signatures
+    of :func:`processes.model_owner`, :func:`processes.data_owner` and
+    :func:`processes.crypto_provider` (the benchmark passes plain CrypTen's to compare,
+    tests deviating parties); all three get ``plain`` (True: CrypTen's own dealing and
     multiplication, without :mod:`primia.inference.acceleration`).
     """
-    parts = (model_owner, data_owner, processes.crypto_provider)
+    parts = (model_owner, data_owner, crypto_provider)
     if plain:
         parts = tuple(functools.partial(part, plain=True) for part in parts)  # type: ignore[assignment]
     with tempfile.TemporaryDirectory() as scratch:

@@ -73,6 +73,8 @@ class Refusal(enum.Enum):
     FORBIDDEN = "forbidden"
     """The caller may not ask this (a model owner the crypto provider does not deal for, a
     port outside the range configured for it)."""
+    DUPLICATE = "duplicate"
+    """The session id names a session this server already runs."""
 
 
 class SessionState(enum.Enum):
@@ -108,11 +110,19 @@ class SessionTable:
         self.finished: list[Session] = []
         self.pool: processes.PartyPool | None = None
 
-    def reserve(self, caller: str) -> None:
+    def reserve(self, caller: str, session_id: str | None = None) -> None:
         """Raise :class:`SessionRefused` (BUSY, naming the limit) if ``caller`` may not
-        start a session now. Call it and :meth:`add` under one lock of the caller's."""
+        start a session now, or (DUPLICATE) if ``session_id`` is running: the table holds
+        one session per id, and a second would hide the first from the limits and the
+        reaper. Call it and :meth:`add` under one lock of the caller's."""
         self.reap()
         with self._lock:
+            if session_id is not None and session_id in self._running:
+                raise SessionRefused(
+                    Refusal.DUPLICATE,
+                    f"session {session_id} is already running here; name each session once "
+                    "(a new session needs a new id)",
+                )
             if len(self._running) >= self.max_sessions:
                 raise SessionRefused(
                     Refusal.BUSY,
@@ -406,7 +416,7 @@ class DealerSessions:
             join_timeout_s=self.limits.join_timeout_s,
         )
         with self._dealing:
-            self.table.reserve(caller)
+            self.table.reserve(caller, session_id)
             party = self._pool.take(
                 f"crypto provider of session {session_id}", processes.crypto_provider, (plan,)
             )

@@ -8,12 +8,16 @@ sizes, and that every value is a proportion in [0, 1] or NaN.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from primia.evaluate.bootstrap import DEFAULT_CONFIDENCE
 from primia.evaluate.evaluation import Evaluation, MetricTable
 from primia.evaluate.metrics import MEAN, METRICS
 from primia.federated.tasks import EvaluationDetail, Refusal, TaskRefused
+from primia.limits import clean_text
 from primia.rpc.codec import MessageError
 from primia.rpc.generated import federation_pb2 as pb
 
@@ -85,9 +89,9 @@ def detailed_from_proto(
     ``resamples``; :class:`DetailError` names what is wrong with it."""
     columns = (*label_names, MEAN)
     if tuple(message.metrics) != METRICS:
-        raise DetailError(f"metrics {list(message.metrics)} are not {list(METRICS)}")
+        raise DetailError(f"metrics {_few(message.metrics)} are not {list(METRICS)}")
     if tuple(message.columns) != columns:
-        raise DetailError(f"columns {list(message.columns)} are not {list(columns)}")
+        raise DetailError(f"columns {_few(message.columns)} are not {list(columns)}")
     if message.resamples != resamples:
         raise DetailError(f"{message.resamples} resamples sent, {resamples} asked for")
     if len(message.thresholds) != len(label_names):
@@ -108,7 +112,7 @@ def detailed_from_proto(
         if len(group.positives) != len(label_names) or any(
             p > group.num_examples for p in group.positives
         ):
-            raise DetailError(f"{group.name}: positives {list(group.positives)} do not fit")
+            raise DetailError(f"{group.name}: positives {_few(group.positives)} do not fit")
         groups[group.name] = MetricTable(
             columns=columns,
             values=values,
@@ -140,3 +144,10 @@ def _array(payload: bytes, dtype: str, shape: tuple[int, ...], what: str) -> np.
     if not proportion.all():
         raise DetailError(f"{what}: a value is outside [0, 1] (metrics are proportions)")
     return array if dtype == "<f8" else array.astype(np.float32)
+
+
+def _few(values: Sequence[Any], shown: int = 8) -> str:
+    """The first ``shown`` of a node's ``values`` and how many there are: a refusal quotes
+    them, and is logged and recorded, so it must not grow with what the node sent."""
+    head = [clean_text(v, 64) if isinstance(v, str) else v for v in values[:shown]]
+    return str(head) if len(values) <= shown else f"{str(head)[:-1]}, … ({len(values)} in all)]"

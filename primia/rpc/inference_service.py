@@ -30,6 +30,7 @@ _STATUS = {
     Refusal.BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Refusal.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Refusal.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    Refusal.DUPLICATE: grpc.StatusCode.ALREADY_EXISTS,
 }
 
 

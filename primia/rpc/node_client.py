@@ -323,6 +323,7 @@ class _Session:
                 self._secure.clear()  # an unfinished earlier round is abandoned
                 # The node's policy first: nothing is advertised for a round it refuses.
                 self._owner.admit(task, run=self._run)
+                self._owner.sessions.claim(task.secure.setup.session)
                 contribution = SecureContribution(
                     task,
                     self._name,

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -38,11 +39,12 @@ from primia.crypto.secagg import (
     UnmaskShares,
 )
 from primia.crypto.secagg.simulation import unmask_one
-from primia.federated import data_owner
+from primia.federated import data_owner, secure
 from primia.federated.coordinator import FederationFailed
 from primia.federated.coordinator_config import SecureAggregationConfig
 from primia.federated.secure import SecureAggregator, SecureContribution
 from primia.federated.tasks import SecureTask, TrainTask
+from primia.federated.used_sessions import USED_SESSIONS_FILENAME
 from primia.rpc.coordinator_server import CoordinatorServer
 from primia.rpc.coordinator_session import NodeSession
 
@@ -59,6 +61,7 @@ def _start(
     nodes: int,
     threshold: int = 0,
     monkeypatch: pytest.MonkeyPatch | None = None,
+    rounds: int = 1,
 ) -> CoordinatorServer:
     """A coordinator for one round of ``nodes`` nodes (data of the 3 synthetic sites,
     reused) and the nodes, started.
@@ -76,7 +79,7 @@ def _start(
             consortium.nodes[name] = pki.tls_files(consortium.pki_dir, name)
     config = consortium.coordinator_config(
         tmp_path / "run",
-        rounds=1,
+        rounds=rounds,
         max_attempts=1,
         roster=names,
         secure_aggregation=SecureAggregationConfig(threshold=threshold),
@@ -211,6 +214,31 @@ def test_without_the_check_a_differing_participant_list_goes_unnoticed(
     with contextlib.suppress(FederationFailed):
         run_federation(server)
     assert sorted(senders) == ["site0", "site1", "site2", "site3"]
+
+
+# ---- a session id used twice ----------------------------------------------------------
+
+
+def test_a_session_id_reused_in_a_later_round_is_refused_by_every_node(
+    consortium: Consortium,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The coordinator gives round 2 round 1's session id, under which round 1's survivor
+    signatures would verify again (tests/unit/test_secagg_consistency.py shows them
+    unmasking a node): every node refuses round 2 before it advertises keys."""
+    reused = bytes(range(16))
+    monkeypatch.setattr(secure, "os", SimpleNamespace(urandom=lambda size: reused[:size]))
+    server = _start(consortium, tmp_path, 3, rounds=2)
+    with caplog.at_level(logging.WARNING), pytest.raises(FederationFailed):
+        run_federation(server)
+    assert [record["round"] for record in rounds_of(tmp_path / "run")] == [1]
+    message = f"reused secure-aggregation session {reused.hex()}"
+    assert caplog.text.count(message) >= 3  # each node's refusal, logged at the node
+    for name in _names(3):
+        used = (tmp_path / f"state-{name}" / USED_SESSIONS_FILENAME).read_text()
+        assert used == reused.hex() + "\n"
 
 
 # ---- the consistency round: different dropout stories ----------------------------------

@@ -151,6 +151,11 @@ def test_codec_round_trip_and_refusals() -> None:
     del no_all.groups[0]
     with pytest.raises(DetailError, match="'all'"):
         detailed_from_proto(no_all, label_names=LABELS, resamples=40)
+    flood = detailed_to_proto(evaluation)  # a node's 100,000 metric names
+    flood.metrics.extend(["x" * 1000] * 100_000)
+    with pytest.raises(DetailError, match=r"100006 in all\)\] are not") as refused:
+        detailed_from_proto(flood, label_names=LABELS, resamples=40)
+    assert len(str(refused.value)) < 1200  # before: the whole list, logged and recorded
 
 
 def test_the_mean_of_a_replicate_averages_the_same_labels_as_the_estimate() -> None:

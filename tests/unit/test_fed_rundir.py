@@ -104,6 +104,19 @@ def test_reopening_with_another_model_spec_is_refused(tmp_path):
         RunDirectory(tmp_path).open(TrainPlan(), other)
 
 
+def test_a_checkpoint_edited_to_hold_nan_is_refused_at_resume(tmp_path):
+    """Before, the coordinator resumed and sent NaN weights, which every node refused,
+    round after round."""
+    run = RunDirectory(tmp_path)
+    run.open(TrainPlan(), SPEC)
+    model = model_with_seed(1)
+    name, tensor = next((n, t) for n, t in model.state_dict().items() if t.is_floating_point())
+    tensor.view(-1)[0] = float("nan")
+    run.record_round({"round": 1}, model, SPEC)
+    with pytest.raises(ConfigError, match=f"holds NaN or infinite values in {name}"):
+        RunDirectory(tmp_path).open(TrainPlan(), SPEC)
+
+
 def test_a_line_cut_short_by_a_crash_is_ignored(tmp_path):
     run = RunDirectory(tmp_path)
     run.open(TrainPlan(), SPEC)
@@ -180,7 +193,7 @@ def test_server_optimizer_state_is_kept_per_round_and_restored(tmp_path):
     assert run.optimizer_path(1).exists() and run.optimizer_path(2).exists()
     state = RunDirectory(tmp_path).open(TrainPlan(), SPEC)
     resumed = ServerOptimizer(config)
-    RunDirectory(tmp_path).restore_optimizer(resumed, int(state.rounds[-1]["round"]))
+    RunDirectory(tmp_path).restore_optimizer(resumed, int(state.rounds[-1]["round"]), SPEC)
     assert resumed.steps == 2
     for name, moment in optimizer.second.items():
         assert torch.equal(resumed.second[name], moment), name
@@ -190,6 +203,6 @@ def test_a_run_without_optimizer_state_resumes_only_with_fedavg(tmp_path):
     run = RunDirectory(tmp_path)
     run.open(TrainPlan(), SPEC)
     run.record_round({"round": 1}, model_with_seed(1), SPEC)
-    run.restore_optimizer(ServerOptimizer(ServerOptimizerConfig()), 1)
+    run.restore_optimizer(ServerOptimizer(ServerOptimizerConfig()), 1, SPEC)
     with pytest.raises(ConfigError, match="not trained with server_optimizer 'fedyogi'"):
-        run.restore_optimizer(ServerOptimizer(ServerOptimizerConfig(name="fedyogi")), 1)
+        run.restore_optimizer(ServerOptimizer(ServerOptimizerConfig(name="fedyogi")), 1, SPEC)

@@ -32,6 +32,9 @@ from primia.crypto.secagg import (
 )
 from primia.crypto.secagg.messages import participants_digest
 from primia.crypto.secagg.simulation import unmask_one
+from primia.errors import ConfigError
+from primia.federated.tasks import TaskRefused
+from primia.federated.used_sessions import USED_SESSIONS_FILENAME, UsedSessions
 
 NAMES = tuple(f"node{i}" for i in range(5))
 LENGTH = 64
@@ -441,3 +444,67 @@ def test_unmask_shares_before_the_consistency_round_are_refused_by_the_server(co
         ProtocolViolation, match="arrived while the protocol is collecting survivor"
     ):
         run.server.receive_unmask("node0", UnmaskShares(run.setup.session, "node0", ()))
+
+
+# ---- a session id used twice -----------------------------------------------------------
+
+
+def _signatures_of_an_earlier_round(consortium: Consortium, setup: Setup) -> SurvivorSignatures:
+    """A round of ``setup``'s session in which node0 dropped before uploading: the
+    survivors' signatures on the others, as the coordinator keeps them."""
+    earlier = Round(consortium, setup)
+    roster = earlier.keys()
+    for name, client in earlier.clients.items():
+        earlier.server.receive_shares(name, client.share(roster))
+    deliveries = earlier.server.close_shares()
+    for name in setup.participants[1:]:
+        client = earlier.clients[name]
+        client.receive_shares(deliveries[name])
+        earlier.server.receive_masked(name, client.mask(earlier.inputs[name].copy()))
+    request = earlier.server.close_masked()
+    for name in request.survivors:
+        earlier.server.receive_confirmation(name, earlier.clients[name].confirm(request))
+    return earlier.server.close_confirmations()
+
+
+def test_a_reused_session_lets_earlier_signatures_unmask_a_node_so_nodes_refuse_it(
+    consortium, tmp_path
+):
+    """The coordinator chooses the session id. Given one a second time, the protocol
+    accepts the survivor signatures of the earlier round: node1 and node2, told node0
+    dropped, reveal its mask key on signatures no node of this round made, while node3 and
+    node4, told the truth, reveal its self-mask seed; node0's input comes back bit for bit
+    (t = 2 of 5: the consistency round as the second line of defence). Hence each node
+    takes part in a session once (primia.federated.used_sessions), persisted."""
+    setup = _setup(5, 2)
+    replayed = _signatures_of_an_earlier_round(consortium, setup)
+    assert replayed.survivors == NAMES[1:5]
+    run = Round(consortium, setup)
+    request = run.until_unmask()
+    dead = replace(request, survivors=replayed.survivors, dropped=("node0",))
+    revealed = {}
+    for name in ("node1", "node2"):
+        run.clients[name].confirm(dead)
+        revealed[name] = run.clients[name].unmask(replayed)
+    truth = tuple(run.clients[name].confirm(request) for name in ("node0", "node3", "node4"))
+    for name in ("node3", "node4"):
+        revealed[name] = run.clients[name].unmask(
+            SurvivorSignatures(request.session, request.survivors, truth)
+        )
+    recovered = unmask_one(setup, "node0", run.uploads["node0"], revealed, run.mask_publics())
+    np.testing.assert_array_equal(recovered, run.inputs["node0"])
+
+    sessions = UsedSessions(tmp_path / USED_SESSIONS_FILENAME)
+    sessions.claim(setup.session)  # the earlier round
+    with pytest.raises(
+        TaskRefused, match=f"reused secure-aggregation session {setup.session.hex()}"
+    ):
+        UsedSessions(tmp_path / USED_SESSIONS_FILENAME).claim(setup.session)  # after a restart
+    sessions.claim(os.urandom(16))  # a fresh session is taken part in
+
+
+def test_a_damaged_record_of_sessions_stops_the_node_naming_it(tmp_path):
+    path = tmp_path / USED_SESSIONS_FILENAME
+    path.write_text("00ff\nnot hex\n")
+    with pytest.raises(ConfigError, match=r"is damaged .* restore it from a backup"):
+        UsedSessions(path)

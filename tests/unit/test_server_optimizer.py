@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_tensors
 
 from primia.errors import ConfigError
 from primia.federated.server_optimizer import (
@@ -98,7 +100,7 @@ def test_state_survives_a_checkpoint(tmp_path, name):
         restarted.load_state_dict(steady.state_dict())
     first.save_state(tmp_path / "optimizer.safetensors")
     resumed = ServerOptimizer(config)
-    resumed.load_state(tmp_path / "optimizer.safetensors")
+    resumed.load_state(tmp_path / "optimizer.safetensors", steady.state_dict())
     assert resumed.steps == 3
     for _ in range(3):
         for optimizer, model in ((first, steady), (resumed, restarted)):
@@ -110,7 +112,64 @@ def test_state_survives_a_checkpoint(tmp_path, name):
 def test_state_of_other_settings_is_refused(tmp_path):
     ServerOptimizer(ServerOptimizerConfig(name="fedadam", lr=0.1)).save_state(tmp_path / "s")
     with pytest.raises(ConfigError, match="restore the \\[server_optimizer\\] settings"):
-        ServerOptimizer(ServerOptimizerConfig(name="fedyogi", lr=0.1)).load_state(tmp_path / "s")
+        ServerOptimizer(ServerOptimizerConfig(name="fedyogi", lr=0.1)).load_state(
+            tmp_path / "s", Point(np.zeros(4)).state_dict()
+        )
+
+
+def _tamper(tensors: dict[str, torch.Tensor], metadata: dict[str, str], how: str) -> None:
+    """Edit a saved state as an operator (or a disk) might have."""
+    if how == "nan in m":
+        tensors["first/w"][1] = float("nan")
+    elif how == "negative v":
+        tensors["second/w"][0] = -1.0
+    elif how == "v missing":
+        del tensors["second/w"]
+    elif how == "other shape":
+        tensors["first/w"] = torch.zeros(2, 4, dtype=torch.float64)
+    elif how == "float32":
+        tensors["first/w"] = tensors["first/w"].float()
+    elif how == "unknown tensor":
+        tensors["first/x"] = torch.zeros(4, dtype=torch.float64)
+    elif how == "steps":
+        metadata["steps"] = "many"
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("nan in m", "m of w holds values that are not finite"),
+        ("negative v", "v of w holds negative values"),
+        ("v missing", "v is kept for other tensors"),
+        ("other shape", r"m of w is torch.float64 \(2, 4\), not float64 \(4,\)"),
+        ("float32", "m of w is torch.float32"),
+        ("unknown tensor", "m is kept for other tensors"),
+        ("steps", "is not a server optimiser state"),
+        ("junk", "is not a server optimiser state"),
+    ],
+)
+def test_a_tampered_state_is_refused_naming_the_problem(tmp_path, how, message):
+    """Before, each of these loaded: a NaN or a negative v made every later global model
+    NaN (the nodes then refused every round), a missing v restarted at τ² (a step of η/τ),
+    an other shape broadcast or failed mid-round."""
+    config = ServerOptimizerConfig(name="fedadam", lr=0.1)
+    model, optimizer = Point(np.zeros(4)), ServerOptimizer(config)
+    optimizer.step(model, {"w": torch.ones(4, dtype=torch.float64)}, 1.0)
+    path = tmp_path / "optimizer.safetensors"
+    optimizer.save_state(path)
+    if how == "junk":
+        path.write_bytes(b"\x08" + path.read_bytes()[1:])
+    else:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata()
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        _tamper(tensors, metadata, how)
+        path.write_bytes(save_tensors(tensors, metadata=metadata))
+    resumed = ServerOptimizer(config)
+    with pytest.raises(ConfigError, match=message) as refused:
+        resumed.load_state(path, model.state_dict())
+    assert str(path) in str(refused.value) and "choose a new run_dir" in str(refused.value)
+    assert resumed.steps == 0 and not resumed.first  # nothing of it was taken
 
 
 @pytest.mark.parametrize(

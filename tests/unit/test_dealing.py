@@ -1,0 +1,61 @@
+"""The requests the crypto provider serves (:mod:`primia.inference.dealing`): every request
+a session makes, refused the moment it names anything else or an outsized tensor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from primia.inference.dealing import MAX_ELEMENTS, request_problem
+
+
+def _request(function: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return {"function": function, "device": "cpu", "args": args, "kwargs": kwargs}
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        "terminate",
+        _request("additive", torch.Size([2, 1, 32, 32]), torch.Size([4, 1, 3, 3]), "conv2d")
+        | {"kwargs": {"stride": 1, "padding": 1, "dilation": 1, "groups": 1}},
+        _request("additive", torch.Size([8, 16]), torch.Size([16, 4]), "matmul"),
+        _request("additive", [3], [3], "mul"),
+        _request("square", torch.Size([2, 4])),
+        _request("binary", torch.Size([2, 4]), torch.Size([2, 4])),
+        _request("wraps", torch.Size([5])),
+        _request("B2A", 7),
+        _request("B2A", torch.Size([])),
+    ],
+)
+def test_what_a_session_asks_for_is_served(request_: Any) -> None:
+    assert request_problem(request_) is None
+
+
+@pytest.mark.parametrize(
+    ("request_", "problem"),
+    [
+        (_request("_get_additive_PRSS", [4], remove_rank=True), "not one of additive"),
+        (_request("_setup_generators"), "not one of additive"),
+        (_request("__init__"), "not one of additive"),
+        (_request("additive", [2], [2], "kron"), "not one of ('mul'"),
+        (_request("additive", [2], [2]), "not one of ('mul'"),
+        (_request("additive", [2], [2], "mul", remove_rank=True), "keywords ['remove_rank']"),
+        (_request("square", [2], remove_rank=True), "more arguments than its 1 size"),
+        (_request("binary", [2]), "1 of its 2 size"),
+        (_request("square", [MAX_ELEMENTS + 1]), f"more than {MAX_ELEMENTS}"),
+        (_request("square", [1 << 20, 1 << 20]), f"more than {MAX_ELEMENTS}"),
+        (_request("square", [-1]), "not a non-negative integer"),
+        (_request("square", [True]), "not a non-negative integer"),
+        (_request("square", [1] * 9), "at most 8 dimensions"),
+        (_request("square", "4"), "at most 8 dimensions"),
+        ({"function": "square", "args": [[2]]}, "not a dealing request"),
+        (["square", [2]], "not a dealing request"),
+        (_request("square", [2]) | {"args": "xy"}, "not a list and a mapping"),
+    ],
+)
+def test_anything_else_is_refused_naming_it(request_: Any, problem: str) -> None:
+    found = request_problem(request_)
+    assert found is not None and problem in found, found
