@@ -22,7 +22,9 @@ was, and the fourth every result:
 2. **The dealer's requests go out first.** Party 0 asks the dealer for its share of c
    (``c = a·b``, a square, a binary triple, wraps, a random bit), then draws its own
    shares of a and b while the dealer computes, instead of before asking. Each generator
-   is drawn from in the same order as before, so every share is the same.
+   is drawn from in the same order as before, so every share is the same. The other
+   computing party sends the dealer the same request (and reads no answer): the dealer
+   serves party 0's only when they agree (:mod:`primia.inference.dealing`).
 3. **No product computed only for its shape, and one fewer product per multiplication.**
    A party other than 0 computed ``op(a, b)`` in full to learn the size of its share of
    c; the size now comes from the same op on ``meta`` tensors (shapes only). Beaver's
@@ -213,7 +215,8 @@ def _binary_and(x: Any, y: Any) -> Any:
 
 
 class _Request:
-    """A request to the dealer sent now, its result received later (party 0 only).
+    """A request to the dealer sent now by every computing party, its result received
+    later (party 0 only).
 
     The same messages as CrypTen's ``TTPClient.ttp_request`` (the request, the result's
     size, the result), counted by the same communicator statistics.
@@ -264,12 +267,15 @@ def _deal(
     bitlength: int = 64,
     **kwargs: Any,
 ) -> list[torch.Tensor]:
-    """A party's shares of one dealt correlation: party 0 sends ``request`` (the dealer's
-    function and its arguments, with ``kwargs``) first, then every party draws its shares
-    of sizes ``drawn`` (``bitlength`` bits) from its dealer generator; the last share is
-    the dealer's answer at party 0 and drawn, of size ``last``, elsewhere."""
+    """A party's shares of one dealt correlation: every party sends ``request`` (the
+    dealer's function and its arguments, with ``kwargs``) first (the dealer serves party
+    0's only if the others asked the same, :mod:`primia.inference.dealing`), then every
+    party draws its shares of sizes ``drawn`` (``bitlength`` bits) from its dealer
+    generator; the last share is the dealer's answer at party 0 and drawn, of size
+    ``last``, elsewhere."""
     function, *arguments = request
-    asked = _Request(function, device, *arguments, **kwargs) if _party0() else None
+    sent = _Request(function, device, *arguments, **kwargs)
+    asked = sent if _party0() else None
     generator = _generator(device)
     shares = [
         ring_random(size, generator=generator, device=device, bitlength=bitlength) for size in drawn

@@ -90,6 +90,7 @@ def _communicator_class() -> type:
         instance: SecureCommunicator | None = None
         pending_links: Links | None = None
         pending_world_size = 0
+        mirrored_requests = True
 
         def __init__(self, links: Links, world_size: int) -> None:
             self.links = links
@@ -222,10 +223,13 @@ def _communicator_class() -> type:
         @_logging
         def recv_obj(self, src: int, group: Group | None = None) -> Any:
             value = self.links.recv_value(src)
-            # The dealer serves party 0's requests by name: only the dealing functions
-            # (primia.inference.dealing says what another name would hand it).
+            # The dealer serves party 0's requests: only the dealing functions, and only
+            # what every other party asked for too (primia.inference.dealing says why).
             if self.rank == self.get_ttp_rank() and src == 0:
                 problem = dealing.request_problem(value)
+                if problem is None and self.mirrored_requests and value != "terminate":
+                    others = [self.links.recv_value(rank) for rank in range(1, self.world_size)]
+                    problem = dealing.mirror_problem(value, others)
                 if problem is not None:
                     raise LinkError(
                         f"session {self.links.plan.session_id}: the model owner asked the "
@@ -320,15 +324,21 @@ class _TorchDistributedStandIn:
         instance._barrier(instance.ttp_group if group is None else group)
 
 
-def install(links: Links, *, world_size: int) -> None:
+def install(links: Links, *, world_size: int, mirrored_requests: bool = True) -> None:
     """Make ``crypten.init()`` (in this process, for this one session) communicate over
     ``links`` among ``world_size`` computing parties and the dealer. A process runs one
-    session only, so replacing CrypTen's globals is safe here."""
+    session only, so replacing CrypTen's globals is safe here.
+
+    ``mirrored_requests``: every computing party sends the dealer each request
+    (:mod:`primia.inference.acceleration` does), and the dealer serves party 0's only when
+    the others sent the same (:mod:`primia.inference.dealing`); False for plain CrypTen,
+    whose other parties send none."""
     import crypten.communicator as communicator_module
     import crypten.mpc.provider.ttp_provider as ttp_provider
 
     cls: Any = _communicator_class()
     cls.pending_links = links
     cls.pending_world_size = world_size
+    cls.mirrored_requests = mirrored_requests
     communicator_module.DistributedCommunicator = cls
     ttp_provider.dist = _TorchDistributedStandIn(cls)

@@ -11,7 +11,19 @@ x, the data owner's secret: at the first layer, its images. Only party 0 talks t
 dealer, so only a deviating model owner can send such a request; it reads images
 without colluding with anyone (``tests/integration/test_inference_dealing.py``).
 
-The dealer therefore serves only what a session needs, checked before CrypTen sees it:
+Naming only dealing functions is not enough. Each answer is computed from the dealer's
+copies of the parties' generators, drawn in the order requests come; the data owner draws
+its shares from its generator in the order its own computation needs them. A request the
+data owner does not make (an extra ``B2A``, or a triple of other sizes) moves the
+dealer's copy out of step, so that a later answer's mask, a draw the dealer subtracts
+from a value of at most one bit (``B2A``'s rB, ``wraps``' θ), is the data owner's share
+a₁ of another triple: the answer gives a₁ to within 1, and that triple's opening gives
+its input. So every computing party sends the dealer each request, and the dealer serves
+party 0's only when the data owner sent the same one (:func:`mirror_problem`): the
+dealer draws exactly what the data owner draws, in the same order, and each answer is
+masked by the data owner's share of that same correlation.
+
+The dealer also serves only what a session needs, checked before CrypTen sees it:
 
 * ``additive(size0, size1, op, *args, **kwargs)`` with ``op`` one of CrypTen's Beaver
   products (:data:`PRODUCTS`) and only a convolution's keyword arguments;
@@ -82,4 +94,18 @@ def _size_problem(size: Any) -> str | None:
         return "a size with a dimension that is not a non-negative integer"
     if math.prod(size) > MAX_ELEMENTS:
         return f"{math.prod(size)} elements, more than {MAX_ELEMENTS}"
+    return None
+
+
+def mirror_problem(request: Mapping[str, Any], others: list[Any]) -> str | None:
+    """Why party 0's ``request`` must not be served given what the other computing parties
+    asked for at the same point (``others``, in rank order), or None: each must be the
+    same request."""
+    for other in others:
+        if other != request:
+            asked = other.get("function") if isinstance(other, Mapping) else other
+            return (
+                f"{str(request.get('function'))[:40]!r} with arguments the data owner did not "
+                f"ask for (it asked for {str(asked)[:40]!r} at that point)"
+            )
     return None

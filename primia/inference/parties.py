@@ -123,7 +123,7 @@ def join(
             progress("listening", listener.getsockname()[1])
         links = establish(meeting, listener)
         progress("joined", 0)
-        communicator.install(links, world_size=WORLD_SIZE)
+        communicator.install(links, world_size=WORLD_SIZE, mirrored_requests=not plain)
     else:
         os.environ.update(
             {

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from primia.inference import dealing, parties
+from primia.inference import communicator, dealing, parties
 from primia.inference.encrypted import EncryptedModel
 from primia.inference.local import InferenceFailed, run_local
 from primia.models.checkpoint import ModelSpec
@@ -72,12 +72,31 @@ def curious_model_owner(
         return {"images": recovered.float().numpy()}
 
 
-def test_a_model_owner_cannot_have_the_dealer_hand_it_the_data_owners_shares() -> None:
+def out_of_step_model_owner(
+    meeting: parties.Meeting, spec: ModelSpec, weights: bytes, shape: tuple[int, ...], **kw: Any
+) -> parties.PartyStats:
+    """The model owner's party, asking the dealer for one dealing function the data owner
+    does not ask for (a B2A before the first layer): the first step of moving the dealer's
+    copy of the data owner's generator out of step (see primia.inference.dealing)."""
+    with parties.join(meeting, parties.MODEL_OWNER, kw["progress"]) as session:
+        from crypten.mpc.provider.ttp_provider import TTPClient
+
+        comm, client = session.crypten.comm.get(), TTPClient.get()
+        request = {"function": "B2A", "device": "cpu", "args": (torch.Size(shape),), "kwargs": {}}
+        comm.send_obj(request, comm.get_ttp_rank(), client.ttp_group)
+        comm.recv_obj(comm.get_ttp_rank(), client.ttp_group)
+    raise AssertionError("the dealer answered a request the data owner did not make")
+
+
+@pytest.mark.parametrize("model_owner", [curious_model_owner, out_of_step_model_owner])
+def test_a_model_owner_cannot_have_the_dealer_hand_it_the_data_owners_shares(
+    model_owner: Any,
+) -> None:
     torch.manual_seed(0)
     model = SPEC.build().eval()
     images = torch.rand(2, 1, 32, 32)
     with pytest.raises(InferenceFailed):
-        run_local(SPEC, model.state_dict(), images, timeout_s=240, model_owner=curious_model_owner)
+        run_local(SPEC, model.state_dict(), images, timeout_s=240, model_owner=model_owner)
     request = {"function": "_get_additive_PRSS", "device": "cpu", "args": [[2]], "kwargs": {}}
     assert "not one of additive" in (dealing.request_problem(request) or "")
 
@@ -85,8 +104,11 @@ def test_a_model_owner_cannot_have_the_dealer_hand_it_the_data_owners_shares() -
 def unchecked_crypto_provider(
     meeting: parties.Meeting, progress: parties.Progress = parties.no_progress
 ) -> parties.PartyStats:
-    """The crypto provider as CrypTen's own: it serves any request of party 0."""
+    """The crypto provider as CrypTen's own: it serves any request of party 0, whatever
+    the data owner asked (the data owner's copies of the requests are left unread)."""
+    install = communicator.install
     dealing.request_problem = lambda request: None
+    communicator.install = lambda links, **kw: install(links, **kw | {"mirrored_requests": False})
     return parties.crypto_provider(meeting, progress)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from primia.inference.dealing import MAX_ELEMENTS, request_problem
+from primia.inference.dealing import MAX_ELEMENTS, mirror_problem, request_problem
 
 
 def _request(function: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -59,3 +59,13 @@ def test_what_a_session_asks_for_is_served(request_: Any) -> None:
 def test_anything_else_is_refused_naming_it(request_: Any, problem: str) -> None:
     found = request_problem(request_)
     assert found is not None and problem in found, found
+
+
+def test_a_request_is_served_only_when_the_data_owner_asked_the_same() -> None:
+    triple = _request("additive", torch.Size([2, 3]), torch.Size([3, 4]), "matmul")
+    assert mirror_problem(triple, [dict(triple)]) is None
+    other_sizes = _request("additive", torch.Size([2, 3]), torch.Size([3, 5]), "matmul")
+    found = mirror_problem(triple, [other_sizes])
+    assert found is not None and "the data owner did not ask for" in found
+    found = mirror_problem(_request("B2A", torch.Size([4])), [triple])
+    assert found is not None and "it asked for 'additive'" in found
