@@ -252,6 +252,15 @@ def _party0() -> bool:
     return bool(comm.get().get_rank() == 0)
 
 
+def _mirrored() -> bool:
+    """Whether the dealer expects every computing party's requests: on primia's links, yes;
+    on CrypTen's own gloo group (benchmarks only), which has no dealer check, it reads party
+    0's alone, and a request from another party would wait for it forever."""
+    import crypten.communicator as comm
+
+    return bool(getattr(comm.get(), "mirrored_requests", False))
+
+
 def _generator(device: Any) -> torch.Generator:
     from crypten.mpc.provider.ttp_provider import TTPClient
 
@@ -269,13 +278,17 @@ def _deal(
 ) -> list[torch.Tensor]:
     """A party's shares of one dealt correlation: every party sends ``request`` (the
     dealer's function and its arguments, with ``kwargs``) first (the dealer serves party
-    0's only if the others asked the same, :mod:`primia.inference.dealing`), then every
+    0's only if the others asked the same, :mod:`primia.inference.dealing`; on CrypTen's
+    gloo group only party 0 sends, see :func:`_mirrored`), then every
     party draws its shares of sizes ``drawn`` (``bitlength`` bits) from its dealer
     generator; the last share is the dealer's answer at party 0 and drawn, of size
     ``last``, elsewhere."""
     function, *arguments = request
-    sent = _Request(function, device, *arguments, **kwargs)
-    asked = sent if _party0() else None
+    asked = None
+    if _party0():
+        asked = _Request(function, device, *arguments, **kwargs)
+    elif _mirrored():
+        _Request(function, device, *arguments, **kwargs)  # what the dealer checks party 0's by
     generator = _generator(device)
     shares = [
         ring_random(size, generator=generator, device=device, bitlength=bitlength) for size in drawn
