@@ -20,6 +20,19 @@ patients; 'apply' predicts them for any dataset primia reads and writes a manife
 the mask columns, which 'primia anonymize train --guide masks' reads.
 """
 
+TRAIN_DESCRIPTION = """\
+Train the lung/heart segmenter on a manifest whose mask_lungs and mask_heart columns name
+0/255 PNG masks (primia data synth --masks writes them). Patients are split into training
+and held-out sets; Dice per region on the held-out patients is printed beside the trivial
+all-foreground mask's.
+"""
+
+APPLY_DESCRIPTION = """\
+Predict lung and heart masks for every image of any dataset primia reads (a manifest, an
+image folder, a public collection as downloaded) and write them with a new manifest that
+adds the mask columns, for 'primia anonymize train --guide masks'.
+"""
+
 TRAIN_EPILOG = """\
 example:
   primia data synth --out data/synth --masks
@@ -53,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train = commands.add_parser(
         "train",
         help="train the lung/heart segmenter on a manifest with masks",
-        description=DESCRIPTION,
+        description=TRAIN_DESCRIPTION,
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -74,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     apply = commands.add_parser(
         "apply",
         help="write masks and a manifest with mask columns for a dataset",
-        description=DESCRIPTION,
+        description=APPLY_DESCRIPTION,
         epilog=APPLY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
