@@ -40,13 +40,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=60)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=3, help="adversarial epochs")
-    parser.add_argument("--pairs", type=int, default=500, help="pairs per epoch")
+    parser.add_argument("--epochs", type=int, default=2, help="adversarial epochs")
+    parser.add_argument("--pairs", type=int, default=300, help="pairs per epoch")
+    parser.add_argument("--width", type=int, default=8, help="the adversaries' width in training")
     parser.add_argument("--runs", type=int, default=2, help="linkage attacks per generator")
-    parser.add_argument("--attack-epochs", type=int, default=3)
-    parser.add_argument("--attack-pairs", type=int, default=600)
-    parser.add_argument("--segmenter-steps", type=int, default=150)
+    parser.add_argument("--attack-epochs", type=int, default=2)
+    parser.add_argument("--attack-pairs", type=int, default=400)
+    parser.add_argument("--segmenter-steps", type=int, default=100)
     parser.add_argument("--utility-weight", type=float, default=4.0)
+    parser.add_argument("--privacy-weight", type=float, default=3.0)
+    parser.add_argument("--generator-lr", type=float, default=1e-3)
     parser.add_argument("--mu", type=float, nargs=3, default=(0.1, 0.2, 0.4))
     parser.add_argument("--noise", type=float, nargs=3, default=(0.1, 0.25, 0.5))
     parser.add_argument("--report", type=Path, help="also write the curve's report here")
@@ -60,10 +63,13 @@ def main() -> int:
     ]
     started = time.perf_counter()
     print(
-        f"{args.patients} synthetic patients x 4 images at {size} px; adversaries cnn (width "
-        f"16); {args.epochs} adversarial epochs x {args.pairs} pairs; auxiliary-classifier "
-        f"weight {args.utility_weight:g}; {args.runs} linkage attacks each "
-        f"({args.attack_epochs} epochs x {args.attack_pairs} pairs); segmenter-guided "
+        f"{args.patients} synthetic patients x 4 images at {size} px; generator width 8, "
+        f"adversaries cnn (width {args.width}), 1 pre-training and 1 warm-up epoch, "
+        f"{args.epochs} adversarial epochs x {args.pairs} pairs; generator Adam "
+        f"{args.generator_lr:g}, loss weights privacy {args.privacy_weight:g} and "
+        f"auxiliary classifier {args.utility_weight:g}; {args.runs} linkage attacks each "
+        f"(cnn width 16, {args.attack_epochs} epochs x {args.attack_pairs} pairs; the judge "
+        "the same cnn, 8 epochs); segmenter-guided "
         "inside strength 0 (lungs, heart untouched); one curve evaluation per generator "
         "family (each with its own baseline attack and judge, same seed)",
         flush=True,
@@ -117,12 +123,15 @@ def main() -> int:
                         segmenter=segmenter.path if guide == "segmenter" else None,
                         image_size=size,
                         backbone="cnn",
-                        backbone_width=16,
+                        backbone_width=args.width,
+                        generator_width=8,
                         pretrain_epochs=1,
-                        warmup_epochs=2,
+                        warmup_epochs=1,
                         epochs=args.epochs,
                         pairs_per_epoch=args.pairs,
                         utility_weight=args.utility_weight,
+                        privacy_weight=args.privacy_weight,
+                        generator_lr=args.generator_lr,
                     )
                 )
                 generators.append(trained.generator_path)

@@ -145,10 +145,12 @@ def curve_png(curve: AnonymizerCurve) -> bytes:
         px, _ = place(value, y_low)
         for y in range(int(top), int(bottom), 8):
             draw.line([px, y, px, y + 4], fill="grey")
-        draw.text((px + 3, top + 4 + 14 * (name.endswith("after"))), name, fill="grey")
+        # labels near the right edge go left of their line, so they stay in the picture
+        text_x = px + 3 if px < WIDTH - 150 else px - 3 - draw.textlength(name)
+        draw.text((text_x, top + 4 + 14 * name.endswith("after")), name, fill="grey")
     bx, by = place(curve.baseline.auroc.value, original)
     draw.rectangle([bx - 5, by - 5, bx + 5, by + 5], fill="black")
-    draw.text((bx - 70, by - 18), "unanonymized", fill="black")
+    draw.text((bx - 80, by + 8), "unanonymized", fill="black")
     for point in curve.points:
         mean, std = point.linkage_auroc
         colour = NOISE_COLOUR if point.kind == "noise" else COLOURS[point.guide]
