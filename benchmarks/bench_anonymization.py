@@ -53,21 +53,33 @@ def main() -> int:
     parser.add_argument("--mu", type=float, nargs=3, default=(0.1, 0.2, 0.4))
     parser.add_argument("--noise", type=float, nargs=3, default=(0.1, 0.25, 0.5))
     parser.add_argument("--report", type=Path, help="also write the curve's report here")
+    parser.add_argument(
+        "--search-weights",
+        type=float,
+        nargs="+",
+        metavar="W",
+        help="instead: the seg-guided flow at the largest --mu with these auxiliary-"
+        "classifier weights (the document recommends 1, 4, 8), one curve",
+    )
     args = parser.parse_args()
     size = args.image_size
     watch = CpuWatch()
+    weight = args.utility_weight
     groups = [
-        [("segmenter", "flow", mu) for mu in args.mu],
-        [("none", "noise", value) for value in args.noise],
-        [("none", "flow", mu) for mu in args.mu],
+        [("segmenter", "flow", mu, weight) for mu in args.mu],
+        [("none", "noise", value, weight) for value in args.noise],
+        [("none", "flow", mu, weight) for mu in args.mu],
     ]
+    if args.search_weights:
+        groups = [[("segmenter", "flow", max(args.mu), w) for w in args.search_weights]]
     started = time.perf_counter()
+    aux = "searched" if args.search_weights else f"{args.utility_weight:g}"
     print(
         f"{args.patients} synthetic patients x 4 images at {size} px; generator width 8, "
         f"adversaries cnn (width {args.width}), 1 pre-training and 1 warm-up epoch, "
         f"{args.epochs} adversarial epochs x {args.pairs} pairs; generator Adam "
         f"{args.generator_lr:g}, loss weights privacy {args.privacy_weight:g} and "
-        f"auxiliary classifier {args.utility_weight:g}; {args.runs} linkage attacks each "
+        f"auxiliary classifier {aux}; {args.runs} linkage attacks each "
         f"(cnn width 16, {args.attack_epochs} epochs x {args.attack_pairs} pairs; the judge "
         "the same cnn, 8 epochs); segmenter-guided "
         "inside strength 0 (lungs, heart untouched); one curve evaluation per generator "
@@ -111,11 +123,11 @@ def main() -> int:
         )
         for number, group in enumerate(groups):
             generators = []
-            for guide, kind, value in group:
+            for guide, kind, value, utility_weight in group:
                 trained = train_anonymizer(
                     AnonymizerConfig(
                         data=data,
-                        out=root / f"{guide}-{kind}-{value}",
+                        out=root / f"{guide}-{kind}-{value}-{utility_weight}",
                         generator=kind,  # type: ignore[arg-type]
                         mu=value,
                         noise_strength=value,
@@ -129,7 +141,7 @@ def main() -> int:
                         warmup_epochs=1,
                         epochs=args.epochs,
                         pairs_per_epoch=args.pairs,
-                        utility_weight=args.utility_weight,
+                        utility_weight=utility_weight,
                         privacy_weight=args.privacy_weight,
                         generator_lr=args.generator_lr,
                     )
@@ -140,7 +152,7 @@ def main() -> int:
             )
             if args.report is not None:
                 write_anonymization_report(curve, args.report / f"group{number}")
-            _rows(curve)
+            _rows(curve, [f"w_u = {w:g}" for *_, w in group] if args.search_weights else None)
             print(
                 f"({time.perf_counter() - started:.0f} s so far, load {load_average()})",
                 flush=True,
@@ -153,17 +165,18 @@ def main() -> int:
     return 0
 
 
-def _rows(curve: AnonymizerCurve) -> None:
+def _rows(curve: AnonymizerCurve, notes: list[str] | None) -> None:
     baseline = curve.baseline.auroc.value
     original = curve.original.overall.estimate("auroc").value
-    for point in curve.points:
+    for index, point in enumerate(curve.points):
+        label = point.label if notes is None else f"{point.label}, {notes[index]}"
         mean, std = point.linkage_auroc
         difference = point.utility.groups["all"].as_dict()["auroc"]["mean"]
         fall = baseline - mean
         met = fall >= GOAL_FALL and difference["difference"] >= -GOAL_LOSS
         p_value = "n/a" if difference["p_value"] is None else f"{difference['p_value']:.3f}"
         print(
-            f"| {point.label} | {baseline:.3f} | {mean:.3f} ± {std:.3f} | {fall:+.3f} | "
+            f"| {label} | {baseline:.3f} | {mean:.3f} ± {std:.3f} | {fall:+.3f} | "
             f"{original:.3f} → {point.classification_auroc:.3f} | "
             f"{difference['difference']:+.3f} ({p_value}) | {'met' if met else 'not met'} |",
             flush=True,
