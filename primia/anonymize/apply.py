@@ -26,6 +26,7 @@ from primia.data import only_site, open_dataset
 from primia.data.dataset import Task
 from primia.errors import ConfigError, DataError
 from primia.files import atomic_write_bytes
+from primia.segment.masks import dataset_masks
 from primia.train.local import resolve_device
 from primia.train.loops import to_float
 
@@ -45,18 +46,23 @@ class AppliedAnonymizer:
 
 @torch.no_grad()
 def anonymize_images(
-    generator: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64
+    generator: torch.nn.Module,
+    images: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 64,
+    masks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``uint8[N, 1, S, S]`` through ``generator``, rounded back to ``uint8``."""
+    """``uint8[N, 1, S, S]`` through ``generator``, rounded back to ``uint8``; ``masks``
+    (``[N, R, S, S]`` 0/1) for a generator guided by given masks."""
     generator = generator.to(device).eval()
-    parts = [
-        (generator(to_float(images[start : start + batch_size], device)) * 255.0)
-        .round()
-        .clamp(0, 255)
-        .to(torch.uint8)
-        .cpu()
-        for start in range(0, len(images), batch_size)
-    ]
+    parts = []
+    for start in range(0, len(images), batch_size):
+        batch = to_float(images[start : start + batch_size], device)
+        if masks is None:
+            anonymized = generator(batch)
+        else:
+            anonymized = generator(batch, masks[start : start + batch_size].to(device).float())
+        parts.append((anonymized * 255.0).round().clamp(0, 255).to(torch.uint8).cpu())
     return torch.cat(parts) if parts else images.clone()
 
 
@@ -91,7 +97,8 @@ def apply_anonymizer(
         raise ConfigError(f"{out} already holds a manifest; choose another --out or --overwrite")
     ids = pseudonyms(load_or_create_key(key_path), dataset.patient_ids)
     images, _ = dataset.uint8_tensors()
-    anonymized = anonymize_images(generator, images, resolve_device(device))
+    masks = dataset_masks(dataset, data) if spec.guide == "masks" else None
+    anonymized = anonymize_images(generator, images, resolve_device(device), masks=masks)
     (out / "images").mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

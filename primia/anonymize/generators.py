@@ -28,6 +28,10 @@ so w = a_r well inside region r, 1 well outside every region, and a smooth ramp 
 two Gaussian σ at each border. Where w = 0 the perturbation is exactly zero: the noise
 generator returns the pixel unchanged, the flow samples at the identity grid (the pixel
 itself up to bilinear rounding, below 1e-6 for float32).
+
+:class:`GuidedGenerator` wraps either generator with its a_r and a source of masks: a
+frozen segmenter (its weights travel in the generator's file, so the anonymizer needs
+nothing else at a hospital), or masks given with each batch (a manifest's mask columns).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from torch import nn
 
 from primia.segment.model import UNet
 
-__all__ = ["FlowFieldGenerator", "NoiseGenerator", "UNet", "guidance_weight"]
+__all__ = ["FlowFieldGenerator", "GuidedGenerator", "NoiseGenerator", "UNet", "guidance_weight"]
 
 
 class FlowFieldGenerator(nn.Module):
@@ -102,6 +106,49 @@ class NoiseGenerator(nn.Module):
         if weight is not None:
             noise = noise * _checked_weight(weight, images)
         return (images + self.strength * noise).clamp(0.0, 1.0)
+
+
+class GuidedGenerator(nn.Module):
+    """A generator whose perturbation is weighted by :func:`guidance_weight` of the masks.
+
+    ``segmenter`` (frozen, no gradient) predicts the masks when none are given; without
+    one, every call must give ``masks`` ``[B, R, H, W]``.
+    """
+
+    def __init__(
+        self,
+        base: FlowFieldGenerator | NoiseGenerator,
+        inside: Sequence[float],
+        *,
+        segmenter: UNet | None = None,
+        smoothing: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.base = base
+        self.kind = base.kind
+        self.inside = tuple(float(a) for a in inside)
+        self.smoothing = smoothing
+        self.segmenter = segmenter
+        if segmenter is not None:
+            segmenter.requires_grad_(False)
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        if masks is None:
+            if self.segmenter is None:
+                raise ValueError(
+                    "this generator was trained with given masks: pass each image's masks "
+                    "(a manifest's mask_lungs/mask_heart columns)"
+                )
+            with torch.no_grad():
+                masks = (self.segmenter(images) > 0).to(images.dtype)
+        weight = guidance_weight(masks.to(images.dtype), self.inside, smoothing=self.smoothing)
+        return self.base(images, weight)
+
+    def train(self, mode: bool = True) -> GuidedGenerator:
+        super().train(mode)
+        if self.segmenter is not None:
+            self.segmenter.eval()  # a fixed tool, never trained here
+        return self
 
 
 def guidance_weight(

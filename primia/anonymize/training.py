@@ -21,7 +21,14 @@ Phases, each resumable at its epochs:
    * C: min L_C(C(G(x₁)), y₁).
 
 After every adversarial epoch the generator's loss on validation pairs is computed and
-the generator with the lowest one is kept as ``generator.safetensors``. ``last/`` holds
+the generator with the lowest one is kept as ``generator.safetensors``.
+
+Segmentation guidance (``guide``, PriCheXySeg-style): G's perturbation is weighted per
+pixel by w = min_r (1 − (1 − a_r) · smooth(m_r)) (:func:`~primia.anonymize.guidance_weight`,
+a_r = ``inside``), so the lungs and the heart keep strength a_r (untouched at 0) and the
+rest is deformed or perturbed at full strength. The masks m_r are the manifest's
+(``guide="masks"``) or a trained segmenter's (``guide="segmenter"``; its weights are
+stored, frozen, in the generator's file). ``last/`` holds
 every network after each epoch (the optimisers restart when a run resumes), and
 ``history.jsonl`` and ``tb/`` the figures.
 """
@@ -44,7 +51,8 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from primia.anonymize.checkpoint import GeneratorSpec, save_generator
+from primia.anonymize.checkpoint import GeneratorSpec, Guide, save_generator
+from primia.anonymize.generators import GuidedGenerator
 from primia.audit.pairs import PatientIndex
 from primia.audit.verifier import SiameseVerifier
 from primia.config import write_toml
@@ -53,6 +61,7 @@ from primia.data.dataset import RadiographDataset
 from primia.errors import ConfigError
 from primia.files import atomic_write_bytes
 from primia.models import build_model
+from primia.segment.masks import REGIONS, dataset_masks, load_segmenter
 from primia.train.local import resolve_device
 from primia.train.loops import to_float
 from primia.train.losses import criterion_for
@@ -74,6 +83,12 @@ class AnonymizerConfig:
     smoothing: float = 2.0
     """Flow field: σ in pixels of the Gaussian that smooths the offsets."""
     noise_strength: float = 0.1
+    guide: Guide = "none"
+    """none, masks (the manifest's mask columns) or segmenter (``segmenter``'s masks)."""
+    inside: tuple[float, ...] = (0.0, 0.0)
+    """Guided: strength a_r inside the lungs and the heart (0 = untouched, 1 = full)."""
+    segmenter: Path | None = None
+    """Guided by a segmenter: its checkpoint (``primia segment train``)."""
     generator_width: int = 16
     image_size: int = 64
     backbone: str = "resnet9"
@@ -105,8 +120,20 @@ class AnonymizerConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.privacy_weight < 0 or self.utility_weight < 0:
             raise ConfigError("the loss weights must be 0 or positive")
+        if self.guide not in ("none", "masks", "segmenter"):
+            raise ConfigError(f"guide must be none, masks or segmenter, not {self.guide!r}")
+        if len(self.inside) != len(REGIONS) or any(not 0 <= a <= 1 for a in self.inside):
+            raise ConfigError(
+                f"give one inside strength in [0, 1] per region ({', '.join(REGIONS)}), "
+                f"not {list(self.inside)}"
+            )
+        if (self.guide == "segmenter") != (self.segmenter is not None):
+            raise ConfigError(
+                "guide segmenter needs a segmenter checkpoint (--segmenter, from 'primia "
+                "segment train'), and a segmenter is used only with --guide segmenter"
+            )
 
-    def spec(self) -> GeneratorSpec:
+    def spec(self, segmenter_width: int = 8) -> GeneratorSpec:
         return GeneratorSpec(
             kind=self.generator,
             mu=self.mu,
@@ -114,6 +141,9 @@ class AnonymizerConfig:
             noise_strength=self.noise_strength,
             width=self.generator_width,
             image_size=self.image_size,
+            guide=self.guide,
+            inside=tuple(self.inside),
+            segmenter_width=segmenter_width,
         )
 
 
@@ -138,8 +168,9 @@ def train_anonymizer(
     out.mkdir(parents=True, exist_ok=True)
     write_toml(config, out / "config.toml")
     networks = _Networks.build(config, data, device)
+    generator_spec = networks.spec
     progress = _Progress.load(out)
-    spec = dataclasses.asdict(config.spec())
+    spec = json.loads(json.dumps(dataclasses.asdict(generator_spec)))
     if progress.spec is not None and progress.spec != spec:
         raise ConfigError(
             f"{out} holds an anonymizer trained with {progress.spec}, not {spec}: choose "
@@ -167,7 +198,7 @@ def train_anonymizer(
                         progress.best_validation_loss = record["val_generator_loss"]
                         progress.best_epoch = epoch
                         save_generator(
-                            out / "generator.safetensors", networks.generator, config.spec()
+                            out / "generator.safetensors", networks.generator, generator_spec
                         )
                 networks.save(out / "last")
                 progress.completed[phase] = epoch
@@ -204,6 +235,9 @@ class _Data:
     val_index: PatientIndex
     train: RadiographDataset
     """The training split (its task and outputs size the classifier)."""
+    train_masks: torch.Tensor | None = None
+    val_masks: torch.Tensor | None = None
+    """``uint8[N, R, S, S]`` 0/1 masks, with ``guide="masks"`` only."""
 
     @classmethod
     def load(cls, config: AnonymizerConfig) -> _Data:
@@ -217,6 +251,7 @@ class _Data:
         )
         train_images, train_targets = splits.train.uint8_tensors()
         val_images, val_targets = splits.val.uint8_tensors()
+        given = config.guide == "masks"
         return cls(
             train_images,
             train_targets,
@@ -225,6 +260,8 @@ class _Data:
             val_targets,
             PatientIndex.of(splits.val, what="validation"),
             splits.train,
+            dataset_masks(splits.train, config.data) if given else None,
+            dataset_masks(splits.val, config.data) if given else None,
         )
 
 
@@ -237,10 +274,27 @@ class _Networks:
     generator_optimizer: torch.optim.Optimizer
     verifier_optimizer: torch.optim.Optimizer
     classifier_optimizer: torch.optim.Optimizer
+    spec: GeneratorSpec
 
     @classmethod
     def build(cls, config: AnonymizerConfig, data: _Data, device: torch.device) -> _Networks:
-        generator = config.spec().build().to(device)
+        spec = config.spec()
+        segmenter = None
+        if config.segmenter is not None:
+            segmenter, segmenter_spec = load_segmenter(config.segmenter)
+            if segmenter_spec.image_size != config.image_size:
+                raise ConfigError(
+                    f"the segmenter {config.segmenter} was trained at "
+                    f"{segmenter_spec.image_size} px, the anonymizer runs at "
+                    f"{config.image_size} px; train one at --image-size {config.image_size}"
+                )
+            spec = config.spec(segmenter_width=segmenter_spec.width)
+        generator = spec.build()
+        if segmenter is not None:
+            assert isinstance(generator, GuidedGenerator) and generator.segmenter is not None
+            generator.segmenter.load_state_dict(segmenter.state_dict())
+        generator = generator.to(device)
+        trainable = [p for p in generator.parameters() if p.requires_grad]
         verifier = SiameseVerifier(config.backbone, width=config.backbone_width).to(device)
         classifier = build_model(
             config.backbone, num_classes=data.train.num_outputs, width=config.backbone_width
@@ -250,9 +304,10 @@ class _Networks:
             verifier=verifier,
             classifier=classifier,
             criterion=criterion_for(data.train.task),
-            generator_optimizer=torch.optim.Adam(generator.parameters(), lr=config.generator_lr),
+            generator_optimizer=torch.optim.Adam(trainable, lr=config.generator_lr),
             verifier_optimizer=torch.optim.Adam(verifier.parameters(), lr=config.adversary_lr),
             classifier_optimizer=torch.optim.Adam(classifier.parameters(), lr=config.adversary_lr),
+            spec=spec,
         )
 
     def modules(self) -> dict[str, nn.Module]:
@@ -329,6 +384,15 @@ def _batches(count: int, size: int) -> list[slice]:
     return [slice(start, start + size) for start in range(0, count, size)]
 
 
+def _anonymize(
+    networks: _Networks, images: torch.Tensor, masks: torch.Tensor | None, device: torch.device
+) -> torch.Tensor:
+    """G(x), given the batch's masks where the generator is guided by given masks."""
+    if masks is None:
+        return networks.generator(images)
+    return networks.generator(images, masks.to(device, torch.float32))
+
+
 def _pretrain_epoch(
     networks: _Networks,
     data: _Data,
@@ -336,12 +400,13 @@ def _pretrain_epoch(
     rng: np.random.Generator,
     device: torch.device,
 ) -> float:
-    generator = networks.generator.train()
+    networks.generator.train()
     order = rng.permutation(len(data.train_images))
     losses = []
     for batch in _batches(len(order), config.batch_size):
         images = to_float(data.train_images[order[batch]], device)
-        loss = nn.functional.mse_loss(generator(images), images)
+        masks = None if data.train_masks is None else data.train_masks[order[batch]]
+        loss = nn.functional.mse_loss(_anonymize(networks, images, masks, device), images)
         networks.generator_optimizer.zero_grad()
         loss.backward()
         networks.generator_optimizer.step()
@@ -393,10 +458,10 @@ def _adversarial_epoch(
     train: bool,
 ) -> dict[str, float]:
     """One pass of the three steps (``train``) or the generator's loss on validation."""
-    images, targets, index = (
-        (data.train_images, data.train_targets, data.train_index)
+    images, targets, index, masks = (
+        (data.train_images, data.train_targets, data.train_index, data.train_masks)
         if train
-        else (data.val_images, data.val_targets, data.val_index)
+        else (data.val_images, data.val_targets, data.val_index, data.val_masks)
     )
     pairs = config.pairs_per_epoch if train else max(2, config.pairs_per_epoch // 4)
     first, second, same = index.sample(pairs, rng if train else np.random.default_rng(0))
@@ -415,7 +480,8 @@ def _adversarial_epoch(
         linked = torch.from_numpy(same[batch]).to(device)
         y1 = targets[first[batch]].to(device)
         with torch.set_grad_enabled(train):
-            anonymized = networks.generator(x1)
+            m1 = None if masks is None else masks[first[batch]]
+            anonymized = _anonymize(networks, x1, m1, device)
             logits = networks.verifier(anonymized, x2)
             privacy = (
                 bce(logits[linked], torch.zeros_like(logits[linked]))

@@ -4,7 +4,6 @@ hide the patient."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -48,6 +47,9 @@ TRAIN_EPILOG = """\
 examples:
   primia anonymize train --data data/synth --out anon/flow --mu 0.01
   primia anonymize train --data data/synth --out anon/noise --generator noise --strength 0.1
+  primia segment train --data data/synth --out seg        (data synth --masks)
+  primia anonymize train --data data/synth --out anon/seg --mu 0.2 --guide segmenter \
+      --segmenter seg --inside 0 0
 
 OUT receives generator.safetensors (the generator with the lowest validation loss),
 last/ (every network after the last epoch), history.jsonl and tb/ (TensorBoard). The
@@ -67,13 +69,18 @@ primia loader reads it. Send OUT, never the key.
 """
 
 EVALUATE_EPILOG = """\
-example:
+examples:
   primia anonymize evaluate --generator anon/flow --data data/synth --runs 3 --out anon/eval
+  primia anonymize evaluate --generator anon/seg-0.1 anon/seg-0.2 anon/seg-0.4 \
+      --data data/synth --runs 3 --out anon/curve
 
 Reports the linkage attack (a verifier retrained from scratch on anonymized-vs-real pairs,
 judged on unseen patients; AUROC mean and std over --runs), the same attack on real
 images, and the AUROC of a classifier trained on real images on the original and the
-anonymized test images, with the paired difference.
+anonymized test images, with the paired difference. With several generators (strengths),
+the privacy-utility curve: OUT/curve.png and OUT/report.html plot linkage AUROC against
+classification AUROC, with the unanonymized point and PriCheXy-Net's published point.
+A lower AUROC of this attacker is not anonymity.
 """
 
 
@@ -114,6 +121,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     train.add_argument(
         "--strength", type=float, default=0.1, help="noise: largest pixel change (default 0.1)"
+    )
+    train.add_argument(
+        "--guide",
+        choices=("none", "masks", "segmenter"),
+        default="none",
+        help="keep the lungs and heart (nearly) unaltered, deform the rest: masks from the "
+        "manifest's mask columns, or from --segmenter (default none: the whole image)",
+    )
+    train.add_argument(
+        "--inside",
+        type=float,
+        nargs=2,
+        default=(0.0, 0.0),
+        metavar=("LUNGS", "HEART"),
+        help="guided: strength inside the lungs and the heart, 0 (untouched) to 1 (default 0 0)",
+    )
+    train.add_argument(
+        "--segmenter",
+        type=Path,
+        metavar="PATH",
+        help="with --guide segmenter: a checkpoint of 'primia segment train' (stored, frozen, "
+        "in the generator's file)",
     )
     train.add_argument(
         "--image-size", type=int, default=64, metavar="PX", help="image side (default 64)"
@@ -208,11 +237,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=EVALUATE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_generator_option(evaluate)
+    evaluate.add_argument(
+        "--generator",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="one or more generators (e.g. one per strength, of one image size): each is a "
+        "point of the privacy-utility curve",
+    )
     evaluate.add_argument(
         "--data", type=Path, required=True, metavar="DIR", help="a dataset with patient IDs"
     )
-    evaluate.add_argument("--out", type=Path, metavar="DIR", help="write evaluation.json")
+    evaluate.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write evaluation.json, curve.png and report.html",
+    )
     evaluate.add_argument("--runs", type=int, default=3, help="linkage attacks (3)")
     evaluate.add_argument("--model", default="resnet9", help="the attacker's backbone")
     evaluate.add_argument("--epochs", type=int, default=10, help="the attacker's epochs")
@@ -259,6 +301,9 @@ def _train(args: argparse.Namespace) -> int:
         generator=args.generator,
         mu=args.mu,
         noise_strength=args.strength,
+        guide=args.guide,
+        inside=tuple(args.inside),
+        segmenter=args.segmenter,
         image_size=args.image_size,
         backbone=args.backbone,
         epochs=args.epochs,
@@ -315,10 +360,11 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from primia.anonymize.evaluation import evaluate_anonymizer
+    from primia.anonymize.evaluation import evaluate_curve
+    from primia.anonymize.report import NOT_ANONYMITY, verdict, write_anonymization_report
     from primia.audit.reid import ReidConfig
 
-    evaluation = evaluate_anonymizer(
+    curve = evaluate_curve(
         args.generator,
         args.data,
         runs=args.runs,
@@ -328,21 +374,23 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
     )
-    document = evaluation.as_dict()
-    mean, std = evaluation.linkage_auroc
-    baseline = evaluation.baseline.auroc
-    classification = document["classification"]
+    baseline = curve.baseline.auroc.value
+    original = curve.original.overall.estimate("auroc").value
     print(
-        f"re-identification AUROC: real images {baseline.value:.3f}; anonymized "
-        f"{mean:.3f} ± {std:.3f} over {args.runs} retrained attackers"
+        f"unanonymized: re-identification AUROC {baseline:.3f}, classification AUROC {original:.3f}"
     )
-    print(
-        f"classification AUROC: original {classification['original']['value']:.3f}, "
-        f"anonymized {classification['anonymized']['value']:.3f} (difference "
-        f"{classification['difference']['difference']:+.3f}, P = "
-        f"{classification['difference']['p_value']:.3f})"
-    )
+    for point in curve.points:
+        mean, std = point.linkage_auroc
+        difference = point.utility.groups["all"].as_dict()["auroc"]["mean"]
+        p_value = "n/a" if difference["p_value"] is None else f"{difference['p_value']:.3f}"
+        print(
+            f"{point.label}: re-identification AUROC {mean:.3f} ± {std:.3f} over {args.runs} "
+            f"retrained attackers; classification AUROC {point.classification_auroc:.3f} "
+            f"(difference {difference['difference']:+.3f}, P = {p_value})"
+        )
+    print(verdict(curve))
+    print(NOT_ANONYMITY)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "evaluation.json").write_text(json.dumps(document, indent=2) + "\n")
+        files = write_anonymization_report(curve, args.out)
+        print(f"report: {files.html}; curve: {files.png}; figures: {files.json}")
     return 0

@@ -50,6 +50,7 @@ COMMANDS: dict[str, Command] = {
         "train per site and federated, with and without DP; test every model at every site",
     ),
     "anonymize": Command("anonymize", "train, apply and evaluate an anonymizer of radiographs"),
+    "segment": Command("segment", "segment lungs and heart: train a segmenter, write masks"),
 }
 
 

@@ -10,6 +10,7 @@ held-out set is 2·|P ∩ T| / (|P| + |T|) over all its pixels (P: p > 0.5).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,8 +56,10 @@ def train_segmenter(
     width: int = 8,
     heldout_fraction: float = 0.3,
     seed: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> SegmenterResult:
-    """Train on ``images`` ``[N, 1, H, W]`` and 0/1 ``masks`` ``[N, R, H, W]``.
+    """Train on ``images`` ``[N, 1, H, W]`` and 0/1 ``masks`` ``[N, R, H, W]``;
+    ``on_step(step, loss)`` after each step (a progress bar).
 
     Raises:
         ValueError: shapes that disagree, or too few patients for a held-out set.
@@ -86,7 +89,7 @@ def train_segmenter(
     # each region's foreground pixels by its background/foreground ratio (at most 20).
     share = masks[train_index].mean(dim=(0, 2, 3)).clamp(min=1e-3)
     positive = ((1 - share) / share).clamp(max=20.0)[None, :, None, None]
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         pick = train_index[torch.randint(len(train_index), (batch_size,), generator=generator)]
         probability = (model(images[pick]) + 1) / 2
         target = masks[pick]
@@ -96,6 +99,8 @@ def train_segmenter(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if on_step is not None:
+            on_step(step, loss.item())
     model.eval()
     heldout_masks = masks[test_index]
     return SegmenterResult(

@@ -1,4 +1,5 @@
-"""The anonymizer end to end on synthetic radiographs: train (and resume), apply, evaluate."""
+"""The anonymizer end to end on synthetic radiographs: train (and resume), apply, evaluate;
+segmentation-guided training (a segmenter or given masks) and the privacy-utility curve."""
 
 from __future__ import annotations
 
@@ -8,16 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from primia.anonymize.apply import apply_anonymizer
-from primia.anonymize.evaluation import evaluate_anonymizer
+from primia.anonymize.checkpoint import load_generator
+from primia.anonymize.evaluation import evaluate_anonymizer, evaluate_curve
+from primia.anonymize.generators import GuidedGenerator
 from primia.anonymize.pseudonyms import Deidentification
+from primia.anonymize.report import write_anonymization_report
 from primia.anonymize.training import AnonymizerConfig, train_anonymizer
 from primia.audit.reid import ReidConfig
 from primia.cli import main
 from primia.data import open_dataset
 from primia.data.synth import SynthConfig, write_dataset
 from primia.errors import ConfigError, DataError
+from primia.segment.dataset import SegmentConfig, train_segmenter_on
+from primia.segment.masks import dataset_masks
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +34,7 @@ def patients(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root,
         SynthConfig(sites=1, patients_per_site=80, images_per_patient=4, size=32, seed=6),
         progress=False,
+        masks=True,
     )
     return root
 
@@ -203,3 +211,121 @@ def test_cli_and_bad_input(patients: Path, noise_generator: Path, tmp_path: Path
     assert json.loads((tmp_path / "cli" / "progress.json").read_text())["completed"] == {
         "adversarial": 1
     }
+
+
+# The stated bound of the slow test: anonymized images may cost the (real-image) classifier
+# at most this much AUROC, while the retrained attacker's AUROC falls by at least MARGIN.
+UTILITY_BOUND = 0.08
+MARGIN = 0.05
+
+
+@pytest.fixture(scope="module")
+def segmenter(patients: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("seg")
+    return train_segmenter_on(SegmentConfig(data=patients, out=out, image_size=32, steps=60)).path
+
+
+@pytest.mark.slow
+def test_seg_guided_noise_lowers_linkage_within_the_utility_bound(
+    patients: Path, segmenter: Path, tmp_path: Path
+) -> None:
+    trained = train_anonymizer(
+        small(
+            patients,
+            tmp_path / "seg-noise",
+            generator="noise",
+            noise_strength=0.8,
+            guide="segmenter",
+            segmenter=segmenter,
+        )
+    )
+    curve = evaluate_curve(
+        [trained.generator_path],
+        patients,
+        runs=2,
+        reid=ReidConfig(
+            data=patients, model="cnn", width=16, epochs=4, pairs_per_epoch=800, resamples=100
+        ),
+        classifier_epochs=10,
+    )
+    baseline = curve.baseline.auroc.value
+    original = curve.original.overall.estimate("auroc").value
+    point = curve.points[0]
+    mean, _ = point.linkage_auroc
+    assert baseline > 0.65  # real images link back
+    assert mean < baseline - MARGIN, (mean, baseline)
+    assert point.classification_auroc > original - UTILITY_BOUND, (point, original)
+    files = write_anonymization_report(curve, tmp_path / "report")
+    page = files.html.read_text()
+    assert "seg-guided noise s=0.8" in page and "PriCheXy-Net" in page
+    assert "not anonymity" in page and files.png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_guided_generators_keep_the_regions_and_travel_with_their_segmenter(
+    patients: Path, segmenter: Path, tmp_path: Path
+) -> None:
+    config = small(
+        patients,
+        tmp_path / "flow",
+        mu=0.3,
+        guide="segmenter",
+        segmenter=segmenter,
+        pretrain_epochs=0,
+        warmup_epochs=0,
+        epochs=1,
+        pairs_per_epoch=64,
+    )
+    trained = train_anonymizer(config)
+    generator, spec = load_generator(trained.generator_path)
+    assert isinstance(generator, GuidedGenerator) and generator.segmenter is not None
+    assert spec.guide == "segmenter" and spec.inside == (0.0, 0.0)
+    assert not any(p.requires_grad for p in generator.segmenter.parameters())
+    # the same settings resume; other inside strengths are refused
+    train_anonymizer(config)
+    with pytest.raises(ConfigError, match="another --out"):
+        train_anonymizer(
+            small(
+                patients,
+                config.out,
+                mu=0.3,
+                guide="segmenter",
+                segmenter=segmenter,
+                inside=(0.5, 0.0),
+                epochs=1,
+            )
+        )
+
+    given = train_anonymizer(
+        small(
+            patients,
+            tmp_path / "given",
+            generator="noise",
+            noise_strength=0.5,
+            guide="masks",
+            pretrain_epochs=0,
+            warmup_epochs=0,
+            epochs=1,
+            pairs_per_epoch=64,
+        )
+    )
+    applied = apply_anonymizer(given.generator_path, patients, tmp_path / "copy")
+    original = open_dataset(patients, image_size=32)
+    before = original.uint8_tensors()[0]
+    after = open_dataset(applied.out, image_size=32).uint8_tensors()[0]
+    masks = dataset_masks(original, patients).bool()
+    # well inside the lungs (eroded by the guidance kernel's radius) nothing changes
+    inside = torch.nn.functional.max_pool2d((~masks[:, :1]).float(), 9, 1, 4) == 0
+    assert inside.any() and torch.equal(before[inside], after[inside])
+    assert not torch.equal(before, after)
+    with pytest.raises(ValueError, match="given masks"):
+        load_generator(given.generator_path)[0](before[:2].float() / 255)
+
+
+def test_cli_guide_options_are_checked(patients: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="segmenter checkpoint"):
+        small(patients, tmp_path / "x", guide="segmenter")
+    with pytest.raises(ConfigError, match="inside strength"):
+        small(patients, tmp_path / "x", guide="masks", inside=(1.5, 0.0))
+    command = f"anonymize train --data {patients} --out {tmp_path / 'cli'} --guide segmenter"
+    code = main([*command.split(), "--image-size", "32"])
+    assert code == 2

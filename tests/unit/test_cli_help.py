@@ -33,8 +33,14 @@ def test_help_has_examples(path: tuple[str, ...]) -> None:
     assert "example" in subcommand(*path).format_help()
 
 
-def test_every_anonymize_option_is_described_and_each_command_has_its_own_page() -> None:
-    pages = {name: subcommand("anonymize", name) for name in ("train", "apply", "evaluate")}
+@pytest.mark.parametrize(
+    ("group", "commands"),
+    [("anonymize", ("train", "apply", "evaluate")), ("segment", ("train", "apply"))],
+)
+def test_every_option_is_described_and_each_command_has_its_own_page(
+    group: str, commands: tuple[str, ...]
+) -> None:
+    pages = {name: subcommand(group, name) for name in commands}
     for name, parser in pages.items():
         undescribed = [
             action.option_strings
@@ -43,7 +49,7 @@ def test_every_anonymize_option_is_described_and_each_command_has_its_own_page()
         ]
         assert not undescribed, (name, undescribed)
     descriptions = {parser.description for parser in pages.values()}
-    assert len(descriptions) == 3
+    assert len(descriptions) == len(commands)
 
 
 def test_one_label_option_and_the_old_spelling_warns(capsys: pytest.CaptureFixture[str]) -> None:
