@@ -22,6 +22,8 @@ feature-ig, so a run cut short still has the analytic table.
 
     python benchmarks/bench_audit_attacks.py                 # analytic
     python benchmarks/bench_audit_attacks.py --full          # + feature-ig, ResNet-9 width 64
+    python benchmarks/bench_audit_attacks.py --sizes 64 --models resnet9 --states untrained \
+        --batches 1 --threats honest                          # one slice of the table
 """
 
 from __future__ import annotations
@@ -105,6 +107,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet9", "cnn", "lenet"])
     parser.add_argument("--images", type=int, default=16, help="attacked images per cell")
     parser.add_argument("--attacks", nargs="+", default=None, help="default: analytic (+ --full)")
+    parser.add_argument(
+        "--states", nargs="+", choices=["untrained", "trained"], default=["untrained", "trained"]
+    )
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--threats", nargs="+", choices=list(THREATS), default=list(THREATS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     attacks = [AttackName.ANALYTIC] + ([AttackName.FEATURE_IG] if args.full else [])
@@ -132,15 +139,17 @@ def main() -> None:
             checkpoints: dict[str, Path] = {}
             for attack in attacks:
                 for model, width in models:
-                    if model not in checkpoints:
+                    if model not in checkpoints and "trained" in args.states:
                         checkpoints[model] = _train(
                             data, Path(scratch) / f"{model}{size}", model, width, size
                         )
                         moved[f"{size} px {model}"] = _moved(checkpoints[model], model, width)
-                    trained = checkpoints[model]
-                    for state, checkpoint in (("untrained", None), ("trained", trained)):
-                        for batch in (1, 8):
-                            for threat, defenses in THREATS.items():
+                    states = {"untrained": None, "trained": checkpoints.get(model)}
+                    for state in args.states:
+                        checkpoint = states[state]
+                        for batch in args.batches:
+                            for threat in args.threats:
+                                defenses = THREATS[threat]
                                 config = InversionConfig(
                                     data=data,
                                     model=None if checkpoint else model,
