@@ -8,15 +8,22 @@ the counting channel), untrained and trained (2 local DP-SGD epochs at ε = 3 �
 for a few federated rounds, which are too slow on this machine), at 32 and 64 px. Threats:
 an honest coordinator, trap weights to every node, model inconsistency (secure
 aggregation only). Defenses: none, DP-SGD (σ = 1, C = 1), the secure mean of 4 nodes.
-Batch 1 attacks 4 images (4 updates), batch 8 one update of 8 (secure aggregation: 4 × 8).
+Every cell attacks 16 images with seed 0 (``--images``): batch 1 in 16 updates, batch 8 in
+2 (secure aggregation: 4 nodes × 8 images per update, all scored).
 
 Per cell: images leaked of N (reconstructed: PSNR ≥ prior + 1 dB and leakage ≥ 0.1; or
-re-identified: nearest image or patient), mean PSNR and the prior's, SSIM, the nearest-image
-and nearest-patient re-identification rates, images whose findings came back exactly,
-seconds per attack, and whether primia's model-consistency check refuses the threat.
+re-identified: by pixels, the dataset image nearest the reconstruction is the original
+or the patient's; or by features, the dataset image whose features through the sent
+model are nearest the recovered ones is the original, or, the original left out, the
+patient's), images reconstructed, mean PSNR and the prior's, SSIM, the re-identification
+rates, images whose findings came back exactly, seconds per attack, and whether primia's
+model-consistency check refuses the threat. Cells come analytic first (every model), then
+feature-ig, so a run cut short still has the analytic table.
 
-    python benchmarks/bench_audit_attacks.py                 # analytic, ~10 min on 2 cores
+    python benchmarks/bench_audit_attacks.py                 # analytic
     python benchmarks/bench_audit_attacks.py --full          # + feature-ig, ResNet-9 width 64
+    python benchmarks/bench_audit_attacks.py --sizes 64 --models resnet9 --states untrained \
+        --batches 1 --threats honest                          # one slice of the table
 """
 
 from __future__ import annotations
@@ -78,11 +85,16 @@ def _row(label: str, audit: InversionAudit) -> str:
     refused = "refused" if audit.refusal else "passes"
     return (
         f"| {label} | {audit.settings['threat']} | {audit.settings['defense']} "
-        f"| {s.leaked_images} of {s.images} | {s.psnr:.1f} ({s.prior_psnr:.1f}) "
-        f"| {s.ssim:.2f} ({s.prior_ssim:.2f}) "
+        f"| {s.leaked_images} of {s.images} | {s.reconstructed_images} "
+        f"| {s.psnr:.1f} ({s.prior_psnr:.1f}) | {s.ssim:.2f} ({s.prior_ssim:.2f}) "
         f"| {s.reidentified_images:.0%} / {s.reidentified_patients:.0%} "
+        f"| {_share(s.reidentified_by_features)} / {_share(s.linked_by_features)} "
         f"| {s.labels_exact_images} of {s.images} | {s.seconds_per_attack:.2f} | {refused} |"
     )
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def main() -> None:
@@ -93,9 +105,18 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200, help="feature-ig iterations")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["resnet9", "cnn", "lenet"])
+    parser.add_argument("--images", type=int, default=16, help="attacked images per cell")
+    parser.add_argument("--attacks", nargs="+", default=None, help="default: analytic (+ --full)")
+    parser.add_argument(
+        "--states", nargs="+", choices=["untrained", "trained"], default=["untrained", "trained"]
+    )
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--threats", nargs="+", choices=list(THREATS), default=list(THREATS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     attacks = [AttackName.ANALYTIC] + ([AttackName.FEATURE_IG] if args.full else [])
+    if args.attacks:
+        attacks = [AttackName(name) for name in args.attacks]
     resnet_width = args.resnet_width or (64 if args.full else 16)
     widths = {"resnet9": resnet_width, "cnn": 16, "lenet": 17}
     models = [(name, widths[name]) for name in args.models]
@@ -103,23 +124,32 @@ def main() -> None:
     started = time.perf_counter()
     print(f"load average before: {load_average()}")
     print(
-        "| size · model · state · attack · batch | threat | defense | leaked | PSNR dB (prior) "
-        "| SSIM (prior) | re-id image / patient | findings exact | s / attack | consistency check |"
+        "| size · model · state · attack · batch | threat | defense | leaked | reconstructed "
+        "| PSNR dB (prior) | SSIM (prior) | re-id pixels image / patient "
+        "| re-id features image / patient (original left out) | findings exact | s / attack "
+        "| consistency check |"
     )
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     moved: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for size in args.sizes:
             data = Path(scratch) / f"data{size}"
             synth = SynthConfig(sites=3, patients_per_site=20, images_per_patient=4, size=size)
             write_dataset(data, synth, progress=False)
-            for model, width in models:
-                trained = _train(data, Path(scratch) / f"{model}{size}", model, width, size)
-                moved[f"{size} px {model}"] = _moved(trained, model, width)
-                for state, checkpoint in (("untrained", None), ("trained", trained)):
-                    for attack in attacks:
-                        for batch in (1, 8):
-                            for threat, defenses in THREATS.items():
+            checkpoints: dict[str, Path] = {}
+            for attack in attacks:
+                for model, width in models:
+                    if model not in checkpoints and "trained" in args.states:
+                        checkpoints[model] = _train(
+                            data, Path(scratch) / f"{model}{size}", model, width, size
+                        )
+                        moved[f"{size} px {model}"] = _moved(checkpoints[model], model, width)
+                    states = {"untrained": None, "trained": checkpoints.get(model)}
+                    for state in args.states:
+                        checkpoint = states[state]
+                        for batch in args.batches:
+                            for threat in args.threats:
+                                defenses = THREATS[threat]
                                 config = InversionConfig(
                                     data=data,
                                     model=None if checkpoint else model,
@@ -130,7 +160,7 @@ def main() -> None:
                                     threat=threat,
                                     defenses=defenses,
                                     batch_size=batch,
-                                    images=4 if batch == 1 else batch,
+                                    images=args.images,
                                     nodes=4,
                                     progress=False,
                                 )

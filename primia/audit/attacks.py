@@ -111,11 +111,14 @@ class AttackConfig:
 @dataclass(frozen=True)
 class Reconstruction:
     """Dummy images ``[n, C, S, S]`` in [0, 1] and their labels (as the loss takes them),
-    on the CPU; ``loss`` is the matching term (cosine distance or squared distance)."""
+    on the CPU; ``loss`` is the matching term (cosine distance or squared distance).
+    ``features``: ``[n, F]``, the last Linear layer's input the attack recovered for each
+    image (a row of NaN where it recovered none); None for attacks that recover none."""
 
     images: Tensor
     labels: Tensor
     loss: float
+    features: Tensor | None = None
 
 
 def cosine_distance(update: Update, observed: Update) -> Tensor:

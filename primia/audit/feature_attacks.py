@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ from primia.audit.attacks import (
     cosine_distance,
     total_variation,
 )
-from primia.audit.labels import recover_labels
+from primia.audit.labels import last_linear, recover_labels
 from primia.audit.prior import FeatureDecoder
 from primia.audit.release import Update, UpdateRule, simulate
 from primia.audit.threats import Crafted
@@ -47,12 +48,15 @@ RESTART_NOISE = 0.1
 @dataclass(frozen=True)
 class Knowledge:
     """What the attacker holds besides the update: the model it sent, the public images'
-    decoder and mean image, and the coordinator's crafted weights (None when honest)."""
+    decoder and mean image, the coordinator's crafted weights (None when honest), and the
+    features of its gallery (the images it would re-identify against) through the model
+    it sent, ``[N, F]`` (None when it compares no features)."""
 
     model: nn.Module
     decoder: FeatureDecoder | None
     prior: Tensor
     crafted: Crafted | None
+    gallery: Tensor | None = None
 
 
 def feature_attack(
@@ -98,15 +102,20 @@ def feature_attack(
             start[: len(slots)] = decode(targets).to(device)
         elif knowledge.decoder is not None:
             start[: len(slots)] = knowledge.decoder.decode(targets).to(device)
+    # The recovered features themselves, exact where isolated: the re-identification by
+    # features compares these, not the features of the images drawn from them.
+    recovered = torch.full((count, _feature_count(model)), math.nan)
+    if targets is not None:
+        recovered[: len(slots)] = targets.cpu()
     exact = crafted is not None and crafted.decode is not None
     if config.name is AttackName.ANALYTIC or exact:
         advance(config.restarts * config.steps)
-        return Reconstruction(start.cpu(), labels.cpu(), math.nan)
+        return Reconstruction(start.cpu(), labels.cpu(), math.nan, recovered)
     best: Reconstruction | None = None
     if crafted is None:
         with torch.enable_grad():
             start_loss = cosine_distance(simulate(model, start, labels, task, rule), observed)
-        best = Reconstruction(start.cpu(), labels.cpu(), float(start_loss.detach()))
+        best = Reconstruction(start.cpu(), labels.cpu(), float(start_loss.detach()), recovered)
     for restart in range(config.restarts):
         generator = torch.Generator().manual_seed(config.seed + restart)
         noise = torch.randn(start.shape, generator=generator).to(device)
@@ -115,9 +124,14 @@ def feature_attack(
             config, model, observed, task, rule, initial, labels, targets, crafted, advance
         )
         if best is None or not math.isfinite(best.loss) or found.loss < best.loss:
-            best = found
+            best = dataclasses.replace(found, features=recovered)
     assert best is not None
     return best
+
+
+def _feature_count(model: nn.Module) -> int:
+    """F, the number of input features of the model's last Linear layer."""
+    return last_linear(model)[1].in_features
 
 
 def _labels(

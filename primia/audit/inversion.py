@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
+from primia.audit.analytic import features_of
 from primia.audit.attacks import Advance, AttackConfig, Reconstruction, invert
 from primia.audit.consistency import consistency_refusal
 from primia.audit.feature_attacks import Knowledge, feature_attack
@@ -49,6 +50,8 @@ from primia.train.loops import to_float
 
 DEFAULT_MODEL = "resnet9"
 DEFAULT_IMAGE_SIZE = 64
+GALLERY_CHUNK = 256
+"""Images per forward pass when the gallery's features are computed."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,9 @@ def run_inversion_audit(config: InversionConfig) -> InversionRun:
         if crafted is None or crafted.decode is None:
             with torch.random.fork_rng():
                 decoder = fit_decoder(sent, public)
-        knowledge = Knowledge(model, decoder, public.mean(0, keepdim=True), crafted)
+        knowledge = Knowledge(
+            model, decoder, public.mean(0, keepdim=True), crafted, _gallery(sent, images, device)
+        )
     audits = [
         _audit(config, defense, model, spec, dataset, images, prior, device, knowledge)
         for defense in config.defenses
@@ -195,6 +200,19 @@ def run_inversion_audit(config: InversionConfig) -> InversionRun:
         ]
     files = write_report(audits, config.out) if config.out is not None else None
     return InversionRun(audits, files)
+
+
+@torch.no_grad()
+def _gallery(sent: nn.Module, images: Tensor, device: torch.device) -> Tensor:
+    """The features of the node's dataset through the model the attacker sent: the
+    attacker's gallery for re-identification by features (it holds these images, as the
+    pixel re-identification assumes)."""
+    return torch.cat(
+        [
+            features_of(sent, images[start : start + GALLERY_CHUNK].to(device)).cpu()
+            for start in range(0, len(images), GALLERY_CHUNK)
+        ]
+    )
 
 
 def _load_model(config: InversionConfig, dataset: RadiographDataset) -> tuple[nn.Module, ModelSpec]:
@@ -350,6 +368,9 @@ def _attack_once(
     originals = batch_images[:, 0].numpy()
     reconstructions = found.images[:, 0].numpy()
     matched = match(reconstructions, originals)
+    features = None
+    if found.features is not None and knowledge.gallery is not None:
+        features = found.features.numpy()[matched]
     scores = score_images(
         originals,
         reconstructions[matched],
@@ -358,6 +379,8 @@ def _attack_once(
         reference=reference,
         reference_patient_ids=dataset.patient_ids,
         label_accuracies=_label_accuracies(found.labels[matched], targets, task),
+        features=features,
+        reference_features=None if knowledge.gallery is None else knowledge.gallery.numpy(),
     )
     return AttackOutcome(originals, reconstructions[matched], scores, seconds, found.loss)
 

@@ -128,6 +128,48 @@ def nearest(queries: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return index
 
 
+def feature_matches(
+    features: np.ndarray,
+    gallery: np.ndarray,
+    *,
+    dataset_indices: Sequence[int] | np.ndarray,
+    patient_ids: Sequence[str],
+) -> list[tuple[bool, bool]]:
+    """Re-identification in the attacked model's feature space, per query image.
+
+    With μ the gallery's mean feature vector, query q and gallery image g are compared by
+    the cosine of q − μ and g − μ (centring removes what every image shares, e.g. a trap's
+    constant counting feature). Per query i (``features[i]``, whose original is gallery
+    image ``dataset_indices[i]``): (the most similar gallery image is the original, the
+    most similar gallery image *other than the original* belongs to the original's
+    patient) — the second is the attacker's question when its gallery holds only other
+    images of the patient. A query with NaN features (none recovered) matches nothing.
+    """
+    if len(features) != len(dataset_indices):
+        raise ValueError(f"{len(features)} feature rows for {len(dataset_indices)} images")
+    if len(patient_ids) != len(gallery):
+        raise ValueError(f"{len(patient_ids)} patient ids for {len(gallery)} gallery images")
+    gallery = np.asarray(gallery, np.float64)
+    centre = gallery.mean(0)
+
+    def unit(rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.float64) - centre
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-30)
+
+    known = np.asarray(np.isfinite(np.asarray(features, np.float64)).all(axis=1), dtype=bool)
+    similarity = unit(np.nan_to_num(features)) @ unit(gallery).T
+    matches = []
+    for i, index in enumerate(int(j) for j in dataset_indices):
+        if not known[i]:
+            matches.append((False, False))
+            continue
+        row = similarity[i].copy()
+        image = int(np.argmax(row)) == index
+        row[index] = -np.inf  # the original left out of the gallery
+        matches.append((image, patient_ids[int(np.argmax(row))] == patient_ids[index]))
+    return matches
+
+
 def score_images(
     originals: np.ndarray,
     reconstructions: np.ndarray,
@@ -137,10 +179,14 @@ def score_images(
     reference: np.ndarray,
     reference_patient_ids: Sequence[str],
     label_accuracies: Sequence[float] | np.ndarray,
+    features: np.ndarray | None = None,
+    reference_features: np.ndarray | None = None,
 ) -> list[ImageScore]:
     """Scores of each original against its (already matched) reconstruction and against the
     prior; re-identification searches ``reference``, in which ``originals[i]`` is image
-    ``dataset_indices[i]``."""
+    ``dataset_indices[i]``. With ``features`` (the attack's recovered features, matched like
+    the reconstructions) and ``reference_features`` (the reference's, through the model
+    the attacker sent), also by features (:func:`feature_matches`)."""
     n = len(originals)
     if not len(reconstructions) == len(dataset_indices) == len(label_accuracies) == n:
         raise ValueError(
@@ -152,6 +198,16 @@ def score_images(
             f"{len(reference_patient_ids)} patient ids for {len(reference)} reference images"
         )
     found = nearest(reconstructions, reference).tolist()
+    by_features: list[tuple[bool | None, bool | None]] = [(None, None)] * n
+    if features is not None and reference_features is not None:
+        by_features = list(
+            feature_matches(
+                features,
+                reference_features,
+                dataset_indices=dataset_indices,
+                patient_ids=reference_patient_ids,
+            )
+        )
     scores = []
     for i in range(n):
         original, reconstruction = originals[i], reconstructions[i]
@@ -172,6 +228,8 @@ def score_images(
                 labels_exact=float(label_accuracies[i]) == 1.0,
                 nearest_image_correct=found[i] == index,
                 nearest_patient_correct=reference_patient_ids[found[i]] == patient,
+                feature_image_correct=by_features[i][0],
+                feature_patient_correct=by_features[i][1],
             )
         )
     return scores

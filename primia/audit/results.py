@@ -40,6 +40,11 @@ class ImageScore:
     image belongs to the original's patient. ``verifier_patient_correct``: a trained
     verifier's best match among the dataset's other images is the original's patient
     (:mod:`primia.audit.linking`; None when no verifier was given).
+    ``feature_image_correct`` / ``feature_patient_correct``: the features the attack
+    recovered from the update, compared with the dataset's features through the model the
+    attacker sent (:func:`primia.audit.metrics.feature_matches`): the most similar image is
+    the original / the most similar *other* image is the patient's (None for attacks that
+    recover no features).
     """
 
     dataset_index: int
@@ -56,6 +61,8 @@ class ImageScore:
     verifier_patient_correct: bool | None = None
     labels_exact: bool | None = None
     """Every label (finding) of the image recovered exactly; None where not scored."""
+    feature_image_correct: bool | None = None
+    feature_patient_correct: bool | None = None
 
     @property
     def reconstructed(self) -> bool:
@@ -64,11 +71,14 @@ class ImageScore:
 
     @property
     def reidentified(self) -> bool:
-        """The nearest image is the original or the patient's, or the verifier links it."""
+        """The nearest image (pixels or features) is the original or the patient's, or the
+        verifier links it."""
         return (
             self.nearest_image_correct
             or self.nearest_patient_correct
             or self.verifier_patient_correct is True
+            or self.feature_image_correct is True
+            or self.feature_patient_correct is True
         )
 
     @property
@@ -111,6 +121,11 @@ class Summary:
     reconstructed_images: int = 0
     reidentified_any: int = 0
     labels_exact_images: int = 0
+    reidentified_by_features: float | None = None
+    """The share of images whose recovered features' nearest image is the original (None
+    for attacks that recover no features) ..."""
+    linked_by_features: float | None = None
+    """... and whose nearest other image, the original left out, is the patient's."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +167,7 @@ def summarize(outcomes: Sequence[AttackOutcome]) -> Summary:
     prior_psnr = mean([min(s.prior_psnr, 100.0) for s in scores])
     leakage = mean([s.leakage for s in scores])
     linked = [s.verifier_patient_correct for s in scores]
+    by_features = [s.feature_image_correct for s in scores]
     leaked = sum(s.leaked for s in scores)
     return Summary(
         images=len(scores),
@@ -173,4 +189,10 @@ def summarize(outcomes: Sequence[AttackOutcome]) -> Summary:
         reconstructed_images=sum(s.reconstructed for s in scores),
         reidentified_any=sum(s.reidentified for s in scores),
         labels_exact_images=sum(s.labels_exact is True for s in scores),
+        reidentified_by_features=None
+        if None in by_features
+        else mean([float(s.feature_image_correct is True) for s in scores]),
+        linked_by_features=None
+        if None in by_features
+        else mean([float(s.feature_patient_correct is True) for s in scores]),
     )

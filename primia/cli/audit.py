@@ -71,6 +71,7 @@ COLUMNS = (
     "leakage",
     "labels",
     "re-id image / patient (/ verifier)",
+    "re-id by features image / patient",
     "ε",
     "findings exact",
     "verdict",
@@ -301,6 +302,9 @@ def _invert(args: argparse.Namespace) -> int:
             f"{s.leakage:.2f}",
             f"{s.label_accuracy:.0%}",
             f"{s.reidentified_images:.0%} / {s.reidentified_patients:.0%}" + verifier,
+            "-"
+            if s.reidentified_by_features is None or s.linked_by_features is None
+            else f"{s.reidentified_by_features:.0%} / {s.linked_by_features:.0%}",
             "-" if audit.epsilon is None else f"{audit.epsilon:.3g}",
             f"{s.labels_exact_images} of {s.images}",
             s.verdict,

@@ -31,16 +31,18 @@ def test_batch_one_gives_labels_and_features_exactly_for_every_model(name, label
     assert torch.allclose(found.features[-1], features, rtol=1e-3, atol=1e-5)
 
 
-def test_a_multiclass_label_comes_from_the_bias_sign():
+@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize("label", [0, 2])
+def test_a_multiclass_label_comes_from_the_bias_sign_for_every_model(name, label):
     torch.manual_seed(1)
-    model = build_model("cnn", num_classes=3, width=8).eval()
+    model = build_model(name, num_classes=3, width=8).eval()
     update = node_update(
-        model, torch.rand(1, 1, 32, 32), torch.tensor([2]), Task.MULTICLASS, UpdateRule()
+        model, torch.rand(1, 1, 32, 32), torch.tensor([label]), Task.MULTICLASS, UpdateRule()
     )
     found = recover_from_head(
         model, update, task=Task.MULTICLASS, batch_size=1, prior=torch.rand(1, 1, 32, 32)
     )
-    assert found.labels is not None and found.labels.tolist() == [2]
+    assert found.labels is not None and found.labels.tolist() == [label]
 
 
 def test_the_lenet_imprint_decodes_its_features_to_the_image():

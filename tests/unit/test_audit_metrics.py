@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from primia.audit.metrics import (
+    feature_matches,
     leakage_value,
     match,
     mse,
@@ -157,3 +158,35 @@ def test_score_images_fills_every_field():
     assert second.leakage == pytest.approx(leakage_value(second.ssim, second.prior_ssim))
     assert second.label_accuracy == 0.5
     assert not second.nearest_image_correct and second.nearest_patient_correct
+
+
+def test_feature_matches_find_the_original_and_the_patient_left_out():
+    rng = np.random.default_rng(0)
+    # Three patients, two images each: a patient's images share most of their features.
+    centres = rng.normal(0, 1, (3, 16))
+    gallery = np.repeat(centres, 2, axis=0) + rng.normal(0, 0.1, (6, 16))
+    patients = ["a", "a", "b", "b", "c", "c"]
+    queries = gallery[[0, 3]] + rng.normal(0, 0.01, (2, 16))
+    assert feature_matches(queries, gallery, dataset_indices=[0, 3], patient_ids=patients) == [
+        (True, True),
+        (True, True),
+    ]
+    # Another patient's features: the original is not found, nor its patient.
+    assert feature_matches(gallery[[4]], gallery, dataset_indices=[0], patient_ids=patients) == [
+        (False, False)
+    ]
+    # No features recovered (NaN): no match, whatever the gallery holds.
+    assert feature_matches(
+        np.full((1, 16), np.nan), gallery, dataset_indices=[0], patient_ids=patients
+    ) == [(False, False)]
+
+
+def test_feature_matches_ignore_what_every_image_shares():
+    # A constant feature (a trap's counting channel) set huge must not decide the match.
+    rng = np.random.default_rng(1)
+    gallery = rng.normal(0, 1, (5, 8))
+    gallery[:, 0] = 1e6
+    query = gallery[[2]].copy()
+    query[0, 1:] += rng.normal(0, 0.05, 7)
+    (found,) = feature_matches(query, gallery, dataset_indices=[2], patient_ids=list("vwxyz"))
+    assert found == (True, False)
