@@ -16,7 +16,12 @@ as ghost clipping needs). Modes:
   clipping, sum, Gaussian noise and a plain optimizer step
   (:func:`primia.train.fast_dp.vmap_clipped_grad_sum`, chunks of 8 samples);
 * ``fast``: :class:`primia.train.fast_dp.FastDPSGD` (ghost norms where the spatial map is
-  small, per-sample weight gradients where it is large, no second backward).
+  small, per-sample weight gradients where it is large, no second backward);
+* ``patient``: ``fast`` clipping per patient (groups of 4 consecutive images), the
+  federation's default unit;
+* ``k2``: ``fast`` with augmentation multiplicity K = 2 (each image and its mirror image,
+  losses averaged, clipped per image): a step runs 2B samples, images/s counts the B
+  images once.
 
 Every DP mode clips at C = 1 and adds noise with σ = 1. A step's time is wall-clock from
 zero_grad to the end of the optimizer step; images/s is the batch size over the *median*
@@ -61,10 +66,12 @@ from primia.models import build_model
 from primia.train.fast_dp import FastDPSGD, vmap_clipped_grad_sum
 from primia.train.losses import PerSampleBCEWithLogits as PerSampleBCE
 
-MODES = ("nonprivate", "hooks", "functorch", "ew", "ghost", "vmap", "fast")
+MODES = ("nonprivate", "hooks", "functorch", "ew", "ghost", "vmap", "fast", "patient", "k2")
 OPACUS_MODES = ("hooks", "functorch", "ew", "ghost")
 DEFAULT_MODELS = ("resnet9:64", "resnet18:128")
 DEFAULT_STEPS = {"resnet9": 4, "resnet18": 6}  # ≤ ~20 s per mode for the slowest DP modes
+IMAGES_PER_PATIENT = 4  # the synthetic sites' patients, in mode "patient"
+AUGMENTATIONS = 2  # K in mode "k2"
 NUM_LABELS = 4
 NOISE_MULTIPLIER = 1.0
 MAX_GRAD_NORM = 1.0
@@ -169,7 +176,7 @@ def make_step(mode: str, name: str, images: torch.Tensor, targets: torch.Tensor)
 
         return vmap
 
-    if mode == "fast":
+    if mode in ("fast", "patient", "k2"):
         dp = FastDPSGD(
             model,
             optimizer,
@@ -178,10 +185,19 @@ def make_step(mode: str, name: str, images: torch.Tensor, targets: torch.Tensor)
             expected_batch_size=batch,
         )
         per_sample = PerSampleBCE(reduction="none")
+        groups: torch.Tensor | None = None
+        inputs, labels, weight = images, targets, 1.0
+        if mode == "patient":  # each run of IMAGES_PER_PATIENT images is one patient
+            groups = torch.arange(batch) // IMAGES_PER_PATIENT
+        elif mode == "k2":  # each image and its mirror image, their losses averaged
+            inputs = torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)
+            labels = targets.repeat_interleave(AUGMENTATIONS, dim=0)
+            groups = torch.arange(batch).repeat_interleave(AUGMENTATIONS)
+            weight = 1.0 / AUGMENTATIONS
 
         def fast() -> None:
             dp.zero_grad()
-            dp.backward(per_sample(model(images), targets))
+            dp.backward(per_sample(model(inputs), labels) * weight, groups=groups)
             dp.step()
 
         return fast

@@ -12,6 +12,13 @@ Radiology: AI 2024, which found drops of 0.07 with and without DP, P > .1).
 
     python benchmarks/bench_transfer_matrix.py                # ~10 min on 2 cores
     python benchmarks/bench_transfer_matrix.py --quick        # 2 levels, small data
+    python benchmarks/bench_transfer_matrix.py --quick --augmentations 2 --ema-decay 0.9 \
+        --pretrain                                            # issue 25's techniques on
+
+``--pretrain`` starts every model (non-DP and DP alike) from one trained non-privately on
+synthetic sites of another seed, data the nodes need not protect (the coordinator's
+``init``); ``--augmentations`` and ``--ema-decay`` go into the plan every node follows.
+The nodes protect patients (their default unit).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from primia.data.synth import SynthConfig, write_dataset
 from primia.federated.coordinator_config import CoordinatorConfig, ModelConfig
 from primia.federated.plan import DPPlan, TrainPlan
 from primia.launch import free_port, start_primia, stop_all, tail
+from primia.train import DPConfig, TrainConfig, train_local
 from primia.transfer.matrix import TransferSettings
 from primia.transfer.run import run_transfer_matrix, transfer_server
 
@@ -45,17 +53,63 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--model", default="resnet9", help="architecture (width 16)")
     parser.add_argument("--work", type=Path, help="keep the run here (default: a temp dir)")
+    parser.add_argument("--augmentations", type=int, default=1, help="the plan's K")
+    parser.add_argument("--ema-decay", type=float, default=0.0, help="the plan's EMA decay")
+    parser.add_argument(
+        "--pretrain", action="store_true", help="start from a model trained on other data"
+    )
     args = parser.parse_args()
     epsilons = (8.0,) if args.quick else (1.0, 3.0, 8.0)
     patients = 60 if args.quick else args.patients
     with tempfile.TemporaryDirectory(prefix="primia-transfer-") as temporary:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
-        return run(work, epsilons, patients, args.image_size, args.rounds, args.model)
+        plan = TrainPlan(
+            epochs=3,
+            batch_size=128,
+            lr=1e-3,
+            ema_decay=args.ema_decay,
+            augmentations=args.augmentations,
+            dp=DPPlan(epsilon=1.0),
+        )
+        return run(
+            work, epsilons, patients, args.image_size, args.rounds, args.model, plan, args.pretrain
+        )
+
+
+def pretrained(work: Path, patients: int, size: int, model: str) -> Path:
+    """A model trained non-privately on synthetic sites of another seed (public data)."""
+    data = work / "public-data"
+    write_dataset(
+        data,
+        SynthConfig(sites=3, patients_per_site=patients, images_per_patient=3, size=size, seed=1),
+        progress=False,
+    )
+    config = TrainConfig(
+        data=data,
+        out=work / "public-run",
+        model=model,
+        width=16,
+        image_size=size,
+        epochs=3,
+        batch_size=128,
+        lr=1e-3,
+        threads=1,
+        progress=False,
+        dp=DPConfig(enabled=False),
+    )
+    return train_local(config).model_path
 
 
 def run(
-    work: Path, epsilons: tuple[float, ...], patients: int, size: int, rounds: int, model: str
+    work: Path,
+    epsilons: tuple[float, ...],
+    patients: int,
+    size: int,
+    rounds: int,
+    model: str,
+    plan: TrainPlan,
+    pretrain: bool,
 ) -> int:
     sites = ["site0", "site1", "site2"]
     started = time.perf_counter()
@@ -68,6 +122,7 @@ def run(
     coordinator_tls = pki.issue(work / "pki", COORDINATOR, "coordinator")
     for site in sites:
         pki.issue(work / "pki", site, "node")
+    init = pretrained(work, patients, size, model) if pretrain else None
     data_seconds = time.perf_counter() - started
     port = free_port()
     config = CoordinatorConfig(
@@ -80,7 +135,8 @@ def run(
         startup_wait_s=600.0,
         progress=False,
         model=ModelConfig(architecture=model, width=16, image_size=size),
-        plan=TrainPlan(epochs=3, batch_size=128, lr=1e-3, dp=DPPlan(epsilon=1.0)),
+        plan=plan,
+        init=init,
     )
     settings = TransferSettings(out=work / "transfer", epsilons=epsilons, resamples=1000)
     server = transfer_server(config, settings)
@@ -129,7 +185,9 @@ def run(
     print(
         f"3 sites x {patients} patients x 3 images at {size} px; {model} (width 16); "
         f"{rounds} rounds x 3 "
-        f"epochs per model; data and certificates {data_seconds:.0f} s"
+        f"epochs per model; K {plan.augmentations}, EMA decay {plan.ema_decay:g}, "
+        f"{'pre-trained' if init else 'from scratch'}; data, certificates and pre-training "
+        f"{data_seconds:.0f} s"
     )
     for name, level in result.analysis["levels"].items():
         print(f"\n{name}: mean AUROC (rows trained at, columns tested at)")

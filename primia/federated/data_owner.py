@@ -164,6 +164,9 @@ class ComputeSettings:
     threads: int | None = None
     max_physical_batch_size: int = 64
     grad_sample_mode: GradSampleMode = "fast"
+    max_augmentations: int = 4
+    """The most augmentations per image (K) this node trains with: a plan's K above it is
+    cut to it (K multiplies the work of a step, not the ε)."""
 
     def __post_init__(self) -> None:
         # checked when the file is read, not when the first round arrives
@@ -184,6 +187,18 @@ class ComputeSettings:
                 "compute.max_physical_batch_size must be at least 1, got "
                 f"{self.max_physical_batch_size}"
             )
+        if self.max_augmentations < 1:
+            raise ConfigError(
+                "compute.max_augmentations must be at least 1 (1: no augmentation "
+                f"multiplicity), got {self.max_augmentations}"
+            )
+
+    def augmentations(self, planned: int) -> int:
+        """The K this node trains with when a plan asks for ``planned``: capped at
+        ``max_augmentations``, and 1 where the gradient mode clips each image alone."""
+        if clipping_problem("example", self.grad_sample_mode, planned) is not None:
+            return 1
+        return min(planned, self.max_augmentations)
 
 
 class DataOwner:
@@ -492,6 +507,7 @@ class DataOwner:
                 grad_sample_mode=self._compute.grad_sample_mode,
                 privacy_unit=self._privacy.unit,
                 max_images_per_patient=self._privacy.max_images_per_patient,
+                augmentation_multiplicity=self._compute.augmentations(plan.augmentations),
             ),
         )
 

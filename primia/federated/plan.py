@@ -18,6 +18,8 @@ from typing import Literal
 from primia.errors import ConfigError
 
 Optimizer = Literal["adam", "sgd"]
+# The largest augmentation multiplicity a plan may ask for (each node caps it lower).
+MAX_AUGMENTATIONS = 64
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,11 @@ class TrainPlan:
     """Each node releases the EMA of its local iterates (from the global weights) with this
     decay instead of the last iterate (0: off); post-processing, free in ε
     (:mod:`primia.train.ema`)."""
+    augmentations: int = 1
+    """Augmentation multiplicity K (De et al. 2022): each node averages the gradients of K
+    random shifts of every image before clipping (1: off). Free in ε: the sensitivity is
+    still C per unit. Each node caps it at its ``compute.max_augmentations`` (K multiplies
+    its work per step) and trains K = 1 where its gradient mode cannot group samples."""
     dp: DPPlan = field(default_factory=DPPlan)
 
 
@@ -116,6 +123,8 @@ def plan_problems(
         problems.append(f"lr={plan.lr} is outside (0, {limits.max_lr}]" + setting("limits.max_lr"))
     if not (math.isfinite(plan.ema_decay) and 0 <= plan.ema_decay < 1):
         problems.append(f"ema_decay={plan.ema_decay} is outside [0, 1)")
+    if not 1 <= plan.augmentations <= MAX_AUGMENTATIONS:
+        problems.append(f"augmentations={plan.augmentations} is outside [1, {MAX_AUGMENTATIONS}]")
     if plan.optimizer not in ("adam", "sgd"):
         problems.append(f"optimizer={plan.optimizer!r} is not adam or sgd")
     elif plan.optimizer not in limits.optimizers:

@@ -92,6 +92,7 @@ def plan_to_proto(plan: TrainPlan) -> pb.TrainPlan:
         weight_decay=plan.weight_decay,
         proximal_mu=plan.proximal_mu,
         ema_decay=plan.ema_decay,
+        augmentations=plan.augmentations,
         dp=pb.DPPlan(
             enabled=plan.dp.enabled,
             epsilon=plan.dp.epsilon,
@@ -119,6 +120,7 @@ def plan_from_proto(message: pb.TrainPlan) -> TrainPlan:
         weight_decay=message.weight_decay,
         proximal_mu=message.proximal_mu,
         ema_decay=message.ema_decay,
+        augmentations=max(1, message.augmentations),  # 0: a coordinator that does not say
         dp=DPPlan(
             enabled=message.dp.enabled,
             epsilon=message.dp.epsilon,

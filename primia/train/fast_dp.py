@@ -34,8 +34,8 @@ gradient is computed in it):
 
 * ‖g_i‖², layer by layer, by the cheaper of two exact ways (``conv_strategy="auto"``):
 
-  - ``per_sample`` (convolutions on large maps): g_i = b_i ⋆ a_i, one batch-of-one
-    ``convolution_backward`` per sample, about the cost of the batched weight gradient;
+  - ``per_sample`` (convolutions on large maps): g_i = b_i ⋆ a_i = b_i U_iᵀ, the unfolded
+    input's batched matrix product, about the cost of the batched weight gradient;
   - ``ghost`` (convolutions on small maps; Li et al. 2022, Bu et al. 2023): with U_i the
     unfolded input (T positions × P = in-channels·K) and b_i (T × O),
     ‖b_iᵀU_i‖² = ⟨U_iU_iᵀ, b_ib_iᵀ⟩, two T×T Gram matrices instead of an O×P gradient.
@@ -99,6 +99,9 @@ _CLIP_EPS = 1e-6
 # Largest temporary (elements) built at once: fresh large tensors cost page faults on CPU,
 # so products are formed a few samples at a time.
 _BLOCK = 1 << 20
+# Largest unfolded input (elements) built at once for per-sample convolution gradients: big
+# enough that each batched product keeps both cores busy, small enough to stay in memory.
+_UNFOLD_BLOCK = 1 << 23
 # Independent generator streams the Gaussian noise is drawn from (in parallel threads).
 _NOISE_STREAMS = 4
 
@@ -190,13 +193,32 @@ def _conv_weight_grad(conv: nn.Conv2d, activation: Tensor, backprop: Tensor) -> 
 
 
 def _per_sample_conv_grads(conv: nn.Conv2d, activation: Tensor, backprop: Tensor) -> Tensor:
-    """Each sample's weight gradient, [B, *weight.shape]: batch-of-one weight gradients."""
-    return torch.stack(
-        [
-            _conv_weight_grad(conv, activation[i : i + 1], backprop[i : i + 1])
-            for i in range(activation.shape[0])
-        ]
-    )
+    """Each sample's weight gradient, [B, *weight.shape]: g_i = b_i · U_iᵀ, with U_i the
+    unfolded input (P = in-channels·K rows × T positions) and b_i the output gradient (O × T).
+
+    One batched matrix product per few samples rather than B batch-of-one weight gradients:
+    each small kernel is a parallel region whose threads must all be scheduled before it
+    ends, so on cores that other processes share, B × layers such regions per step cost far
+    more than their arithmetic (``benchmarks/bench_dp_throughput.py``, contended). Grouped
+    convolutions keep the batch-of-one path.
+    """
+    n = activation.shape[0]
+    if conv.groups != 1:
+        return torch.stack(
+            [_conv_weight_grad(conv, activation[i : i + 1], backprop[i : i + 1]) for i in range(n)]
+        )
+    stride, padding, dilation = _conv_args(conv)
+    grads = backprop.flatten(2)  # [B, O, T]
+    out = backprop.new_empty((n, conv.out_channels, conv.weight[0].numel()))
+    per_sample = conv.weight[0].numel() * grads.shape[2]  # unfolded elements of one sample
+    step = max(1, _UNFOLD_BLOCK // per_sample)
+    for start in range(0, n, step):
+        part = slice(start, start + step)
+        unfolded = functional.unfold(
+            activation[part], conv.kernel_size, dilation=dilation, padding=padding, stride=stride
+        )  # [b, P, T]
+        torch.bmm(grads[part], unfolded.transpose(1, 2), out=out[part])
+    return out.view(n, *conv.weight.shape)
 
 
 def _shifted_gram_is_cheaper(conv: nn.Conv2d, activation: Tensor, backprop: Tensor) -> bool:
@@ -226,7 +248,7 @@ def _use_ghost(
     if strategy != "auto":
         return strategy == "ghost"
     # The ghost path costs its norms plus one batched weight gradient (O·P·T); the per-sample
-    # path one weight gradient as B batches of one, which is slower on small maps. Ghost
+    # path one weight gradient as B matrix products, slower on small maps. Ghost
     # norms run at about half the speed per multiply-add of a weight gradient on CPU, so:
     # ghost when the norms cost under half a weight gradient (measured on ResNet-9/18).
     weight_grad = conv.weight.numel() * backprop.shape[2] * backprop.shape[3]

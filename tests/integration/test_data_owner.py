@@ -322,3 +322,31 @@ def test_a_patient_level_node_refuses_data_that_names_no_patient(tmp_path: Path)
     )
     refusal = _refusal(owner, TrainTask("t1", 1, spec, _weights(spec), PLAN))
     assert refusal.reason is Refusal.POLICY and "name no patient" in refusal.detail
+
+
+def test_the_plan_sets_augmentations_capped_by_the_node_and_free_in_epsilon(
+    synth_data: Path, tmp_path: Path
+) -> None:
+    """K comes from the plan, cut to the node's compute.max_augmentations; the release's ε,
+    σ and the ledger's charge are those of K = 1 (K changes the gradient, not the
+    sensitivity). A node on an Opacus mode, which clips each image alone, trains K = 1."""
+    data = DataSettings(path=synth_data, site="site1")
+    capped = _node(data, tmp_path / "capped", ComputeSettings(threads=1, max_augmentations=2))
+    plain = _node(data, tmp_path / "plain")
+    many = dataclasses.replace(PLAN, augmentations=8)
+    assert capped._train_config(SPEC, many).dp.augmentation_multiplicity == 2
+    assert plain._train_config(SPEC, many).dp.augmentation_multiplicity == 4  # the default cap
+    assert plain._train_config(SPEC, PLAN).dp.augmentation_multiplicity == 1
+    assert ComputeSettings(grad_sample_mode="hooks").augmentations(8) == 1
+
+    augmented = capped.train(TrainTask("t1", 1, SPEC, _weights(), many)).release
+    single = plain.train(TrainTask("t1", 1, SPEC, _weights(), PLAN)).release
+    assert augmented is not None and single is not None
+    assert augmented.epsilon == pytest.approx(single.epsilon)
+    assert augmented.noise_multiplier == pytest.approx(single.noise_multiplier)
+    assert capped.ledger.spent_epsilon() == pytest.approx(plain.ledger.spent_epsilon())
+
+
+def test_a_node_refuses_a_cap_below_one_augmentation() -> None:
+    with pytest.raises(ConfigError, match=r"compute\.max_augmentations must be at least 1"):
+        ComputeSettings(max_augmentations=0)

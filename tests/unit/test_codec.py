@@ -102,6 +102,7 @@ def test_spec_without_outputs_is_refused():
             weight_decay=1e-4,
             proximal_mu=0.01,
             ema_decay=0.99,
+            augmentations=3,
             dp=DPPlan(enabled=False, epsilon=2.5, delta=1e-6, max_grad_norm=0.5),
         ),
     ],
@@ -116,6 +117,13 @@ def test_plan_keeps_out_of_bounds_values_for_the_node_to_judge():
     assert decoded.lr == math.inf
     assert decoded.epochs == 0
     assert decoded.dp.epsilon == -1.0
+
+
+def test_a_plan_that_names_no_augmentations_means_one():
+    """proto3 reads an absent field as 0: a coordinator that does not send K asks for none."""
+    message = codec.plan_to_proto(TrainPlan())
+    message.ClearField("augmentations")
+    assert codec.plan_from_proto(wire(message)).augmentations == 1
 
 
 @pytest.mark.parametrize("optimizer", ["rmsprop", "", "Adam"])

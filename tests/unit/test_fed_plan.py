@@ -71,6 +71,8 @@ def test_plan_at_every_upper_bound_is_acceptable():
         ({"proximal_mu": math.nan}, "proximal_mu=nan is outside [0, 10.0]"),
         ({"ema_decay": 1.0}, "ema_decay=1.0 is outside [0, 1)"),
         ({"ema_decay": -0.5}, "ema_decay=-0.5 is outside [0, 1)"),
+        ({"augmentations": 0}, "augmentations=0 is outside [1, 64]"),
+        ({"augmentations": 65}, "augmentations=65 is outside [1, 64]"),
     ],
 )
 def test_each_training_bound_is_named(changes, expected):

@@ -359,7 +359,7 @@ class DPPlan(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., max_grad_norm: _Optional[float] = ...) -> None: ...
 
 class TrainPlan(_message.Message):
-    __slots__ = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "dp", "proximal_mu", "ema_decay")
+    __slots__ = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "dp", "proximal_mu", "ema_decay", "augmentations")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
@@ -369,6 +369,7 @@ class TrainPlan(_message.Message):
     DP_FIELD_NUMBER: _ClassVar[int]
     PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
     EMA_DECAY_FIELD_NUMBER: _ClassVar[int]
+    AUGMENTATIONS_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     lr: float
@@ -378,7 +379,8 @@ class TrainPlan(_message.Message):
     dp: DPPlan
     proximal_mu: float
     ema_decay: float
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dp: _Optional[_Union[DPPlan, _Mapping]] = ..., proximal_mu: _Optional[float] = ..., ema_decay: _Optional[float] = ...) -> None: ...
+    augmentations: int
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dp: _Optional[_Union[DPPlan, _Mapping]] = ..., proximal_mu: _Optional[float] = ..., ema_decay: _Optional[float] = ..., augmentations: _Optional[int] = ...) -> None: ...
 
 class TrainTask(_message.Message):
     __slots__ = ("task_id", "round", "model", "weights_blob", "plan", "secure_aggregation")
