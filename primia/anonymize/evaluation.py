@@ -48,6 +48,12 @@ retrained attacker; 256 px ChestX-ray14, Packhäuser et al. 2023): a reference f
 linkage axis only, on other data and at another resolution."""
 
 
+def linkage_spread(linkage: list[ReidAudit]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one run) of the runs' linkage AUROC."""
+    values = [audit.auroc.value for audit in linkage]
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 @dataclass(frozen=True)
 class CurvePoint:
     """One generator on the privacy–utility curve."""
@@ -66,8 +72,7 @@ class CurvePoint:
     @property
     def linkage_auroc(self) -> tuple[float, float]:
         """Mean and standard deviation of the linkage AUROC over the runs."""
-        values = [audit.auroc.value for audit in self.linkage]
-        return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        return linkage_spread(self.linkage)
 
     @property
     def classification_auroc(self) -> float:
@@ -127,8 +132,7 @@ class AnonymizerEvaluation:
     @property
     def linkage_auroc(self) -> tuple[float, float]:
         """Mean and standard deviation of the linkage AUROC over the runs."""
-        values = [audit.auroc.value for audit in self.linkage]
-        return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        return linkage_spread(self.linkage)
 
     def as_dict(self) -> dict[str, Any]:
         mean, std = self.linkage_auroc
