@@ -91,6 +91,8 @@ def _communicator_class() -> type:
         pending_links: Links | None = None
         pending_world_size = 0
         mirrored_requests = True
+        unanswered: Any = None
+        """The dealer's last request from party 0 whose copies it has not yet compared."""
 
         def __init__(self, links: Links, world_size: int) -> None:
             self.links = links
@@ -218,24 +220,36 @@ def _communicator_class() -> type:
         # objects, as typed values
         @_logging
         def send_obj(self, obj: Any, dst: int, group: Group | None = None) -> None:
+            if self.unanswered is not None and dst == 0:
+                self._check_mirrors(self.unanswered)
             self.links.send_value(dst, obj)
 
         @_logging
         def recv_obj(self, src: int, group: Group | None = None) -> Any:
             value = self.links.recv_value(src)
-            # The dealer serves party 0's requests: only the dealing functions, and only
-            # what every other party asked for too (primia.inference.dealing says why).
+            # The dealer serves party 0's requests: only the dealing functions (checked
+            # before it computes), and only what every other party asked for too (checked
+            # before its answer leaves: it computes while the others catch up, and a
+            # refused request ends the session with nothing sent; primia.inference.dealing
+            # says why both checks are needed).
             if self.rank == self.get_ttp_rank() and src == 0:
-                problem = dealing.request_problem(value)
-                if problem is None and self.mirrored_requests and value != "terminate":
-                    others = [self.links.recv_value(rank) for rank in range(1, self.world_size)]
-                    problem = dealing.mirror_problem(value, others)
-                if problem is not None:
-                    raise LinkError(
-                        f"session {self.links.plan.session_id}: the model owner asked the "
-                        f"crypto provider for {problem}; the dealer ended the session"
-                    )
+                if problem := dealing.request_problem(value):
+                    self._refuse(problem)
+                if self.mirrored_requests and value != "terminate":
+                    self.unanswered = value
             return value
+
+        def _check_mirrors(self, request: Any) -> None:
+            self.unanswered = None
+            others = [self.links.recv_value(rank) for rank in range(1, self.world_size)]
+            if problem := dealing.mirror_problem(request, others):
+                self._refuse(problem)
+
+        def _refuse(self, problem: str) -> None:
+            raise LinkError(
+                f"session {self.links.plan.session_id}: the model owner asked the "
+                f"crypto provider for {problem}; the dealer ended the session"
+            )
 
         @_logging
         def broadcast_obj(self, obj: Any, src: int, group: Group | None = None) -> Any:
