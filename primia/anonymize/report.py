@@ -1,6 +1,7 @@
 """The anonymization evaluation's files: ``evaluation.json``, ``curve.png`` and
 ``report.html`` (from ``templates/anonymization.html``, autoescaped, the shared
-``report.css``; the curve is embedded in the page as a PNG data URI so it is one file).
+``report.css``; the curve is ``curve.png`` beside the page, shown by the reports' shared
+``figure`` macro like every report's pictures).
 
 The curve plots, per generator, the retrained attacker's linkage AUROC (x, mean ± std
 over runs as a horizontal bar) against the classification AUROC on anonymized images (y),
@@ -11,7 +12,6 @@ library.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from primia.files import atomic_write_bytes
 from primia.reports import render
 
 WIDTH, HEIGHT, MARGIN = 640, 440, 60
+CURVE_FILENAME = "curve.png"
 COLOURS = {"none": (31, 119, 180), "masks": (44, 160, 44), "segmenter": (44, 160, 44)}
 NOISE_COLOUR = (214, 39, 40)
 
@@ -50,10 +51,10 @@ def write_anonymization_report(curve: AnonymizerCurve, out: Path) -> Anonymizati
     json_path = out / "evaluation.json"
     atomic_write_bytes(json_path, (json.dumps(document, indent=2) + "\n").encode())
     png = curve_png(curve)
-    png_path = out / "curve.png"
+    png_path = out / CURVE_FILENAME
     atomic_write_bytes(png_path, png)
     html_path = out / "report.html"
-    atomic_write_bytes(html_path, page(curve, png).encode())
+    atomic_write_bytes(html_path, page(curve).encode())
     return AnonymizationFiles(json=json_path, png=png_path, html=html_path)
 
 
@@ -70,7 +71,7 @@ def verdict(curve: AnonymizerCurve) -> str:
     )
 
 
-def page(curve: AnonymizerCurve, png: bytes) -> str:
+def page(curve: AnonymizerCurve) -> str:
     original = curve.original.overall.estimate("auroc")
     rows = []
     for point in curve.points:
@@ -98,7 +99,7 @@ def page(curve: AnonymizerCurve, png: bytes) -> str:
         original=f"{original.value:.3f}",
         rows=rows,
         reference=PRICHEXY_NET,
-        curve_src="data:image/png;base64," + base64.b64encode(png).decode(),
+        curve_src=CURVE_FILENAME,
     )
 
 
