@@ -73,13 +73,16 @@ def _audit_report(folder: Path) -> None:
     write_report([audit], folder)
 
 
-def test_the_dashboard_follows_a_live_federation(consortium: Consortium, tmp_path: Path) -> None:
+def test_the_dashboard_follows_a_live_federation(
+    consortium: Consortium, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("uvicorn")
     from primia.api.dashboard import dashboard_app, running_dashboard
 
     _audit_report(tmp_path / "audit")
     config = consortium.coordinator_config(tmp_path / "run", rounds=2, final_test=False)
     server = CoordinatorServer(config)
+    dashboard_read = _hold_after_last_round(server, monkeypatch)
     port = server.start()
     app = dashboard_app(
         coordinator=f"127.0.0.1:{port}", tls=consortium.coordinator, reports=[tmp_path / "audit"]
@@ -93,8 +96,9 @@ def test_the_dashboard_follows_a_live_federation(consortium: Consortium, tmp_pat
                     viewport={"width": 1100, "height": 900}
                 )
                 page.goto(f"{url}/{POLL}")
-            _follow(consortium, server, port, url, tmp_path, page)
+            _follow(consortium, server, port, url, tmp_path, page, dashboard_read)
     finally:
+        dashboard_read.set()
         server.stop(grace=0)
     # --run: the finished run's directory gives each node the ε it reported.
     view = read_run(tmp_path / "run")
@@ -108,6 +112,25 @@ def test_the_dashboard_follows_a_live_federation(consortium: Consortium, tmp_pat
         pytest.skip(f"the HTTP checks passed; the browser part skipped: {no_browser}")
 
 
+def _hold_after_last_round(
+    server: CoordinatorServer, monkeypatch: pytest.MonkeyPatch
+) -> threading.Event:
+    """Make the federation wait, once its last round is recorded, until the returned event
+    is set. Its rounds take a tenth of a second: without the hold, the dashboard's polls
+    would race the run's end (and the coordinator stops serving when the run ends)."""
+    federation = server.federation
+    log_round = federation._log_round
+    dashboard_read = threading.Event()
+
+    def log_then_hold(writer: Any, record: dict[str, Any]) -> None:
+        log_round(writer, record)
+        if record["round"] == federation.config.rounds:
+            dashboard_read.wait(timeout=300)
+
+    monkeypatch.setattr(federation, "_log_round", log_then_hold)
+    return dashboard_read
+
+
 def _follow(
     consortium: Consortium,
     server: CoordinatorServer,
@@ -115,6 +138,7 @@ def _follow(
     url: str,
     tmp_path: Path,
     page: Any,
+    dashboard_read: threading.Event,
 ) -> None:
     """Starts the nodes and runs the federation while reading the dashboard (over HTTP,
     and in ``page`` when there is a browser)."""
@@ -132,8 +156,7 @@ def _follow(
         consortium.start_node(
             consortium.node_config(site, port, tmp_path / f"state-{site}", policy=policy)
         )
-    # Two rounds; the dashboard is read while the second one runs (after the run the
-    # coordinator stops serving).
+    # Two rounds; the dashboard is read while the federation holds after the second.
     federation = threading.Thread(target=run_federation, args=(server,), daemon=True)
     federation.start()
     after = _wait_for(url, lambda s: s.get("round", 0) >= 2, "round 2 to start", 180)
@@ -145,6 +168,7 @@ def _follow(
     assert "<polyline" in after["charts"]["auroc"] or "no data" in after["charts"]["auroc"]
     if page is not None:
         _browse_live(page, url)
+    dashboard_read.set()
     federation.join(180)
     gone = _wait_for(url, lambda s: "unreachable" in s, "the coordinator to be unreachable")
     assert "cannot get the status" in gone["unreachable"]
