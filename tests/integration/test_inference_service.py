@@ -165,8 +165,8 @@ def test_certificates_with_the_wrong_role_are_refused(parties: Parties) -> None:
 def test_a_data_owner_that_vanishes_does_not_hang_the_servers(parties: Parties) -> None:
     images = _images(2)
     with _stub(parties, "site1") as stub:
-        absent = stub.OpenSession(pb.SessionRequest(input_shape=list(images.shape)), timeout=30)
-        joined = stub.OpenSession(pb.SessionRequest(input_shape=list(images.shape)), timeout=30)
+        absent = stub.OpenSession(pb.SessionRequest(input_shape=list(images.shape)), timeout=120)
+        joined = stub.OpenSession(pb.SessionRequest(input_shape=list(images.shape)), timeout=120)
     # one data owner never joins; the other joins and is killed mid-session
     party = processes.PartyProcess(
         "data owner",
