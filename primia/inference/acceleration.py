@@ -10,15 +10,18 @@ every opened value and every result, in the ring Z/2^64 with 16 fractional bits)
 was, and the fourth every result:
 
 1. **Random ring elements from AES-128-CTR** (:func:`ring_random`), keyed with 128 bits
-   drawn from the same ``torch.Generator`` CrypTen would have drawn the elements from.
-   Every holder of a generator (a party and the dealer hold copies of the party's
-   generator; neighbours hold the pairwise ones) draws the same key and so the same
-   elements, so every pseudo-random sharing is as consistent as before; the elements are
-   uniform over the ring (a k-bit element is the keystream's low k bits). AES-CTR runs at
-   about 4× the speed of ``torch.randint`` on 64-bit ranges here, and unlike the
-   Mersenne Twister behind ``torch.randint`` it is a cryptographic generator: its outputs
-   do not reveal its state. The secrecy still rests on the generators' seeds (64 bits
-   from ``os.urandom``, as CrypTen draws them).
+   drawn from the same ``torch.Generator`` CrypTen would have drawn the elements from,
+   hashed with that generator's whole seed. Every holder of a generator (a party and the
+   dealer hold copies of the party's generator; neighbours hold the pairwise ones) draws
+   the same key and so the same elements, so every pseudo-random sharing is as
+   consistent as before; the elements are uniform over the ring (a k-bit element is the
+   keystream's low k bits). AES-CTR runs at about 4× the speed of ``torch.randint`` on
+   64-bit ranges here, and unlike the Mersenne Twister behind ``torch.randint`` it is a
+   cryptographic generator: its outputs do not reveal its state. The secrecy rests on
+   the generators' 64-bit seeds, from ``os.urandom`` (CrypTen's for the parties' own,
+   :func:`dealer_seeds` for the dealer's). torch starts its Mersenne Twister from a
+   seed's low 32 bits only, hence the hash; and CrypTen's dealer drew its seeds from
+   torch's default generator, hence ours.
 2. **The dealer's requests go out first.** Party 0 asks the dealer for its share of c
    (``c = a·b``, a square, a binary triple, wraps, a random bit), then draws its own
    shares of a and b while the dealer computes, instead of before asking. Each generator
@@ -49,6 +52,8 @@ CrypTen (benchmarks measure plain CrypTen that way).
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 from typing import Any
 
@@ -113,9 +118,14 @@ def ring_random(
 
         generator = crypten.generators["local"][torch.device(device or "cpu")]
     words = torch.randint(-(2**63), 2**63 - 1, (_KEY_WORDS,), generator=generator)
+    # torch starts a generator's Mersenne Twister from the low 32 bits of its seed only, so
+    # its words carry 32 bits of secrecy (whoever sees a draw finds the seed by trying all
+    # 2^32); the key also hashes in the whole 64-bit seed, which both holders set alike
+    seed = generator.initial_seed().to_bytes(8, "little")
+    key = hashlib.sha256(seed + words.numpy().tobytes()).digest()[:16]
     shape = torch.Size(size) if not isinstance(size, int) else torch.Size([size])
     count = shape.numel()
-    elements = keystream(words.numpy().tobytes(), 8 * count).view(torch.int64).view(shape)
+    elements = keystream(key, 8 * count).view(torch.int64).view(shape)
     if bitlength < 64:
         elements &= (1 << bitlength) - 1
     return elements if device is None else elements.to(device)
@@ -157,12 +167,43 @@ def install() -> None:
     # but setattr says plainly which global the module's functions look up
     setattr(beaver, "__beaver_protocol", protocol)
     beaver.AND = _binary_and
+    ttp.TTPServer._setup_generators = _setup_generators
     provider = ttp.TrustedThirdParty
     provider.generate_additive_triple = _additive_triple
     provider.square = _square
     provider.generate_binary_triple = _binary_triple
     provider.wrap_rng = _wrap_rng
     provider.B2A_rng = _b2a_rng
+
+
+def dealer_seeds(count: int) -> list[torch.Tensor]:
+    """The dealer's seeds for the ``count`` computing parties' generators: 64 bits each
+    from the operating system. CrypTen drew them from torch's default generator, whose
+    Mersenne Twister starts from 32 bits: from its own seed the model owner could find
+    that start by trying all 2^32, and with it the data owner's seed and every share the
+    data owner draws from it (its images follow from the first opening)."""
+    return [
+        torch.tensor(int.from_bytes(os.urandom(8), "little", signed=True)) for _ in range(count)
+    ]
+
+
+def _setup_generators(self: Any) -> None:
+    """CrypTen's ``TTPServer._setup_generators``, with seeds from :func:`dealer_seeds`."""
+    import crypten.communicator as comm
+    import crypten.mpc.provider.ttp_provider as ttp
+
+    count = comm.get().get_world_size()
+    seeds = dealer_seeds(count)
+    sent = [ttp.dist.isend(tensor=seeds[i], dst=i, group=self.ttp_group) for i in range(count)]
+    cuda = torch.cuda.is_available()
+    self.generators = [torch.Generator(device="cpu") for _ in range(count)]
+    self.generators_cuda = [torch.Generator(device="cuda") if cuda else None for _ in range(count)]
+    for i in range(count):
+        self.generators[i].manual_seed(seeds[i].item())
+        if cuda:
+            self.generators_cuda[i].manual_seed(seeds[i].item())
+        sent[i].wait()
+    ttp.dist.barrier(group=self.ttp_group)
 
 
 def _beaver_protocol(original: Any) -> Any:

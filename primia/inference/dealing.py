@@ -32,8 +32,16 @@ The dealer also serves only what a session needs, checked before CrypTen sees it
 each result c₀ = f(a, b) − c₁ is masked by the data owner's fresh share c₁, so its value
 tells the model owner nothing. Every size is at most ``MAX_DIMS`` non-negative
 dimensions and :data:`MAX_ELEMENTS` elements (2 GiB of int64 per tensor: a hundred times
-a ResNet-18's largest activation at 224 px and the largest batch), so a request cannot
-make the dealer allocate the machine's memory. Anything else ends the session.
+a ResNet-18's largest activation at 224 px and the largest batch), and so is every
+result: the product of two bounded operands is not bounded (a ``mul`` of sizes
+(2^28, 1) and (1, 2^8) broadcasts to 2^36 elements, 512 GiB; a convolution's padding or
+dilation grows its output at will), and the dealer computes party 0's request before the
+data owner's copy is compared, so a bound on the operands alone let a model owner
+exhaust the dealer's memory with one request the data owner never made. A triple's
+product may also take at most :data:`MAX_WORK` multiply-adds (a ``matmul`` of two
+2^14 × 2^14 operands, each within the bounds, is 2^42 of them: a quarter of an hour of
+one of the dealer's cores). So a request cannot make the dealer allocate the machine's memory or
+hold its CPU for long. Anything else ends the session.
 """
 
 from __future__ import annotations
@@ -42,12 +50,19 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
+from primia.inference.acceleration import product_size
 from primia.inference.wire import MAX_DIMS
 
 PRODUCTS = ("mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")
 """The products CrypTen's Beaver multiplication asks triples for."""
 CONVOLUTION_KEYWORDS = frozenset({"stride", "padding", "dilation", "groups", "output_padding"})
 MAX_ELEMENTS = 1 << 28
+MAX_WORK = 1 << 36
+"""The most multiply-adds one triple's product may take: about seventy times ResNet-18's
+heaviest convolution at 224 px and batch 8 (9.4·10^8, the first layer's), and well under
+a minute of the dealer's CPU."""
 _SIZES = {"additive": 2, "square": 1, "binary": 2, "wraps": 1, "B2A": 1}
 """Each dealing function and how many sizes lead its arguments."""
 
@@ -82,7 +97,49 @@ def request_problem(request: Any) -> str | None:
     for size in args[:count]:
         if problem := _size_problem(size):
             return f"{function} of {problem}"
+    if function == "additive":
+        return _product_problem(args[0], args[1], extra[0], extra[1:], kwargs)
+    if function == "binary":
+        try:
+            result = torch.broadcast_shapes(torch.Size(_dims(args[0])), torch.Size(_dims(args[1])))
+        except (RuntimeError, TypeError, ValueError, OverflowError) as error:
+            return f"a binary triple of sizes that do not broadcast ({str(error)[:80]})"
+        if result.numel() > MAX_ELEMENTS:
+            return f"a binary triple of {result.numel()} elements, more than {MAX_ELEMENTS}"
     return None
+
+
+def _product_problem(
+    size0: Any, size1: Any, op: str, args: list[Any], kwargs: Mapping[str, Any]
+) -> str | None:
+    """Why the dealer must not compute ``op`` of operands of these (bounded) sizes: its
+    result's size (found on shapes only, as the data owner finds it) or its number of
+    multiply-adds is over the bounds, or ``op`` is not defined on them."""
+    try:
+        result = product_size(op, size0, size1, *args, **kwargs)
+    except (RuntimeError, TypeError, ValueError, OverflowError, IndexError) as error:
+        # what torch raises for operands and arguments the product is not defined on
+        return f"a triple whose {op} is not defined on those sizes ({str(error)[:80]})"
+    if result.numel() > MAX_ELEMENTS:
+        return f"a triple whose {op} has {result.numel()} elements, more than {MAX_ELEMENTS}"
+    first, second = _dims(size0), _dims(size1)
+    # multiply-adds per result element (a matmul's inner dimension, a convolution's
+    # weights per output channel); a transposed convolution's per input element
+    if op == "mul":
+        work = result.numel()
+    elif op == "matmul":
+        work = result.numel() * first[-1]
+    elif op.startswith("conv_transpose"):
+        work = math.prod(first) * math.prod(second[1:])
+    else:
+        work = result.numel() * math.prod(second[1:])
+    if work > MAX_WORK:
+        return f"a triple whose {op} takes {work} multiply-adds, more than {MAX_WORK}"
+    return None
+
+
+def _dims(size: Any) -> tuple[int, ...]:
+    return (size,) if isinstance(size, int) else tuple(size)
 
 
 def _size_problem(size: Any) -> str | None:

@@ -25,7 +25,8 @@ connections are logged and never count: the real peer can still join afterwards.
 Messages are frames of :mod:`primia.inference.wire`. A party writes its frames from
 the calling thread and reads each peer's frames ahead in a receiving thread of its own, so
 a send never waits for the peer's computation (both parties of an all-reduce send first,
-then receive) and frames from one peer arrive in order.
+then receive) and frames from one peer arrive in order; at most two frames' limit of
+bytes unread, so that a peer cannot fill its memory with frames nobody asked for.
 """
 
 from __future__ import annotations
@@ -463,22 +464,49 @@ _SENT.set()
 
 
 class _Inbox:
-    """Frames from one peer, read ahead by a thread of their own."""
+    """Frames from one peer, read ahead by a thread of their own, at most ``budget`` bytes
+    of them unread (``2 × max_bytes``; a single frame of up to ``max_bytes`` always).
+
+    Each frame is bounded by ``max_bytes``, but a peer can send frames the protocol has
+    not asked for yet; read ahead without a bound they would fill this party's memory.
+    Past the budget the thread stops reading (``paused`` is set) until frames are taken,
+    and TCP holds the peer's sends. The budget is above what any protocol step sends
+    before it reads (an opening of two shares), so an honest session never waits on it.
+    """
 
     def __init__(self, rank: int, sock: Any, max_bytes: int) -> None:
         self.rank = rank
         self.sock = sock
         self._max_bytes = max_bytes
-        self._queue: queue.Queue[tuple[int, Any]] = queue.Queue()
+        self.budget = 2 * max_bytes
+        self.unread = 0
+        """Bytes of the frames read and not yet taken."""
+        self.paused = threading.Event()
+        self._room = threading.Condition()
+        self._queue: queue.Queue[tuple[int, Any, int]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=f"mpc-recv-{rank}", daemon=True)
         self._thread.start()
 
     def get(self) -> tuple[int, Any]:
-        kind, value = self._queue.get()
+        kind, value, nbytes = self._queue.get()
         if kind == 0:
-            self._queue.put((kind, value))  # every later get fails the same way
+            self._queue.put((kind, value, nbytes))  # every later get fails the same way
             raise LinkError(f"the link from rank {self.rank} broke: {value}")
+        with self._room:
+            self.unread -= nbytes
+            self._room.notify()
         return kind, value
+
+    def _make_room(self, nbytes: int) -> None:
+        with self._room:
+            if not self._fits(nbytes):
+                self.paused.set()
+                self._room.wait_for(lambda: self._fits(nbytes))
+                self.paused.clear()
+            self.unread += nbytes
+
+    def _fits(self, nbytes: int) -> bool:
+        return self.unread == 0 or self.unread + nbytes <= self.budget
 
     def _run(self) -> None:
         try:
@@ -486,12 +514,13 @@ class _Inbox:
                 header = wire.read_header(
                     lambda count: _read_exact(self.sock, count), max_bytes=self._max_bytes
                 )
+                self._make_room(header.nbytes)
                 if header.kind == wire.VALUE:
                     value = wire.decode_value(_read_exact(self.sock, header.nbytes))
-                    self._queue.put((wire.VALUE, value))
+                    self._queue.put((wire.VALUE, value, header.nbytes))
                 else:
                     tensor, view = wire.empty_payload(header)
                     _read_into(self.sock, view)
-                    self._queue.put((wire.TENSOR, tensor))
+                    self._queue.put((wire.TENSOR, tensor, header.nbytes))
         except (OSError, PrimiaError, ValueError) as error:
-            self._queue.put((0, error))
+            self._queue.put((0, error, 0))

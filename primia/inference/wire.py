@@ -14,7 +14,9 @@ ends, so a peer can make this process build nothing but these plain values.
 
 A frame's header is checked before its payload is read: a known dtype, at most
 ``MAX_DIMS`` dimensions, a payload of exactly ``numel × itemsize`` bytes and at most
-``max_bytes`` (the receiver's limit), so a peer cannot make it allocate more than that.
+``max_bytes`` (the receiver's limit; :data:`MAX_VALUE_BYTES` for a value), so a peer
+cannot make it allocate more than that for one frame (:mod:`primia.inference.links`
+bounds how many it reads ahead).
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ VALUE = 2
 HEADER = struct.Struct("<BBBBQ")
 DIM = struct.Struct("<Q")
 MAX_DIMS = 8
+MAX_VALUE_BYTES = 1 << 16
+"""The largest value frame. CrypTen's values are tensor sizes and dealing requests (a few
+hundred bytes), and a decoded value takes several times its bytes (a list of Nones, one
+byte each on the wire, eight bytes a pointer in memory), so a value frame is bounded
+well below a tensor frame."""
 MAX_DEPTH = 16
 """How deeply values may nest (CrypTen's deepest: a request's kwargs holding a tuple)."""
 
@@ -85,6 +92,8 @@ def tensor_payload(tensor: torch.Tensor) -> memoryview:
 def value_frame(value: Any) -> tuple[bytes, bytes]:
     """Header and payload of a value frame for ``value``."""
     payload = encode_value(value)
+    if len(payload) > MAX_VALUE_BYTES:
+        raise WireError(f"a value of {len(payload)} bytes; a value frame holds {MAX_VALUE_BYTES}")
     return HEADER.pack(VALUE, 0, 0, 0, len(payload)), payload
 
 
@@ -98,6 +107,10 @@ def read_header(read_exact: Callable[[int], bytes], *, max_bytes: int) -> Header
     if kind == VALUE:
         if code or ndim:
             raise WireError("a value frame arrived with a dtype or shape")
+        if nbytes > MAX_VALUE_BYTES:
+            raise WireError(
+                f"a value frame of {nbytes} bytes arrived; a value takes at most {MAX_VALUE_BYTES}"
+            )
         return Header(VALUE, None, (), nbytes)
     dtype = DTYPES.get(code)
     if dtype is None or ndim > MAX_DIMS:

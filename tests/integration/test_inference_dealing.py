@@ -77,15 +77,25 @@ def out_of_step_model_owner(
 ) -> parties.PartyStats:
     """The model owner's party, asking the dealer for one dealing function the data owner
     does not ask for (a B2A before the first layer): the first step of moving the dealer's
-    copy of the data owner's generator out of step (see primia.inference.dealing)."""
+    copy of the data owner's generator out of step (see primia.inference.dealing). Then it
+    runs the model as usual, so that a dealer that answered would see the session complete
+    (with wrong logits) instead of fail."""
+    model = spec.build()
+    model.load_state_dict(load_safetensors(weights))
     with parties.join(meeting, parties.MODEL_OWNER, kw["progress"]) as session:
+        crypten = session.crypten
         from crypten.mpc.provider.ttp_provider import TTPClient
 
-        comm, client = session.crypten.comm.get(), TTPClient.get()
+        comm, client = crypten.comm.get(), TTPClient.get()
+        dealer = comm.get_ttp_rank()
         request = {"function": "B2A", "device": "cpu", "args": (torch.Size(shape),), "kwargs": {}}
-        comm.send_obj(request, comm.get_ttp_rank(), client.ttp_group)
-        comm.recv_obj(comm.get_ttp_rank(), client.ttp_group)
-    raise AssertionError("the dealer answered a request the data owner did not make")
+        comm.send_obj(request, dealer, client.ttp_group)
+        answer = torch.empty(comm.recv_obj(dealer, client.ttp_group), dtype=torch.long)
+        comm.broadcast(answer, dealer, client.comm_group)
+        encrypted = EncryptedModel(model, src=parties.MODEL_OWNER, crypten=crypten)
+        images = crypten.cryptensor(torch.zeros(shape), src=parties.DATA_OWNER)
+        parties.open_to(encrypted(images), parties.DATA_OWNER)
+        return session.stats()
 
 
 @pytest.mark.parametrize("model_owner", [curious_model_owner, out_of_step_model_owner])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from primia.inference.acceleration import keystream, product_size, ring_random
+from primia.inference.acceleration import dealer_seeds, keystream, product_size, ring_random
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -23,6 +23,31 @@ def test_holders_of_one_generator_draw_the_same_elements_and_others_do_not() -> 
     many = ring_random((4096,), generator=mine)
     assert not torch.equal(many, ring_random((4096,), generator=other))
     assert not torch.equal(many, ring_random((4096,), generator=mine))  # the generator moved on
+
+
+def test_elements_depend_on_all_64_bits_of_the_seed() -> None:
+    """torch starts its Mersenne Twister from a seed's low 32 bits: seeds that differ
+    above them give the same words, so keys drawn from the words alone had 32 bits of
+    secrecy, and whoever saw one draw (the model owner: a dealt triple it can check, or
+    its own seed from the dealer's generator) found the seed by trying all 2^32."""
+    low, high = 0x12345678, 0x12345678 + (0x9ABC << 40)
+    words = [torch.randint(-(2**63), 2**63 - 1, (4,), generator=_generator(s)) for s in (low, high)]
+    assert torch.equal(*words)  # the premise: torch's generator ignores the high bits
+    assert not torch.equal(
+        ring_random((64,), generator=_generator(low)),
+        ring_random((64,), generator=_generator(high)),
+    )
+
+
+def test_the_dealers_seeds_do_not_come_from_torchs_generator() -> None:
+    """CrypTen's dealer drew its seeds from torch's default generator (32 bits of start):
+    given one seed, the next followed. Ours come from the operating system."""
+    torch.manual_seed(0)
+    first = dealer_seeds(2)
+    torch.manual_seed(0)
+    again = dealer_seeds(2)
+    assert first[0].dtype == torch.int64 and first[0].dim() == 0
+    assert len({int(s) for s in first + again}) == 4
 
 
 def test_elements_cover_the_ring_and_k_bit_elements_their_range() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from primia.inference.dealing import MAX_ELEMENTS, mirror_problem, request_problem
+from primia.inference.dealing import MAX_ELEMENTS, MAX_WORK, mirror_problem, request_problem
 
 
 def _request(function: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -23,6 +23,9 @@ def _request(function: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         | {"kwargs": {"stride": 1, "padding": 1, "dilation": 1, "groups": 1}},
         _request("additive", torch.Size([8, 16]), torch.Size([16, 4]), "matmul"),
         _request("additive", [3], [3], "mul"),
+        # ResNet-18's heaviest product at 224 px and batch 8, its first convolution
+        _request("additive", torch.Size([8, 3, 224, 224]), torch.Size([64, 3, 7, 7]), "conv2d")
+        | {"kwargs": {"stride": 2, "padding": 3, "dilation": 1, "groups": 1}},
         _request("square", torch.Size([2, 4])),
         _request("binary", torch.Size([2, 4]), torch.Size([2, 4])),
         _request("wraps", torch.Size([5])),
@@ -50,6 +53,17 @@ def test_what_a_session_asks_for_is_served(request_: Any) -> None:
         (_request("square", [-1]), "not a non-negative integer"),
         (_request("square", [True]), "not a non-negative integer"),
         (_request("square", [1] * 9), "at most 8 dimensions"),
+        # operands within the bounds whose product is not: the dealer computes before it
+        # compares the data owner's copy, so these would exhaust its memory or CPU
+        (_request("additive", [1 << 28, 1], [1, 1 << 8], "mul"), f"more than {MAX_ELEMENTS}"),
+        (
+            _request("additive", [1, 1, 8, 8], [1, 1, 1, 1], "conv2d", padding=1 << 14),
+            f"more than {MAX_ELEMENTS}",
+        ),
+        (_request("additive", [1 << 14] * 2, [1 << 14] * 2, "matmul"), f"more than {MAX_WORK}"),
+        (_request("additive", [2, 3], [4, 5], "matmul"), "not defined on those sizes"),
+        (_request("binary", [1 << 28, 1], [1, 1 << 28]), f"more than {MAX_ELEMENTS}"),
+        (_request("binary", [2], [3]), "do not broadcast"),
         (_request("square", "4"), "at most 8 dimensions"),
         ({"function": "square", "args": [[2]]}, "not a dealing request"),
         (["square", [2]], "not a dealing request"),

@@ -78,5 +78,10 @@ def test_a_header_is_checked_before_its_payload_is_read() -> None:
     lying[4] = 31  # 31 bytes for four 8-byte elements
     with pytest.raises(wire.WireError, match="arrived with 31 bytes"):
         wire.read_header(_reader(bytes(lying)), max_bytes=1 << 20)
+    # a value's decoded objects outgrow its bytes: value frames are bounded far lower
+    with pytest.raises(wire.WireError, match=f"at most {wire.MAX_VALUE_BYTES}"):
+        wire.read_header(_reader(wire.HEADER.pack(wire.VALUE, 0, 0, 0, 1 << 20)), max_bytes=1 << 30)
+    with pytest.raises(wire.WireError, match="a value frame holds"):
+        wire.value_frame([None] * (wire.MAX_VALUE_BYTES + 1))
     with pytest.raises(wire.WireError, match="unknown kind"):
         wire.read_header(_reader(b"\x09" + bytes(11)), max_bytes=1 << 20)
