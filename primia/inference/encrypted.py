@@ -263,9 +263,8 @@ resolution) to 4^14, the scaled variance s²σ² of a group whose standard devia
 up to 1024. (Beyond, squaring the scaled values would leave the 64-bit ring.)"""
 
 
-def inv_sqrt(v: CrypTensor, *, scale: float = 1.0, times: CrypTensor | None = None) -> CrypTensor:
-    """scale/√v for v in [2^-16, 4^14], to the fixed-point resolution; with ``times`` (a
-    CrypTensor broadcastable against v), scale·times/√v.
+def inv_sqrt(v: CrypTensor, *, scale: float = 1.0) -> CrypTensor:
+    """scale/√v for v in [2^-16, 4^14], to the fixed-point resolution.
 
     CrypTen's own inverse square root starts Newton–Raphson from a fixed guess that
     converges only for v of order 1 (on a variance of 1e-3 its 3 iterations are off by
@@ -282,36 +281,20 @@ def inv_sqrt(v: CrypTensor, *, scale: float = 1.0, times: CrypTensor | None = No
     fractional bits; u·y and y² are one batched multiplication, so an iteration costs two
     rounds of communication. A public ``scale`` (a power of 2, so exact) multiplies g
     before g meets y: scaling the result afterwards would scale its rounding error too.
-
-    Rounds: the comparison's bits [v ≥ 4^j] are integers (scale 1), so Σ_j [v ≥ 4^j]·2^-j
-    is a product with the public integers 2^(16−j) (the steps' fixed-point encodings,
-    exact for j ≤ 16) read at scale 2^16: no communication. ``times`` meets g·scale in the
-    first iteration's batched multiplication, so scale·times/√v = y·(g·scale·times) costs
-    one multiplication round after the iterations, as scale/√v alone does.
     """
-    from crypten.encoder import FixedPointEncoder  # CrypTen is loaded: v is its tensor
-
     thresholds = (4.0**_EXPONENTS).to(torch.float32)
     above = v.unsqueeze(-1).ge(thresholds)
-    steps = torch.exp2(16 - _EXPONENTS).long()  # 2^-j at 16 fractional bits
-    power = above * steps.expand(above.size())  # the products' values at scale 1 ...
-    power.encoder = FixedPointEncoder()  # ... are the steps' values at scale 2^16
-    power = power.sum(-1).neg() + 2.0**8
+    # a comparison's result is an integer tensor (scale 1): multiplying it by public
+    # fractions would round them to integers, so the steps enter as a shared fixed-point
+    # tensor (shared from rank 0; every party makes the same call)
+    steps = (2.0 ** (-_EXPONENTS)).to(torch.float32).expand(above.size())
+    power = (above * v.new(steps)).sum(-1).neg() + 2.0**8
     u = v * power * power
     y = u.square() * INV_SQRT_GUESS[2] + u * INV_SQRT_GUESS[1] + INV_SQRT_GUESS[0]
-    gain = power * scale
-    for iteration in range(INV_SQRT_ITERATIONS):
-        left, right = [type(u).stack([u, y]), type(u).stack([y, y])]
-        if iteration == 0 and times is not None:
-            size = torch.broadcast_shapes(gain.size(), times.size())
-            left = _cat([left.flatten(), gain.expand(size).flatten()], dim=0)
-            right = _cat([right.flatten(), times.expand(size).flatten()], dim=0)
-        products = left * right
-        if iteration == 0 and times is not None:
-            gain = products[2 * u.size().numel() :].view(size)
-            products = products[: 2 * u.size().numel()].view(2, *u.size())
+    for _ in range(INV_SQRT_ITERATIONS):
+        products = type(u).stack([u, y]) * type(u).stack([y, y])
         y = y * 1.5 - products[0] * products[1] * 0.5
-    return y * gain
+    return y * (power * scale)
 
 
 def group_norm(
@@ -333,9 +316,9 @@ def group_norm(
     centred = grouped - grouped.mean(dim=2, keepdim=True)
     scaled = centred * GROUP_NORM_SCALE
     variance = scaled.square().mean(dim=2, keepdim=True) + eps * GROUP_NORM_SCALE**2
-    # the per-group factor meets γ on the small (N, C) tensor (inside inv_sqrt, in a
-    # multiplication round it has anyway), so the activations are multiplied once
-    gamma = weight.view(1, groups, c // groups)
-    factor = inv_sqrt(variance, scale=GROUP_NORM_SCALE, times=gamma).reshape(n, c)
+    # the per-group factor meets γ on the small (N, C) tensor, so the activations are
+    # multiplied once
+    factor = inv_sqrt(variance, scale=GROUP_NORM_SCALE).expand(n, groups, c // groups)
+    factor = factor.reshape(n, c) * weight.view(1, c)
     normalised = centred.view(n, c, h * w) * factor.unsqueeze(-1)
     return normalised.view(n, c, h, w) + bias.view(1, c, 1, 1)
