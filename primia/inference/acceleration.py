@@ -27,10 +27,16 @@ was, and the fourth every result:
    shares of a and b while the dealer computes, instead of before asking. Each generator
    is drawn from in the same order as before, so every share is the same. The other
    computing party sends the dealer the same request (and reads no answer): the dealer
-   serves party 0's only when they agree (:mod:`primia.inference.dealing`).
+   serves party 0's only when they agree (:mod:`primia.inference.dealing`). Party 0
+   reads the answer only when it needs it: a multiplication, square or AND needs c (a
+   bit conversion the arithmetic r) only after its opening and the party's own products,
+   so the dealer's computation (as large as one of the party's products) and its wait
+   for the data owner's copy of the request overlap the opening instead of preceding
+   it. The answers are the same values, read from the same link in the order asked
+   (party 0 reads each before its next request).
 3. **No product computed only for its shape, and one fewer product per multiplication.**
    A party other than 0 computed ``op(a, b)`` in full to learn the size of its share of
-   c; the size now comes from the same op on ``meta`` tensors (shapes only). Beaver's
+   c; the size now comes from the op's shape formula (:func:`product_size`). Beaver's
    ``z = c + ε·b + a·δ + ε·δ`` (ε = x − a and δ = y − b opened) is computed as
    ``c + ε·b + (a + ε)·δ`` by party 0 and ``c + ε·b + a·δ`` by the others: ``op`` is
    bilinear over Z/2^64 (an integer convolution, matrix or elementwise product, with
@@ -139,7 +145,73 @@ def kbit_random(
 
 
 def product_size(op: str, size0: Any, size1: Any, *args: Any, **kwargs: Any) -> torch.Size:
-    """The size of ``torch.<op>`` of tensors of these sizes, computed on shapes only."""
+    """The size of ``torch.<op>`` of tensors of these sizes, from the sizes alone.
+
+    Elementwise products broadcast; a matrix product of two operands of at least two
+    dimensions is (broadcast batch) × n × m; a convolution's output length per spatial
+    dimension is ⌊(L + 2·padding − dilation·(k − 1) − 1)/stride⌋ + 1 (PyTorch's formula).
+    Anything else is computed on ``meta`` tensors, whose first use imports several hundred
+    modules of PyTorch's reference implementations (seconds, on the session's critical
+    path) and whose every call dispatches through Python."""
+    first, second = torch.Size(size0), torch.Size(size1)
+    if op == "mul" and not args and not kwargs:
+        return torch.broadcast_shapes(first, second)
+    if op == "matmul" and not args and not kwargs and len(first) >= 2 and len(second) >= 2:
+        if first[-1] != second[-2]:
+            # the dealer's checks rely on this: the formula alone would size any pair
+            raise ValueError(f"matmul of {tuple(first)} and {tuple(second)}: inner sizes differ")
+        batch = torch.broadcast_shapes(first[:-2], second[:-2])
+        return torch.Size([*batch, first[-2], second[-1]])
+    if op in _CONVOLUTIONS and not args and (shape := _convolution_size(op, first, second, kwargs)):
+        return shape
+    return _meta_size(op, first, second, *args, **kwargs)
+
+
+_CONVOLUTIONS = {"conv1d": 1, "conv2d": 2}
+"""The convolutions :func:`product_size` sizes itself, by spatial dimensions."""
+
+
+def _convolution_size(
+    op: str, image: torch.Size, weight: torch.Size, options: dict[str, Any]
+) -> torch.Size | None:
+    """The output size of a batched convolution with integer (or per-dimension) options,
+    or None for anything else (string padding, unbatched input, other keywords)."""
+    dims = _CONVOLUTIONS[op]
+    if len(image) != dims + 2 or len(weight) != dims + 2 or set(options) - _CONVOLUTION_OPTIONS:
+        return None
+    settings = []
+    for name in ("stride", "padding", "dilation"):
+        value = options.get(name, 0 if name == "padding" else 1)
+        value = (value,) * dims if isinstance(value, int) else tuple(value)
+        if len(value) != dims or not all(isinstance(v, int) for v in value):
+            return None
+        settings.append(value)
+    stride, padding, dilation = settings
+    groups = options.get("groups", 1)
+    if not isinstance(groups, int):
+        return None
+    lengths = [
+        (image[2 + i] + 2 * padding[i] - dilation[i] * (weight[2 + i] - 1) - 1) // stride[i] + 1
+        for i in range(dims)
+    ]
+    # what torch would refuse (the dealer's checks rely on it): channels that don't match
+    # the groups, settings out of range, an empty output
+    if (
+        groups < 1
+        or image[1] != weight[1] * groups
+        or weight[0] % groups
+        or min(*stride, *dilation) < 1
+        or min(padding) < 0
+        or min(lengths) < 1
+    ):
+        raise ValueError(f"{op} of {tuple(image)} by {tuple(weight)} with {options}: not defined")
+    return torch.Size([image[0], weight[0], *lengths])
+
+
+_CONVOLUTION_OPTIONS = frozenset({"stride", "padding", "dilation", "groups"})
+
+
+def _meta_size(op: str, size0: Any, size1: Any, *args: Any, **kwargs: Any) -> torch.Size:
     first = torch.empty(size0, dtype=torch.long, device="meta")
     second = torch.empty(size1, dtype=torch.long, device="meta")
     size: torch.Size = getattr(torch, op)(first, second, *args, **kwargs).size()
@@ -168,6 +240,7 @@ def install() -> None:
     setattr(beaver, "__beaver_protocol", protocol)
     beaver.AND = _binary_and
     ttp.TTPServer._setup_generators = _setup_generators
+    beaver.square = _square_protocol
     provider = ttp.TrustedThirdParty
     provider.generate_additive_triple = _additive_triple
     provider.square = _square
@@ -207,8 +280,8 @@ def _setup_generators(self: Any) -> None:
 
 
 def _beaver_protocol(original: Any) -> Any:
-    """CrypTen's Beaver multiplication with the bilinear identity of the module docstring."""
-    import crypten
+    """CrypTen's Beaver multiplication with the bilinear identity of the module docstring,
+    the dealer's share of c read last (step 5 of the module docstring)."""
     import crypten.communicator as comm
     from crypten.config import cfg
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
@@ -217,42 +290,74 @@ def _beaver_protocol(original: Any) -> Any:
     def protocol(op: str, x: Any, y: Any, *args: Any, **kwargs: Any) -> Any:
         if cfg.mpc.active_security or x.device != y.device:
             return original(op, x, y, *args, **kwargs)
-        provider = crypten.mpc.get_default_provider()
-        a, b, c = provider.generate_additive_triple(
-            x.size(), y.size(), op, *args, device=x.device, **kwargs
+        last = product_size(op, x.size(), y.size(), *args, **kwargs)
+        (a, b), c = deal(
+            ("additive", x.size(), y.size(), op, *args),
+            [x.size(), y.size()],
+            last,
+            x.device,
+            **kwargs,
         )
+        a, b = (ArithmeticSharedTensor.from_shares(t, precision=0) for t in (a, b))
         with IgnoreEncodings([a, b, x, y]):
             epsilon, delta = ArithmeticSharedTensor.reveal_batch([x - a, y - b])
         function = getattr(torch, op)
         # z = c + ε·b + (a + ε)·δ at party 0, c + ε·b + a·δ elsewhere (see the module)
         left = a._tensor + epsilon if comm.get().get_rank() == 0 else a._tensor
-        c._tensor += function(epsilon, b._tensor, *args, **kwargs)
-        c._tensor += function(left, delta, *args, **kwargs)
-        return c
+        z = function(epsilon, b._tensor, *args, **kwargs)
+        z += function(left, delta, *args, **kwargs)
+        z += c.result()
+        return ArithmeticSharedTensor.from_shares(z, precision=0)
 
     protocol.primia = True  # type: ignore[attr-defined]
     return protocol
 
 
+def _square_protocol(x: Any) -> Any:
+    """CrypTen's ``beaver.square``: z = r² + 2·ε·r + ε² with ε = x − r opened, the public
+    ε² added by party 0 only, the dealer's share of r² read last."""
+    from crypten.mpc.primitives import ArithmeticSharedTensor
+    from crypten.mpc.primitives.beaver import IgnoreEncodings
+
+    (r,), r2 = deal(("square", x.size()), [x.size()], x.size(), x.device)
+    shared_r = ArithmeticSharedTensor.from_shares(r, precision=0)
+    with IgnoreEncodings([x, shared_r]):
+        epsilon = (x - shared_r).reveal()
+    z = r * (2 * epsilon)
+    if _party0():
+        z += epsilon * epsilon
+    z += r2.result()
+    return ArithmeticSharedTensor.from_shares(z, precision=0)
+
+
 def _binary_and(x: Any, y: Any) -> Any:
-    """CrypTen's Beaver AND of binary shares, on the raw shares in place.
+    """CrypTen's Beaver AND of binary shares, on the raw shares.
 
     With ε = x ⊕ a and δ = y ⊕ b opened, CrypTen returns
     ``(b ∧ ε) ⊕ (a ∧ δ) ⊕ (ε ∧ δ) ⊕ c``, the public ε ∧ δ XORed in by party 0 only, through
     eight temporary shared tensors. Since (a ∧ δ) ⊕ (ε ∧ δ) = (a ⊕ ε) ∧ δ bit by bit, the
     share here is ``c ⊕ (b ∧ ε) ⊕ ((a ⊕ ε) ∧ δ)`` at party 0 and ``c ⊕ (b ∧ ε) ⊕ (a ∧ δ)``
-    elsewhere: the same bits, written into c's share (a fresh tensor of the triple).
+    elsewhere: the same bits, with the dealer's share of c read last.
     """
-    import crypten
     from crypten.mpc.primitives.binary import BinarySharedTensor
 
-    provider = crypten.mpc.get_default_provider()
-    a, b, c = provider.generate_binary_triple(x.size(), y.size(), device=x.device)
-    epsilon, delta = BinarySharedTensor.reveal_batch([x ^ a, y ^ b])
-    left = a.share ^ epsilon if _party0() else a.share
-    c.share ^= b.share & epsilon  # c has the broadcast shape of x and y
-    c.share ^= left & delta
-    return c
+    size = torch.broadcast_shapes(x.size(), y.size())
+    (a, b), c = deal(("binary", x.size(), y.size()), [x.size(), y.size()], size, x.device)
+    masked = [x ^ BinarySharedTensor.from_shares(a), y ^ BinarySharedTensor.from_shares(b)]
+    epsilon, delta = BinarySharedTensor.reveal_batch(masked)
+    left = a ^ epsilon if _party0() else a
+    share = b & epsilon  # the broadcast shape of x and y
+    share ^= left & delta
+    share ^= c.result()
+    return BinarySharedTensor.from_shares(share)
+
+
+def random_bits(size: Any, device: Any = None) -> tuple[torch.Tensor, _Answer]:
+    """This party's binary share of a dealt random bit r per element (drawn now) and its
+    arithmetic share of r (the dealer's answer at party 0: read it when needed), as
+    ``B2A_rng`` deals them."""
+    (bits,), arithmetic = deal(("B2A", size), [size], size, device, bitlength=1)
+    return bits, arithmetic
 
 
 class _Request:
@@ -309,21 +414,37 @@ def _generator(device: Any) -> torch.Generator:
     return generator
 
 
-def _deal(
+class _Drawn:
+    """A party's last share of a dealt correlation, drawn from its dealer generator."""
+
+    def __init__(self, share: torch.Tensor) -> None:
+        self._share = share
+
+    def result(self) -> torch.Tensor:
+        return self._share
+
+
+_Answer = _Request | _Drawn
+"""A party's last share of a dealt correlation: read with ``result()``, once."""
+
+
+def deal(
     request: tuple[Any, ...],
     drawn: list[Any],
     last: Any,
     device: Any,
     bitlength: int = 64,
     **kwargs: Any,
-) -> list[torch.Tensor]:
+) -> tuple[list[torch.Tensor], _Answer]:
     """A party's shares of one dealt correlation: every party sends ``request`` (the
     dealer's function and its arguments, with ``kwargs``) first (the dealer serves party
     0's only if the others asked the same, :mod:`primia.inference.dealing`; on CrypTen's
-    gloo group only party 0 sends, see :func:`_mirrored`), then every
-    party draws its shares of sizes ``drawn`` (``bitlength`` bits) from its dealer
-    generator; the last share is the dealer's answer at party 0 and drawn, of size
-    ``last``, elsewhere."""
+    gloo group only party 0 sends, see :func:`_mirrored`), then every party draws its
+    shares of sizes ``drawn`` (``bitlength`` bits) from its dealer generator. The last
+    share is the dealer's answer at party 0 and drawn, of size ``last``, elsewhere; it is
+    returned unread, so that party 0 opens its masked inputs and computes its products
+    while the dealer computes (the answer waits in the link meanwhile). Party 0 must read
+    it before its next request, so that answers come in the order asked."""
     function, *arguments = request
     asked = None
     if _party0():
@@ -334,10 +455,9 @@ def _deal(
     shares = [
         ring_random(size, generator=generator, device=device, bitlength=bitlength) for size in drawn
     ]
-    shares.append(
-        asked.result() if asked else ring_random(last, generator=generator, device=device)
-    )
-    return shares
+    if asked is not None:
+        return shares, asked
+    return shares, _Drawn(ring_random(last, generator=generator, device=device))
 
 
 def _additive_triple(
@@ -346,8 +466,8 @@ def _additive_triple(
     from crypten.mpc.primitives import ArithmeticSharedTensor
 
     last = product_size(op, size0, size1, *args, **kwargs)
-    shares = _deal(("additive", size0, size1, op, *args), [size0, size1], last, device, **kwargs)
-    return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in shares)
+    (a, b), c = deal(("additive", size0, size1, op, *args), [size0, size1], last, device, **kwargs)
+    return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (a, b, c.result()))
 
 
 def _square(self: Any, size: Any, device: Any = None) -> tuple[Any, Any]:
@@ -362,23 +482,23 @@ def _arithmetic_pair(function: str, size: Any, device: Any) -> tuple[Any, Any]:
     """r and the dealt value for r (its square, or its wraps), arithmetic shares."""
     from crypten.mpc.primitives import ArithmeticSharedTensor
 
-    shares = _deal((function, size), [size], size, device)
-    return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in shares)
+    (r,), dealt = deal((function, size), [size], size, device)
+    return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in (r, dealt.result()))
 
 
 def _binary_triple(self: Any, size0: Any, size1: Any, device: Any = None) -> tuple[Any, Any, Any]:
     from crypten.mpc.primitives import BinarySharedTensor
 
     last = torch.broadcast_shapes(torch.Size(size0), torch.Size(size1))
-    shares = _deal(("binary", size0, size1), [size0, size1], last, device)
-    return tuple(BinarySharedTensor.from_shares(t) for t in shares)
+    (a, b), c = deal(("binary", size0, size1), [size0, size1], last, device)
+    return tuple(BinarySharedTensor.from_shares(t) for t in (a, b, c.result()))
 
 
 def _b2a_rng(self: Any, size: Any, device: Any = None) -> tuple[Any, Any]:
     from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
 
-    bits, arithmetic = _deal(("B2A", size), [size], size, device, bitlength=1)
+    bits, arithmetic = random_bits(size, device)
     return (
-        ArithmeticSharedTensor.from_shares(arithmetic, precision=0),
+        ArithmeticSharedTensor.from_shares(arithmetic.result(), precision=0),
         BinarySharedTensor.from_shares(bits),
     )

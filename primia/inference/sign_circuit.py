@@ -166,19 +166,22 @@ def _sign_ltz(tensor: Any, rank: int) -> Any:
     The sign becomes arithmetic as in CrypTen's single-bit conversion: with a random bit r
     dealt both ways, z = sign ⊕ r is opened and the result is r + z − 2·r·z; the opened
     bits travel 64 to a word (CrypTen opens a word per bit)."""
-    import crypten
     from crypten.encoder import FixedPointEncoder
-    from crypten.mpc.primitives import BinarySharedTensor
+    from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
     from crypten.mpc.ptype import ptype as Ptype
+
+    # installed only with the acceleration, whose dealing this is (imported here: the
+    # acceleration imports this module)
+    from primia.inference.acceleration import random_bits
 
     sign = sign_shares(tensor.share, rank, _conjunction)
     count = sign.numel()
-    random_arithmetic, random_binary = crypten.mpc.get_default_provider().B2A_rng(
-        sign.size(), device=sign.device
-    )
-    masked = BinarySharedTensor.from_shares(pack_bits(sign ^ random_binary.share))
+    random_binary, random_arithmetic = random_bits(sign.size(), device=sign.device)
+    masked = BinarySharedTensor.from_shares(pack_bits(sign ^ random_binary))
     opened = unpack_bits(masked.reveal(), count).reshape(sign.shape)
-    bit = random_arithmetic * (1 - 2 * opened) + opened
+    # the dealer's share of r is read once the opening is done (its answer waited)
+    arithmetic = ArithmeticSharedTensor.from_shares(random_arithmetic.result(), precision=0)
+    bit = arithmetic * (1 - 2 * opened) + opened
     # what CrypTen's conversion leaves: its encoder for the input's precision, scale 1
     bit.encoder = FixedPointEncoder(precision_bits=0 if tensor.encoder.scale == 1 else None)
     bit.encoder._scale = 1

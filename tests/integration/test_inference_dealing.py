@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from primia.inference import communicator, dealing, parties
+from primia.inference import acceleration, communicator, dealing, parties
 from primia.inference.encrypted import EncryptedModel
 from primia.inference.local import InferenceFailed, run_local
 from primia.models.checkpoint import ModelSpec
@@ -39,20 +39,20 @@ def curious_model_owner(
         from crypten.mpc.provider.ttp_provider import TTPClient
 
         seen: dict[str, torch.Tensor] = {}
-        provider = crypten.mpc.get_default_provider()
-        triple, reveal = provider.generate_additive_triple, ArithmeticSharedTensor.reveal_batch
+        deal, reveal = acceleration.deal, ArithmeticSharedTensor.reveal_batch
 
-        def first_triple(*args: Any, **kwargs: Any) -> Any:
-            a, b, c = triple(*args, **kwargs)
-            seen.setdefault("a0", a._tensor.clone())
-            return a, b, c
+        def first_deal(request: tuple[Any, ...], *args: Any, **kwargs: Any) -> Any:
+            drawn, answer = deal(request, *args, **kwargs)
+            if request[0] == "additive":
+                seen.setdefault("a0", drawn[0].clone())
+            return drawn, answer
 
         def first_reveal(tensors: Any) -> Any:
             opened = reveal(tensors)
             seen.setdefault("epsilon", opened[0].clone())
             return opened
 
-        provider.generate_additive_triple = first_triple
+        acceleration.deal = first_deal  # this process's multiplications draw through it
         ArithmeticSharedTensor.reveal_batch = staticmethod(first_reveal)
         encrypted = EncryptedModel(model, src=parties.MODEL_OWNER, crypten=crypten)
         images = crypten.cryptensor(torch.zeros(shape), src=parties.DATA_OWNER)

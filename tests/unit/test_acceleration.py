@@ -71,7 +71,19 @@ def test_keystream_is_aes_ctr_of_zeros_at_every_length() -> None:
 
 def test_product_sizes_match_the_products() -> None:
     image, weight = torch.zeros(2, 3, 9, 9, dtype=torch.long), torch.ones(4, 3, 3, 3).long()
-    conv = torch.conv2d(image, weight, stride=2, padding=1)
-    assert product_size("conv2d", image.shape, weight.shape, stride=2, padding=1) == conv.shape
+    for options in [
+        {"stride": 2, "padding": 1},
+        {"stride": (1, 2), "padding": (0, 2), "dilation": 2},
+        {"stride": 1, "padding": 0, "dilation": 1, "groups": 1},
+    ]:
+        conv = torch.conv2d(image, weight, **options)
+        assert product_size("conv2d", image.shape, weight.shape, **options) == conv.shape
+    grouped = torch.conv2d(image[:, :2], weight[:, :1], groups=2, padding=1)
+    assert product_size("conv2d", (2, 2, 9, 9), (4, 1, 3, 3), groups=2, padding=1) == grouped.shape
+    line = torch.conv1d(image[0, :, 0], weight[:, :, 0], stride=3)
+    assert product_size("conv1d", (3, 9), (4, 3, 3), stride=3) == line.shape  # unbatched
+    assert product_size("conv1d", (1, 3, 9), (4, 3, 3), stride=3) == (1, *line.shape)
     assert product_size("matmul", (5, 3), (3, 2)) == torch.Size([5, 2])
+    assert product_size("matmul", (7, 1, 5, 3), (6, 3, 2)) == torch.Size([7, 6, 5, 2])
+    assert product_size("matmul", (3,), (3, 2)) == torch.Size([2])
     assert product_size("mul", (5, 1), (1, 4)) == torch.Size([5, 4])

@@ -62,6 +62,8 @@ def test_what_a_session_asks_for_is_served(request_: Any) -> None:
         ),
         (_request("additive", [1 << 14] * 2, [1 << 14] * 2, "matmul"), f"more than {MAX_WORK}"),
         (_request("additive", [2, 3], [4, 5], "matmul"), "not defined on those sizes"),
+        (_request("additive", [1, 3, 8, 8], [4, 2, 3, 3], "conv2d"), "not defined on those sizes"),
+        (_request("additive", [1, 1, 2, 2], [4, 1, 3, 3], "conv2d"), "not defined on those sizes"),
         (_request("binary", [1 << 28, 1], [1, 1 << 28]), f"more than {MAX_ELEMENTS}"),
         (_request("binary", [2], [3]), "do not broadcast"),
         (_request("square", "4"), "at most 8 dimensions"),
