@@ -69,6 +69,8 @@ MAX_TEXT = 1024
 ``limits.max_text`` bounds what a node sends)."""
 ID_FIELDS = ("run_id", "node_name", "task_id")
 """The coordinator's names and ids a node logs and records: printable text only."""
+FREE_TEXT_KINDS = ("shutdown", "abandoned", "error")
+"""Messages whose free text (a reason, a detail) is cut and escaped where it is logged."""
 
 _END = object()
 BLOBS_KEPT = 1
@@ -239,7 +241,10 @@ class _Session:
                     log.info("the coordinator ended the session: %s", reason)
                 return _Ending(shutdown.finished, shutdown.failed, reason)
             elif kind == "error":
-                log.warning("the coordinator could not use a message: %s", message.error.detail)
+                log.warning(
+                    "the coordinator could not use a message: %s",
+                    codec.printable(message.error.detail),
+                )
         if self._refused is not None:
             raise self._refused
         log.warning("the coordinator closed the stream")
@@ -510,27 +515,30 @@ def _text_problem(message: pb.CoordinatorMessage, kind: str | None) -> str | Non
     ``task_id``) that is not printable text. The node writes these into its log lines
     and, the run and task ids, into its privacy ledger's releases: a lying coordinator
     forged log lines with a newline in its run id, and grew every release with a
-    megabyte one. None if it is fine. A chunk is left to the blob assembler: reading
-    its fields would copy its data."""
-    if kind == "chunk":
+    megabyte one. None if it is fine. A chunk is left to the blob assembler (reading
+    its fields would copy its data); the free text of :data:`FREE_TEXT_KINDS` is cut
+    and escaped where it is logged, so a long reason still ends the session."""
+    if kind is None or kind == "chunk":
         return None
-    try:
-        check_strings(message, MAX_TEXT)
-    except LimitExceeded as error:
-        return (
-            f"the coordinator's {kind} message has a text field over {MAX_TEXT} characters "
-            f"({codec.printable(str(error))}); primia's coordinator sends short names and ids"
-        )
-    if kind is None:
-        return None
+    if kind not in FREE_TEXT_KINDS:
+        try:
+            check_strings(message, MAX_TEXT)
+        except LimitExceeded as error:
+            return (
+                f"the coordinator's {kind} message has a text field over {MAX_TEXT} "
+                f"characters ({codec.printable(str(error))}); primia's coordinator sends "
+                "short names and ids"
+            )
     body = getattr(message, kind)
     for field in ID_FIELDS:
         if field in body.DESCRIPTOR.fields_by_name:
             text = getattr(body, field)
-            if not text.isprintable():
+            if len(text) > MAX_TEXT or not text.isprintable():
                 return (
-                    f"the coordinator's {kind} message has a {field} with control characters "
-                    f"({codec.printable(text)!r}); primia's coordinator sends printable ids"
+                    f"the coordinator's {kind} message has a {field} of {len(text)} "
+                    f"characters, over {MAX_TEXT} or with control characters "
+                    f"({codec.printable(text[:64])!r}); primia's coordinator sends short "
+                    "printable ids"
                 )
     return None
 

@@ -54,12 +54,17 @@ def test_a_run_id_with_a_newline_or_a_megabyte_is_refused_at_the_welcome(
     assert "\n" not in answer.plan_answer.refusal.detail
 
 
-def test_a_task_with_an_overlong_id_is_ignored() -> None:
-    """Its id would be logged and written into the ledger's release: the node drops the
-    message (the coordinator sees a dropout), answering nothing that echoes it."""
+def test_a_task_with_an_overlong_id_is_ignored_and_a_long_shutdown_reason_is_not() -> None:
+    """A task's id would be logged and written into the ledger's release: the node drops
+    the message (the coordinator sees a dropout), answering nothing that echoes it. A
+    shutdown's reason is cut where it is logged, so a long one still ends the session."""
     session, outbound = _session()
     welcome = pb.CoordinatorMessage(welcome=pb.Welcome(node_name="site0", run_id="r1"))
     task = pb.CoordinatorMessage(train=pb.TrainTask(task_id="t" * 100_000, round=1))
-    session.run(iter([welcome, task]))
+    shutdown = pb.CoordinatorMessage(
+        shutdown=pb.Shutdown(reason="done " * 1000, finished=True, failed=False)
+    )
+    ending = session.run(iter([welcome, task, shutdown]))
     (answer,) = _sent(outbound)
     assert answer.plan_answer.accepted
+    assert ending.finished and not ending.failed
