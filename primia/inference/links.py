@@ -309,12 +309,19 @@ def _dial(
                 )
             connection.sendall(HELLO.pack(MAGIC, plan.session_id.encode(), plan.rank, direction))
             return connection
-        except (OSError, CertificateRejected) as error:
+        except (ssl.SSLCertVerificationError, CertificateRejected) as error:
             raw.close()
             raise LinkRefused(
                 f"session {plan.session_id}: the MPC link to {peer.name} at "
                 f"{peer.host}:{peer.port} failed: {error}"
             ) from error
+        except OSError as error:
+            # The listener closed the connection before the handshake ended: its handshake
+            # slots were full (anyone who reaches the port, certificate or not, can fill
+            # them), so try again until the deadline rather than end the session now.
+            raw.close()
+            last_error = error
+            time.sleep(0.05)
     raise LinkError(
         f"session {plan.session_id}: could not reach {peer.name} at {peer.host}:{peer.port} "
         f"within {plan.join_timeout_s:g} s: {last_error}"
@@ -365,7 +372,7 @@ class _Acceptor:
             except OSError:
                 return
             if not self._slots.acquire(blocking=False):
-                raw.close()  # more strangers than slots: the peers will retry
+                raw.close()  # more strangers than slots: the peers dial again (_dial)
                 continue
             threading.Thread(
                 target=self._admit, args=(raw, address), name="mpc-admit", daemon=True

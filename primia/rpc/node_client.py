@@ -53,14 +53,24 @@ from primia.federated.tasks import (
     TrainOutcome,
     TrainTask,
 )
+from primia.limits import LimitExceeded
 from primia.rpc import codec, evaluation_codec, methods, secure_codec
 from primia.rpc.chunk_wire import messages_of
 from primia.rpc.generated import federation_pb2 as pb
 from primia.rpc.node_config import NodeConfig
 from primia.rpc.probe import diagnose
+from primia.rpc.text_fields import check_strings
 from primia.rpc.tls import secure_channel
 
 log = logging.getLogger(__name__)
+
+MAX_TEXT = 1024
+"""The longest string field a node reads from its coordinator (as the coordinator's own
+``limits.max_text`` bounds what a node sends)."""
+ID_FIELDS = ("run_id", "node_name", "task_id")
+"""The coordinator's names and ids a node logs and records: printable text only."""
+FREE_TEXT_KINDS = ("shutdown", "abandoned", "error")
+"""Messages whose free text (a reason, a detail) is cut and escaped where it is logged."""
 
 _END = object()
 BLOBS_KEPT = 1
@@ -195,6 +205,13 @@ class _Session:
                 self._chunk(message)
                 continue
             kind = message.WhichOneof("kind")
+            problem = _text_problem(message, kind)
+            if problem is not None and kind == "welcome":
+                self._refuse_run(TaskRefused(Refusal.INVALID_PLAN, problem))
+                continue
+            if problem is not None:
+                log.error("ignored a %s message from the coordinator: %s", kind, problem)
+                continue
             if kind == "welcome":
                 self._name = message.welcome.node_name
                 self._run = message.welcome.run_id
@@ -224,7 +241,10 @@ class _Session:
                     log.info("the coordinator ended the session: %s", reason)
                 return _Ending(shutdown.finished, shutdown.failed, reason)
             elif kind == "error":
-                log.warning("the coordinator could not use a message: %s", message.error.detail)
+                log.warning(
+                    "the coordinator could not use a message: %s",
+                    codec.printable(message.error.detail),
+                )
         if self._refused is not None:
             raise self._refused
         log.warning("the coordinator closed the stream")
@@ -239,20 +259,23 @@ class _Session:
                 plan = codec.federation_plan_from_proto(welcome.plan)
                 self._owner.check_plan(plan, run=self._run)
         except (TaskRefused, codec.MessageError) as error:
-            refusal = (
+            self._refuse_run(
                 error
                 if isinstance(error, TaskRefused)
                 else TaskRefused(Refusal.INVALID_PLAN, str(error))
             )
-            log.error("refused to join run %s: %s", self._run, refusal)
-            answer = pb.PlanAnswer(accepted=False, refusal=codec.refusal_to_proto("", refusal))
-            self._send(pb.NodeMessage(plan_answer=answer))
-            # Raised once the coordinator, having read the answer, ends the stream.
-            self._refused = PlanRefused(
-                f"this node refuses to join the coordinator's run {self._run}: {refusal}"
-            )
             return
         self._send(pb.NodeMessage(plan_answer=pb.PlanAnswer(accepted=True)))
+
+    def _refuse_run(self, refusal: TaskRefused) -> None:
+        """Tell the coordinator why this node does not join its run; :meth:`run` raises
+        :class:`PlanRefused` once the coordinator, having read the answer, ends the stream."""
+        log.error("refused to join run %s: %s", self._run, refusal)
+        answer = pb.PlanAnswer(accepted=False, refusal=codec.refusal_to_proto("", refusal))
+        self._send(pb.NodeMessage(plan_answer=answer))
+        self._refused = PlanRefused(
+            f"this node refuses to join the coordinator's run {self._run}: {refusal}"
+        )
 
     def _abandoned(self, message: pb.RoundAbandoned) -> None:
         """The coordinator abandoned the round of one of our tasks: a release made for it
@@ -484,6 +507,40 @@ class _Session:
 
     def _send(self, message: pb.NodeMessage) -> None:
         self._outbound.put(message)
+
+
+def _text_problem(message: pb.CoordinatorMessage, kind: str | None) -> str | None:
+    """Why the coordinator's ``message`` (of oneof ``kind``) must not be used: a string
+    field over :data:`MAX_TEXT` characters, or a name or id (``run_id``, ``node_name``,
+    ``task_id``) that is not printable text. The node writes these into its log lines
+    and, the run and task ids, into its privacy ledger's releases: a lying coordinator
+    forged log lines with a newline in its run id, and grew every release with a
+    megabyte one. None if it is fine. A chunk is left to the blob assembler (reading
+    its fields would copy its data); the free text of :data:`FREE_TEXT_KINDS` is cut
+    and escaped where it is logged, so a long reason still ends the session."""
+    if kind is None or kind == "chunk":
+        return None
+    if kind not in FREE_TEXT_KINDS:
+        try:
+            check_strings(message, MAX_TEXT)
+        except LimitExceeded as error:
+            return (
+                f"the coordinator's {kind} message has a text field over {MAX_TEXT} "
+                f"characters ({codec.printable(str(error))}); primia's coordinator sends "
+                "short names and ids"
+            )
+    body = getattr(message, kind)
+    for field in ID_FIELDS:
+        if field in body.DESCRIPTOR.fields_by_name:
+            text = getattr(body, field)
+            if len(text) > MAX_TEXT or not text.isprintable():
+                return (
+                    f"the coordinator's {kind} message has a {field} of {len(text)} "
+                    f"characters, over {MAX_TEXT} or with control characters "
+                    f"({codec.printable(text[:64])!r}); primia's coordinator sends short "
+                    "printable ids"
+                )
+    return None
 
 
 def _result_of(outcome: TrainOutcome) -> pb.TrainResult:
