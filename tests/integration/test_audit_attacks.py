@@ -81,6 +81,7 @@ def test_trap_weights_give_isolated_images_back_exactly_unless_dp(synth_data: Pa
     assert len(exact) >= 2 and all(s.leaked for s in exact)
     assert none.refusal is None  # same weights for all: the consistency check passes
     assert not [s for o in dp.outcomes for s in o.scores if s.reconstructed]
+    assert dp.summary.verdict == NO_LEAK, dp.summary
 
 
 def test_model_inconsistency_leaks_through_secure_aggregation_unless_checked(
