@@ -15,7 +15,9 @@ Per cell: images leaked of N (reconstructed: PSNR â‰¥ prior + 1 dB and leakage â
 re-identified: by pixels, the dataset image nearest the reconstruction is the original
 or the patient's; or by features, the dataset image whose features through the sent
 model are nearest the recovered ones is the original, or, the original left out, the
-patient's), images reconstructed, mean PSNR and the prior's, SSIM, the re-identification
+patient's; a method's hits count only beyond chance, as
+``primia.audit.results.discount_chance`` tests them, while the rates printed are the raw
+hits), images reconstructed, mean PSNR and the prior's, SSIM, the re-identification
 rates, images whose findings came back exactly, seconds per attack, and whether primia's
 model-consistency check refuses the threat. Cells come analytic first (every model), then
 feature-ig, so a run cut short still has the analytic table.

@@ -37,7 +37,7 @@ from primia.audit.metrics import match, score_images
 from primia.audit.prior import fit_decoder, public_images
 from primia.audit.release import Defense, UpdateRule, epsilon_cost, observe
 from primia.audit.report import ReportFiles, write_report
-from primia.audit.results import AttackOutcome, InversionAudit, summarize
+from primia.audit.results import AttackOutcome, InversionAudit, discount_chance, summarize
 from primia.audit.threats import Threat, craft, observe_crafted, sent_to_nodes
 from primia.audit.verifier import load_verifier
 from primia.data import RadiographDataset, Task, open_dataset
@@ -300,6 +300,8 @@ def _audit(
         epsilon = epsilon_cost(
             rule, batch_size=config.batch_size, dataset_size=len(dataset), delta=config.delta
         )
+    # Each image's re-identification is judged against chance over the whole audit.
+    outcomes = discount_chance(outcomes)
     crafted = knowledge.crafted
     refusal = None
     if rule.defense is Defense.SECAGG:

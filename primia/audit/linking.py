@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from primia.audit.results import InversionAudit, summarize
+from primia.audit.results import InversionAudit, discount_chance, summarize
 from primia.audit.verifier import SiameseVerifier
 
 
@@ -53,4 +53,5 @@ def link_with_verifier(
                 )
             )
         outcomes.append(dataclasses.replace(outcome, scores=linked))
+    outcomes = discount_chance(outcomes)  # the verifier is one more method to test
     return dataclasses.replace(audit, outcomes=outcomes, summary=summarize(outcomes))

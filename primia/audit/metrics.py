@@ -7,6 +7,7 @@ data range is 1 throughout. Everything is computed in float64.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -198,6 +199,7 @@ def score_images(
             f"{len(reference_patient_ids)} patient ids for {len(reference)} reference images"
         )
     found = nearest(reconstructions, reference).tolist()
+    patient_images = Counter(reference_patient_ids)
     by_features: list[tuple[bool | None, bool | None]] = [(None, None)] * n
     if features is not None and reference_features is not None:
         by_features = list(
@@ -230,6 +232,8 @@ def score_images(
                 nearest_patient_correct=reference_patient_ids[found[i]] == patient,
                 feature_image_correct=by_features[i][0],
                 feature_patient_correct=by_features[i][1],
+                gallery_size=len(reference),
+                patient_images=patient_images[patient],
             )
         )
     return scores

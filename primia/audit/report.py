@@ -33,6 +33,7 @@ from primia.audit.results import (
     CAVEAT,
     LEAKAGE_THRESHOLD,
     PSNR_MARGIN_DB,
+    REID_ALPHA,
     AttackOutcome,
     ImageScore,
     InversionAudit,
@@ -317,9 +318,17 @@ def _why(audit: InversionAudit) -> str:
     return (
         f"An image leaks when it is reconstructed (its PSNR ≥ the prior's + {PSNR_MARGIN_DB} "
         f"dB and its leakage value ≥ {LEAKAGE_THRESHOLD}) or re-identified (its nearest image "
-        "is the original or the patient's, or the verifier links it to the patient). "
+        "is the original or the patient's, or the verifier links it to the patient, by a "
+        "method that beats chance over the audit's images). "
         f"Reconstructed: {s.reconstructed_images} of {s.images}; re-identified: "
-        f"{s.reidentified_any} of {s.images}." + (f" Leaked: {which}." if leaked else "")
+        f"{s.reidentified_any} of {s.images}."
+        + (f" Leaked: {which}." if leaked else "")
+        + (
+            f" Not counted, as chance alone reaches as many hits (p > {REID_ALPHA} / methods "
+            f"tested): re-identification by {', '.join(s.chance_level)}."
+            if s.chance_level
+            else ""
+        )
     )
 
 
@@ -410,7 +419,9 @@ def _how_to_read() -> list[str]:
     return [
         "The verdict counts images, not means: an image leaks when it is reconstructed (its "
         f"leakage value ≥ {LEAKAGE_THRESHOLD} and its PSNR ≥ its prior's + {PSNR_MARGIN_DB} "
-        "dB) or re-identified (nearest image or patient, or the verifier); the verdict says "
+        "dB) or re-identified (nearest image or patient, or the verifier, by a method whose "
+        "hits beat chance: a one-sided test of the audit's hits against the rate a random "
+        f"gallery image would give, at {REID_ALPHA} shared by the methods); the verdict says "
         "“leaks: k of N images reconstructed or re-identified”, or, when none did, “no leak "
         "found by these attacks: inconclusive, not a proof of safety”.",
         "The prior is the dataset's mean image: an attacker can produce it without seeing "

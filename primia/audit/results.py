@@ -7,6 +7,8 @@ Images are ``float32[S, S]`` arrays in [0, 1].
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +23,10 @@ LEAKAGE_THRESHOLD = 0.10
 as a fraction of the gain a perfect copy would have) reaches this ..."""
 PSNR_MARGIN_DB = 1.0
 """... and its PSNR beats the prior's by at least this many decibels."""
+REID_ALPHA = 0.05
+"""A re-identification method's hits count only when chance alone would reach as many
+with probability at most this (shared by the methods tested, Bonferroni; see
+:func:`discount_chance`)."""
 NO_LEAK = "no leak found by these attacks: inconclusive, not a proof of safety"
 CAVEAT = (
     "An audit can show a leak, never its absence: a stronger attack, more iterations, other "
@@ -45,6 +51,11 @@ class ImageScore:
     attacker sent (:func:`primia.audit.metrics.feature_matches`): the most similar image is
     the original / the most similar *other* image is the patient's (None for attacks that
     recover no features).
+    ``gallery_size`` / ``patient_images``: the images of the attacker's gallery (the
+    node's dataset) and those of them that are the original's patient's, the original
+    included: they give each method's chance rate (None where unknown: hits then count
+    unconditionally). ``chance_level``: the methods whose hits in this audit chance alone
+    explains (:func:`discount_chance`); :attr:`reidentified` ignores them.
     """
 
     dataset_index: int
@@ -63,6 +74,35 @@ class ImageScore:
     """Every label (finding) of the image recovered exactly; None where not scored."""
     feature_image_correct: bool | None = None
     feature_patient_correct: bool | None = None
+    gallery_size: int | None = None
+    patient_images: int | None = None
+    chance_level: tuple[str, ...] = ()
+
+    def hits(self) -> dict[str, bool]:
+        """Per re-identification method scored for this image, whether it hit."""
+        found = {
+            "pixels image": self.nearest_image_correct,
+            "pixels patient": self.nearest_patient_correct,
+            "features image": self.feature_image_correct,
+            "features patient": self.feature_patient_correct,
+            "verifier": self.verifier_patient_correct,
+        }
+        return {method: hit for method, hit in found.items() if hit is not None}
+
+    def chance(self, method: str) -> float | None:
+        """The probability that ``method`` hits by chance, when its match is a uniformly
+        random gallery image: 1/G for the original (pixels or features), n/G for the
+        patient by the nearest image (the original included), (n − 1)/(G − 1) for the
+        patient with the original left out (features, verifier); G the gallery's images,
+        n the patient's. None where G or n is unknown."""
+        if self.gallery_size is None or self.patient_images is None:
+            return None
+        g, n = self.gallery_size, self.patient_images
+        if method.endswith("image"):
+            return 1 / g
+        if method == "pixels patient":
+            return n / g
+        return (n - 1) / (g - 1) if g > 1 else 0.0
 
     @property
     def reconstructed(self) -> bool:
@@ -72,14 +112,8 @@ class ImageScore:
     @property
     def reidentified(self) -> bool:
         """The nearest image (pixels or features) is the original or the patient's, or the
-        verifier links it."""
-        return (
-            self.nearest_image_correct
-            or self.nearest_patient_correct
-            or self.verifier_patient_correct is True
-            or self.feature_image_correct is True
-            or self.feature_patient_correct is True
-        )
+        verifier links it, by a method whose hits in this audit beat chance."""
+        return any(hit and method not in self.chance_level for method, hit in self.hits().items())
 
     @property
     def leaked(self) -> bool:
@@ -126,6 +160,9 @@ class Summary:
     for attacks that recover no features) ..."""
     linked_by_features: float | None = None
     """... and whose nearest other image, the original left out, is the patient's."""
+    chance_level: tuple[str, ...] = ()
+    """Re-identification methods that hit, but no more often than chance explains: their
+    hits are shown and not counted (:func:`discount_chance`)."""
 
 
 @dataclass(frozen=True)
@@ -154,9 +191,64 @@ def verdict(leaked: int, images: int) -> Verdict:
     return NO_LEAK
 
 
-def summarize(outcomes: Sequence[AttackOutcome]) -> Summary:
-    """The means over all images of all outcomes, and their verdict."""
+def chance_tail(chances: Sequence[float], hits: int) -> float:
+    """P(X ≥ hits) for X = Σ_i Bernoulli(p_i), the p_i independent (Poisson-binomial):
+    the exact distribution by convolution, one image at a time."""
+    distribution = [1.0]
+    for p in chances:
+        distribution = [
+            (distribution[k] if k < len(distribution) else 0.0) * (1 - p)
+            + (distribution[k - 1] * p if k else 0.0)
+            for k in range(len(distribution) + 1)
+        ]
+    return math.fsum(distribution[hits:])
+
+
+def discount_chance(outcomes: Sequence[AttackOutcome]) -> list[AttackOutcome]:
+    """``outcomes`` with each score's ``chance_level`` set: the re-identification methods
+    whose hits, over all the audit's images, chance alone would reach too often.
+
+    H₀ for a method: the attacker's match carries no information about the image, so its
+    matched gallery image is as good as uniformly random and image i hits with its
+    chance rate p_i (:meth:`ImageScore.chance`; the attacked images are drawn at random,
+    so even a fixed match — every reconstruction nearest one "hub" image, as DP's noise
+    is — hits with these rates over the draw). With k hits among N images, the method
+    counts when P(X ≥ k) ≤ α / m for X Poisson-binomial(p_1..p_N), α = :data:`REID_ALPHA`
+    and m the methods tested (Bonferroni): chance alone then reports a re-identification
+    leak in at most α of audits. A method whose chance rates are unknown always counts.
+    Reconstruction is never discounted. The rule spares real attacks: at batch 1
+    undefended, features match the original in every image (k = N against p = 1/G; one
+    hit alone in a gallery of G ≥ 100 counts, even at N = 1), while a single hit among 16
+    at the patient level (p ≈ 1/60) is what chance gives one audit in four.
+    """
     scores = [score for outcome in outcomes for score in outcome.scores]
+    methods = sorted({method for score in scores for method in score.hits()})
+    discounted = set()
+    for method in methods:
+        scored = [score for score in scores if method in score.hits()]
+        chances = [score.chance(method) for score in scored]
+        if any(p is None for p in chances):
+            continue
+        hits = sum(score.hits()[method] for score in scored)
+        known = [p for p in chances if p is not None]
+        if chance_tail(known, hits) > REID_ALPHA / len(methods):
+            discounted.add(method)
+    level = tuple(sorted(discounted))
+
+    def replace(outcome: AttackOutcome) -> AttackOutcome:
+        scored = [dataclasses.replace(score, chance_level=level) for score in outcome.scores]
+        return dataclasses.replace(outcome, scores=scored)
+
+    return [replace(outcome) for outcome in outcomes]
+
+
+def summarize(outcomes: Sequence[AttackOutcome]) -> Summary:
+    """The means over all images of all outcomes, and their verdict; the verdict's
+    re-identifications are those beyond chance (:func:`discount_chance`, applied here
+    too)."""
+    scores = [score for outcome in discount_chance(outcomes) for score in outcome.scores]
+    hit = {method for score in scores for method, found in score.hits().items() if found}
+    at_chance = sorted(hit.intersection(scores[0].chance_level)) if scores else []
     if not scores:
         raise ValueError("an audit without scored images cannot be summarized")
 
@@ -195,4 +287,5 @@ def summarize(outcomes: Sequence[AttackOutcome]) -> Summary:
         linked_by_features=None
         if None in by_features
         else mean([float(s.feature_patient_correct is True) for s in scores]),
+        chance_level=tuple(at_chance),
     )

@@ -59,9 +59,10 @@ examples:
 AUDIT_DIR receives report.html (open it in a browser), report.json and one PNG grid per
 defense (originals above reconstructions, the prior beside them). An image leaks when it
 is reconstructed (leakage value >= 0.1 and PSNR >= the prior's + 1 dB) or re-identified
-(nearest image or patient, or the verifier). The verdict is "leaks: k of N images
-reconstructed or re-identified", or "no leak found by these attacks: inconclusive, not a
-proof of safety": an audit can show a leak, never its absence.
+(nearest image or patient, or the verifier, by a method whose hits beat chance). The
+verdict is "leaks: k of N images reconstructed or re-identified", or "no leak found by
+these attacks: inconclusive, not a proof of safety": an audit can show a leak, never its
+absence.
 """
 
 COLUMNS = (

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from primia.audit import AttackConfig, AttackName, InversionConfig, run_inversion_audit
+from primia.audit.results import NO_LEAK
 
 RESNET9 = {"model": "resnet9", "width": 16, "image_size": 32, "progress": False}
 LENET_IMPRINT = {"model": "lenet", "width": 17, "image_size": 32, "progress": False}
@@ -38,15 +39,14 @@ def test_resnet9_batch_one_leaks_most_images_and_dp_stops_it(
     assert none.summary.reidentified_images > 0.5, none.summary
     assert none.summary.reidentified_by_features == 1.0, none.summary  # features are exact
     # DP: nothing reconstructed, no image found by pixels or features, no patient by
-    # features. The pixel nearest-patient rule can still hit by chance (each attacked
-    # image's patient holds 3 of the 72 images; DP's reconstructions are noise): the rule
-    # counts such a hit, to err towards a leak: at most one here, and nothing else.
+    # features; a nearest-patient hit by pixels can still happen by chance (each attacked
+    # image's patient holds 3 of the 72 images: 8 images hit in 3 audits of 10), and
+    # the rule discounts what chance explains. The verdict, itself:
+    assert dp.summary.verdict == NO_LEAK, dp.summary
     assert dp.summary.reconstructed_images == 0, dp.summary
     assert dp.summary.reidentified_images == 0.0, dp.summary
     assert dp.summary.reidentified_by_features == 0.0, dp.summary
     assert dp.summary.linked_by_features == 0.0, dp.summary
-    chance_hits = sum(s.nearest_patient_correct for o in dp.outcomes for s in o.scores)
-    assert dp.summary.leaked_images == chance_hits <= 1, dp.summary
     report = json.loads((tmp_path / "audit" / "report.json").read_text())
     first = report["audits"][0]["images"]
     assert first[0]["leaked"]  # the report lists the leaked images first
@@ -81,6 +81,7 @@ def test_trap_weights_give_isolated_images_back_exactly_unless_dp(synth_data: Pa
     assert len(exact) >= 2 and all(s.leaked for s in exact)
     assert none.refusal is None  # same weights for all: the consistency check passes
     assert not [s for o in dp.outcomes for s in o.scores if s.reconstructed]
+    assert dp.summary.verdict == NO_LEAK, dp.summary
 
 
 def test_model_inconsistency_leaks_through_secure_aggregation_unless_checked(

@@ -15,6 +15,7 @@ from primia.audit.results import (
     AttackOutcome,
     ImageScore,
     InversionAudit,
+    chance_tail,
     summarize,
 )
 
@@ -82,6 +83,30 @@ def test_the_audits_reach_both_verdicts(audits):
         "leaks: 3 of 3 images reconstructed or re-identified",
         "no leak found by these attacks: inconclusive, not a proof of safety",
     ]
+
+
+def test_chance_tail_is_the_binomial_tail():
+    assert chance_tail([0.5] * 3, 2) == pytest.approx(0.5)  # (3 + 1) / 8
+    assert chance_tail([0.1, 0.2], 0) == 1.0 and chance_tail([0.1, 0.2], 2) == pytest.approx(0.02)
+
+
+def test_re_identification_counts_only_beyond_chance():
+    rng = np.random.default_rng(0)
+    # 16 images, 240 in the gallery, 4 per patient. No reconstruction: leaks only by re-id.
+    blank = replace(score(0, 15.0, 0.0), gallery_size=240, patient_images=4)
+    # One nearest-patient hit: chance alone gives one in 4 audits (1 − (1 − 1/60)^16).
+    lucky = [replace(blank, nearest_patient_correct=i == 0) for i in range(16)]
+    summary = summarize([outcome(rng, lucky)])
+    assert summary.verdict == "no leak found by these attacks: inconclusive, not a proof of safety"
+    assert summary.chance_level == ("pixels patient",)
+    # Four hits: P ≈ 2e-4, a real attacker's.
+    found = [replace(blank, nearest_patient_correct=i < 4) for i in range(16)]
+    assert summarize([outcome(rng, found)]).leaked_images == 4
+    # One image alone found among 240 by its features: p = 1/240 counts.
+    exact = replace(blank, feature_image_correct=True, feature_patient_correct=False)
+    assert summarize([outcome(rng, [exact])]).leaked_images == 1
+    # Without the gallery's size the chance is unknown and a hit counts, as before.
+    assert summarize([outcome(rng, [replace(lucky[0], gallery_size=None)])]).leaked_images == 1
 
 
 def test_json_is_strict_and_has_every_audit(audits, tmp_path):
