@@ -257,7 +257,7 @@ def evaluate_curve(
     original = judge.evaluate(None)
     points = []
     for generator, spec in loaded:
-        masks_of = _mask_lookup(data, image_size, site) if spec.guide == "masks" else None
+        masks_of = mask_lookup(data, image_size, site) if spec.guide == "masks" else None
 
         def transform(
             images: torch.Tensor,
@@ -294,7 +294,7 @@ def describe(spec: GeneratorSpec) -> str:
     return f"{guide}{spec.kind} {strength}"
 
 
-def _mask_lookup(
+def mask_lookup(
     data: Path, image_size: int, site: str | None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Each image's masks from the manifest, found by the image's pixels (the attack and
