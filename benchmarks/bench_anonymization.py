@@ -63,7 +63,11 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3, help="adversarial epochs")
     parser.add_argument("--pairs", type=int, default=500, help="pairs per epoch")
+    parser.add_argument(
+        "--backbone", default="cnn", help="the adversaries' backbone in training (cnn)"
+    )
     parser.add_argument("--width", type=int, default=8, help="the adversaries' width in training")
+    parser.add_argument("--warmup-epochs", type=int, default=1)
     parser.add_argument(
         "--model", default="resnet9", help="the linkage attacker's and the judge's backbone"
     )
@@ -114,7 +118,8 @@ def main() -> int:
     aux = "searched" if args.search_weights else f"{args.utility_weight:g}"
     print(
         f"{args.patients} synthetic patients x 4 images at {size} px; generator width 8, "
-        f"adversaries cnn (width {args.width}), 1 pre-training and 1 warm-up epoch, "
+        f"adversaries {args.backbone} (width {args.width}), 1 pre-training and "
+        f"{args.warmup_epochs} warm-up epoch(s), "
         f"{args.epochs} adversarial epochs x {args.pairs} pairs; generator Adam "
         f"{args.generator_lr:g}, loss weights privacy {args.privacy_weight:g} and "
         f"auxiliary classifier {aux}; training seeds {' '.join(map(str, args.seeds))}; "
@@ -160,11 +165,11 @@ def main() -> int:
                         inside=(args.inside, args.inside),
                         segmenter=segmenter.path if guide == "segmenter" else None,
                         image_size=size,
-                        backbone="cnn",
+                        backbone=args.backbone,
                         backbone_width=args.width,
                         generator_width=8,
                         pretrain_epochs=1,
-                        warmup_epochs=1,
+                        warmup_epochs=args.warmup_epochs,
                         epochs=args.epochs,
                         pairs_per_epoch=args.pairs,
                         utility_weight=utility_weight,
