@@ -62,12 +62,14 @@ def main() -> int:
     parser.add_argument("--patients", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3, help="adversarial epochs")
-    parser.add_argument("--pairs", type=int, default=500, help="pairs per epoch")
+    parser.add_argument("--pairs", type=int, default=300, help="pairs per epoch")
     parser.add_argument(
-        "--backbone", default="cnn", help="the adversaries' backbone in training (cnn)"
+        "--backbone",
+        default="resnet9",
+        help="the adversaries' backbone in training (a CNN of width 8 stays at chance)",
     )
     parser.add_argument("--width", type=int, default=8, help="the adversaries' width in training")
-    parser.add_argument("--warmup-epochs", type=int, default=1)
+    parser.add_argument("--warmup-epochs", type=int, default=2)
     parser.add_argument(
         "--model", default="resnet9", help="the linkage attacker's and the judge's backbone"
     )
