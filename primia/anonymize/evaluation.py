@@ -34,7 +34,13 @@ from primia.anonymize.checkpoint import GeneratorSpec, load_generator
 from primia.audit.reid import ImageTransform, ReidAudit, ReidConfig, run_reid_audit
 from primia.data import load_splits, only_site, open_dataset
 from primia.data.dataset import RadiographDataset
-from primia.evaluate.evaluation import Comparison, Evaluation, compare, evaluate_scores
+from primia.evaluate.evaluation import (
+    Comparison,
+    Evaluation,
+    compare,
+    evaluate_scores,
+    finite_or_none,
+)
 from primia.evaluate.subgroups import attributes_of
 from primia.models.checkpoint import ModelSpec
 from primia.scoring.predict import predict_images
@@ -46,6 +52,32 @@ PRICHEXY_NET = (0.818, 0.577)
 """PriCheXy-Net's published verification AUROC before and after anonymization (the
 retrained attacker; 256 px ChestX-ray14, Packhäuser et al. 2023): a reference for the
 linkage axis only, on other data and at another resolution."""
+
+
+STRONG = 0.8
+"""Below this AUROC on real images the attacker or the judge is too weak for its axis to
+mean much: a weak attacker makes any anonymizer look good, and a judge that barely reads
+the findings cannot show that anonymization costs them (a "loss ≤ 0.03" of a judge at
+0.6 says nothing about diagnosis)."""
+
+
+def weak_measures(attacker_auroc: float, judge_auroc: float) -> list[str]:
+    """The cautions a curve needs when its attacker (linkage AUROC on real images) or its
+    judge (classification AUROC on the original images) is below :data:`STRONG`."""
+    cautions = []
+    if attacker_auroc < STRONG:
+        cautions.append(
+            f"the attacker is weak (AUROC {attacker_auroc:.3f} on real images, below "
+            f"{STRONG:g}): a stronger one (more epochs, pairs or a larger backbone) may "
+            "link more of the anonymized images"
+        )
+    if judge_auroc < STRONG:
+        cautions.append(
+            f"the judge is weak (classification AUROC {judge_auroc:.3f} on the original "
+            f"images, below {STRONG:g}): a small classification loss says little about "
+            "what anonymization costs diagnosis (train it longer or on a larger backbone)"
+        )
+    return cautions
 
 
 def linkage_spread(linkage: list[ReidAudit]) -> tuple[float, float]:
@@ -110,7 +142,14 @@ class AnonymizerCurve:
             "unanonymized": {
                 "linkage_auroc": self.baseline.auroc.as_dict(),
                 "classification_auroc": self.original.overall.estimate("auroc").as_dict(),
+                "classification_auroc_per_finding": {
+                    name: finite_or_none(self.original.overall.estimate("auroc", name).value)
+                    for name in self.original.label_names
+                },
             },
+            "cautions": weak_measures(
+                self.baseline.auroc.value, self.original.overall.estimate("auroc").value
+            ),
             "points": [point.as_dict() for point in self.points],
             "reference_prichexy_net": {
                 "linkage_auroc_before": PRICHEXY_NET[0],
@@ -218,7 +257,7 @@ def evaluate_curve(
     original = judge.evaluate(None)
     points = []
     for generator, spec in loaded:
-        masks_of = _mask_lookup(data, image_size, site) if spec.guide == "masks" else None
+        masks_of = mask_lookup(data, image_size, site) if spec.guide == "masks" else None
 
         def transform(
             images: torch.Tensor,
@@ -255,7 +294,7 @@ def describe(spec: GeneratorSpec) -> str:
     return f"{guide}{spec.kind} {strength}"
 
 
-def _mask_lookup(
+def mask_lookup(
     data: Path, image_size: int, site: str | None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Each image's masks from the manifest, found by the image's pixels (the attack and

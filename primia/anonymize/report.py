@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from primia import __version__
-from primia.anonymize.evaluation import PRICHEXY_NET, AnonymizerCurve
+from primia.anonymize.evaluation import PRICHEXY_NET, AnonymizerCurve, weak_measures
 from primia.files import atomic_write_bytes
 from primia.reports import render
 
@@ -63,11 +63,13 @@ def verdict(curve: AnonymizerCurve) -> str:
     baseline = curve.baseline.auroc.value
     best = min(curve.points, key=lambda p: p.linkage_auroc[0])
     mean, std = best.linkage_auroc
-    loss = curve.original.overall.estimate("auroc").value - best.classification_auroc
+    original = curve.original.overall.estimate("auroc").value
+    loss = original - best.classification_auroc
+    cautions = "".join(f"; {caution}" for caution in weak_measures(baseline, original))
     return (
         f"the retrained attacker's AUROC falls from {baseline:.3f} to {mean:.3f} ± {std:.3f} "
         f"at best ({best.label}), at a classification AUROC loss of {loss:+.3f}; this "
-        "attacker links less, which does not make the images anonymous"
+        f"attacker links less, which does not make the images anonymous{cautions}"
     )
 
 

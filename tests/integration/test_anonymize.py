@@ -13,7 +13,7 @@ import torch
 
 from primia.anonymize.apply import apply_anonymizer
 from primia.anonymize.checkpoint import load_generator
-from primia.anonymize.evaluation import evaluate_anonymizer, evaluate_curve
+from primia.anonymize.evaluation import STRONG, evaluate_anonymizer, evaluate_curve
 from primia.anonymize.generators import GuidedGenerator
 from primia.anonymize.pseudonyms import Deidentification
 from primia.anonymize.report import write_anonymization_report
@@ -259,6 +259,9 @@ def test_seg_guided_noise_lowers_linkage_within_the_utility_bound(
     page = files.html.read_text()
     assert "seg-guided noise s=0.8" in page and "PriCheXy-Net" in page
     assert "not anonymity" in page and files.png.read_bytes().startswith(b"\x89PNG")
+    # the page names a judge or an attacker below STRONG (small CNNs at 32 px often are)
+    assert ("the judge is weak" in page) == (original < STRONG), original
+    assert ("the attacker is weak" in page) == (baseline < STRONG), baseline
 
 
 def test_guided_generators_keep_the_regions_and_travel_with_their_segmenter(
