@@ -16,9 +16,11 @@ as ghost clipping needs). Modes:
   clipping, sum, Gaussian noise and a plain optimizer step
   (:func:`primia.train.fast_dp.vmap_clipped_grad_sum`, chunks of 8 samples);
 * ``fast``: :class:`primia.train.fast_dp.FastDPSGD` (ghost norms where the spatial map is
-  small, per-sample weight gradients where it is large, no second backward);
+  small, per-sample weight gradients from one grouped weight-gradient call where it is
+  large, no second backward);
 * ``patient``: ``fast`` clipping per patient (groups of 4 consecutive images), the
-  federation's default unit;
+  federation's default unit (ghost norms over each patient's images side by side, or each
+  patient's summed weight gradient from the same grouped call);
 * ``k2``: ``fast`` with augmentation multiplicity K = 2 (each image and its mirror image,
   losses averaged, clipped per image): a step runs 2B samples, images/s counts the B
   images once.

@@ -34,13 +34,16 @@ gradient is computed in it):
 
 * ‖g_i‖², layer by layer, by the cheaper of two exact ways (``conv_strategy="auto"``):
 
-  - ``per_sample`` (convolutions on large maps): g_i = b_i ⋆ a_i = b_i U_iᵀ, the unfolded
-    input's batched matrix product, about the cost of the batched weight gradient;
+  - ``per_sample`` (convolutions on large maps): g_i = b_i ⋆ a_i, every sample's (or
+    group's) weight gradient from one grouped weight-gradient call, the units side by side
+    as channel groups (:func:`_per_unit_conv_grads`), about the cost of the batched weight
+    gradient;
   - ``ghost`` (convolutions on small maps; Li et al. 2022, Bu et al. 2023): with U_i the
     unfolded input (T positions × P = in-channels·K) and b_i (T × O),
     ‖b_iᵀU_i‖² = ⟨U_iU_iᵀ, b_ib_iᵀ⟩, two T×T Gram matrices instead of an O×P gradient.
     U_iU_iᵀ is summed from K shifted slices of the padded input's own Gram matrix, which
-    costs T_pad²·I instead of K·T²·I;
+    costs T_pad²·I instead of K·T²·I. A group's norm is the same product over its
+    samples side by side (m·T positions, so the cross-sample terms are included);
   - linear layers on [B, d] inputs: ‖b_i a_iᵀ‖² = ‖a_i‖²‖b_i‖²; GroupNorm: the per-sample
     gradients themselves, Σ_s x̂·b and Σ_s b (2C numbers a sample), x̂ from the forward's
     saved mean and 1/std.
@@ -102,6 +105,15 @@ _BLOCK = 1 << 20
 # Largest unfolded input (elements) built at once for per-sample convolution gradients: big
 # enough that each batched product keeps both cores busy, small enough to stay in memory.
 _UNFOLD_BLOCK = 1 << 23
+# Convolutions with fewer input channels get per-sample gradients from unfolded inputs: for
+# one input channel (64 px, 64 filters, batch 32) that took half the time of the grouped
+# weight gradient, which is faster from a few channels up.
+_UNFOLD_MAX_CHANNELS = 4
+# How many multiply-adds of a weight gradient one of the ghost norms' is worth: ghost norms
+# are used where they cost under a weight gradient divided by this. On ResNet-9 at 64 px
+# (batch 32, 2 threads, loaded cores) the per-unit path won at a ratio of 5 and lost by 3×
+# at 21, with and without patient groups.
+_GHOST_COST = 8.0
 # Independent generator streams the Gaussian noise is drawn from (in parallel threads).
 _NOISE_STREAMS = 4
 
@@ -135,10 +147,17 @@ def _dot_last(x: Tensor, y: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class _Groups:
-    """Which group each sample of a backward call belongs to: ``index[i]`` in [0, count)."""
+    """Which group each sample of a backward call belongs to: ``index[i]`` in [0, count).
+
+    ``slots`` [count, size] lists each group's samples (``size`` = the largest group), the
+    empty slots of smaller groups holding ``B``, the index of an all-zero row that
+    :meth:`layout` appends: a zero sample adds nothing to a group's gradient.
+    """
 
     index: Tensor
     count: int
+    slots: Tensor
+    size: int
 
     @classmethod
     def of(cls, labels: Tensor | None, batch: int, device: torch.device) -> _Groups | None:
@@ -151,7 +170,15 @@ class _Groups:
         count = int(index.max().item()) + 1
         if count == batch:
             return None
-        return cls(index.to(device), count)
+        index = index.to(device)
+        sizes = torch.bincount(index, minlength=count)
+        order = torch.argsort(index, stable=True)
+        first = torch.cumsum(sizes, 0) - sizes  # each group's first place in ``order``
+        rank = torch.arange(batch, device=device) - first[index[order]]
+        size = int(sizes.max().item())
+        slots = torch.full((count, size), batch, dtype=torch.long, device=device)
+        slots[index[order], rank] = order
+        return cls(index, count, slots, size)
 
     def sum(self, per_sample: Tensor) -> Tensor:
         """Σ over each group's samples: [B, ...] → [count, ...]."""
@@ -162,6 +189,16 @@ class _Groups:
         """Σ_{i,j ∈ p} products[i, j] for each group p: [B, B] → [count]."""
         members = functional.one_hot(self.index, self.count).to(products.dtype)  # [B, P]
         return ((products @ members) * members).sum(dim=0)
+
+    def layout(self, per_sample: Tensor) -> Tensor:
+        """[B, ...] → [count, size, ...]: each group's samples, zero-padded to ``size``."""
+        padded = torch.cat([per_sample, per_sample.new_zeros((1, *per_sample.shape[1:]))])
+        return padded[self.slots]
+
+
+def _by_unit(per_sample: Tensor, grouping: _Groups | None) -> Tensor:
+    """[B, ...] → [units, members, ...]: one member per unit when there are no groups."""
+    return per_sample.unsqueeze(1) if grouping is None else grouping.layout(per_sample)
 
 
 def _clip_factors(norms: Tensor, max_grad_norm: float) -> Tensor:
@@ -174,39 +211,65 @@ def _conv_args(conv: nn.Conv2d) -> tuple[tuple[int, ...], tuple[int, ...], tuple
     return tuple(conv.stride), tuple(padding), tuple(conv.dilation)
 
 
-def _conv_weight_grad(conv: nn.Conv2d, activation: Tensor, backprop: Tensor) -> Tensor:
-    """The weight gradient of ``conv`` alone, summed over the batch given."""
+def _conv_weight_grad(
+    conv: nn.Conv2d, activation: Tensor, backprop: Tensor, *, units: int = 1
+) -> Tensor:
+    """The weight gradient of ``conv`` alone, summed over the batch given; with ``units``,
+    that of ``units`` copies of ``conv`` side by side as channel groups, [units·O, ...]."""
     stride, padding, dilation = _conv_args(conv)
+    weight = conv.weight.detach()
+    if units > 1:  # convolution_backward reads only its shape: a stride-0 view of one number
+        weight = weight.new_empty(()).expand(units * weight.shape[0], *weight.shape[1:])
     return torch.ops.aten.convolution_backward(
         backprop,
         activation,
-        conv.weight.detach(),
+        weight,
         None,
         stride,
         padding,
         dilation,
         False,
         [0, 0],
-        conv.groups,
+        units * conv.groups,
         [False, True, False],
     )[1]
 
 
-def _per_sample_conv_grads(conv: nn.Conv2d, activation: Tensor, backprop: Tensor) -> Tensor:
-    """Each sample's weight gradient, [B, *weight.shape]: g_i = b_i · U_iᵀ, with U_i the
-    unfolded input (P = in-channels·K rows × T positions) and b_i the output gradient (O × T).
+def _per_unit_conv_grads(
+    conv: nn.Conv2d, activation: Tensor, backprop: Tensor, grouping: _Groups | None
+) -> Tensor:
+    """Each unit's weight gradient, [units, *weight.shape]: G_p = Σ_{i∈p} b_i ⋆ a_i, with
+    a unit a sample, or a group of samples given ``grouping``.
 
-    One batched matrix product per few samples rather than B batch-of-one weight gradients:
-    each small kernel is a parallel region whose threads must all be scheduled before it
-    ends, so on cores that other processes share, B × layers such regions per step cost far
-    more than their arithmetic (``benchmarks/bench_dp_throughput.py``, contended). Grouped
-    convolutions keep the batch-of-one path.
+    One weight-gradient call for the whole batch: the units side by side as the channel
+    groups of one convolution (unit p's input channels convolved with its own output
+    gradients only), its members (one sample, or a group's samples, zero-padded) as the
+    batch that the weight gradient sums over. That runs as fast as the batched weight
+    gradient, where B batch-of-one calls (each a parallel region that waits for every
+    thread, so on cores that other processes share, B × layers such waits per step) or
+    unfolded inputs cost 2-3× more (``benchmarks/bench_dp_throughput.py``). Convolutions of
+    under ``_UNFOLD_MAX_CHANNELS`` input channels (a greyscale image's first layer), where
+    the grouped call is slow, take the unfolded input's batched product instead: g_i = b_i
+    U_iᵀ, with U_i the unfolded input (P = in-channels·K rows × T positions).
     """
+    if conv.groups == 1 and conv.in_channels < _UNFOLD_MAX_CHANNELS:
+        per_sample = _unfolded_conv_grads(conv, activation, backprop)
+        return per_sample if grouping is None else grouping.sum(per_sample)
+    inputs, grads = _by_unit(activation, grouping), _by_unit(backprop, grouping)
+    units, members = inputs.shape[:2]
+    out = _conv_weight_grad(
+        conv,
+        inputs.transpose(0, 1).reshape(members, -1, *inputs.shape[3:]),
+        grads.transpose(0, 1).reshape(members, -1, *grads.shape[3:]),
+        units=units,
+    )
+    return out.view(units, *conv.weight.shape)
+
+
+def _unfolded_conv_grads(conv: nn.Conv2d, activation: Tensor, backprop: Tensor) -> Tensor:
+    """Each sample's weight gradient, [B, *weight.shape], as g_i = b_i · U_iᵀ (ungrouped
+    convolutions), a few samples' unfolded inputs at a time."""
     n = activation.shape[0]
-    if conv.groups != 1:
-        return torch.stack(
-            [_conv_weight_grad(conv, activation[i : i + 1], backprop[i : i + 1]) for i in range(n)]
-        )
     stride, padding, dilation = _conv_args(conv)
     grads = backprop.flatten(2)  # [B, O, T]
     out = backprop.new_empty((n, conv.out_channels, conv.weight[0].numel()))
@@ -241,60 +304,75 @@ def _ghost_norm_cost(conv: nn.Conv2d, activation: Tensor, backprop: Tensor) -> i
 
 
 def _use_ghost(
-    conv: nn.Conv2d, activation: Tensor, backprop: Tensor, strategy: ConvStrategy
+    conv: nn.Conv2d,
+    activation: Tensor,
+    backprop: Tensor,
+    grouping: _Groups | None,
+    strategy: ConvStrategy,
 ) -> bool:
     if conv.groups != 1:
         return False
     if strategy != "auto":
         return strategy == "ghost"
-    # The ghost path costs its norms plus one batched weight gradient (O·P·T); the per-sample
-    # path one weight gradient as B matrix products, slower on small maps. Ghost
-    # norms run at about half the speed per multiply-add of a weight gradient on CPU, so:
-    # ghost when the norms cost under half a weight gradient (measured on ResNet-9/18).
-    weight_grad = conv.weight.numel() * backprop.shape[2] * backprop.shape[3]
-    return 2 * _ghost_norm_cost(conv, activation, backprop) <= weight_grad
+    # Ghost: the norms plus one batched weight gradient (O·P·T a sample). Per unit: the same
+    # weight gradient as one grouped call, plus writing and reading the units' gradients
+    # (O·P numbers each), which dominates on small maps. A group of m samples costs m² times
+    # one sample's ghost norms (the zero-padded slots of smaller groups included).
+    scale = 1.0 if grouping is None else grouping.count * grouping.size**2 / backprop.shape[0]
+    return _GHOST_COST * scale * _ghost_norm_cost(conv, activation, backprop) <= (
+        conv.weight.numel() * backprop.shape[2] * backprop.shape[3]
+    )
 
 
-def _ghost_sq_norms(conv: nn.Conv2d, activation: Tensor, backprop: Tensor) -> Tensor:
-    """‖g_i‖² of each sample's weight gradient g = b·Uᵀ, as ⟨UᵀU, bᵀb⟩, without g.
+def _ghost_sq_norms(
+    conv: nn.Conv2d, activation: Tensor, backprop: Tensor, grouping: _Groups | None = None
+) -> Tensor:
+    """‖g_i‖² of each sample's weight gradient g = b·Uᵀ, as ⟨UᵀU, bᵀb⟩, without g; given
+    ``grouping``, ‖G_p‖² of each group's G_p = Σ_{i∈p} b_i U_iᵀ.
 
     b (O × T) is the output gradient and U (P × T) the unfolded input, so UᵀU and bᵀb are
     T×T. When cheaper, UᵀU is not built from U but from the zero-padded input X
     (I × T_pad): (UᵀU)[t, t'] = Σ_o (XᵀX)[s·t + o, s·t' + o] over the K kernel offsets o,
     a sum of K strided slices of XᵀX (T_pad²·I multiply-adds instead of K·T²·I).
+
+    A group of m samples is one sample of m·T positions: G_p = [b_1 … b_m][U_1 … U_m]ᵀ, so
+    ‖G_p‖² = Σ_{i,j∈p} ⟨U_iᵀU_j, b_iᵀb_j⟩, the same inner product of two mT×mT Gram
+    matrices (the cross-sample terms included); smaller groups are padded with zero samples.
     """
     stride, padding, dilation = _conv_args(conv)
-    n, _, ho, wo = backprop.shape
+    _, _, ho, wo = backprop.shape
     positions = ho * wo
-    grads = backprop.flatten(2)  # [B, O, T]
     shifted = _shifted_gram_is_cheaper(conv, activation, backprop)
     if shifted:
         (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
         inputs = functional.pad(activation, (pw, pw, ph, ph))  # [B, I, H_pad, W_pad]
         hp, wp = inputs.shape[2], inputs.shape[3]
         inputs = inputs.flatten(2)
-        largest = (hp * wp) ** 2
     else:
         inputs = functional.unfold(
             activation, conv.kernel_size, dilation=dilation, padding=padding, stride=stride
         )  # [B, P, T]
-        largest = positions * positions
-    chunk = max(1, _BLOCK // largest)
+    units = _by_unit(inputs, grouping)  # [U, m, I or P, L]
+    grads = _by_unit(backprop.flatten(2), grouping)  # [U, m, O, T]
+    members, length = units.shape[1], units.shape[3]
+    chunk = max(1, _BLOCK // (members * length) ** 2)
     out = []
-    for start in range(0, n, chunk):
-        u = inputs[start : start + chunk]
-        g = grads[start : start + chunk]
-        gram_b = torch.bmm(g.transpose(1, 2), g)  # [c, T, T]
+    for start in range(0, units.shape[0], chunk):
+        # [c, m, channels, L] → [c, channels, m·L]: a group's samples side by side
+        u = units[start : start + chunk].transpose(1, 2).flatten(2)
+        g = grads[start : start + chunk].transpose(1, 2).flatten(2)
+        c = len(u)
+        gram_b = torch.bmm(g.transpose(1, 2), g)  # [c, mT, mT]
         gram_u = torch.bmm(u.transpose(1, 2), u)
-        if shifted:  # sum the K shifted, strided [Ho, Wo, Ho, Wo] slices of XᵀX
-            gram_x = gram_u.view(len(u), hp, wp, hp, wp)
-            gram_u = torch.zeros(len(u), ho, wo, ho, wo, dtype=u.dtype, device=u.device)
+        if shifted:  # sum the K shifted, strided [Ho, Wo, Ho, Wo] slices of each XᵢᵀXⱼ
+            gram_x = gram_u.view(c, members, hp, wp, members, hp, wp)
+            gram_u = u.new_zeros((c, members, ho, wo, members, ho, wo))
             for ky in range(conv.kernel_size[0]):
                 rows = slice(ky * dh, ky * dh + sh * (ho - 1) + 1, sh)
                 for kx in range(conv.kernel_size[1]):
                     cols = slice(kx * dw, kx * dw + sw * (wo - 1) + 1, sw)
-                    gram_u += gram_x[:, rows, cols, rows, cols]
-            gram_u = gram_u.view(len(u), positions, positions)
+                    gram_u += gram_x[:, :, rows, cols, :, rows, cols]
+            gram_u = gram_u.view(c, members * positions, members * positions)
         out.append((gram_u * gram_b).sum(dim=(1, 2)))
     return torch.cat(out)
 
@@ -314,27 +392,33 @@ def _saved_group_norm_stats(
     return None
 
 
-def _ws_ghost_sq_norms(conv: nn.Conv2d, a: Tensor, b: Tensor, output: Tensor) -> Tensor:
-    """‖∂ℓ_i/∂w‖² for a weight-standardised convolution without per-sample gradients.
+def _ws_ghost_sq_norms(
+    conv: nn.Conv2d, a: Tensor, b: Tensor, output: Tensor, grouping: _Groups | None = None
+) -> Tensor:
+    """‖∂ℓ_i/∂w‖² for a weight-standardised convolution without per-sample gradients (or
+    each group's ‖Σ_{i∈p} ∂ℓ_i/∂w‖² given ``grouping``).
 
     Per filter o with fan-in n, r = (σ² + eps)^(-1/2), v = σ²r² (= ‖ŵ_o‖²/n) and g = ∂ℓ_i/∂ŵ_o,
     the raw gradient is r·(g − ḡ·1 − c·ŵ_o) with ḡ = mean(g), c = ⟨g, ŵ_o⟩/n, whose squared
     norm is r²·(‖g‖² − n·ḡ² − n·(2 − v)·c²) (ŵ_o ⊥ 1). Σ_o r²‖g_o‖² is the ghost norm with b
     scaled by r per channel; n·ḡ = Σ_t b_o,t·s_t with s the input summed over each window (a
     convolution with one all-ones filter), and n·c = Σ_t b_o,t·y_o,t with y the layer's
-    output without bias, conv(a, ŵ).
+    output without bias, conv(a, ŵ). All three terms are linear in g, so a group's are its
+    samples' sums (the ghost norm's through its cross-sample Gram terms).
     """
     weight = conv.weight.detach()
     var, _ = torch.var_mean(weight, dim=(1, 2, 3), unbiased=False)
     r2 = (var + WS_EPS).reciprocal()
     fan_in = weight[0].numel()
-    total = _ghost_sq_norms(conv, a, b * r2.sqrt().view(1, -1, 1, 1))
+    total = _ghost_sq_norms(conv, a, b * r2.sqrt().view(1, -1, 1, 1), grouping)
     stride, padding, dilation = _conv_args(conv)
     ones = weight.new_ones((1, *weight.shape[1:]))
     window_sums = functional.conv2d(a, ones, None, stride, padding, dilation)
     g_sum = (b * window_sums).sum(dim=(2, 3))
     y = output if conv.bias is None else output - conv.bias.detach().view(1, -1, 1, 1)
     gw = (b * y).sum(dim=(2, 3))
+    if grouping is not None:
+        g_sum, gw = grouping.sum(g_sum), grouping.sum(gw)
     correction = (g_sum.square() + (2 - var * r2) * gw.square()) * r2 / fan_in
     return (total - correction.sum(dim=1)).clamp(min=0)
 
@@ -504,6 +588,7 @@ class FastDPSGD:
             return c if grouping is None else c[grouping.index]
 
         per_sample: dict[nn.Parameter, Tensor] = {}
+        per_unit: dict[nn.Parameter, Tensor] = {}  # already summed over each group
         direct: dict[nn.Parameter, Callable[[Tensor], Tensor]] = {}
         sq = b.new_zeros(n if grouping is None else grouping.count)
         weight = module.weight
@@ -550,33 +635,27 @@ class FastDPSGD:
             # ŵ = standardise(w) is what the convolution used, so b ⋆ a_i is ∂ℓ_i/∂ŵ; the
             # raw parameter's per-sample gradient is its image under the standardisation's
             # Jacobian, which changes norms: clip those, never ‖∂ℓ_i/∂ŵ‖.
-            # As for plain convolutions, grouped batches take the per-sample path.
-            if train_w and grouping is None and _use_ghost(module, a, b, self.conv_strategy):
-                sq = sq + _ws_ghost_sq_norms(module, a, b, capture.output.detach())
+            if train_w and _use_ghost(module, a, b, grouping, self.conv_strategy):
+                sq = sq + _ws_ghost_sq_norms(module, a, b, capture.output.detach(), grouping)
                 w = weight.detach()
                 scale = a.numel() < b.numel()
-                direct[weight] = lambda c: standardise_backward(
-                    w,
-                    _conv_weight_grad(
-                        module,
-                        a * c.view(-1, 1, 1, 1) if scale else a,
-                        b if scale else b * c.view(-1, 1, 1, 1),
-                    ).unsqueeze(0),
-                )[0]
+
+                def ws_clipped_sum(c: Tensor) -> Tensor:
+                    f = per_sample_factors(c).view(-1, 1, 1, 1)
+                    raw = _conv_weight_grad(module, a * f if scale else a, b if scale else b * f)
+                    return standardise_backward(w, raw.unsqueeze(0))[0]
+
+                direct[weight] = ws_clipped_sum
             elif train_w:
-                # the Jacobian is linear: mapping each sample's gradient, then summing a
-                # group's, is mapping the group's sum
-                per_sample[weight] = standardise_backward(
-                    weight.detach(), _per_sample_conv_grads(module, a, b)
+                # the Jacobian is linear: mapping each unit's gradient is mapping the sum
+                per_unit[weight] = standardise_backward(
+                    weight.detach(), _per_unit_conv_grads(module, a, b, grouping)
                 )
             if bias is not None:
                 per_sample[bias] = b.sum(dim=(2, 3))
         elif isinstance(module, nn.Conv2d):
-            # Ghost norms are per sample; a group's norm needs its samples' cross terms, so
-            # grouped batches take the per-sample path (exact, slower on small maps).
-            ghost = grouping is None and _use_ghost(module, a, b, self.conv_strategy)
-            if train_w and ghost:
-                sq = sq + _ghost_sq_norms(module, a, b)
+            if train_w and _use_ghost(module, a, b, grouping, self.conv_strategy):
+                sq = sq + _ghost_sq_norms(module, a, b, grouping)
                 # Σ_i c_i (b_i ⋆ a_i): scale whichever of a and b is smaller.
                 if a.numel() < b.numel():
                     direct[weight] = lambda c: _conv_weight_grad(
@@ -587,7 +666,7 @@ class FastDPSGD:
                         module, a, b * per_sample_factors(c).view(-1, 1, 1, 1)
                     )
             elif train_w:
-                per_sample[weight] = _per_sample_conv_grads(module, a, b)
+                per_unit[weight] = _per_unit_conv_grads(module, a, b, grouping)
             if bias is not None:
                 per_sample[bias] = b.sum(dim=(2, 3))
         else:  # pragma: no cover - refused in __init__
@@ -595,11 +674,12 @@ class FastDPSGD:
 
         if grouping is not None:
             per_sample = {param: grouping.sum(g) for param, g in per_sample.items()}
-        for g in per_sample.values():
+        per_unit.update(per_sample)
+        for g in per_unit.values():
             sq = sq + _sq_norms(g)
 
         def finish(c: Tensor) -> None:
-            for param, g in per_sample.items():
+            for param, g in per_unit.items():
                 self._accumulate(param, torch.einsum("n,n...->...", c.to(g.dtype), g))
             for param, clipped_sum in direct.items():
                 self._accumulate(param, clipped_sum(c.to(b.dtype)))
