@@ -45,8 +45,11 @@ def test_the_inversion_audit_runs_on_it(tmp_path: Path) -> None:
     )
     (audit,) = run_inversion_audit(config).audits
     # One undefended gradient of a real radiograph gives it back, as with synthetic ones
-    # (measured 42 dB). The prior is no yardstick here: the attacker's nearest other
-    # "patient" is the same radiograph in another encoding.
+    # (measured 42 dB). Neither yardstick can call that a leak here, and the audit says
+    # why: the prior is the same radiograph in another encoding (the attacker's nearest
+    # other "patient"), and in a gallery this small a nearest-image hit is what chance
+    # gives, so the chance test does not count it.
     summary = audit.summary
-    assert summary.psnr >= 30.0 and summary.leaked_images == 1
+    assert summary.psnr >= 30.0 and summary.leaked_images == 0
+    assert "pixels image" in summary.chance_level
     assert summary.labels_exact_images == 1
