@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from machine import load_average
-from torch import Tensor, nn
+from torch import Tensor
 
 from primia.audit.analytic import features_of
-from primia.audit.prior import PUBLIC_SEED
+from primia.audit.prior import HIDDEN, PUBLIC_SEED, STEPS, decoder_from_features
 from primia.data.synth import SynthConfig, generate
 from primia.models import build_model
 
@@ -39,41 +38,6 @@ def _psnr(a: Tensor, b: Tensor) -> float:
     """Mean over images of 10·log10(1 / MSE)."""
     error = ((a - b) ** 2).flatten(1).mean(1).double()
     return float((10 * torch.log10(1 / error)).mean())
-
-
-def _fit(
-    features: Tensor, images: Tensor, *, hidden: int, steps: int
-) -> Callable[[Tensor], Tensor]:
-    """The prior's decoder with ``hidden`` units per layer, fitted for ``steps`` steps."""
-    flat = images.reshape(len(images), -1)
-    mean, centre, scale = flat.mean(0), features.mean(0), features.std(0).clamp_min(1e-8)
-    standard, residual = (features - centre) / scale, flat - mean
-    generator = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    network = nn.Sequential(
-        nn.Linear(standard.shape[1], hidden),
-        nn.GELU(),
-        nn.Linear(hidden, hidden),
-        nn.GELU(),
-        nn.Linear(hidden, flat.shape[1]),
-    )
-    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3, weight_decay=1e-5)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    for _ in range(steps):
-        rows = torch.randint(len(images), (128,), generator=generator)
-        loss = ((network(standard[rows]) - residual[rows]) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    network.eval()
-
-    def decode(query: Tensor) -> Tensor:
-        with torch.no_grad():
-            out = (mean + network((query - centre) / scale)).clamp(0, 1)
-        return out.reshape(len(query), *images.shape[1:])
-
-    return decode
 
 
 def main() -> None:
@@ -127,13 +91,13 @@ def main() -> None:
         if options.get("labels") == "1":
             train, query = torch.cat([train, public_labels], 1), torch.cat([query, labels], 1)
         started = time.perf_counter()
-        decode = _fit(
+        decoder = decoder_from_features(
             train,
             images,
-            hidden=int(options.get("hidden", 256)),
-            steps=int(options.get("steps", 1500)),
+            hidden=int(options.get("hidden", HIDDEN)),
+            steps=int(options.get("steps", STEPS)),
         )
-        rebuilt = decode(query)
+        rebuilt = decoder.decode(query)
         print(
             f"{variant}: {_psnr(rebuilt[chosen], x[chosen]):.2f} dB on the 16, "
             f"{_psnr(rebuilt, x):.2f} on all; fit {time.perf_counter() - started:.0f} s",

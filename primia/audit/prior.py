@@ -118,6 +118,14 @@ def _fit(model: nn.Module, images: Tensor, *, steps: int, batch: int) -> Feature
                 for i in range(0, len(images), batch)
             ]
         )
+    return decoder_from_features(features, images, steps=steps)
+
+
+def decoder_from_features(
+    features: Tensor, images: Tensor, *, steps: int = STEPS, hidden: int = HIDDEN
+) -> FeatureDecoder:
+    """Fit the decoder from ``features`` [n, F] of ``images`` [n, 1, S, S] (the module
+    docstring's g, with ``hidden`` units per layer); deterministic for given inputs."""
     flat = images.reshape(len(images), -1).float()
     image_mean = flat.mean(0)
     feature_mean = features.mean(0)
@@ -128,11 +136,11 @@ def _fit(model: nn.Module, images: Tensor, *, steps: int, batch: int) -> Feature
     with torch.random.fork_rng():
         torch.manual_seed(DECODER_SEED)
         network = nn.Sequential(
-            nn.Linear(standard.shape[1], HIDDEN),
+            nn.Linear(standard.shape[1], hidden),
             nn.GELU(),
-            nn.Linear(HIDDEN, HIDDEN),
+            nn.Linear(hidden, hidden),
             nn.GELU(),
-            nn.Linear(HIDDEN, flat.shape[1]),
+            nn.Linear(hidden, flat.shape[1]),
         )
     optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
